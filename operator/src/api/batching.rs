@@ -1,0 +1,138 @@
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// How an agent groups queued requests into batches for the model.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct BatchingSpec {
+    /// `continuous` admits and retires sequences at every decode step (best for chat);
+    /// `static` waits for a full batch; `dynamic` runs a batch when it is full or
+    /// `maxWaitMilliseconds` passed; `adaptive` is dynamic with a wait that shrinks under load
+    /// and grows when idle.
+    #[serde(default)]
+    pub strategy: BatchingStrategy,
+
+    /// Most sequences decoded together in one step.
+    #[serde(default = "default_max_batch_size")]
+    #[schemars(range(min = 1, max = 1024))]
+    pub max_batch_size: i32,
+
+    /// Most tokens (prompt and generated) processed in one step across the batch; long
+    /// prompts are prefilled in chunks so that they fit.
+    #[serde(default = "default_max_batch_tokens")]
+    #[schemars(range(min = 16, max = 1048576))]
+    pub max_batch_tokens: i32,
+
+    /// Longest a request waits for a batch to fill (`static`, `dynamic` and `adaptive`), in
+    /// milliseconds.
+    #[serde(default = "default_max_wait_ms")]
+    #[schemars(range(min = 0, max = 60000))]
+    pub max_wait_milliseconds: i32,
+
+    /// How sequences of different lengths share a batch.
+    #[serde(default)]
+    pub padding: PaddingStrategy,
+
+    /// Most requests waiting in the agent's queue per priority; beyond it the agent answers
+    /// 429 and the gateway tries another agent.
+    #[serde(default)]
+    pub queue_limits: QueueLimits,
+}
+
+impl Default for BatchingSpec {
+    fn default() -> Self {
+        Self {
+            strategy: BatchingStrategy::default(),
+            max_batch_size: default_max_batch_size(),
+            max_batch_tokens: default_max_batch_tokens(),
+            max_wait_milliseconds: default_max_wait_ms(),
+            padding: PaddingStrategy::default(),
+            queue_limits: QueueLimits::default(),
+        }
+    }
+}
+
+fn default_max_batch_size() -> i32 {
+    16
+}
+fn default_max_batch_tokens() -> i32 {
+    4096
+}
+fn default_max_wait_ms() -> i32 {
+    10
+}
+
+/// When a batch runs.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum BatchingStrategy {
+    /// Run only full batches (or at the wait limit).
+    Static,
+    /// Run when full or when the oldest request waited `maxWaitMilliseconds`.
+    Dynamic,
+    /// Dynamic, with the wait tuned to the arrival rate.
+    Adaptive,
+    /// Iteration-level scheduling: join and leave the batch at every step.
+    #[default]
+    Continuous,
+}
+
+/// How sequences of different lengths share a batch.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum PaddingStrategy {
+    /// No padding: each sequence keeps its own length and position.
+    #[default]
+    None,
+    /// Pad every sequence to the longest in the batch.
+    Longest,
+    /// Pad to the next power-of-two bucket, so that few distinct shapes run.
+    Bucket,
+}
+
+/// Most requests waiting in an agent's queue for each priority
+/// (`x-inferpool-priority` header).
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct QueueLimits {
+    /// Limit for `critical` requests.
+    #[serde(default = "default_limit_critical")]
+    #[schemars(range(min = 0, max = 100000))]
+    pub critical: i32,
+    /// Limit for `high` requests.
+    #[serde(default = "default_limit_high")]
+    #[schemars(range(min = 0, max = 100000))]
+    pub high: i32,
+    /// Limit for `normal` requests (the default priority).
+    #[serde(default = "default_limit_normal")]
+    #[schemars(range(min = 0, max = 100000))]
+    pub normal: i32,
+    /// Limit for `low` requests.
+    #[serde(default = "default_limit_low")]
+    #[schemars(range(min = 0, max = 100000))]
+    pub low: i32,
+}
+
+impl Default for QueueLimits {
+    fn default() -> Self {
+        Self {
+            critical: default_limit_critical(),
+            high: default_limit_high(),
+            normal: default_limit_normal(),
+            low: default_limit_low(),
+        }
+    }
+}
+
+fn default_limit_critical() -> i32 {
+    64
+}
+fn default_limit_high() -> i32 {
+    128
+}
+fn default_limit_normal() -> i32 {
+    256
+}
+fn default_limit_low() -> i32 {
+    128
+}

@@ -1,0 +1,5 @@
+//! inferpool operator: the `InferencePool` API, and (as they land) the controller, the
+//! gateway, the autoscaler and local mode.
+
+pub mod api;
+pub mod crd;
