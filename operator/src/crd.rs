@@ -15,7 +15,7 @@ pub const REGENERATE: &str = "hack/generate";
 pub enum CrdError {
     /// The CRD could not be written as YAML.
     #[error("cannot render the CRD as YAML: {0}")]
-    Yaml(#[from] serde_saphyr::ser_error::Error),
+    Yaml(#[from] serde_saphyr::SerializeError),
 }
 
 /// The InferencePool CRD as a YAML document, with a header naming its generator.

@@ -1,1 +1,7 @@
+//! Helpers for inferpool's end-to-end tests: where the repository and caches are, the
+//! parts a test needs (models, control plane), and a real Kubernetes control plane on
+//! loopback with a namespace per test.
 
+pub mod cluster;
+pub mod parts;
+pub mod wait;

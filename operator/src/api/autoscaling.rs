@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
     cel,
     validation = Rule::new("self.minReplicas <= self.maxReplicas")
         .message("autoscaling.minReplicas must be less than or equal to autoscaling.maxReplicas")
-        .reason("FieldValueInvalid")
+        .reason(Reason::FieldValueInvalid)
 )]
 pub struct AutoscalingSpec {
     /// Fewest agents to keep. 0 lets an idle pool scale to zero; the first request then

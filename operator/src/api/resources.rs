@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
     cel,
     validation = Rule::new("self.gpus > 0 || (!has(self.minGpuMemory) && (!has(self.gpuProducts) || size(self.gpuProducts) == 0))")
         .message("resources.minGpuMemory and resources.gpuProducts need resources.gpus > 0")
-        .reason("FieldValueInvalid")
+        .reason(Reason::FieldValueInvalid)
 )]
 pub struct ResourcesSpec {
     /// NVIDIA GPUs per agent (`nvidia.com/gpu`). 0 runs the model on CPU.

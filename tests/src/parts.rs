@@ -1,0 +1,48 @@
+//! Locating the parts tests need, outside the repository.
+//!
+//! Under CI (`CI=true`) a missing part is a failure, never a silent skip; on a developer
+//! machine the message says which command provides it.
+
+use std::path::{Path, PathBuf};
+
+/// The repository root (this crate lives in `tests/`).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// `$INFERPOOL_CACHE`, default `~/.cache/inferpool`.
+pub fn cache_dir() -> PathBuf {
+    std::env::var_os("INFERPOOL_CACHE").map(PathBuf::from).unwrap_or_else(|| {
+        let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default();
+        home.join(".cache/inferpool")
+    })
+}
+
+/// `$INFERPOOL_MODELS`, default `$INFERPOOL_CACHE/models`.
+pub fn models_dir() -> PathBuf {
+    std::env::var_os("INFERPOOL_MODELS").map(PathBuf::from).unwrap_or_else(|| cache_dir().join("models"))
+}
+
+/// The default model file fetched by `hack/fetch-models`.
+pub fn default_model() -> anyhow::Result<PathBuf> {
+    let path = models_dir().join("smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf");
+    require(&path, "hack/fetch-models")
+}
+
+/// Fails with a pointer to the command that provides `path` when it is missing.
+pub fn require(path: &Path, provided_by: &str) -> anyhow::Result<PathBuf> {
+    if path.exists() {
+        return Ok(path.to_owned());
+    }
+    anyhow::bail!("{} is missing: run `{provided_by}` first", path.display())
+}
+
+/// The folder of control-plane binaries built by `hack/controlplane/build`, as named by
+/// the build script itself (it prints the folder).
+pub fn controlplane_bin() -> anyhow::Result<PathBuf> {
+    let out = std::process::Command::new(repo_root().join("hack/controlplane/bin-dir")).output()?;
+    anyhow::ensure!(out.status.success(), "hack/controlplane/bin-dir failed");
+    let dir = PathBuf::from(String::from_utf8(out.stdout)?.trim());
+    require(&dir.join("kube-apiserver"), "hack/controlplane/build")?;
+    Ok(dir)
+}
