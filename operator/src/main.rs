@@ -37,8 +37,8 @@ fn main() -> anyhow::Result<()> {
 
 fn validate(files: &[PathBuf]) -> anyhow::Result<()> {
     for file in files {
-        let text = std::fs::read_to_string(file)
-            .with_context(|| format!("reading {}", file.display()))?;
+        let text =
+            std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
         let pools = inferpool_operator::manifest::parse_pools(&text)
             .with_context(|| file.display().to_string())?;
         for pool in pools {

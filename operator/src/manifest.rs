@@ -46,9 +46,15 @@ pub fn parse_pools(text: &str) -> Result<Vec<InferencePool>, ManifestError> {
 }
 
 fn parse_pool(index: usize, doc: serde_json::Value) -> Result<InferencePool, ManifestError> {
-    let kind = doc.get("kind").and_then(|k| k.as_str()).unwrap_or("object without kind");
+    let kind = doc
+        .get("kind")
+        .and_then(|k| k.as_str())
+        .unwrap_or("object without kind");
     if kind != "InferencePool" {
-        return Err(ManifestError::WrongKind { index, kind: kind.to_owned() });
+        return Err(ManifestError::WrongKind {
+            index,
+            kind: kind.to_owned(),
+        });
     }
     let pool: InferencePool =
         serde_json::from_value(doc).map_err(|source| ManifestError::Shape { index, source })?;
@@ -61,5 +67,8 @@ fn name(pool: &InferencePool) -> String {
 }
 
 fn invalid(name: &str, err: &dyn std::fmt::Display) -> ManifestError {
-    ManifestError::Invalid { name: name.to_owned(), message: err.to_string() }
+    ManifestError::Invalid {
+        name: name.to_owned(),
+        message: err.to_string(),
+    }
 }

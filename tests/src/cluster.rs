@@ -36,7 +36,10 @@ impl Cluster {
     fn connect_or_start() -> anyhow::Result<Self> {
         let bin = controlplane_bin()?;
         if let Some(kubeconfig) = std::env::var_os("INFERPOOL_TEST_KUBECONFIG") {
-            return Ok(Self { kubeconfig: kubeconfig.into(), bin });
+            return Ok(Self {
+                kubeconfig: kubeconfig.into(),
+                bin,
+            });
         }
         let out = Command::new(repo_root().join("hack/controlplane/up"))
             .args(["--nodes", "2", "--owner", &std::process::id().to_string()])
@@ -44,7 +47,10 @@ impl Cluster {
             .context("running hack/controlplane/up")?;
         let out = check(out, "hack/controlplane/up")?;
         let dir = PathBuf::from(out.trim());
-        Ok(Self { kubeconfig: dir.join("kubeconfig"), bin })
+        Ok(Self {
+            kubeconfig: dir.join("kubeconfig"),
+            bin,
+        })
     }
 
     /// Path of the admin kubeconfig.
@@ -66,7 +72,10 @@ impl Cluster {
     pub fn tool(&self, name: &str) -> Command {
         let mut cmd = Command::new(self.bin.join(name));
         cmd.env("KUBECONFIG", &self.kubeconfig);
-        cmd.env("HELM_CACHE_HOME", std::env::temp_dir().join("inferpool-helm-cache"));
+        cmd.env(
+            "HELM_CACHE_HOME",
+            std::env::temp_dir().join("inferpool-helm-cache"),
+        );
         cmd
     }
 
@@ -86,16 +95,31 @@ impl Cluster {
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()?;
-        child.stdin.take().context("kubectl stdin")?.write_all(stdin.as_bytes())?;
-        check(child.wait_with_output()?, &format!("kubectl {}", args.join(" ")))
+        child
+            .stdin
+            .take()
+            .context("kubectl stdin")?
+            .write_all(stdin.as_bytes())?;
+        check(
+            child.wait_with_output()?,
+            &format!("kubectl {}", args.join(" ")),
+        )
     }
 
     /// A fresh namespace for one test, deleted when the returned guard drops.
     pub fn namespace(&'static self, test: &str) -> anyhow::Result<TestNamespace> {
         static SEQ: AtomicU32 = AtomicU32::new(0);
-        let name = format!("t-{}-{}-{}", test, std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed));
+        let name = format!(
+            "t-{}-{}-{}",
+            test,
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        );
         self.kubectl(&["create", "namespace", &name])?;
-        Ok(TestNamespace { name, cluster: self })
+        Ok(TestNamespace {
+            name,
+            cluster: self,
+        })
     }
 }
 
@@ -116,7 +140,9 @@ impl TestNamespace {
 impl Drop for TestNamespace {
     fn drop(&mut self) {
         // Best effort: the whole control plane goes away with the run anyway.
-        let _ = self.cluster.kubectl(&["delete", "namespace", &self.name, "--wait=false"]);
+        let _ = self
+            .cluster
+            .kubectl(&["delete", "namespace", &self.name, "--wait=false"]);
     }
 }
 

@@ -12,15 +12,21 @@ pub fn repo_root() -> PathBuf {
 
 /// `$INFERPOOL_CACHE`, default `~/.cache/inferpool`.
 pub fn cache_dir() -> PathBuf {
-    std::env::var_os("INFERPOOL_CACHE").map(PathBuf::from).unwrap_or_else(|| {
-        let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default();
-        home.join(".cache/inferpool")
-    })
+    std::env::var_os("INFERPOOL_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let home = std::env::var_os("HOME")
+                .map(PathBuf::from)
+                .unwrap_or_default();
+            home.join(".cache/inferpool")
+        })
 }
 
 /// `$INFERPOOL_MODELS`, default `$INFERPOOL_CACHE/models`.
 pub fn models_dir() -> PathBuf {
-    std::env::var_os("INFERPOOL_MODELS").map(PathBuf::from).unwrap_or_else(|| cache_dir().join("models"))
+    std::env::var_os("INFERPOOL_MODELS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| cache_dir().join("models"))
 }
 
 /// The default model file fetched by `hack/fetch-models`.

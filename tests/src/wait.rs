@@ -16,6 +16,9 @@ where
         if let Some(value) = probe().await {
             return Ok(value);
         }
-        anyhow::ensure!(tokio::time::Instant::now() < deadline, "condition not met within {limit:?}");
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "condition not met within {limit:?}"
+        );
     }
 }

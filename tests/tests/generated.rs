@@ -7,7 +7,10 @@ use inferpool_operator::manifest::parse_pools;
 #[test]
 fn committed_crd_matches_the_generated_one() -> anyhow::Result<()> {
     let committed = std::fs::read_to_string(repo_root().join(CRD_PATH))?;
-    assert!(committed == crd_yaml()?, "{CRD_PATH} is stale: run `{REGENERATE}`");
+    assert!(
+        committed == crd_yaml()?,
+        "{CRD_PATH} is stale: run `{REGENERATE}`"
+    );
     Ok(())
 }
 
@@ -22,7 +25,10 @@ fn every_example_is_a_valid_pool() -> anyhow::Result<()> {
             seen += 1;
         }
     }
-    assert!(seen >= 4, "expected the minimal, cpu, gpu and local examples");
+    assert!(
+        seen >= 4,
+        "expected the minimal, cpu, gpu and local examples"
+    );
     Ok(())
 }
 
@@ -36,7 +42,11 @@ fn readme_lists_every_top_level_field() -> anyhow::Result<()> {
     let mut fields = Vec::new();
     for (name, sub) in spec["properties"].as_object().into_iter().flatten() {
         fields.push(name.clone());
-        for child in sub["properties"].as_object().into_iter().flat_map(|m| m.keys()) {
+        for child in sub["properties"]
+            .as_object()
+            .into_iter()
+            .flat_map(|m| m.keys())
+        {
             fields.push(format!("{name}.{child}"));
         }
     }
@@ -47,7 +57,10 @@ fn readme_lists_every_top_level_field() -> anyhow::Result<()> {
             !readme.contains(&format!("`{f}`")) && !readme.contains(&format!("`{leaf}`"))
         })
         .collect();
-    assert!(missing.is_empty(), "README's configuration reference misses {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "README's configuration reference misses {missing:?}"
+    );
     Ok(())
 }
 
@@ -58,5 +71,10 @@ fn an_invalid_manifest_names_the_broken_rule() {
     let err = parse_pools(bad).unwrap_err().to_string();
     assert!(err.contains("threshold must be in (0, 1]"), "{err}");
     let wrong = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n";
-    assert!(parse_pools(wrong).unwrap_err().to_string().contains("ConfigMap"));
+    assert!(
+        parse_pools(wrong)
+            .unwrap_err()
+            .to_string()
+            .contains("ConfigMap")
+    );
 }

@@ -71,7 +71,10 @@ pub struct SemanticCacheSpec {
 
 impl Default for SemanticCacheSpec {
     fn default() -> Self {
-        Self { enabled: false, threshold: default_threshold() }
+        Self {
+            enabled: false,
+            threshold: default_threshold(),
+        }
     }
 }
 
@@ -98,7 +101,11 @@ pub struct PersistenceSpec {
 
 impl Default for PersistenceSpec {
     fn default() -> Self {
-        Self { enabled: false, volume_size: default_volume_size(), storage_class_name: None }
+        Self {
+            enabled: false,
+            volume_size: default_volume_size(),
+            storage_class_name: None,
+        }
     }
 }
 

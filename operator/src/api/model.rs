@@ -10,7 +10,10 @@ pub struct ModelSpec {
     /// a directory of safetensors) is read inside the pod. `pvc://<claim>/<path>` mounts the
     /// PersistentVolumeClaim `<claim>` read-only and reads `<path>` inside it.
     #[serde(default = "default_source")]
-    #[schemars(length(min = 1, max = 1024), regex(pattern = r"^(bundled|/.+|pvc://[a-z0-9]([-a-z0-9.]*[a-z0-9])?/.+)$"))]
+    #[schemars(
+        length(min = 1, max = 1024),
+        regex(pattern = r"^(bundled|/.+|pvc://[a-z0-9]([-a-z0-9.]*[a-z0-9])?/.+)$")
+    )]
     pub source: ModelSource,
 
     /// Weight format. `auto` infers it from the source: a file ending in `.gguf` is GGUF, a

@@ -8,6 +8,8 @@ use super::{
 
 /// InferencePoolSpec is the desired state of a pool of inference agents serving one model
 /// behind one OpenAI-compatible endpoint.
+// The printcolumn(...) lists repeat `type_ = ...` by design; clippy reads them as duplicates.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "inferpool.dev",
@@ -28,15 +30,35 @@ use super::{
         status_replicas_path = ".status.replicas",
         label_selector_path = ".status.selector"
     ),
-    printcolumn(name = "Model", type_ = "string", json_path = ".spec.model.source",
-        description = "Where the agents load the model from"),
-    printcolumn(name = "Replicas", type_ = "integer", json_path = ".spec.replicas",
-        description = "Desired number of agents"),
-    printcolumn(name = "Ready", type_ = "integer", json_path = ".status.readyReplicas",
-        description = "Agents that loaded the model and accept requests"),
-    printcolumn(name = "Strategy", type_ = "string", json_path = ".spec.routing.strategy",
-        description = "How the gateway picks an agent for each request"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Model",
+        type_ = "string",
+        json_path = ".spec.model.source",
+        description = "Where the agents load the model from"
+    ),
+    printcolumn(
+        name = "Replicas",
+        type_ = "integer",
+        json_path = ".spec.replicas",
+        description = "Desired number of agents"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "integer",
+        json_path = ".status.readyReplicas",
+        description = "Agents that loaded the model and accept requests"
+    ),
+    printcolumn(
+        name = "Strategy",
+        type_ = "string",
+        json_path = ".spec.routing.strategy",
+        description = "How the gateway picks an agent for each request"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct InferencePoolSpec {

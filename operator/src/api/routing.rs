@@ -86,7 +86,10 @@ pub struct CircuitBreakerSpec {
 
 impl Default for CircuitBreakerSpec {
     fn default() -> Self {
-        Self { failure_threshold: default_failure_threshold(), cooldown_seconds: default_cooldown() }
+        Self {
+            failure_threshold: default_failure_threshold(),
+            cooldown_seconds: default_cooldown(),
+        }
     }
 }
 
@@ -116,7 +119,10 @@ pub struct RetrySpec {
 
 impl Default for RetrySpec {
     fn default() -> Self {
-        Self { max_retries: default_max_retries(), budget_percent: default_budget_percent() }
+        Self {
+            max_retries: default_max_retries(),
+            budget_percent: default_budget_percent(),
+        }
     }
 }
 

@@ -44,7 +44,11 @@ fn an_empty_model_means_the_bundled_one() {
 #[test]
 fn min_replicas_above_max_replicas_is_rejected_with_its_message() {
     let p = pool(json!({"model": {}, "autoscaling": {"minReplicas": 5, "maxReplicas": 2}}));
-    assert!(cel_errors(&p).contains("minReplicas must be less than or equal to"), "{}", cel_errors(&p));
+    assert!(
+        cel_errors(&p).contains("minReplicas must be less than or equal to"),
+        "{}",
+        cel_errors(&p)
+    );
     let ok = pool(json!({"model": {}, "autoscaling": {"minReplicas": 0, "maxReplicas": 2}}));
     assert_eq!(cel_errors(&ok), "");
 }
@@ -52,8 +56,13 @@ fn min_replicas_above_max_replicas_is_rejected_with_its_message() {
 #[test]
 fn semantic_threshold_must_be_in_zero_one() {
     for bad in [0.0, -0.5, 1.01] {
-        let p = pool(json!({"model": {}, "cache": {"semantic": {"enabled": true, "threshold": bad}}}));
-        assert!(cel_errors(&p).contains("threshold must be in (0, 1]"), "{bad}: {}", cel_errors(&p));
+        let p =
+            pool(json!({"model": {}, "cache": {"semantic": {"enabled": true, "threshold": bad}}}));
+        assert!(
+            cel_errors(&p).contains("threshold must be in (0, 1]"),
+            "{bad}: {}",
+            cel_errors(&p)
+        );
     }
     for good in [0.01, 0.95, 1.0] {
         let p = pool(json!({"model": {}, "cache": {"semantic": {"threshold": good}}}));
@@ -64,17 +73,31 @@ fn semantic_threshold_must_be_in_zero_one() {
 #[test]
 fn autoscaling_target_load_must_be_in_zero_one() {
     let p = pool(json!({"model": {}, "autoscaling": {"maxReplicas": 3, "targetLoad": 1.5}}));
-    assert!(cel_errors(&p).contains("targetLoad must be in (0, 1]"), "{}", cel_errors(&p));
+    assert!(
+        cel_errors(&p).contains("targetLoad must be in (0, 1]"),
+        "{}",
+        cel_errors(&p)
+    );
 }
 
 #[test]
 fn gpu_selectors_need_gpus() {
     let p = pool(json!({"model": {}, "resources": {"gpuProducts": ["NVIDIA-H100-80GB-HBM3"]}}));
-    assert!(cel_errors(&p).contains("need resources.gpus > 0"), "{}", cel_errors(&p));
+    assert!(
+        cel_errors(&p).contains("need resources.gpus > 0"),
+        "{}",
+        cel_errors(&p)
+    );
     let p = pool(json!({"model": {}, "resources": {"minGpuMemory": "40Gi"}}));
-    assert!(cel_errors(&p).contains("need resources.gpus > 0"), "{}", cel_errors(&p));
-    let ok = pool(json!({"model": {}, "resources": {"gpus": 2, "minGpuMemory": "40Gi",
-        "gpuProducts": ["NVIDIA-A100-SXM4-80GB"]}}));
+    assert!(
+        cel_errors(&p).contains("need resources.gpus > 0"),
+        "{}",
+        cel_errors(&p)
+    );
+    let ok = pool(
+        json!({"model": {}, "resources": {"gpus": 2, "minGpuMemory": "40Gi",
+        "gpuProducts": ["NVIDIA-A100-SXM4-80GB"]}}),
+    );
     assert_eq!(cel_errors(&ok), "");
 }
 
@@ -98,7 +121,8 @@ fn a_full_spec_round_trips_through_json_and_yaml() {
 
     let json: InferencePool = serde_json::from_str(&serde_json::to_string(&p).unwrap()).unwrap();
     assert_eq!(json, p);
-    let yaml: InferencePool = serde_saphyr::from_str(&serde_saphyr::to_string(&p).unwrap()).unwrap();
+    let yaml: InferencePool =
+        serde_saphyr::from_str(&serde_saphyr::to_string(&p).unwrap()).unwrap();
     assert_eq!(yaml, p);
 }
 
@@ -151,11 +175,20 @@ fn schema_carries_defaults_ranges_enums_and_rules() {
     let props = &spec["properties"];
     assert_eq!(props["replicas"]["default"], 1);
     assert_eq!(props["replicas"]["minimum"].as_f64(), Some(0.0));
-    assert_eq!(props["batching"]["properties"]["maxBatchSize"]["default"], 16);
+    assert_eq!(
+        props["batching"]["properties"]["maxBatchSize"]["default"],
+        16
+    );
     assert_eq!(
         props["routing"]["properties"]["strategy"]["enum"],
-        json!(["round_robin", "least_connections", "weighted", "least_load", "prefix_affinity",
-               "session_affinity"])
+        json!([
+            "round_robin",
+            "least_connections",
+            "weighted",
+            "least_load",
+            "prefix_affinity",
+            "session_affinity"
+        ])
     );
     assert_eq!(
         props["batching"]["properties"]["strategy"]["enum"],
@@ -173,10 +206,16 @@ fn schema_carries_defaults_ranges_enums_and_rules() {
 #[test]
 fn every_field_is_documented() {
     fn walk(path: &str, schema: &Value, missing: &mut Vec<String>) {
-        let Some(props) = schema.get("properties").and_then(Value::as_object) else { return };
+        let Some(props) = schema.get("properties").and_then(Value::as_object) else {
+            return;
+        };
         for (name, sub) in props {
             let here = format!("{path}.{name}");
-            if sub.get("description").and_then(Value::as_str).is_none_or(str::is_empty) {
+            if sub
+                .get("description")
+                .and_then(Value::as_str)
+                .is_none_or(str::is_empty)
+            {
                 missing.push(here.clone());
             }
             walk(&here, sub, missing);
