@@ -1,1 +1,7 @@
+//! Wire contracts shared by the gateway and the agent: the gRPC `Agent` service.
 
+/// Generated from `proto/agent.proto`.
+#[allow(missing_docs, missing_debug_implementations, clippy::all)]
+pub mod agent {
+    tonic::include_proto!("inferpool.agent.v1");
+}

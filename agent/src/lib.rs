@@ -1,0 +1,4 @@
+//! inferpool agent: the process in every pool pod. Device discovery is here today; the
+//! engine, scheduler, cache and servers land with the agent issue.
+
+pub mod gpu;
