@@ -2,5 +2,6 @@
 //! gateway, the autoscaler and local mode.
 
 pub mod api;
+pub mod controller;
 pub mod crd;
 pub mod manifest;

@@ -17,7 +17,7 @@ mod template;
 pub use autoscaling::AutoscalingSpec;
 pub use batching::{BatchingSpec, BatchingStrategy, PaddingStrategy, QueueLimits};
 pub use cache::{CacheSpec, PersistenceSpec, SemanticCacheSpec};
-pub use model::{ModelFormat, ModelSource, ModelSpec};
+pub use model::{BUNDLED_SOURCE, ModelFormat, ModelSource, ModelSpec};
 pub use pool::{InferencePool, InferencePoolSpec};
 pub use resources::ResourcesSpec;
 pub use routing::{CircuitBreakerSpec, RetrySpec, RoutingSpec, RoutingStrategy};

@@ -1,0 +1,79 @@
+//! The headless Service, ConfigMap and PodDisruptionBudget of a pool.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{ConfigMap, Service, ServicePort, ServiceSpec};
+use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use super::names::{CONFIG_FILE, GRPC_PORT, HTTP_PORT, agent_name, labels, selector_labels};
+use crate::api::InferencePool;
+
+fn meta(pool: &InferencePool) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(agent_name(pool)),
+        labels: Some(labels(pool)),
+        ..ObjectMeta::default()
+    }
+}
+
+/// A headless Service over the agents: its EndpointSlices are how gateways find them.
+pub fn service(pool: &InferencePool) -> Service {
+    let port = |name: &str, number: i32| ServicePort {
+        name: Some(name.to_owned()),
+        port: number,
+        target_port: Some(IntOrString::String(name.to_owned())),
+        protocol: Some("TCP".to_owned()),
+        app_protocol: Some(
+            if name == "grpc" {
+                "kubernetes.io/h2c"
+            } else {
+                "http"
+            }
+            .to_owned(),
+        ),
+        ..ServicePort::default()
+    };
+    Service {
+        metadata: meta(pool),
+        spec: Some(ServiceSpec {
+            cluster_ip: Some("None".to_owned()),
+            selector: Some(selector_labels(pool)),
+            ports: Some(vec![port("http", HTTP_PORT), port("grpc", GRPC_PORT)]),
+            // Gateways track readiness themselves from load reports; they still want to see
+            // starting agents early.
+            publish_not_ready_addresses: Some(false),
+            ..ServiceSpec::default()
+        }),
+        status: None,
+    }
+}
+
+/// The ConfigMap holding the rendered agent configuration.
+pub fn config_map(pool: &InferencePool, rendered: &str) -> ConfigMap {
+    ConfigMap {
+        metadata: meta(pool),
+        data: Some(BTreeMap::from([(
+            CONFIG_FILE.to_owned(),
+            rendered.to_owned(),
+        )])),
+        ..ConfigMap::default()
+    }
+}
+
+/// A PodDisruptionBudget allowing one agent down at a time, when there is more than one.
+pub fn pod_disruption_budget(pool: &InferencePool) -> Option<PodDisruptionBudget> {
+    (pool.spec.replicas > 1).then(|| PodDisruptionBudget {
+        metadata: meta(pool),
+        spec: Some(PodDisruptionBudgetSpec {
+            max_unavailable: Some(IntOrString::Int(1)),
+            selector: Some(LabelSelector {
+                match_labels: Some(selector_labels(pool)),
+                ..LabelSelector::default()
+            }),
+            ..PodDisruptionBudgetSpec::default()
+        }),
+        status: None,
+    })
+}

@@ -1,0 +1,11 @@
+//! The controller: reconciles InferencePools into agent Deployments, Services, ConfigMaps
+//! and PodDisruptionBudgets. The builders here are pure functions of the pool, tested with
+//! plain values; the reconcile loop applies them with server-side apply.
+
+pub mod children;
+pub mod config;
+pub mod deployment;
+pub mod names;
+
+#[cfg(test)]
+mod tests;

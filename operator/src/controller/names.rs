@@ -1,0 +1,66 @@
+//! Names and labels shared by a pool's children.
+
+use std::collections::BTreeMap;
+
+use kube::ResourceExt;
+
+use crate::api::InferencePool;
+
+/// Field manager for every server-side apply by the operator.
+pub const MANAGER: &str = "inferpool-operator";
+/// Label naming the pool an object belongs to.
+pub const POOL_LABEL: &str = "inferpool.dev/pool";
+/// The agent's HTTP port (OpenAI API, /healthz, /readyz, /metrics).
+pub const HTTP_PORT: i32 = 8080;
+/// The agent's gRPC port (Agent service, grpc.health.v1).
+pub const GRPC_PORT: i32 = 50051;
+/// Where the agent's rendered configuration is mounted.
+pub const CONFIG_DIR: &str = "/etc/inferpool";
+/// File name of the rendered configuration inside the ConfigMap.
+pub const CONFIG_FILE: &str = "agent.json";
+
+/// Name of the agent Deployment, Service, ConfigMap and PodDisruptionBudget of `pool`.
+pub fn agent_name(pool: &InferencePool) -> String {
+    format!("{}-agent", pool.name_any())
+}
+
+/// Labels that select the pool's agent pods.
+pub fn selector_labels(pool: &InferencePool) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (
+            "app.kubernetes.io/name".to_owned(),
+            "inferpool-agent".to_owned(),
+        ),
+        (POOL_LABEL.to_owned(), pool.name_any()),
+    ])
+}
+
+/// Labels on every child (a superset of the selector).
+pub fn labels(pool: &InferencePool) -> BTreeMap<String, String> {
+    let mut labels = selector_labels(pool);
+    labels.insert("app.kubernetes.io/instance".to_owned(), pool.name_any());
+    labels.insert("app.kubernetes.io/component".to_owned(), "agent".to_owned());
+    labels.insert(
+        "app.kubernetes.io/managed-by".to_owned(),
+        MANAGER.to_owned(),
+    );
+    labels
+}
+
+/// The selector as a string, for `status.selector` and the scale subresource.
+pub fn selector_string(pool: &InferencePool) -> String {
+    selector_labels(pool)
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// The name clients send as `model`: `spec.model.servedName`, else the pool's name.
+pub fn served_name(pool: &InferencePool) -> String {
+    pool.spec
+        .model
+        .served_name
+        .clone()
+        .unwrap_or_else(|| pool.name_any())
+}
