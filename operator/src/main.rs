@@ -16,6 +16,8 @@ struct Cli {
 enum Command {
     /// Print the InferencePool CustomResourceDefinition as YAML.
     Crd,
+    /// Run the operator against the cluster of the current kubeconfig or service account.
+    Run(RunArgs),
     /// Check InferencePool manifests with the schema's rules, without a cluster.
     Validate {
         /// Manifest files (YAML, several documents allowed).
@@ -24,8 +26,33 @@ enum Command {
     },
 }
 
+#[derive(Debug, clap::Args)]
+struct RunArgs {
+    /// Run the controller (reconcile InferencePools into agents).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, env = "INFERPOOL_CONTROLLER")]
+    controller: bool,
+    /// Agent image for CPU pools.
+    #[arg(
+        long,
+        env = "INFERPOOL_AGENT_IMAGE",
+        default_value = "ghcr.io/inferpool/agent:0.1.0"
+    )]
+    agent_image: String,
+    /// Agent image for GPU pools.
+    #[arg(
+        long,
+        env = "INFERPOOL_AGENT_CUDA_IMAGE",
+        default_value = "ghcr.io/inferpool/agent-cuda:0.1.0"
+    )]
+    agent_cuda_image: String,
+    /// Base URL of the gateway that serves the pools, written to `status.endpoint`.
+    #[arg(long, env = "INFERPOOL_GATEWAY_URL")]
+    gateway_url: Option<String>,
+}
+
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
+        Command::Run(args) => run(args)?,
         Command::Crd => {
             let yaml = inferpool_operator::crd::crd_yaml()?;
             std::io::stdout().lock().write_all(yaml.as_bytes())?;
@@ -46,5 +73,36 @@ fn validate(files: &[PathBuf]) -> anyhow::Result<()> {
             println!("{}: InferencePool {name} is valid", file.display());
         }
     }
+    Ok(())
+}
+
+#[tokio::main]
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    use inferpool_operator::controller::deployment::AgentImages;
+    use inferpool_operator::controller::run::{ControllerSettings, run_controller};
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .json()
+        .init();
+    let client = kube::Client::try_default()
+        .await
+        .context("connecting to the API server")?;
+    anyhow::ensure!(
+        args.controller,
+        "nothing to run: the gateway is not built yet and --controller=false"
+    );
+    let settings = ControllerSettings {
+        images: AgentImages {
+            cpu: args.agent_image,
+            cuda: args.agent_cuda_image,
+        },
+        gateway: args.gateway_url,
+    };
+    let shutdown = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    tracing::info!("controller starting");
+    run_controller(client, settings, shutdown).await;
+    tracing::info!("controller stopped");
     Ok(())
 }

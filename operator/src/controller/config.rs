@@ -104,10 +104,9 @@ pub fn resolve_source(source: &str) -> Result<ResolvedSource, InvalidSource> {
     ))
 }
 
-/// Renders the agent configuration of `pool`.
-pub fn agent_config(pool: &InferencePool) -> Result<AgentConfig<'_>, InvalidSource> {
-    let source = resolve_source(&pool.spec.model.source)?;
-    Ok(AgentConfig {
+/// Renders the agent configuration of `pool`, whose model source resolved to `source`.
+pub fn agent_config<'a>(pool: &'a InferencePool, source: &ResolvedSource) -> AgentConfig<'a> {
+    AgentConfig {
         served_name: served_name(pool),
         model_path: source.path().to_owned(),
         model_format: pool.spec.model.format,
@@ -117,7 +116,7 @@ pub fn agent_config(pool: &InferencePool) -> Result<AgentConfig<'_>, InvalidSour
         cache: &pool.spec.cache,
         http_port: HTTP_PORT,
         grpc_port: GRPC_PORT,
-    })
+    }
 }
 
 /// The JSON text of the configuration, and its sha256 (hex) for the rollout annotation.
@@ -170,10 +169,11 @@ mod tests {
             "p",
             crate::api::InferencePoolSpec::with_model(Default::default()),
         );
-        let (_, a) = render(&agent_config(&pool).unwrap());
-        let (_, same) = render(&agent_config(&pool).unwrap());
+        let source = resolve_source("bundled").unwrap();
+        let (_, a) = render(&agent_config(&pool, &source));
+        let (_, same) = render(&agent_config(&pool, &source));
         pool.spec.batching.max_batch_size = 32;
-        let (text, b) = render(&agent_config(&pool).unwrap());
+        let (text, b) = render(&agent_config(&pool, &source));
         assert_eq!(a, same);
         assert_ne!(a, b);
         assert_eq!(a.len(), 64);

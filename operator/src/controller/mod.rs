@@ -5,7 +5,11 @@
 pub mod children;
 pub mod config;
 pub mod deployment;
+pub mod error;
 pub mod names;
+pub mod reconcile;
+pub mod run;
+pub mod status;
 
 #[cfg(test)]
 mod tests;

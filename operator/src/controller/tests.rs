@@ -29,7 +29,7 @@ fn pool(spec: Value) -> InferencePool {
 
 fn build(p: &InferencePool) -> Value {
     let source = resolve_source(&p.spec.model.source).unwrap();
-    let (_, checksum) = render(&agent_config(p).unwrap());
+    let (_, checksum) = render(&agent_config(p, &source));
     let inputs = DeploymentInputs {
         images: &images(),
         source: &source,
@@ -154,7 +154,8 @@ fn service_is_headless_with_named_ports() {
 #[test]
 fn config_map_holds_the_rendered_config() {
     let p = pool(json!({"model": {"servedName": "smol"}}));
-    let (text, _) = render(&agent_config(&p).unwrap());
+    let source = resolve_source(&p.spec.model.source).unwrap();
+    let (text, _) = render(&agent_config(&p, &source));
     let cm = config_map(&p, &text);
     let data: Value = serde_json::from_str(&cm.data.unwrap()["agent.json"]).unwrap();
     assert_eq!(data["servedName"], "smol");

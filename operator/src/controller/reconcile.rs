@@ -1,0 +1,169 @@
+//! One reconcile of one InferencePool: apply its children, then write its status if it
+//! changed.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::{Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::children::{config_map, pod_disruption_budget, service};
+use super::config::{agent_config, render, resolve_source};
+use super::deployment::{AgentImages, DeploymentInputs, deployment};
+use super::error::Error;
+use super::names::{MANAGER, agent_name};
+use super::status::{Observations, Problem, desired_status, reason};
+use crate::api::InferencePool;
+
+/// What every reconcile shares.
+pub struct Context {
+    /// Client for the API server.
+    pub client: kube::Client,
+    /// Event recorder, reporting as the operator.
+    pub recorder: Recorder,
+    /// Default agent images.
+    pub images: AgentImages,
+    /// Base URL of the gateway, for `status.endpoint`.
+    pub gateway: Option<String>,
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context")
+            .field("images", &self.images)
+            .field("gateway", &self.gateway)
+            .finish()
+    }
+}
+
+/// How often a settled pool is looked at again even without events.
+const RESYNC: Duration = Duration::from_secs(300);
+
+/// Brings one pool's children and status in line with its spec.
+pub async fn reconcile(pool: Arc<InferencePool>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let ns = pool.namespace().ok_or(Error::NoNamespace)?;
+    let (deployment, problem) = match apply_children(&pool, &ctx, &ns).await? {
+        Ok(deployment) => (Some(deployment), None),
+        Err(problem) => (None, Some(problem)),
+    };
+    if let Some(problem) = &problem {
+        warn_event(&pool, &ctx, problem).await;
+    }
+    let now = Time(k8s_openapi::jiff::Timestamp::now());
+    let seen = Observations {
+        deployment: deployment.as_ref(),
+        problem: problem.as_ref(),
+        gateway: ctx.gateway.as_deref(),
+        now: &now,
+    };
+    write_status(&pool, &ctx, &ns, desired_status(&pool, &seen)).await?;
+    Ok(Action::requeue(RESYNC))
+}
+
+/// Applies the children; `Ok(Err(problem))` when the spec cannot be realised.
+async fn apply_children(
+    pool: &InferencePool,
+    ctx: &Context,
+    ns: &str,
+) -> Result<Result<Deployment, Problem>, Error> {
+    let source = match resolve_source(&pool.spec.model.source) {
+        Ok(source) => source,
+        Err(e) => {
+            let problem = Problem {
+                reason: reason::MODEL_SOURCE_INVALID,
+                message: e.to_string(),
+            };
+            return Ok(Err(problem));
+        }
+    };
+    let (rendered, checksum) = render(&agent_config(pool, &source));
+    apply(pool, ctx, ns, config_map(pool, &rendered)).await?;
+    apply(pool, ctx, ns, service(pool)).await?;
+    sync_pdb(pool, ctx, ns).await?;
+    let inputs = DeploymentInputs {
+        images: &ctx.images,
+        source: &source,
+        config_checksum: &checksum,
+    };
+    Ok(Ok(apply(pool, ctx, ns, deployment(pool, &inputs)).await?))
+}
+
+async fn sync_pdb(pool: &InferencePool, ctx: &Context, ns: &str) -> Result<(), Error> {
+    match pod_disruption_budget(pool) {
+        Some(pdb) => apply(pool, ctx, ns, pdb).await.map(drop),
+        None => {
+            let api: Api<PodDisruptionBudget> = Api::namespaced(ctx.client.clone(), ns);
+            match api
+                .delete(&agent_name(pool), &DeleteParams::default())
+                .await
+            {
+                Ok(_) => Ok(()),
+                Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+                Err(e) => Err(e.into()),
+            }
+        }
+    }
+}
+
+/// Server-side applies `child`, owned by `pool`, and returns what the server holds.
+async fn apply<K>(pool: &InferencePool, ctx: &Context, ns: &str, mut child: K) -> Result<K, Error>
+where
+    K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
+        + k8s_openapi::Resource
+        + Clone
+        + Serialize
+        + DeserializeOwned
+        + std::fmt::Debug,
+{
+    let owner = pool.controller_owner_ref(&()).ok_or(Error::NoUid)?;
+    child.meta_mut().owner_references = Some(vec![owner]);
+    let name = child.name_any();
+    let mut value = serde_json::to_value(&child).map_err(|source| Error::Serialize {
+        kind: <K as k8s_openapi::Resource>::KIND,
+        source,
+    })?;
+    value["apiVersion"] = <K as k8s_openapi::Resource>::API_VERSION.into();
+    value["kind"] = <K as k8s_openapi::Resource>::KIND.into();
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), ns);
+    let params = PatchParams::apply(MANAGER).force();
+    Ok(api.patch(&name, &params, &Patch::Apply(&value)).await?)
+}
+
+async fn write_status(
+    pool: &InferencePool,
+    ctx: &Context,
+    ns: &str,
+    status: crate::api::InferencePoolStatus,
+) -> Result<(), Error> {
+    if pool.status.as_ref() == Some(&status) {
+        return Ok(());
+    }
+    let api: Api<InferencePool> = Api::namespaced(ctx.client.clone(), ns);
+    let patch = serde_json::json!({
+        "apiVersion": "inferpool.dev/v1alpha1", "kind": "InferencePool", "status": status,
+    });
+    let params = PatchParams::apply(MANAGER).force();
+    api.patch_status(&pool.name_any(), &params, &Patch::Apply(&patch))
+        .await?;
+    Ok(())
+}
+
+async fn warn_event(pool: &InferencePool, ctx: &Context, problem: &Problem) {
+    let event = Event {
+        type_: EventType::Warning,
+        reason: problem.reason.to_owned(),
+        note: Some(problem.message.clone()),
+        action: "Reconcile".to_owned(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &pool.object_ref(&())).await {
+        tracing::warn!(error = %e, "cannot publish event");
+    }
+}
