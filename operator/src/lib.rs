@@ -4,4 +4,7 @@
 pub mod api;
 pub mod controller;
 pub mod crd;
+pub mod leader;
 pub mod manifest;
+pub mod run;
+pub mod server;

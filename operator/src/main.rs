@@ -28,7 +28,7 @@ enum Command {
 
 #[derive(Debug, clap::Args)]
 struct RunArgs {
-    /// Run the controller (reconcile InferencePools into agents).
+    /// Run the controller (reconcile InferencePools into agents) while this replica leads.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, env = "INFERPOOL_CONTROLLER")]
     controller: bool,
     /// Agent image for CPU pools.
@@ -48,6 +48,21 @@ struct RunArgs {
     /// Base URL of the gateway that serves the pools, written to `status.endpoint`.
     #[arg(long, env = "INFERPOOL_GATEWAY_URL")]
     gateway_url: Option<String>,
+    /// Address of /healthz, /readyz and /metrics.
+    #[arg(long, env = "INFERPOOL_HEALTH_ADDR", default_value = "0.0.0.0:8081")]
+    health_addr: std::net::SocketAddr,
+    /// Namespace of the leader Lease (the operator's own).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    lease_namespace: String,
+    /// Name of the leader Lease.
+    #[arg(long, default_value = "inferpool-operator")]
+    lease_name: String,
+    /// Seconds a leader's lease stays valid without renewal.
+    #[arg(long, default_value_t = 15)]
+    lease_duration_seconds: u64,
+    /// This replica's identity in the Lease (defaults to the pod name, else host-pid).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -79,30 +94,40 @@ fn validate(files: &[PathBuf]) -> anyhow::Result<()> {
 #[tokio::main]
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     use inferpool_operator::controller::deployment::AgentImages;
-    use inferpool_operator::controller::run::{ControllerSettings, run_controller};
+    use inferpool_operator::controller::run::ControllerSettings;
+    use inferpool_operator::leader::LeaseSettings;
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
         .json()
         .init();
     let client = kube::Client::try_default()
         .await
         .context("connecting to the API server")?;
-    anyhow::ensure!(
-        args.controller,
-        "nothing to run: the gateway is not built yet and --controller=false"
-    );
-    let settings = ControllerSettings {
-        images: AgentImages {
-            cpu: args.agent_image,
-            cuda: args.agent_cuda_image,
+    let identity = args.identity.unwrap_or_else(default_identity);
+    let config = inferpool_operator::run::RunConfig {
+        controller: args.controller,
+        settings: ControllerSettings {
+            images: AgentImages {
+                cpu: args.agent_image,
+                cuda: args.agent_cuda_image,
+            },
+            gateway: args.gateway_url,
         },
-        gateway: args.gateway_url,
+        lease: LeaseSettings {
+            name: args.lease_name,
+            namespace: args.lease_namespace,
+            identity,
+            duration: std::time::Duration::from_secs(args.lease_duration_seconds),
+        },
+        health_addr: args.health_addr,
     };
-    let shutdown = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    tracing::info!("controller starting");
-    run_controller(client, settings, shutdown).await;
-    tracing::info!("controller stopped");
-    Ok(())
+    inferpool_operator::run::run(client, config).await
+}
+
+fn default_identity() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    format!("{}-{}", host.trim(), std::process::id())
 }

@@ -9,6 +9,7 @@ use inferpool_e2e::parts::repo_root;
 use inferpool_e2e::wait::wait_until;
 use inferpool_operator::api::InferencePool;
 use inferpool_operator::controller::deployment::AgentImages;
+use inferpool_operator::controller::metrics::ControllerMetrics;
 use inferpool_operator::controller::run::{ControllerSettings, run_controller};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
@@ -27,9 +28,14 @@ fn start_controller(client: kube::Client) -> tokio::sync::oneshot::Sender<()> {
         },
         gateway: Some("http://gateway.test:8080/v1".into()),
     };
-    tokio::spawn(run_controller(client, settings, async {
-        let _ = stopped.await;
-    }));
+    tokio::spawn(run_controller(
+        client,
+        settings,
+        ControllerMetrics::default(),
+        async {
+            let _ = stopped.await;
+        },
+    ));
     stop
 }
 

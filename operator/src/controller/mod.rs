@@ -6,6 +6,7 @@ pub mod children;
 pub mod config;
 pub mod deployment;
 pub mod error;
+pub mod metrics;
 pub mod names;
 pub mod reconcile;
 pub mod run;

@@ -1,8 +1,9 @@
 //! One reconcile of one InferencePool: apply its children, then write its status if it
 //! changed.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
@@ -18,12 +19,17 @@ use super::children::{config_map, pod_disruption_budget, service};
 use super::config::{agent_config, render, resolve_source};
 use super::deployment::{AgentImages, DeploymentInputs, deployment};
 use super::error::Error;
+use super::metrics::{ControllerMetrics, ErrorLabels};
 use super::names::{MANAGER, agent_name};
 use super::status::{Observations, Problem, desired_status, reason};
 use crate::api::InferencePool;
 
 /// What every reconcile shares.
 pub struct Context {
+    /// Metrics of the reconcile loop.
+    pub metrics: ControllerMetrics,
+    /// Consecutive failures per pool (`namespace/name`), for the error backoff.
+    pub failures: Mutex<HashMap<String, u32>>,
     /// Client for the API server.
     pub client: kube::Client,
     /// Event recorder, reporting as the operator.
@@ -46,15 +52,51 @@ impl std::fmt::Debug for Context {
 /// How often a settled pool is looked at again even without events.
 const RESYNC: Duration = Duration::from_secs(300);
 
-/// Brings one pool's children and status in line with its spec.
+/// Brings one pool's children and status in line with its spec, and records the outcome.
 pub async fn reconcile(pool: Arc<InferencePool>, ctx: Arc<Context>) -> Result<Action, Error> {
+    use tracing::Instrument as _;
+    let key = pool_key(&pool);
+    let span = tracing::info_span!("reconcile", pool = %key);
+    let start = Instant::now();
+    let result = reconcile_pool(&pool, &ctx).instrument(span).await;
+    ctx.metrics.duration.observe(start.elapsed().as_secs_f64());
+    ctx.metrics.reconciles.inc();
+    match &result {
+        Ok(_) => drop(lock(&ctx.failures).remove(&key)),
+        Err(e) => drop(
+            ctx.metrics
+                .errors
+                .get_or_create(&ErrorLabels {
+                    error_type: e.error_type(),
+                })
+                .inc(),
+        ),
+    }
+    result
+}
+
+/// `namespace/name` of a pool, for logs and the backoff table.
+pub fn pool_key(pool: &InferencePool) -> String {
+    format!(
+        "{}/{}",
+        pool.namespace().unwrap_or_default(),
+        pool.name_any()
+    )
+}
+
+/// The failure table stays usable even if a holder panicked.
+pub fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+async fn reconcile_pool(pool: &InferencePool, ctx: &Context) -> Result<Action, Error> {
     let ns = pool.namespace().ok_or(Error::NoNamespace)?;
-    let (deployment, problem) = match apply_children(&pool, &ctx, &ns).await? {
+    let (deployment, problem) = match apply_children(pool, ctx, &ns).await? {
         Ok(deployment) => (Some(deployment), None),
         Err(problem) => (None, Some(problem)),
     };
     if let Some(problem) = &problem {
-        warn_event(&pool, &ctx, problem).await;
+        warn_event(pool, ctx, problem).await;
     }
     let now = Time(k8s_openapi::jiff::Timestamp::now());
     let seen = Observations {
@@ -63,7 +105,7 @@ pub async fn reconcile(pool: Arc<InferencePool>, ctx: Arc<Context>) -> Result<Ac
         gateway: ctx.gateway.as_deref(),
         now: &now,
     };
-    write_status(&pool, &ctx, &ns, desired_status(&pool, &seen)).await?;
+    write_status(pool, ctx, &ns, desired_status(pool, &seen)).await?;
     Ok(Action::requeue(RESYNC))
 }
 

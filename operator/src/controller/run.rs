@@ -14,8 +14,9 @@ use kube::runtime::watcher;
 
 use super::deployment::AgentImages;
 use super::error::Error;
+use super::metrics::ControllerMetrics;
 use super::names::MANAGER;
-use super::reconcile::{Context, reconcile};
+use super::reconcile::{Context, lock, pool_key, reconcile};
 use crate::api::InferencePool;
 
 /// Settings of the controller.
@@ -31,9 +32,12 @@ pub struct ControllerSettings {
 pub async fn run_controller(
     client: kube::Client,
     settings: ControllerSettings,
+    metrics: ControllerMetrics,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let ctx = Arc::new(Context {
+        metrics,
+        failures: Default::default(),
         recorder: Recorder::new(client.clone(), MANAGER.into()),
         client: client.clone(),
         images: settings.images,
@@ -56,14 +60,37 @@ pub async fn run_controller(
         .await;
 }
 
-/// Requeues a failed pool soon; the API server's own conflicts settle within seconds.
-fn error_policy(pool: Arc<InferencePool>, error: &Error, _ctx: Arc<Context>) -> Action {
-    tracing::warn!(
-        pool = %format!("{}/{}", pool.metadata.namespace.as_deref().unwrap_or_default(),
-            pool.metadata.name.as_deref().unwrap_or_default()),
-        error_type = error.error_type(),
-        error = %error,
-        "reconcile error"
-    );
-    Action::requeue(Duration::from_secs(5))
+/// Requeues a failed pool with a backoff that doubles per consecutive failure.
+fn error_policy(pool: Arc<InferencePool>, error: &Error, ctx: Arc<Context>) -> Action {
+    let key = pool_key(&pool);
+    let failures = {
+        let mut table = lock(&ctx.failures);
+        let n = table.entry(key.clone()).or_insert(0);
+        *n = n.saturating_add(1);
+        *n
+    };
+    let delay = backoff(failures);
+    tracing::warn!(pool = %key, error_type = error.error_type(), error = %error, ?delay, "reconcile failed");
+    Action::requeue(delay)
+}
+
+/// 1 s after the first failure, doubling, at most 5 minutes.
+pub fn backoff(consecutive_failures: u32) -> Duration {
+    let exp = consecutive_failures.saturating_sub(1).min(16);
+    Duration::from_secs(1u64 << exp).min(Duration::from_secs(300))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_is_capped() {
+        assert_eq!(backoff(1), Duration::from_secs(1));
+        assert_eq!(backoff(2), Duration::from_secs(2));
+        assert_eq!(backoff(5), Duration::from_secs(16));
+        assert_eq!(backoff(9), Duration::from_secs(256));
+        assert_eq!(backoff(10), Duration::from_secs(300));
+        assert_eq!(backoff(u32::MAX), Duration::from_secs(300));
+    }
 }
