@@ -3,5 +3,6 @@
 //! loopback with a namespace per test.
 
 pub mod cluster;
+pub mod controller;
 pub mod parts;
 pub mod wait;

@@ -52,3 +52,18 @@ pub fn controlplane_bin() -> anyhow::Result<PathBuf> {
     require(&dir.join("kube-apiserver"), "hack/controlplane/build")?;
     Ok(dir)
 }
+
+/// The `inferpool-operator` binary built alongside this test (`cargo test --workspace`
+/// builds every binary of the workspace before running tests).
+pub fn operator_binary() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    // target/<profile>/deps/<test> -> target/<profile>/inferpool-operator
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .ok_or_else(|| anyhow::anyhow!("no target dir"))?;
+    require(
+        &dir.join("inferpool-operator"),
+        "cargo build -p inferpool-operator",
+    )
+}

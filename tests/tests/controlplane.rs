@@ -1,37 +1,16 @@
 //! The test control plane itself, against the real kube-apiserver, controller-manager,
 //! scheduler and kwok built by `hack/controlplane/build`.
 
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use inferpool_e2e::cluster::cluster;
+use inferpool_e2e::controller::install_crd;
 use inferpool_e2e::parts::repo_root;
 use inferpool_e2e::wait::wait_until;
 use inferpool_operator::api::{InferencePool, InferencePoolSpec, ModelSpec};
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use kube::api::{ListParams, PostParams};
-
-const CRD: &str = "crds/inferencepools.inferpool.dev.yaml";
-
-/// Installs the committed CRD once per test process, as a user would (`kubectl apply`).
-fn install_crd() -> anyhow::Result<()> {
-    static INSTALLED: OnceLock<Result<(), String>> = OnceLock::new();
-    let apply = || -> anyhow::Result<()> {
-        let c = cluster()?;
-        let path = repo_root().join(CRD);
-        c.kubectl(&["apply", "-f", path.to_str().unwrap_or_default()])?;
-        c.kubectl(&[
-            "wait",
-            "--for=condition=Established",
-            "--timeout=60s",
-            "crd/inferencepools.inferpool.dev",
-        ])?;
-        Ok(())
-    };
-    let done = INSTALLED.get_or_init(|| apply().map_err(|e| format!("{e:#}")));
-    done.clone().map_err(anyhow::Error::msg)
-}
 
 #[test]
 fn the_crd_is_established_and_explained() -> anyhow::Result<()> {

@@ -10,6 +10,7 @@ pub mod metrics;
 pub mod names;
 pub mod reconcile;
 pub mod run;
+pub mod scheduling;
 pub mod status;
 
 #[cfg(test)]

@@ -6,9 +6,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::{Resource, ResourceExt};
@@ -20,7 +21,8 @@ use super::config::{agent_config, render, resolve_source};
 use super::deployment::{AgentImages, DeploymentInputs, deployment};
 use super::error::Error;
 use super::metrics::{ControllerMetrics, ErrorLabels};
-use super::names::{MANAGER, agent_name};
+use super::names::{MANAGER, agent_name, selector_string};
+use super::scheduling::gpu_problem;
 use super::status::{Observations, Problem, desired_status, reason};
 use crate::api::InferencePool;
 
@@ -92,7 +94,7 @@ pub fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 async fn reconcile_pool(pool: &InferencePool, ctx: &Context) -> Result<Action, Error> {
     let ns = pool.namespace().ok_or(Error::NoNamespace)?;
     let (deployment, problem) = match apply_children(pool, ctx, &ns).await? {
-        Ok(deployment) => (Some(deployment), None),
+        Ok(deployment) => (Some(deployment), scheduling_problem(pool, ctx, &ns).await?),
         Err(problem) => (None, Some(problem)),
     };
     if let Some(problem) = &problem {
@@ -135,6 +137,18 @@ async fn apply_children(
         config_checksum: &checksum,
     };
     Ok(Ok(apply(pool, ctx, ns, deployment(pool, &inputs)).await?))
+}
+
+async fn scheduling_problem(
+    pool: &InferencePool,
+    ctx: &Context,
+    ns: &str,
+) -> Result<Option<Problem>, Error> {
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
+    let list = pods
+        .list(&ListParams::default().labels(&selector_string(pool)))
+        .await?;
+    Ok(gpu_problem(&list.items))
 }
 
 async fn sync_pdb(pool: &InferencePool, ctx: &Context, ns: &str) -> Result<(), Error> {

@@ -5,17 +5,18 @@ use std::time::Duration;
 
 use futures::StreamExt as _;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::Api;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::Recorder;
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 
 use super::deployment::AgentImages;
 use super::error::Error;
 use super::metrics::ControllerMetrics;
-use super::names::MANAGER;
+use super::names::{MANAGER, POOL_LABEL};
 use super::reconcile::{Context, lock, pool_key, reconcile};
 use crate::api::InferencePool;
 
@@ -48,7 +49,14 @@ pub async fn run_controller(
         .owns(Api::<Deployment>::all(client.clone()), cfg())
         .owns(Api::<Service>::all(client.clone()), cfg())
         .owns(Api::<ConfigMap>::all(client.clone()), cfg())
-        .owns(Api::<PodDisruptionBudget>::all(client), cfg())
+        .owns(Api::<PodDisruptionBudget>::all(client.clone()), cfg())
+        // Agent pods belong to ReplicaSets, not to the pool: map them back by label, so that
+        // scheduling problems show up in the pool's status.
+        .watches(
+            Api::<Pod>::all(client),
+            cfg().labels(AGENT_POD_SELECTOR),
+            pool_of_pod,
+        )
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
@@ -58,6 +66,13 @@ pub async fn run_controller(
             }
         })
         .await;
+}
+
+const AGENT_POD_SELECTOR: &str = "app.kubernetes.io/name=inferpool-agent";
+
+fn pool_of_pod(pod: Pod) -> Option<ObjectRef<InferencePool>> {
+    let name = pod.metadata.labels.as_ref()?.get(POOL_LABEL)?;
+    Some(ObjectRef::new(name).within(pod.metadata.namespace.as_deref()?))
 }
 
 /// Requeues a failed pool with a backoff that doubles per consecutive failure.

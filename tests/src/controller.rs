@@ -1,0 +1,84 @@
+//! The real controller, run in this test process on a runtime of its own, so that every
+//! test of a binary shares one controller (as a cluster has one leader).
+
+use std::sync::OnceLock;
+
+use inferpool_operator::controller::deployment::AgentImages;
+use inferpool_operator::controller::metrics::ControllerMetrics;
+use inferpool_operator::controller::run::{ControllerSettings, run_controller};
+
+use crate::cluster::cluster;
+
+/// Images that no node can pull: kwok never pulls, and nothing else runs them.
+pub fn test_images() -> AgentImages {
+    AgentImages {
+        cpu: "registry.invalid/agent:cpu".into(),
+        cuda: "registry.invalid/agent:cuda".into(),
+    }
+}
+
+/// Settings used by controller tests.
+pub fn test_settings() -> ControllerSettings {
+    ControllerSettings {
+        images: test_images(),
+        gateway: Some("http://gateway.test:8080/v1".into()),
+    }
+}
+
+/// Starts (once per process) the controller against the test cluster; returns its metrics.
+pub fn shared_controller() -> anyhow::Result<ControllerMetrics> {
+    static METRICS: OnceLock<Result<ControllerMetrics, String>> = OnceLock::new();
+    METRICS
+        .get_or_init(|| start().map_err(|e| format!("{e:#}")))
+        .clone()
+        .map_err(anyhow::Error::msg)
+}
+
+fn start() -> anyhow::Result<ControllerMetrics> {
+    let c = cluster()?;
+    let metrics = ControllerMetrics::default();
+    let m = metrics.clone();
+    let (started, outcome) = std::sync::mpsc::sync_channel::<Result<(), String>>(1);
+    // A thread of its own: tests may call this from inside their own runtime.
+    std::thread::spawn(move || {
+        let runtime = match tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => rt,
+            Err(e) => return drop(started.send(Err(e.to_string()))),
+        };
+        runtime.block_on(async move {
+            let client = match c.client().await {
+                Ok(client) => client,
+                Err(e) => return drop(started.send(Err(format!("{e:#}")))),
+            };
+            let _ = started.send(Ok(()));
+            run_controller(client, test_settings(), m, std::future::pending()).await;
+        });
+    });
+    outcome.recv()?.map_err(anyhow::Error::msg)?;
+    Ok(metrics)
+}
+
+/// Installs the committed CRD once per process (`kubectl apply`, as a user would).
+pub fn install_crd() -> anyhow::Result<()> {
+    static INSTALLED: OnceLock<Result<(), String>> = OnceLock::new();
+    let apply = || -> anyhow::Result<()> {
+        let c = cluster()?;
+        let path = crate::parts::repo_root().join("crds/inferencepools.inferpool.dev.yaml");
+        c.kubectl(&["apply", "-f", path.to_str().unwrap_or_default()])?;
+        c.kubectl(&[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "crd/inferencepools.inferpool.dev",
+        ])?;
+        Ok(())
+    };
+    INSTALLED
+        .get_or_init(|| apply().map_err(|e| format!("{e:#}")))
+        .clone()
+        .map_err(anyhow::Error::msg)
+}
