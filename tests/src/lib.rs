@@ -4,5 +4,6 @@
 
 pub mod cluster;
 pub mod controller;
+pub mod http;
 pub mod parts;
 pub mod wait;

@@ -1,0 +1,198 @@
+//! Two real operator processes against the test control plane: exactly one leads and
+//! reconciles; when the leader is killed the other takes over within the lease time, and
+//! the new leader's first reconciles change nothing (a restarted operator causes no churn).
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use inferpool_e2e::cluster::{Cluster, cluster};
+use inferpool_e2e::controller::install_crd;
+use inferpool_e2e::http::{free_port, get, metric};
+use inferpool_e2e::parts::operator_binary;
+use inferpool_e2e::wait::wait_until;
+use inferpool_operator::api::InferencePool;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use kube::Api;
+
+const LEASE_SECONDS: u64 = 4;
+
+/// An operator process, killed when dropped.
+struct Operator {
+    child: Child,
+    health: SocketAddr,
+    identity: String,
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Operator {
+    fn spawn(c: &Cluster, identity: &str, lease_ns: &str) -> anyhow::Result<Self> {
+        let health = free_port()?;
+        let log =
+            std::fs::File::create(std::env::temp_dir().join(format!("inferpool-{identity}.log")))?;
+        let child = Command::new(operator_binary()?)
+            .args([
+                "run",
+                "--health-addr",
+                &health.to_string(),
+                "--lease-namespace",
+                lease_ns,
+            ])
+            .args([
+                "--lease-duration-seconds",
+                &LEASE_SECONDS.to_string(),
+                "--identity",
+                identity,
+            ])
+            .args(["--agent-image", "registry.invalid/agent:cpu"])
+            .args(["--agent-cuda-image", "registry.invalid/agent:cuda"])
+            .env("KUBECONFIG", c.kubeconfig())
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()?;
+        Ok(Self {
+            child,
+            health,
+            identity: identity.to_owned(),
+        })
+    }
+
+    fn metric(&self, name: &str) -> Option<f64> {
+        let (code, body) = get(self.health, "/metrics").ok()?;
+        (code == 200).then(|| metric(&body, name)).flatten()
+    }
+
+    fn leads(&self) -> bool {
+        self.metric("inferpool_controller_leader") == Some(1.0)
+    }
+}
+
+async fn until_ready(
+    pools: &Api<InferencePool>,
+    name: &str,
+    limit: Duration,
+) -> anyhow::Result<InferencePool> {
+    wait_until(limit, || async {
+        let p = pools.get(name).await.ok()?;
+        let ready = p
+            .status
+            .as_ref()?
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True");
+        ready.then_some(p)
+    })
+    .await
+}
+
+#[tokio::test]
+async fn one_leader_reconciles_and_a_standby_takes_over() -> anyhow::Result<()> {
+    install_crd()?;
+    let c = cluster()?;
+    let lease_ns = c.namespace("lease")?;
+    let ns = c.namespace("leader")?;
+    let client = c.client().await?;
+    let a = Operator::spawn(c, "op-a", lease_ns.name())?;
+    let b = Operator::spawn(c, "op-b", lease_ns.name())?;
+    let a_leads = wait_until(Duration::from_secs(60), || async {
+        match (a.leads(), b.leads()) {
+            (true, false) => Some(true),
+            (false, true) => Some(false),
+            _ => None,
+        }
+    })
+    .await?;
+    let (mut leader, standby) = if a_leads { (a, b) } else { (b, a) };
+    let holder = c.kubectl(&[
+        "get",
+        "lease",
+        "inferpool-operator",
+        "-n",
+        lease_ns.name(),
+        "-o",
+        "jsonpath={.spec.holderIdentity}",
+    ])?;
+    assert_eq!(holder, leader.identity);
+
+    let pools: Api<InferencePool> = Api::namespaced(client.clone(), ns.name());
+    let pool = |name: &str| {
+        format!(
+            "apiVersion: inferpool.dev/v1alpha1\nkind: InferencePool\nmetadata: {{name: {name}}}\nspec: {{model: {{}}, replicas: 2}}\n"
+        )
+    };
+    c.kubectl_stdin(&["apply", "-n", ns.name(), "-f", "-"], &pool("first"))?;
+    until_ready(&pools, "first", Duration::from_secs(60)).await?;
+    assert!(
+        leader
+            .metric("inferpool_controller_reconciles_total")
+            .unwrap_or(0.0)
+            > 0.0
+    );
+    assert_eq!(
+        standby.metric("inferpool_controller_reconciles_total"),
+        Some(0.0),
+        "the standby reconciled"
+    );
+    let before = versions(&client, ns.name(), "first").await?;
+
+    // Kill the leader outright: its lease is not released and must expire.
+    leader.child.kill()?;
+    let killed = Instant::now();
+    c.kubectl_stdin(&["apply", "-n", ns.name(), "-f", "-"], &pool("second"))?;
+    until_ready(&pools, "second", Duration::from_secs(60)).await?;
+    let took = killed.elapsed();
+    assert!(standby.leads(), "the standby did not take over");
+    assert!(
+        took < Duration::from_secs(LEASE_SECONDS * 3 + 5),
+        "takeover took {took:?}"
+    );
+    // The new leader reconciled `first` at start; nothing about it may have been written.
+    wait_until(Duration::from_secs(30), || async {
+        (standby.metric("inferpool_controller_reconciles_total")? >= 2.0).then_some(())
+    })
+    .await?;
+    assert_eq!(
+        before,
+        versions(&client, ns.name(), "first").await?,
+        "the new leader churned an unchanged pool"
+    );
+    Ok(())
+}
+
+async fn versions(
+    client: &kube::Client,
+    ns: &str,
+    pool: &str,
+) -> anyhow::Result<Vec<Option<String>>> {
+    let child = format!("{pool}-agent");
+    Ok(vec![
+        Api::<InferencePool>::namespaced(client.clone(), ns)
+            .get(pool)
+            .await?
+            .metadata
+            .resource_version,
+        Api::<Deployment>::namespaced(client.clone(), ns)
+            .get(&child)
+            .await?
+            .metadata
+            .resource_version,
+        Api::<Service>::namespaced(client.clone(), ns)
+            .get(&child)
+            .await?
+            .metadata
+            .resource_version,
+        Api::<ConfigMap>::namespaced(client.clone(), ns)
+            .get(&child)
+            .await?
+            .metadata
+            .resource_version,
+    ])
+}
