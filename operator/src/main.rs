@@ -102,6 +102,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .json()
+        .with_writer(std::io::stderr)
         .init();
     let client = kube::Client::try_default()
         .await

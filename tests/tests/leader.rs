@@ -16,7 +16,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use kube::Api;
 
-const LEASE_SECONDS: u64 = 4;
+const LEASE_SECONDS: u64 = 5;
 
 /// An operator process, killed when dropped.
 struct Operator {
@@ -121,6 +121,9 @@ async fn one_leader_reconciles_and_a_standby_takes_over() -> anyhow::Result<()> 
         "jsonpath={.spec.holderIdentity}",
     ])?;
     assert_eq!(holder, leader.identity);
+    // A replica that led earlier (before a renewal missed under load) has counted reconciles;
+    // what matters is that a standby reconciles nothing while it stands by.
+    let standby_count = standby.metric("inferpool_controller_reconciles_total");
 
     let pools: Api<InferencePool> = Api::namespaced(client.clone(), ns.name());
     let pool = |name: &str| {
@@ -155,8 +158,9 @@ async fn one_leader_reconciles_and_a_standby_takes_over() -> anyhow::Result<()> 
         "takeover took {took:?}"
     );
     // The new leader reconciled `first` at start; nothing about it may have been written.
+    let since_takeover = standby_count.unwrap_or(0.0) + 2.0;
     wait_until(Duration::from_secs(30), || async {
-        (standby.metric("inferpool_controller_reconciles_total")? >= 2.0).then_some(())
+        (standby.metric("inferpool_controller_reconciles_total")? >= since_takeover).then_some(())
     })
     .await?;
     assert_eq!(
