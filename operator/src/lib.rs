@@ -6,5 +6,6 @@ pub mod controller;
 pub mod crd;
 pub mod leader;
 pub mod manifest;
+pub mod rbac;
 pub mod run;
 pub mod server;

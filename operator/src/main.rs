@@ -18,6 +18,12 @@ enum Command {
     Crd,
     /// Run the operator against the cluster of the current kubeconfig or service account.
     Run(RunArgs),
+    /// Print the operator's ClusterRole and (leader Lease) Role as YAML.
+    Rbac {
+        /// The operator's namespace, for the Role.
+        #[arg(long, default_value = "inferpool-system")]
+        namespace: String,
+    },
     /// Check InferencePool manifests with the schema's rules, without a cluster.
     Validate {
         /// Manifest files (YAML, several documents allowed).
@@ -73,6 +79,9 @@ fn main() -> anyhow::Result<()> {
             std::io::stdout().lock().write_all(yaml.as_bytes())?;
         }
         Command::Validate { files } => validate(&files)?,
+        Command::Rbac { namespace } => {
+            print!("{}", inferpool_operator::rbac::rbac_yaml(&namespace)?)
+        }
     }
     Ok(())
 }

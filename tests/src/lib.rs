@@ -5,5 +5,6 @@
 pub mod cluster;
 pub mod controller;
 pub mod http;
+pub mod operator;
 pub mod parts;
 pub mod wait;

@@ -2,78 +2,19 @@
 //! reconciles; when the leader is killed the other takes over within the lease time, and
 //! the new leader's first reconciles change nothing (a restarted operator causes no churn).
 
-use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use inferpool_e2e::cluster::{Cluster, cluster};
+use inferpool_e2e::cluster::cluster;
 use inferpool_e2e::controller::install_crd;
-use inferpool_e2e::http::{free_port, get, metric};
-use inferpool_e2e::parts::operator_binary;
+use inferpool_e2e::operator::OperatorProcess;
 use inferpool_e2e::wait::wait_until;
 use inferpool_operator::api::InferencePool;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use kube::Api;
 
+/// What `OperatorProcess` runs with.
 const LEASE_SECONDS: u64 = 5;
-
-/// An operator process, killed when dropped.
-struct Operator {
-    child: Child,
-    health: SocketAddr,
-    identity: String,
-}
-
-impl Drop for Operator {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Operator {
-    fn spawn(c: &Cluster, identity: &str, lease_ns: &str) -> anyhow::Result<Self> {
-        let health = free_port()?;
-        let log =
-            std::fs::File::create(std::env::temp_dir().join(format!("inferpool-{identity}.log")))?;
-        let child = Command::new(operator_binary()?)
-            .args([
-                "run",
-                "--health-addr",
-                &health.to_string(),
-                "--lease-namespace",
-                lease_ns,
-            ])
-            .args([
-                "--lease-duration-seconds",
-                &LEASE_SECONDS.to_string(),
-                "--identity",
-                identity,
-            ])
-            .args(["--agent-image", "registry.invalid/agent:cpu"])
-            .args(["--agent-cuda-image", "registry.invalid/agent:cuda"])
-            .env("KUBECONFIG", c.kubeconfig())
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()?;
-        Ok(Self {
-            child,
-            health,
-            identity: identity.to_owned(),
-        })
-    }
-
-    fn metric(&self, name: &str) -> Option<f64> {
-        let (code, body) = get(self.health, "/metrics").ok()?;
-        (code == 200).then(|| metric(&body, name)).flatten()
-    }
-
-    fn leads(&self) -> bool {
-        self.metric("inferpool_controller_leader") == Some(1.0)
-    }
-}
 
 async fn until_ready(
     pools: &Api<InferencePool>,
@@ -100,8 +41,8 @@ async fn one_leader_reconciles_and_a_standby_takes_over() -> anyhow::Result<()> 
     let lease_ns = c.namespace("lease")?;
     let ns = c.namespace("leader")?;
     let client = c.client().await?;
-    let a = Operator::spawn(c, "op-a", lease_ns.name())?;
-    let b = Operator::spawn(c, "op-b", lease_ns.name())?;
+    let a = OperatorProcess::spawn(c.kubeconfig(), "op-a", lease_ns.name())?;
+    let b = OperatorProcess::spawn(c.kubeconfig(), "op-b", lease_ns.name())?;
     let a_leads = wait_until(Duration::from_secs(60), || async {
         match (a.leads(), b.leads()) {
             (true, false) => Some(true),

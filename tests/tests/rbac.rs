@@ -1,0 +1,139 @@
+//! The operator runs with exactly the RBAC it declares (`inferpool-operator rbac`): a real
+//! operator process impersonates its ServiceAccount bound to those roles and nothing else,
+//! and still reconciles pools fully (children, status, PDB removal, events, lease).
+
+use std::time::Duration;
+
+use inferpool_e2e::cluster::cluster;
+use inferpool_e2e::controller::install_crd;
+use inferpool_e2e::operator::OperatorProcess;
+use inferpool_e2e::wait::wait_until;
+use inferpool_operator::api::InferencePool;
+use inferpool_operator::rbac::{NAME, rbac_yaml};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::Api;
+use kube::config::Kubeconfig;
+
+fn condition(pool: &InferencePool, type_: &str) -> Option<(String, String)> {
+    let c = pool
+        .status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)?;
+    Some((c.status.clone(), c.reason.clone()))
+}
+
+#[tokio::test]
+async fn the_operator_needs_nothing_beyond_its_declared_rbac() -> anyhow::Result<()> {
+    install_crd()?;
+    let c = cluster()?;
+    let op_ns = c.namespace("operator")?;
+    let ns = c.namespace("rbac")?;
+    let user = format!("system:serviceaccount:{}:{NAME}", op_ns.name());
+    c.kubectl(&["create", "serviceaccount", NAME, "-n", op_ns.name()])?;
+    c.kubectl_stdin(&["apply", "-f", "-"], &rbac_yaml(op_ns.name())?)?;
+    let binding = format!("{NAME}-{}", op_ns.name());
+    let subject = format!("{}:{NAME}", op_ns.name());
+    c.kubectl(&[
+        "create",
+        "clusterrolebinding",
+        &binding,
+        "--clusterrole",
+        NAME,
+        "--serviceaccount",
+        &subject,
+    ])?;
+    c.kubectl(&[
+        "create",
+        "rolebinding",
+        NAME,
+        "-n",
+        op_ns.name(),
+        "--role",
+        NAME,
+        "--serviceaccount",
+        &subject,
+    ])?;
+    assert_eq!(
+        c.kubectl(&["auth", "can-i", "list", "secrets", "--as", &user])
+            .unwrap_or_default()
+            .trim(),
+        ""
+    );
+
+    // A kubeconfig that acts as the ServiceAccount.
+    let mut kubeconfig = Kubeconfig::read_from(c.kubeconfig())?;
+    for auth in &mut kubeconfig.auth_infos {
+        if let Some(info) = auth.auth_info.as_mut() {
+            info.impersonate = Some(user.clone());
+        }
+    }
+    let path =
+        std::env::temp_dir().join(format!("inferpool-rbac-{}.kubeconfig", std::process::id()));
+    std::fs::write(&path, serde_saphyr::to_string(&kubeconfig)?)?;
+    // The kubeconfig really is restricted: reading Secrets is refused.
+    let denied = c
+        .tool("kubectl")
+        .env("KUBECONFIG", &path)
+        .args(["get", "secrets", "-A"])
+        .output()?;
+    assert!(
+        !denied.status.success() && String::from_utf8_lossy(&denied.stderr).contains("forbidden")
+    );
+    let op = OperatorProcess::spawn(&path, "op-rbac", op_ns.name())?;
+
+    let client = c.client().await?;
+    let pools: Api<InferencePool> = Api::namespaced(client.clone(), ns.name());
+    let apply = |yaml: &str| c.kubectl_stdin(&["apply", "-n", ns.name(), "-f", "-"], yaml);
+    apply(
+        "apiVersion: inferpool.dev/v1alpha1\nkind: InferencePool\nmetadata: {name: a}\nspec: {model: {}, replicas: 2}\n",
+    )?;
+    let limit = Duration::from_secs(90);
+    let ready = |name: &'static str| {
+        let pools = pools.clone();
+        async move {
+            wait_until(limit, || async {
+                let p = pools.get(name).await.ok()?;
+                let current = p.status.as_ref()?.observed_generation == p.metadata.generation;
+                (current && condition(&p, "Ready")?.0 == "True").then_some(())
+            })
+            .await
+        }
+    };
+    ready("a").await?;
+    c.kubectl(&["scale", "-n", ns.name(), "ipool/a", "--replicas=1"])?;
+    ready("a").await?;
+    let pdbs: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), ns.name());
+    assert!(
+        pdbs.get_opt("a-agent").await?.is_none(),
+        "the PDB of a single agent was not removed"
+    );
+    apply(
+        "apiVersion: inferpool.dev/v1alpha1\nkind: InferencePool\nmetadata: {name: b}\nspec: {model: {source: \"pvc://w/../x\"}}\n",
+    )?;
+    wait_until(limit, || async {
+        let p = pools.get("b").await.ok()?;
+        (condition(&p, "Degraded")?.1 == "ModelSourceInvalid").then_some(())
+    })
+    .await?;
+    let events = c.kubectl(&[
+        "get",
+        "events",
+        "-n",
+        ns.name(),
+        "--field-selector",
+        "reason=ModelSourceInvalid",
+        "-o",
+        "name",
+    ])?;
+    assert!(!events.trim().is_empty(), "the event could not be written");
+    let log = op.log_text();
+    assert!(
+        !log.to_lowercase().contains("forbidden"),
+        "the operator was refused something:\n{log}"
+    );
+    c.kubectl(&["delete", "clusterrolebinding", &binding])?;
+    std::fs::remove_file(path)?;
+    Ok(())
+}
