@@ -5,10 +5,12 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
     Affinity, Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
-    EnvVar, EnvVarSource, GRPCAction, HTTPGetAction, Lifecycle, LifecycleHandler, NodeAffinity,
-    NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, ObjectFieldSelector,
+    EnvVar, EnvVarSource, EphemeralVolumeSource, GRPCAction, HTTPGetAction, Lifecycle,
+    LifecycleHandler, NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm,
+    ObjectFieldSelector, PersistentVolumeClaimSpec, PersistentVolumeClaimTemplate,
     PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
     ResourceRequirements, SeccompProfile, SecurityContext, SleepAction, Volume, VolumeMount,
+    VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -136,7 +138,7 @@ fn container(pool: &InferencePool, inputs: &DeploymentInputs<'_>) -> Container {
         ports: Some(vec![port("http", HTTP_PORT), port("grpc", GRPC_PORT)]),
         env: Some(env(pool)),
         resources: Some(resources(pool)),
-        volume_mounts: Some(volume_mounts(inputs.source)),
+        volume_mounts: Some(volume_mounts(pool, inputs.source)),
         readiness_probe: Some(grpc_probe(5, 3)),
         startup_probe: Some(grpc_probe(5, STARTUP_FAILURES)),
         liveness_probe: Some(Probe {
@@ -235,6 +237,45 @@ fn resources(pool: &InferencePool) -> ResourceRequirements {
     }
 }
 
+/// Where the agent keeps its persistent cache.
+pub const CACHE_DIR: &str = "/var/cache/inferpool";
+
+/// With `cache.persistence`, a PersistentVolumeClaim template per agent pod (a generic
+/// ephemeral volume): the claim lives as long as the pod, so the cache survives agent
+/// (container) restarts and is reclaimed with the pod.
+fn cache_volume(pool: &InferencePool) -> Option<Volume> {
+    let p = &pool.spec.cache.persistence;
+    if !(p.enabled && pool.spec.cache.enabled) {
+        return None;
+    }
+    let claim = PersistentVolumeClaimSpec {
+        access_modes: Some(vec!["ReadWriteOnce".to_owned()]),
+        storage_class_name: p.storage_class_name.clone(),
+        resources: Some(VolumeResourceRequirements {
+            requests: Some(BTreeMap::from([(
+                "storage".to_owned(),
+                p.volume_size.clone(),
+            )])),
+            ..VolumeResourceRequirements::default()
+        }),
+        ..PersistentVolumeClaimSpec::default()
+    };
+    let template = PersistentVolumeClaimTemplate {
+        metadata: Some(ObjectMeta {
+            labels: Some(labels(pool)),
+            ..ObjectMeta::default()
+        }),
+        spec: claim,
+    };
+    Some(Volume {
+        name: "cache".to_owned(),
+        ephemeral: Some(EphemeralVolumeSource {
+            volume_claim_template: Some(template),
+        }),
+        ..Volume::default()
+    })
+}
+
 fn volumes(pool: &InferencePool, source: &ResolvedSource) -> Vec<Volume> {
     let mut volumes = vec![
         Volume {
@@ -251,6 +292,7 @@ fn volumes(pool: &InferencePool, source: &ResolvedSource) -> Vec<Volume> {
             ..Volume::default()
         },
     ];
+    volumes.extend(cache_volume(pool));
     if let ResolvedSource::Claim { claim, .. } = source {
         volumes.push(Volume {
             name: "model".to_owned(),
@@ -264,7 +306,7 @@ fn volumes(pool: &InferencePool, source: &ResolvedSource) -> Vec<Volume> {
     volumes
 }
 
-fn volume_mounts(source: &ResolvedSource) -> Vec<VolumeMount> {
+fn volume_mounts(pool: &InferencePool, source: &ResolvedSource) -> Vec<VolumeMount> {
     let mount = |name: &str, path: String, read_only: bool| VolumeMount {
         name: name.to_owned(),
         mount_path: path,
@@ -275,6 +317,9 @@ fn volume_mounts(source: &ResolvedSource) -> Vec<VolumeMount> {
         mount("config", CONFIG_DIR.to_owned(), true),
         mount("tmp", "/tmp".to_owned(), false),
     ];
+    if cache_volume(pool).is_some() {
+        mounts.push(mount("cache", CACHE_DIR.to_owned(), false));
+    }
     if let ResolvedSource::Claim { claim, .. } = source {
         mounts.push(mount("model", format!("{PVC_MOUNT_ROOT}/{claim}"), true));
     }

@@ -189,3 +189,29 @@ fn memory_quantities_convert_to_mib() {
     assert_eq!(quantity_mib(&Quantity("512Mi".into())), Some(512));
     assert_eq!(quantity_mib(&Quantity("lots".into())), None);
 }
+
+#[test]
+fn cache_persistence_adds_a_claim_template_per_agent() {
+    let plain = build(&pool(json!({"model": {}})));
+    let names = |d: &Value| -> Vec<String> {
+        d["spec"]["template"]["spec"]["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v["name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(names(&plain), ["config", "tmp"]);
+    let d = build(&pool(
+        json!({"model": {}, "cache": {"persistence": {"enabled": true, "volumeSize": "2Gi", "storageClassName": "fast"}}}),
+    ));
+    let pod = &d["spec"]["template"]["spec"];
+    let claim = &pod["volumes"][2]["ephemeral"]["volumeClaimTemplate"]["spec"];
+    assert_eq!(claim["resources"]["requests"]["storage"], "2Gi");
+    assert_eq!(claim["storageClassName"], "fast");
+    assert_eq!(claim["accessModes"], json!(["ReadWriteOnce"]));
+    assert_eq!(
+        pod["containers"][0]["volumeMounts"][2]["mountPath"],
+        "/var/cache/inferpool"
+    );
+}
