@@ -1,0 +1,85 @@
+//! Shared pieces of inferpool's benchmarks: process statistics from /proc and percentiles.
+
+use std::time::Duration;
+
+/// CPU time and memory of one process, read from /proc.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ProcStats {
+    /// User + system CPU seconds so far.
+    pub cpu_seconds: f64,
+    /// Resident memory now, bytes.
+    pub rss_bytes: u64,
+    /// Peak resident memory, bytes.
+    pub peak_rss_bytes: u64,
+}
+
+/// Reads `/proc/<pid>/stat` and `/proc/<pid>/status`.
+pub fn proc_stats(pid: u32) -> anyhow::Result<ProcStats> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let after = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .unwrap_or_default();
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime are fields 14 and 15 of stat, 11 and 12 after the name.
+    let cpu_seconds = (ticks(11) + ticks(12)) / clock_ticks_per_second();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kib = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+            .unwrap_or(0)
+            * 1024
+    };
+    Ok(ProcStats {
+        cpu_seconds,
+        rss_bytes: kib("VmRSS:"),
+        peak_rss_bytes: kib("VmHWM:"),
+    })
+}
+
+/// USER_HZ is 100 on every Linux this runs on (the kernel ABI fixes it for /proc).
+fn clock_ticks_per_second() -> f64 {
+    100.0
+}
+
+/// The `q`-quantile (0..=1) of `samples` by nearest rank; `None` when empty.
+pub fn quantile(samples: &[Duration], q: f64) -> Option<Duration> {
+    let mut sorted = samples.to_vec();
+    sorted.sort();
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len().max(1));
+    sorted.get(rank - 1).copied()
+}
+
+/// Mebibytes, for printing.
+pub fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_by_nearest_rank() {
+        let s: Vec<Duration> = (1..=100).map(Duration::from_millis).collect();
+        assert_eq!(quantile(&s, 0.5), Some(Duration::from_millis(50)));
+        assert_eq!(quantile(&s, 0.99), Some(Duration::from_millis(99)));
+        assert_eq!(quantile(&s, 1.0), Some(Duration::from_millis(100)));
+        assert_eq!(quantile(&[], 0.5), None);
+    }
+
+    #[test]
+    fn this_process_has_stats() {
+        let s = proc_stats(std::process::id()).unwrap();
+        assert!(s.rss_bytes > 0 && s.peak_rss_bytes >= s.rss_bytes);
+    }
+}
