@@ -51,6 +51,12 @@ struct RunArgs {
         default_value = "ghcr.io/inferpool/agent-cuda:0.1.0"
     )]
     agent_cuda_image: String,
+    /// CPU for agents of pools that set none (e.g. `2`).
+    #[arg(long, env = "INFERPOOL_AGENT_DEFAULT_CPU")]
+    agent_default_cpu: Option<String>,
+    /// Memory for agents of pools that set none (e.g. `4Gi`).
+    #[arg(long, env = "INFERPOOL_AGENT_DEFAULT_MEMORY")]
+    agent_default_memory: Option<String>,
     /// Base URL of the gateway that serves the pools, written to `status.endpoint`.
     #[arg(long, env = "INFERPOOL_GATEWAY_URL")]
     gateway_url: Option<String>,
@@ -102,9 +108,10 @@ fn validate(files: &[PathBuf]) -> anyhow::Result<()> {
 
 #[tokio::main]
 async fn run(args: RunArgs) -> anyhow::Result<()> {
-    use inferpool_operator::controller::deployment::AgentImages;
+    use inferpool_operator::controller::deployment::{AgentImages, DefaultResources};
     use inferpool_operator::controller::run::ControllerSettings;
     use inferpool_operator::leader::LeaseSettings;
+    use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -123,6 +130,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             images: AgentImages {
                 cpu: args.agent_image,
                 cuda: args.agent_cuda_image,
+            },
+            resources: DefaultResources {
+                cpu: args.agent_default_cpu.map(Quantity),
+                memory: args.agent_default_memory.map(Quantity),
             },
             gateway: args.gateway_url,
         },

@@ -21,6 +21,7 @@ pub fn test_images() -> AgentImages {
 pub fn test_settings() -> ControllerSettings {
     ControllerSettings {
         images: test_images(),
+        resources: Default::default(),
         gateway: Some("http://gateway.test:8080/v1".into()),
     }
 }

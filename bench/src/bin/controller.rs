@@ -17,7 +17,9 @@ use futures::{StreamExt as _, TryStreamExt as _, stream};
 use inferpool_bench::{mib, proc_stats, quantile};
 use inferpool_operator::api::{InferencePool, InferencePoolSpec, ModelSpec};
 use inferpool_operator::controller::config::resolve_source;
-use inferpool_operator::controller::deployment::{AgentImages, DeploymentInputs, deployment};
+use inferpool_operator::controller::deployment::{
+    AgentImages, DefaultResources, DeploymentInputs, deployment,
+};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Namespace;
@@ -154,6 +156,7 @@ async fn reference_phase(
         cuda: String::new(),
     };
     let source = resolve_source("bundled")?;
+    let no_defaults = DefaultResources::default();
     let ready = watch_until_all(api.clone(), n, limit, |d: &Deployment| {
         let s = d.status.as_ref();
         s.and_then(|s| s.available_replicas) == d.spec.replicas
@@ -163,6 +166,7 @@ async fn reference_phase(
         let pool = bench_pool(&format!("ref-{i}"));
         let inputs = DeploymentInputs {
             images: &images,
+            resources: &no_defaults,
             source: &source,
             config_checksum: "0",
         };

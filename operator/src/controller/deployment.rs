@@ -31,6 +31,15 @@ pub struct AgentImages {
     pub cuda: String,
 }
 
+/// CPU and memory for agents of pools that set none (`resources.cpu` / `resources.memory`).
+#[derive(Debug, Clone, Default)]
+pub struct DefaultResources {
+    /// CPU request and limit.
+    pub cpu: Option<Quantity>,
+    /// Memory request and limit.
+    pub memory: Option<Quantity>,
+}
+
 /// Annotation carrying the rendered config's sha256, so that a config change rolls the pods.
 pub const CONFIG_CHECKSUM: &str = "inferpool.dev/config-checksum";
 /// Seconds the pod stays in endpoints after termination starts, so that gateways stop
@@ -47,6 +56,8 @@ const AGENT_UID: i64 = 65532;
 pub struct DeploymentInputs<'a> {
     /// Default images.
     pub images: &'a AgentImages,
+    /// Default CPU and memory.
+    pub resources: &'a DefaultResources,
     /// The resolved model source.
     pub source: &'a ResolvedSource,
     /// sha256 of the rendered agent config.
@@ -137,7 +148,7 @@ fn container(pool: &InferencePool, inputs: &DeploymentInputs<'_>) -> Container {
         ]),
         ports: Some(vec![port("http", HTTP_PORT), port("grpc", GRPC_PORT)]),
         env: Some(env(pool)),
-        resources: Some(resources(pool)),
+        resources: Some(resources(pool, inputs.resources)),
         volume_mounts: Some(volume_mounts(pool, inputs.source)),
         readiness_probe: Some(grpc_probe(5, 3)),
         startup_probe: Some(grpc_probe(5, STARTUP_FAILURES)),
@@ -215,15 +226,15 @@ fn env(pool: &InferencePool) -> Vec<EnvVar> {
     env
 }
 
-fn resources(pool: &InferencePool) -> ResourceRequirements {
+fn resources(pool: &InferencePool, defaults: &DefaultResources) -> ResourceRequirements {
     let r = &pool.spec.resources;
     let mut requests = BTreeMap::new();
     let mut limits = BTreeMap::new();
-    if let Some(cpu) = &r.cpu {
+    if let Some(cpu) = r.cpu.as_ref().or(defaults.cpu.as_ref()) {
         requests.insert("cpu".to_owned(), cpu.clone());
         limits.insert("cpu".to_owned(), cpu.clone());
     }
-    if let Some(memory) = &r.memory {
+    if let Some(memory) = r.memory.as_ref().or(defaults.memory.as_ref()) {
         requests.insert("memory".to_owned(), memory.clone());
         limits.insert("memory".to_owned(), memory.clone());
     }

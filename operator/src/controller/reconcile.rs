@@ -18,7 +18,7 @@ use serde::de::DeserializeOwned;
 
 use super::children::{config_map, pod_disruption_budget, service};
 use super::config::{agent_config, render, resolve_source};
-use super::deployment::{AgentImages, DeploymentInputs, deployment};
+use super::deployment::{AgentImages, DefaultResources, DeploymentInputs, deployment};
 use super::error::Error;
 use super::metrics::{ControllerMetrics, ErrorLabels};
 use super::names::{MANAGER, agent_name, selector_string};
@@ -38,6 +38,8 @@ pub struct Context {
     pub recorder: Recorder,
     /// Default agent images.
     pub images: AgentImages,
+    /// CPU and memory for agents of pools that set none.
+    pub resources: DefaultResources,
     /// Base URL of the gateway, for `status.endpoint`.
     pub gateway: Option<String>,
 }
@@ -133,6 +135,7 @@ async fn apply_children(
     sync_pdb(pool, ctx, ns).await?;
     let inputs = DeploymentInputs {
         images: &ctx.images,
+        resources: &ctx.resources,
         source: &source,
         config_checksum: &checksum,
     };

@@ -13,7 +13,7 @@ use kube::runtime::events::Recorder;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 
-use super::deployment::AgentImages;
+use super::deployment::{AgentImages, DefaultResources};
 use super::error::Error;
 use super::metrics::ControllerMetrics;
 use super::names::{MANAGER, POOL_LABEL};
@@ -25,6 +25,8 @@ use crate::api::InferencePool;
 pub struct ControllerSettings {
     /// Default agent images.
     pub images: AgentImages,
+    /// CPU and memory for agents of pools that set none.
+    pub resources: DefaultResources,
     /// Base URL of the gateway, for `status.endpoint`.
     pub gateway: Option<String>,
 }
@@ -42,6 +44,7 @@ pub async fn run_controller(
         recorder: Recorder::new(client.clone(), MANAGER.into()),
         client: client.clone(),
         images: settings.images,
+        resources: settings.resources,
         gateway: settings.gateway,
     });
     let cfg = watcher::Config::default;

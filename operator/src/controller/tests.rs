@@ -6,7 +6,9 @@ use serde_json::{Value, json};
 
 use super::children::{config_map, pod_disruption_budget, service};
 use super::config::{agent_config, render, resolve_source};
-use super::deployment::{AgentImages, DeploymentInputs, deployment, quantity_mib};
+use super::deployment::{
+    AgentImages, DefaultResources, DeploymentInputs, deployment, quantity_mib,
+};
 use super::names::selector_string;
 use crate::api::{InferencePool, InferencePoolSpec, ModelSpec};
 
@@ -30,8 +32,13 @@ fn pool(spec: Value) -> InferencePool {
 fn build(p: &InferencePool) -> Value {
     let source = resolve_source(&p.spec.model.source).unwrap();
     let (_, checksum) = render(&agent_config(p, &source));
+    let defaults = DefaultResources {
+        cpu: Some(Quantity("1".into())),
+        memory: None,
+    };
     let inputs = DeploymentInputs {
         images: &images(),
+        resources: &defaults,
         source: &source,
         config_checksum: &checksum,
     };
@@ -67,7 +74,11 @@ fn a_cpu_pool_gets_a_hardened_cpu_deployment() {
     assert!(c["startupProbe"]["failureThreshold"].as_i64().unwrap() * 5 >= 600);
     assert_eq!(c["lifecycle"]["preStop"]["sleep"]["seconds"], 5);
     assert_eq!(pod["terminationGracePeriodSeconds"], 330);
-    assert!(c["resources"].get("limits").is_none());
+    assert_eq!(
+        c["resources"]["limits"],
+        json!({"cpu": "1"}),
+        "the operator's default CPU"
+    );
     assert!(pod.get("affinity").is_none());
     let annotations = &d["spec"]["template"]["metadata"]["annotations"];
     assert_eq!(
