@@ -17,7 +17,7 @@ enum Command {
     /// Print the InferencePool CustomResourceDefinition as YAML.
     Crd,
     /// Run the operator against the cluster of the current kubeconfig or service account.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Print the operator's ClusterRole and (leader Lease) Role as YAML.
     Rbac {
         /// The operator's namespace, for the Role.
@@ -79,7 +79,7 @@ struct RunArgs {
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Command::Run(args) => run(args)?,
+        Command::Run(args) => run(*args)?,
         Command::Crd => {
             let yaml = inferpool_operator::crd::crd_yaml()?;
             std::io::stdout().lock().write_all(yaml.as_bytes())?;
