@@ -23,6 +23,9 @@ enum Command {
         /// The operator's namespace, for the Role.
         #[arg(long, default_value = "inferpool-system")]
         namespace: String,
+        /// Print only the rules of one role (`cluster` or `lease`), as the chart includes them.
+        #[arg(long, value_parser = ["cluster", "lease"])]
+        rules_of: Option<String>,
     },
     /// Check InferencePool manifests with the schema's rules, without a cluster.
     Validate {
@@ -85,10 +88,22 @@ fn main() -> anyhow::Result<()> {
             std::io::stdout().lock().write_all(yaml.as_bytes())?;
         }
         Command::Validate { files } => validate(&files)?,
-        Command::Rbac { namespace } => {
-            print!("{}", inferpool_operator::rbac::rbac_yaml(&namespace)?)
-        }
+        Command::Rbac {
+            namespace,
+            rules_of,
+        } => print_rbac(&namespace, rules_of.as_deref())?,
     }
+    Ok(())
+}
+
+fn print_rbac(namespace: &str, rules_of: Option<&str>) -> anyhow::Result<()> {
+    use inferpool_operator::rbac::{rbac_yaml, rules_yaml};
+    let text = match rules_of {
+        Some("cluster") => rules_yaml()?.0,
+        Some(_) => rules_yaml()?.1,
+        None => rbac_yaml(namespace)?,
+    };
+    print!("{text}");
     Ok(())
 }
 

@@ -65,6 +65,14 @@ pub fn lease_role(namespace: &str) -> Role {
     }
 }
 
+/// Just the rules of the ClusterRole and of the Role, as YAML lists (the chart includes
+/// them into its own templated roles).
+pub fn rules_yaml() -> Result<(String, String), serde_saphyr::SerializeError> {
+    let cluster = serde_saphyr::to_string(&cluster_role().rules.unwrap_or_default())?;
+    let lease = serde_saphyr::to_string(&lease_role("").rules.unwrap_or_default())?;
+    Ok((cluster, lease))
+}
+
 /// Both roles as one YAML stream.
 pub fn rbac_yaml(namespace: &str) -> Result<String, serde_saphyr::SerializeError> {
     let cluster = serde_saphyr::to_string(&with_kind(cluster_role(), "ClusterRole"))?;

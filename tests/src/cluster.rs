@@ -79,6 +79,12 @@ impl Cluster {
         cmd
     }
 
+    /// Runs `helm args...`, returning stdout, or an error holding stderr.
+    pub fn helm(&self, args: &[&str]) -> anyhow::Result<String> {
+        let out = self.tool("helm").args(args).output()?;
+        check(out, &format!("helm {}", args.join(" ")))
+    }
+
     /// Runs `kubectl args...`, returning stdout, or an error holding stderr.
     pub fn kubectl(&self, args: &[&str]) -> anyhow::Result<String> {
         let out = self.tool("kubectl").args(args).output()?;

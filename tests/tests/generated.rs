@@ -15,6 +15,26 @@ fn committed_crd_matches_the_generated_one() -> anyhow::Result<()> {
 }
 
 #[test]
+fn the_chart_carries_the_generated_crd_and_rbac_rules() -> anyhow::Result<()> {
+    let chart = repo_root().join("charts/inferpool");
+    let read = |p: &str| std::fs::read_to_string(chart.join(p));
+    assert!(
+        read("crds/inferencepools.inferpool.dev.yaml")? == crd_yaml()?,
+        "chart CRD is stale: run `{REGENERATE}`"
+    );
+    let (cluster, lease) = inferpool_operator::rbac::rules_yaml()?;
+    assert!(
+        read("files/clusterrole-rules.yaml")? == cluster,
+        "chart ClusterRole rules are stale: run `{REGENERATE}`"
+    );
+    assert!(
+        read("files/lease-role-rules.yaml")? == lease,
+        "chart Role rules are stale: run `{REGENERATE}`"
+    );
+    Ok(())
+}
+
+#[test]
 fn every_example_is_a_valid_pool() -> anyhow::Result<()> {
     let mut seen = 0;
     for entry in std::fs::read_dir(repo_root().join("examples"))? {

@@ -1,0 +1,303 @@
+//! The Helm chart against the real test control plane: lint and render with every values
+//! file, server-side validation, install, an operator running with exactly the chart's
+//! RBAC, upgrade, uninstall; and the images it names match the Dockerfiles.
+
+use std::time::Duration;
+
+use inferpool_e2e::cluster::cluster;
+use inferpool_e2e::operator::OperatorProcess;
+use inferpool_e2e::parts::{operator_binary, repo_root};
+use inferpool_e2e::wait::wait_until;
+use inferpool_operator::api::InferencePool;
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use kube::Api;
+use kube::api::ListParams;
+use kube::config::Kubeconfig;
+use serde_json::Value;
+
+fn chart() -> String {
+    repo_root()
+        .join("charts/inferpool")
+        .to_string_lossy()
+        .into_owned()
+}
+
+fn values_files() -> Vec<String> {
+    let dir = repo_root().join("charts/inferpool/ci");
+    let mut files: Vec<String> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok().map(|e| e.path().to_string_lossy().into_owned()))
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn the_chart_lints_and_renders_with_every_values_file() -> anyhow::Result<()> {
+    let c = cluster()?;
+    c.helm(&["lint", "--strict", &chart()])?;
+    for values in values_files() {
+        c.helm(&["lint", "--strict", &chart(), "-f", &values])?;
+        let out = c.helm(&[
+            "template",
+            "x",
+            &chart(),
+            "-f",
+            &values,
+            "--kube-version",
+            "1.37.0",
+        ])?;
+        assert!(out.contains("kind: Deployment"), "{values}");
+    }
+    let full_values = format!(
+        "{}/charts/inferpool/ci/full-values.yaml",
+        repo_root().display()
+    );
+    let full = c.helm(&[
+        "template",
+        "x",
+        &chart(),
+        "-f",
+        &full_values,
+        "--kube-version",
+        "1.37.0",
+    ])?;
+    assert!(full.contains("kind: ServiceMonitor") && full.contains("grafana_dashboard"));
+    let bad = c
+        .tool("helm")
+        .args([
+            "template",
+            "x",
+            &chart(),
+            "--set",
+            "replicaCount=0",
+            "--kube-version",
+            "1.37.0",
+        ])
+        .output()?;
+    assert!(
+        !bad.status.success(),
+        "values.schema.json must refuse replicaCount=0"
+    );
+    Ok(())
+}
+
+#[test]
+fn rendered_manifests_are_accepted_by_the_api_server() -> anyhow::Result<()> {
+    let c = cluster()?;
+    let ns = c.namespace("render")?;
+    // The full values add a ServiceMonitor, whose CRD (prometheus-operator) is not here.
+    for values in values_files()
+        .iter()
+        .filter(|v| !v.ends_with("full-values.yaml"))
+    {
+        // --validate renders with the cluster's real version and API groups.
+        let out = c.helm(&[
+            "template",
+            "x",
+            &chart(),
+            "-n",
+            ns.name(),
+            "-f",
+            values,
+            "--validate",
+        ])?;
+        c.kubectl_stdin(
+            &["apply", "--dry-run=server", "-n", ns.name(), "-f", "-"],
+            &out,
+        )?;
+    }
+    let out = c.helm(&["template", "x", &chart(), "-n", ns.name(), "--validate"])?;
+    let applied = c.kubectl_stdin(
+        &["apply", "--dry-run=server", "-n", ns.name(), "-f", "-"],
+        &out,
+    )?;
+    assert!(applied.contains("deployment.apps/x-inferpool"), "{applied}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn install_reconcile_upgrade_and_uninstall() -> anyhow::Result<()> {
+    let c = cluster()?;
+    let ns = c.namespace("helm-install")?;
+    let pools_ns = c.namespace("helm-pools")?;
+    let release = format!("ip{}", std::process::id());
+    let name = format!("{release}-inferpool");
+    c.helm(&[
+        "install",
+        &release,
+        &chart(),
+        "-n",
+        ns.name(),
+        "--wait",
+        "--timeout",
+        "90s",
+    ])?;
+    let client = c.client().await?;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns.name());
+    let d = deployments.get(&name).await?;
+    assert_eq!(d.status.and_then(|s| s.ready_replicas), Some(2));
+    c.kubectl(&["get", "crd", "inferencepools.inferpool.dev"])?;
+
+    // An operator with exactly the chart's RBAC reconciles the minimal example.
+    let user = format!("system:serviceaccount:{}:{name}", ns.name());
+    let kubeconfig = impersonating(c.kubeconfig(), &user, &format!("{release}.kubeconfig"))?;
+    let op = OperatorProcess::spawn(&kubeconfig, &release, ns.name())?;
+    let example = repo_root().join("examples/minimal-pool.yaml");
+    c.kubectl(&[
+        "apply",
+        "-n",
+        pools_ns.name(),
+        "-f",
+        &example.to_string_lossy(),
+    ])?;
+    let pools: Api<InferencePool> = Api::namespaced(client.clone(), pools_ns.name());
+    until_ready(&pools, "minimal", 1).await?;
+    c.kubectl(&[
+        "scale",
+        "-n",
+        pools_ns.name(),
+        "ipool/minimal",
+        "--replicas=3",
+    ])?;
+    until_ready(&pools, "minimal", 3).await?;
+    let table = c.kubectl(&["get", "ipool", "-n", pools_ns.name()])?;
+    assert!(
+        table.starts_with("NAME") && table.contains("STRATEGY") && table.contains("minimal"),
+        "{table}"
+    );
+    let explain = c.kubectl(&["explain", "inferencepool.spec.batching"])?;
+    assert!(explain.contains("maxWaitMilliseconds"), "{explain}");
+    let refusal = format!("User \\\"{user}\\\" cannot");
+    assert!(
+        !op.log_text().contains(&refusal),
+        "the chart's RBAC refused the operator:\n{}",
+        op.log_text()
+    );
+    drop(op);
+
+    // Changed values roll the operator.
+    c.helm(&[
+        "upgrade",
+        &release,
+        &chart(),
+        "-n",
+        ns.name(),
+        "--set",
+        "logLevel=debug",
+        "--wait",
+        "--timeout",
+        "90s",
+    ])?;
+    let sets = Api::<ReplicaSet>::namespaced(client.clone(), ns.name())
+        .list(&ListParams::default().labels(&format!("app.kubernetes.io/instance={release}")))
+        .await?;
+    assert_eq!(
+        sets.items.len(),
+        2,
+        "an upgrade with new values makes a new ReplicaSet"
+    );
+
+    // Uninstall leaves no operator object behind; the CRD stays, as Helm does.
+    c.helm(&["uninstall", &release, "-n", ns.name(), "--wait"])?;
+    let selector = format!("app.kubernetes.io/instance={release}");
+    let left = c.kubectl(&[
+        "get",
+        "deploy,sa,svc,role,rolebinding,pdb,networkpolicy,configmap",
+        "-n",
+        ns.name(),
+        "-l",
+        &selector,
+        "-o",
+        "name",
+    ])?;
+    assert!(left.trim().is_empty(), "left behind: {left}");
+    let cluster_left = c.kubectl(&[
+        "get",
+        "clusterrole,clusterrolebinding",
+        "-l",
+        &selector,
+        "-o",
+        "name",
+    ])?;
+    assert!(
+        cluster_left.trim().is_empty(),
+        "left behind: {cluster_left}"
+    );
+    c.kubectl(&["get", "crd", "inferencepools.inferpool.dev"])?;
+    std::fs::remove_file(kubeconfig)?;
+    Ok(())
+}
+
+fn impersonating(
+    admin: &std::path::Path,
+    user: &str,
+    file: &str,
+) -> anyhow::Result<std::path::PathBuf> {
+    let mut kubeconfig = Kubeconfig::read_from(admin)?;
+    for auth in &mut kubeconfig.auth_infos {
+        if let Some(info) = auth.auth_info.as_mut() {
+            info.impersonate = Some(user.to_owned());
+        }
+    }
+    let path = std::env::temp_dir().join(file);
+    std::fs::write(&path, serde_saphyr::to_string(&kubeconfig)?)?;
+    Ok(path)
+}
+
+async fn until_ready(pools: &Api<InferencePool>, name: &str, replicas: i32) -> anyhow::Result<()> {
+    wait_until(Duration::from_secs(90), || async {
+        let p = pools.get(name).await.ok()?;
+        let s = p.status.as_ref()?;
+        let ready = s
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True");
+        (ready && s.ready_replicas == replicas && s.observed_generation == p.metadata.generation)
+            .then_some(())
+    })
+    .await
+}
+
+#[test]
+fn chart_images_match_the_dockerfiles_and_operator_defaults() -> anyhow::Result<()> {
+    let root = repo_root();
+    let values: Value = serde_saphyr::from_str(&std::fs::read_to_string(
+        root.join("charts/inferpool/values.yaml"),
+    )?)?;
+    let chart: Value = serde_saphyr::from_str(&std::fs::read_to_string(
+        root.join("charts/inferpool/Chart.yaml"),
+    )?)?;
+    let version = chart["appVersion"].as_str().unwrap_or_default();
+    let mut built = Vec::new();
+    for file in ["operator", "agent", "agent-cuda"] {
+        let text = std::fs::read_to_string(root.join(format!("docker/{file}.Dockerfile")))?;
+        let label = text
+            .split("dev.inferpool.image=\"")
+            .nth(1)
+            .and_then(|r| r.split('"').next());
+        built.push(label.unwrap_or_default().to_owned());
+        assert!(text.contains("USER 65532"), "{file} must run as non-root");
+    }
+    let help = std::process::Command::new(operator_binary()?)
+        .args(["run", "--help"])
+        .output()?;
+    let help = String::from_utf8_lossy(&help.stdout);
+    for (key, dockerfile) in [("operator", 0), ("agent", 1), ("agentCuda", 2)] {
+        let repo = values["image"][key]["repository"]
+            .as_str()
+            .unwrap_or_default();
+        assert_eq!(
+            repo, built[dockerfile],
+            "values image.{key} vs its Dockerfile"
+        );
+        if key != "operator" {
+            assert!(
+                help.contains(&format!("{repo}:{version}")),
+                "operator default for {key} is not {repo}:{version}"
+            );
+        }
+    }
+    Ok(())
+}
