@@ -60,6 +60,10 @@ struct RunArgs {
     /// Memory for agents of pools that set none (e.g. `4Gi`).
     #[arg(long, env = "INFERPOOL_AGENT_DEFAULT_MEMORY")]
     agent_default_memory: Option<String>,
+    /// Give each pool's agents a NetworkPolicy that admits gRPC only from the operator's
+    /// pods (in the lease namespace, i.e. the operator's own).
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
+    agent_network_policy: bool,
     /// Base URL of the gateway that serves the pools, written to `status.endpoint`.
     #[arg(long, env = "INFERPOOL_GATEWAY_URL")]
     gateway_url: Option<String>,
@@ -151,6 +155,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                 memory: args.agent_default_memory.map(Quantity),
             },
             gateway: args.gateway_url,
+            network_policy_for: args
+                .agent_network_policy
+                .then(|| args.lease_namespace.clone()),
         },
         lease: LeaseSettings {
             name: args.lease_name,

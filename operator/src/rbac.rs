@@ -42,6 +42,7 @@ pub fn cluster_role() -> ClusterRole {
                 &["poddisruptionbudgets"],
                 &["get", "list", "watch", "create", "patch", "delete"],
             ),
+            rule("networking.k8s.io", &["networkpolicies"], &APPLY),
             rule("", &["pods"], &WATCH),
             rule("events.k8s.io", &["events"], &["create", "patch"]),
         ]),

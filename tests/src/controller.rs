@@ -23,6 +23,7 @@ pub fn test_settings() -> ControllerSettings {
         images: test_images(),
         resources: Default::default(),
         gateway: Some("http://gateway.test:8080/v1".into()),
+        network_policy_for: Some("inferpool-system".into()),
     }
 }
 

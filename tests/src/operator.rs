@@ -42,6 +42,7 @@ impl OperatorProcess {
                 lease_ns,
             ])
             .args(["--lease-duration-seconds", "5", "--identity", identity])
+            .arg("--agent-network-policy=true")
             .args(["--agent-image", "registry.invalid/agent:cpu"])
             .args(["--agent-cuda-image", "registry.invalid/agent:cuda"])
             .env("KUBECONFIG", kubeconfig)

@@ -11,6 +11,7 @@ use inferpool_operator::api::InferencePool;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::Api;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
@@ -113,6 +114,11 @@ async fn a_pool_becomes_agents_on_gpu_nodes_and_reports_ready() -> anyhow::Resul
             .await?
             .is_some()
     );
+    // Agents admit gRPC only from the operator's pods (test settings: inferpool-system).
+    let np = f.api::<NetworkPolicy>().get("chat-agent").await?;
+    let ingress = serde_json::to_value(np.spec.and_then(|s| s.ingress))?;
+    let from = &ingress[0]["from"][0]["namespaceSelector"]["matchLabels"];
+    assert_eq!(from["kubernetes.io/metadata.name"], "inferpool-system");
     let pods = f
         .api::<Pod>()
         .list(&ListParams::default().labels("inferpool.dev/pool=chat"))

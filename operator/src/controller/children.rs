@@ -1,8 +1,12 @@
-//! The headless Service, ConfigMap and PodDisruptionBudget of a pool.
+//! The headless Service, ConfigMap, PodDisruptionBudget and NetworkPolicy of a pool.
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Service, ServicePort, ServiceSpec};
+use k8s_openapi::api::networking::v1::{
+    NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
+    NetworkPolicySpec,
+};
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -77,3 +81,55 @@ pub fn pod_disruption_budget(pool: &InferencePool) -> Option<PodDisruptionBudget
         status: None,
     })
 }
+
+/// A NetworkPolicy for the pool's agents: gRPC (generation, load reports, drain) only from
+/// the operator's pods, where the gateway runs; the HTTP port (OpenAI API, probes,
+/// metrics) stays open.
+pub fn network_policy(pool: &InferencePool, operator_namespace: &str) -> NetworkPolicy {
+    let from_operator = NetworkPolicyPeer {
+        namespace_selector: Some(LabelSelector {
+            match_labels: Some(BTreeMap::from([(
+                "kubernetes.io/metadata.name".to_owned(),
+                operator_namespace.to_owned(),
+            )])),
+            ..LabelSelector::default()
+        }),
+        pod_selector: Some(LabelSelector {
+            match_labels: Some(BTreeMap::from([(
+                "app.kubernetes.io/name".to_owned(),
+                OPERATOR_NAME_LABEL.to_owned(),
+            )])),
+            ..LabelSelector::default()
+        }),
+        ..NetworkPolicyPeer::default()
+    };
+    let port = |number: i32| NetworkPolicyPort {
+        port: Some(IntOrString::Int(number)),
+        protocol: Some("TCP".to_owned()),
+        ..NetworkPolicyPort::default()
+    };
+    NetworkPolicy {
+        metadata: meta(pool),
+        spec: Some(NetworkPolicySpec {
+            pod_selector: Some(LabelSelector {
+                match_labels: Some(selector_labels(pool)),
+                ..LabelSelector::default()
+            }),
+            policy_types: Some(vec!["Ingress".to_owned()]),
+            ingress: Some(vec![
+                NetworkPolicyIngressRule {
+                    from: Some(vec![from_operator]),
+                    ports: Some(vec![port(GRPC_PORT)]),
+                },
+                NetworkPolicyIngressRule {
+                    from: None,
+                    ports: Some(vec![port(HTTP_PORT)]),
+                },
+            ]),
+            ..NetworkPolicySpec::default()
+        }),
+    }
+}
+
+/// `app.kubernetes.io/name` of the operator's pods (set by the chart).
+pub const OPERATOR_NAME_LABEL: &str = "inferpool-operator";

@@ -16,7 +16,7 @@ use kube::{Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::children::{config_map, pod_disruption_budget, service};
+use super::children::{config_map, network_policy, pod_disruption_budget, service};
 use super::config::{agent_config, render, resolve_source};
 use super::deployment::{AgentImages, DefaultResources, DeploymentInputs, deployment};
 use super::error::Error;
@@ -42,6 +42,8 @@ pub struct Context {
     pub resources: DefaultResources,
     /// Base URL of the gateway, for `status.endpoint`.
     pub gateway: Option<String>,
+    /// Operator namespace for the agents' NetworkPolicy (none when unset).
+    pub network_policy_for: Option<String>,
 }
 
 impl std::fmt::Debug for Context {
@@ -133,6 +135,9 @@ async fn apply_children(
     apply(pool, ctx, ns, config_map(pool, &rendered)).await?;
     apply(pool, ctx, ns, service(pool)).await?;
     sync_pdb(pool, ctx, ns).await?;
+    if let Some(operator_ns) = &ctx.network_policy_for {
+        apply(pool, ctx, ns, network_policy(pool, operator_ns)).await?;
+    }
     let inputs = DeploymentInputs {
         images: &ctx.images,
         resources: &ctx.resources,

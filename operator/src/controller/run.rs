@@ -6,6 +6,7 @@ use std::time::Duration;
 use futures::StreamExt as _;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::Api;
 use kube::runtime::controller::{Action, Controller};
@@ -29,6 +30,9 @@ pub struct ControllerSettings {
     pub resources: DefaultResources,
     /// Base URL of the gateway, for `status.endpoint`.
     pub gateway: Option<String>,
+    /// The operator's namespace, when agents get a NetworkPolicy admitting gRPC only from
+    /// the operator's pods there.
+    pub network_policy_for: Option<String>,
 }
 
 /// Runs the controller until `shutdown` resolves.
@@ -46,6 +50,7 @@ pub async fn run_controller(
         images: settings.images,
         resources: settings.resources,
         gateway: settings.gateway,
+        network_policy_for: settings.network_policy_for,
     });
     let cfg = watcher::Config::default;
     Controller::new(Api::<InferencePool>::all(client.clone()), cfg())
@@ -53,6 +58,7 @@ pub async fn run_controller(
         .owns(Api::<Service>::all(client.clone()), cfg())
         .owns(Api::<ConfigMap>::all(client.clone()), cfg())
         .owns(Api::<PodDisruptionBudget>::all(client.clone()), cfg())
+        .owns(Api::<NetworkPolicy>::all(client.clone()), cfg())
         // Agent pods belong to ReplicaSets, not to the pool: map them back by label, so that
         // scheduling problems show up in the pool's status.
         .watches(

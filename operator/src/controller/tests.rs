@@ -226,3 +226,31 @@ fn cache_persistence_adds_a_claim_template_per_agent() {
         "/var/cache/inferpool"
     );
 }
+
+#[test]
+fn agents_admit_grpc_only_from_the_operator() {
+    let np = serde_json::to_value(super::children::network_policy(
+        &pool(json!({"model": {}})),
+        "ops",
+    ))
+    .unwrap();
+    let spec = &np["spec"];
+    assert_eq!(
+        spec["podSelector"]["matchLabels"]["inferpool.dev/pool"],
+        "chat"
+    );
+    assert_eq!(spec["policyTypes"], json!(["Ingress"]));
+    let grpc = &spec["ingress"][0];
+    assert_eq!(grpc["ports"], json!([{"port": 50051, "protocol": "TCP"}]));
+    assert_eq!(
+        grpc["from"][0]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"],
+        "ops"
+    );
+    assert_eq!(
+        grpc["from"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/name"],
+        "inferpool-operator"
+    );
+    let http = &spec["ingress"][1];
+    assert!(http.get("from").is_none());
+    assert_eq!(http["ports"][0]["port"], 8080);
+}
