@@ -112,6 +112,20 @@ impl Cluster {
         )
     }
 
+    /// A kubeconfig file (in the temp folder, named `file`) that acts as `user` through
+    /// impersonation, with the admin's credentials.
+    pub fn impersonating(&self, user: &str, file: &str) -> anyhow::Result<PathBuf> {
+        let mut kubeconfig = Kubeconfig::read_from(&self.kubeconfig)?;
+        for auth in &mut kubeconfig.auth_infos {
+            if let Some(info) = auth.auth_info.as_mut() {
+                info.impersonate = Some(user.to_owned());
+            }
+        }
+        let path = std::env::temp_dir().join(file);
+        std::fs::write(&path, serde_saphyr::to_string(&kubeconfig)?)?;
+        Ok(path)
+    }
+
     /// A fresh namespace for one test, deleted when the returned guard drops.
     pub fn namespace(&'static self, test: &str) -> anyhow::Result<TestNamespace> {
         static SEQ: AtomicU32 = AtomicU32::new(0);

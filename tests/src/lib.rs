@@ -7,4 +7,5 @@ pub mod controller;
 pub mod http;
 pub mod operator;
 pub mod parts;
+pub mod pools;
 pub mod wait;

@@ -12,7 +12,6 @@ use inferpool_operator::api::InferencePool;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use kube::Api;
 use kube::api::ListParams;
-use kube::config::Kubeconfig;
 use serde_json::Value;
 
 fn chart() -> String {
@@ -142,7 +141,7 @@ async fn install_reconcile_upgrade_and_uninstall() -> anyhow::Result<()> {
 
     // An operator with exactly the chart's RBAC reconciles the minimal example.
     let user = format!("system:serviceaccount:{}:{name}", ns.name());
-    let kubeconfig = impersonating(c.kubeconfig(), &user, &format!("{release}.kubeconfig"))?;
+    let kubeconfig = c.impersonating(&user, &format!("{release}.kubeconfig"))?;
     let op = OperatorProcess::spawn(&kubeconfig, &release, ns.name())?;
     let example = repo_root().join("examples/minimal-pool.yaml");
     c.kubectl(&[
@@ -228,22 +227,6 @@ async fn install_reconcile_upgrade_and_uninstall() -> anyhow::Result<()> {
     c.kubectl(&["get", "crd", "inferencepools.inferpool.dev"])?;
     std::fs::remove_file(kubeconfig)?;
     Ok(())
-}
-
-fn impersonating(
-    admin: &std::path::Path,
-    user: &str,
-    file: &str,
-) -> anyhow::Result<std::path::PathBuf> {
-    let mut kubeconfig = Kubeconfig::read_from(admin)?;
-    for auth in &mut kubeconfig.auth_infos {
-        if let Some(info) = auth.auth_info.as_mut() {
-            info.impersonate = Some(user.to_owned());
-        }
-    }
-    let path = std::env::temp_dir().join(file);
-    std::fs::write(&path, serde_saphyr::to_string(&kubeconfig)?)?;
-    Ok(path)
 }
 
 async fn until_ready(pools: &Api<InferencePool>, name: &str, replicas: i32) -> anyhow::Result<()> {

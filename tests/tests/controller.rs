@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use inferpool_e2e::cluster::{Cluster, TestNamespace, cluster};
 use inferpool_e2e::controller::{install_crd, shared_controller};
+use inferpool_e2e::pools::{condition, pool_yaml, versions};
 use inferpool_e2e::wait::wait_until;
 use inferpool_operator::api::InferencePool;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
@@ -60,22 +61,6 @@ impl Fixture {
         })
         .await
     }
-}
-
-fn pool_yaml(name: &str, spec: &str) -> String {
-    format!(
-        "apiVersion: inferpool.dev/v1alpha1\nkind: InferencePool\nmetadata: {{name: {name}}}\nspec: {spec}\n"
-    )
-}
-
-fn condition(pool: &InferencePool, type_: &str) -> Option<(String, String)> {
-    let c = pool
-        .status
-        .as_ref()?
-        .conditions
-        .iter()
-        .find(|c| c.type_ == type_)?;
-    Some((c.status.clone(), c.reason.clone()))
 }
 
 #[tokio::test]
@@ -258,7 +243,7 @@ async fn an_unchanged_pool_is_not_written_again() -> anyhow::Result<()> {
     let f = Fixture::new("quiet").await?;
     f.apply(&pool_yaml("q", "{model: {}, replicas: 2}"))?;
     f.until_ready("q").await?;
-    let before = versions(&f, "q").await?;
+    let before = versions(&f.client, f.ns.name(), "q").await?;
     // Deleting the PDB forces a full reconcile (its return proves the reconcile ran); every
     // other child and the status are unchanged, so none of them may be written.
     let pdbs = f.api::<PodDisruptionBudget>();
@@ -271,36 +256,10 @@ async fn an_unchanged_pool_is_not_written_again() -> anyhow::Result<()> {
     .await?;
     assert_eq!(
         before,
-        versions(&f, "q").await?,
+        versions(&f.client, f.ns.name(), "q").await?,
         "an unchanged pool or child was written"
     );
     Ok(())
-}
-
-async fn versions(f: &Fixture, pool: &str) -> anyhow::Result<Vec<Option<String>>> {
-    let child = format!("{pool}-agent");
-    Ok(vec![
-        f.api::<InferencePool>()
-            .get(pool)
-            .await?
-            .metadata
-            .resource_version,
-        f.api::<Deployment>()
-            .get(&child)
-            .await?
-            .metadata
-            .resource_version,
-        f.api::<Service>()
-            .get(&child)
-            .await?
-            .metadata
-            .resource_version,
-        f.api::<ConfigMap>()
-            .get(&child)
-            .await?
-            .metadata
-            .resource_version,
-    ])
 }
 
 #[tokio::test]

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use inferpool_e2e::cluster::cluster;
 use inferpool_e2e::controller::install_crd;
 use inferpool_e2e::operator::OperatorProcess;
+use inferpool_e2e::pools::{pool_yaml, versions};
 use inferpool_e2e::wait::wait_until;
 use inferpool_operator::api::InferencePool;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -67,11 +68,7 @@ async fn one_leader_reconciles_and_a_standby_takes_over() -> anyhow::Result<()> 
     let standby_count = standby.metric("inferpool_controller_reconciles_total");
 
     let pools: Api<InferencePool> = Api::namespaced(client.clone(), ns.name());
-    let pool = |name: &str| {
-        format!(
-            "apiVersion: inferpool.dev/v1alpha1\nkind: InferencePool\nmetadata: {{name: {name}}}\nspec: {{model: {{}}, replicas: 2}}\n"
-        )
-    };
+    let pool = |name: &str| pool_yaml(name, "{model: {}, replicas: 2}");
     c.kubectl_stdin(&["apply", "-n", ns.name(), "-f", "-"], &pool("first"))?;
     until_ready(&pools, "first", Duration::from_secs(60)).await?;
     assert!(
@@ -112,32 +109,3 @@ async fn one_leader_reconciles_and_a_standby_takes_over() -> anyhow::Result<()> 
     Ok(())
 }
 
-async fn versions(
-    client: &kube::Client,
-    ns: &str,
-    pool: &str,
-) -> anyhow::Result<Vec<Option<String>>> {
-    let child = format!("{pool}-agent");
-    Ok(vec![
-        Api::<InferencePool>::namespaced(client.clone(), ns)
-            .get(pool)
-            .await?
-            .metadata
-            .resource_version,
-        Api::<Deployment>::namespaced(client.clone(), ns)
-            .get(&child)
-            .await?
-            .metadata
-            .resource_version,
-        Api::<Service>::namespaced(client.clone(), ns)
-            .get(&child)
-            .await?
-            .metadata
-            .resource_version,
-        Api::<ConfigMap>::namespaced(client.clone(), ns)
-            .get(&child)
-            .await?
-            .metadata
-            .resource_version,
-    ])
-}

@@ -7,22 +7,12 @@ use std::time::Duration;
 use inferpool_e2e::cluster::cluster;
 use inferpool_e2e::controller::install_crd;
 use inferpool_e2e::operator::OperatorProcess;
+use inferpool_e2e::pools::condition;
 use inferpool_e2e::wait::wait_until;
 use inferpool_operator::api::InferencePool;
 use inferpool_operator::rbac::{NAME, rbac_yaml};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::Api;
-use kube::config::Kubeconfig;
-
-fn condition(pool: &InferencePool, type_: &str) -> Option<(String, String)> {
-    let c = pool
-        .status
-        .as_ref()?
-        .conditions
-        .iter()
-        .find(|c| c.type_ == type_)?;
-    Some((c.status.clone(), c.reason.clone()))
-}
 
 #[tokio::test]
 async fn the_operator_needs_nothing_beyond_its_declared_rbac() -> anyhow::Result<()> {
@@ -63,15 +53,8 @@ async fn the_operator_needs_nothing_beyond_its_declared_rbac() -> anyhow::Result
     );
 
     // A kubeconfig that acts as the ServiceAccount.
-    let mut kubeconfig = Kubeconfig::read_from(c.kubeconfig())?;
-    for auth in &mut kubeconfig.auth_infos {
-        if let Some(info) = auth.auth_info.as_mut() {
-            info.impersonate = Some(user.clone());
-        }
-    }
-    let path =
-        std::env::temp_dir().join(format!("inferpool-rbac-{}.kubeconfig", std::process::id()));
-    std::fs::write(&path, serde_saphyr::to_string(&kubeconfig)?)?;
+    let file = format!("inferpool-rbac-{}.kubeconfig", std::process::id());
+    let path = c.impersonating(&user, &file)?;
     // The kubeconfig really is restricted: reading Secrets is refused.
     let denied = c
         .tool("kubectl")
