@@ -7,23 +7,50 @@ use kube::Api;
 
 /// A pool manifest with `spec` written inline (flow YAML).
 pub fn pool_yaml(name: &str, spec: &str) -> String {
-    format!("apiVersion: inferpool.dev/v1alpha1\nkind: InferencePool\nmetadata: {{name: {name}}}\nspec: {spec}\n")
+    format!(
+        "apiVersion: inferpool.dev/v1alpha1\nkind: InferencePool\nmetadata: {{name: {name}}}\nspec: {spec}\n"
+    )
 }
 
 /// `(status, reason)` of the pool's condition `type_`.
 pub fn condition(pool: &InferencePool, type_: &str) -> Option<(String, String)> {
-    let c = pool.status.as_ref()?.conditions.iter().find(|c| c.type_ == type_)?;
+    let c = pool
+        .status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)?;
     Some((c.status.clone(), c.reason.clone()))
 }
 
 /// resourceVersions of the pool and of its Deployment, Service and ConfigMap: equal
 /// before and after means nothing was written.
-pub async fn versions(client: &kube::Client, ns: &str, pool: &str) -> anyhow::Result<Vec<Option<String>>> {
+pub async fn versions(
+    client: &kube::Client,
+    ns: &str,
+    pool: &str,
+) -> anyhow::Result<Vec<Option<String>>> {
     let child = format!("{pool}-agent");
     Ok(vec![
-        Api::<InferencePool>::namespaced(client.clone(), ns).get(pool).await?.metadata.resource_version,
-        Api::<Deployment>::namespaced(client.clone(), ns).get(&child).await?.metadata.resource_version,
-        Api::<Service>::namespaced(client.clone(), ns).get(&child).await?.metadata.resource_version,
-        Api::<ConfigMap>::namespaced(client.clone(), ns).get(&child).await?.metadata.resource_version,
+        Api::<InferencePool>::namespaced(client.clone(), ns)
+            .get(pool)
+            .await?
+            .metadata
+            .resource_version,
+        Api::<Deployment>::namespaced(client.clone(), ns)
+            .get(&child)
+            .await?
+            .metadata
+            .resource_version,
+        Api::<Service>::namespaced(client.clone(), ns)
+            .get(&child)
+            .await?
+            .metadata
+            .resource_version,
+        Api::<ConfigMap>::namespaced(client.clone(), ns)
+            .get(&child)
+            .await?
+            .metadata
+            .resource_version,
     ])
 }

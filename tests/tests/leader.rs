@@ -10,8 +10,6 @@ use inferpool_e2e::operator::OperatorProcess;
 use inferpool_e2e::pools::{pool_yaml, versions};
 use inferpool_e2e::wait::wait_until;
 use inferpool_operator::api::InferencePool;
-use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use kube::Api;
 
 /// What `OperatorProcess` runs with.
@@ -108,4 +106,3 @@ async fn one_leader_reconciles_and_a_standby_takes_over() -> anyhow::Result<()> 
     );
     Ok(())
 }
-

@@ -1,0 +1,4 @@
+//! The inference engine: model files, tokenizer, forward pass and sampling.
+
+pub mod gguf;
+pub mod tokenizer;
