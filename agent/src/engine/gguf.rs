@@ -99,6 +99,13 @@ impl GgufHeader {
             .collect()
     }
 
+    /// A float value.
+    pub fn f32(&self, key: &str) -> Result<f32, ModelFileError> {
+        self.value(key)?
+            .to_f32()
+            .map_err(|e| missing(key, &e.to_string()))
+    }
+
     /// An unsigned integer value.
     pub fn u32(&self, key: &str) -> Result<u32, ModelFileError> {
         let v = integer(self.value(key)?).ok_or_else(|| missing(key, "not an integer"))?;

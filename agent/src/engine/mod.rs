@@ -1,4 +1,5 @@
 //! The inference engine: model files, tokenizer, forward pass and sampling.
 
 pub mod gguf;
+pub mod model;
 pub mod tokenizer;

@@ -1,0 +1,367 @@
+//! A llama-architecture model on candle with our own batched forward pass: the projections
+//! and MLP run once over the rows of every active sequence, while each sequence keeps its
+//! own position and KV cache (candle's `quantized_llama` shares one position and one cache
+//! across the batch, so it cannot serve continuous batching).
+
+use std::path::Path;
+
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+use candle_core::{D, DType, Device, Module, Tensor};
+
+use super::gguf::{GgufHeader, ModelFileError};
+
+/// Shape of a llama model, from the GGUF metadata.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LlamaConfig {
+    /// Transformer blocks.
+    pub layers: usize,
+    /// Query heads.
+    pub heads: usize,
+    /// Key/value heads (grouped-query attention when fewer than `heads`).
+    pub kv_heads: usize,
+    /// Width of the residual stream.
+    pub hidden: usize,
+    /// RoPE base frequency.
+    pub rope_base: f32,
+    /// RMS norm epsilon.
+    pub eps: f64,
+    /// Longest context the model was trained for.
+    pub context: usize,
+}
+
+impl LlamaConfig {
+    fn from_header(h: &GgufHeader) -> Result<Self, ModelFileError> {
+        let get = |k: &str| h.u32(k).map(|v| v as usize);
+        let float = |k: &str, default: f32| h.f32(k).unwrap_or(default);
+        Ok(Self {
+            layers: get("llama.block_count")?,
+            heads: get("llama.attention.head_count")?,
+            kv_heads: get("llama.attention.head_count_kv")?,
+            hidden: get("llama.embedding_length")?,
+            rope_base: float("llama.rope.freq_base", 10_000.0),
+            eps: f64::from(float("llama.attention.layer_norm_rms_epsilon", 1e-5)),
+            context: get("llama.context_length")?,
+        })
+    }
+
+    /// Width of one attention head.
+    pub fn head_dim(&self) -> usize {
+        self.hidden / self.heads
+    }
+}
+
+/// Errors of the model.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    /// The file is unreadable or lacks what a llama model needs.
+    #[error(transparent)]
+    File(#[from] ModelFileError),
+    /// A tensor operation failed.
+    #[error("model: {0}")]
+    Tensor(#[from] candle_core::Error),
+    /// A sequence would run past the model's context.
+    #[error("sequence of {0} tokens exceeds the context of {1}")]
+    TooLong(usize, usize),
+}
+
+struct Layer {
+    attn_norm: Tensor,
+    wq: QMatMul,
+    wk: QMatMul,
+    wv: QMatMul,
+    wo: QMatMul,
+    ffn_norm: Tensor,
+    gate: QMatMul,
+    up: QMatMul,
+    down: QMatMul,
+}
+
+/// A loaded llama model.
+pub struct Llama {
+    /// Its shape.
+    pub config: LlamaConfig,
+    embed: Tensor,
+    layers: Vec<Layer>,
+    norm: Tensor,
+    output: QMatMul,
+    cos: Tensor,
+    sin: Tensor,
+    device: Device,
+}
+
+impl std::fmt::Debug for Llama {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Llama")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One sequence's keys and values per layer, `[kv_heads, len, head_dim]`.
+#[derive(Debug, Default)]
+pub struct KvCache {
+    layers: Vec<(Tensor, Tensor)>,
+}
+
+impl KvCache {
+    /// Tokens held.
+    pub fn len(&self) -> usize {
+        self.layers
+            .first()
+            .map_or(0, |(k, _)| k.dim(1).unwrap_or(0))
+    }
+
+    /// Whether nothing is cached yet.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// One sequence's part of a step: new tokens, appended after what its cache holds.
+#[derive(Debug)]
+pub struct SeqStep<'a> {
+    /// Tokens to process (a prompt chunk, or the last sampled token).
+    pub tokens: &'a [u32],
+    /// The sequence's cache, extended by this step.
+    pub cache: &'a mut KvCache,
+}
+
+/// How weights are held in memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WeightFormat {
+    /// As stored in the file.
+    AsStored,
+    /// Q4_1 converted to Q8_0 at load: candle has SIMD kernels for Q8_0 only, so this is
+    /// several times faster for ~1 % error (ENGINE-NOTES.md).
+    Q8,
+}
+
+impl Llama {
+    /// Loads a llama GGUF file onto `device`.
+    pub fn load(path: &Path, format: WeightFormat, device: &Device) -> Result<Self, ModelError> {
+        let header = GgufHeader::read(path)?;
+        let config = LlamaConfig::from_header(&header)?;
+        let mut file = std::fs::File::open(path).map_err(|source| ModelFileError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let mut tensor = |name: &str| header.content.tensor(&mut file, name, device);
+        let matmul = |t: QTensor| -> Result<QMatMul, ModelError> {
+            Ok(QMatMul::from_qtensor(convert(t, format, device)?)?)
+        };
+        let embed_q = tensor("token_embd.weight")?;
+        let embed = embed_q.dequantize(device)?;
+        let output = match tensor("output.weight") {
+            Ok(t) => matmul(t)?,
+            Err(_) => matmul(embed_q)?,
+        };
+        let norm = tensor("output_norm.weight")?.dequantize(device)?;
+        let mut layers = Vec::with_capacity(config.layers);
+        for i in 0..config.layers {
+            let mut t = |n: &str| tensor(&format!("blk.{i}.{n}.weight"));
+            let (q, k, v, o) = (t("attn_q")?, t("attn_k")?, t("attn_v")?, t("attn_output")?);
+            let (g, u, d) = (t("ffn_gate")?, t("ffn_up")?, t("ffn_down")?);
+            let (an, fnorm) = (t("attn_norm")?, t("ffn_norm")?);
+            layers.push(Layer {
+                attn_norm: an.dequantize(device)?,
+                wq: matmul(q)?,
+                wk: matmul(k)?,
+                wv: matmul(v)?,
+                wo: matmul(o)?,
+                ffn_norm: fnorm.dequantize(device)?,
+                gate: matmul(g)?,
+                up: matmul(u)?,
+                down: matmul(d)?,
+            });
+        }
+        let (cos, sin) = rope_tables(&config, device)?;
+        Ok(Self {
+            config,
+            embed,
+            layers,
+            norm,
+            output,
+            cos,
+            sin,
+            device: device.clone(),
+        })
+    }
+
+    /// Runs one step for every sequence in `batch` and returns each one's logits for its
+    /// next token, `[batch, vocab]`.
+    pub fn step(&self, batch: &mut [SeqStep<'_>]) -> Result<Tensor, ModelError> {
+        let rows = Rows::of(batch, self.config.context)?;
+        let ids = Tensor::new(rows.ids.as_slice(), &self.device)?;
+        let positions = Tensor::new(rows.positions.as_slice(), &self.device)?;
+        let cos = self.cos.index_select(&positions, 0)?;
+        let sin = self.sin.index_select(&positions, 0)?;
+        let mut x = self.embed.index_select(&ids, 0)?;
+        for (li, layer) in self.layers.iter().enumerate() {
+            let h = candle_nn::ops::rms_norm(&x, &layer.attn_norm, self.config.eps as f32)?;
+            let attn = self.attention(layer, li, &h, (&cos, &sin), &rows, batch)?;
+            x = (x + layer.wo.forward(&attn)?)?;
+            let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, self.config.eps as f32)?;
+            let mlp = (candle_nn::ops::silu(&layer.gate.forward(&h)?)? * layer.up.forward(&h)?)?;
+            x = (x + layer.down.forward(&mlp)?)?;
+        }
+        let last = Tensor::new(rows.last_rows.as_slice(), &self.device)?;
+        let x = x.index_select(&last, 0)?;
+        let x = candle_nn::ops::rms_norm(&x, &self.norm, self.config.eps as f32)?;
+        Ok(self.output.forward(&x)?)
+    }
+
+    /// Attention for all rows: projections batched, then each sequence attends over its
+    /// own cache (extended with its new keys and values).
+    fn attention(
+        &self,
+        layer: &Layer,
+        li: usize,
+        h: &Tensor,
+        (cos, sin): (&Tensor, &Tensor),
+        rows: &Rows,
+        batch: &mut [SeqStep<'_>],
+    ) -> Result<Tensor, ModelError> {
+        let c = &self.config;
+        let (t, hd) = (rows.ids.len(), c.head_dim());
+        let heads = |m: &QMatMul, n: usize| -> Result<Tensor, ModelError> {
+            Ok(m.forward(h)?
+                .reshape((t, n, hd))?
+                .transpose(0, 1)?
+                .unsqueeze(0)?
+                .contiguous()?)
+        };
+        let q = candle_nn::rotary_emb::rope_i(&heads(&layer.wq, c.heads)?, cos, sin)?;
+        let k = candle_nn::rotary_emb::rope_i(&heads(&layer.wk, c.kv_heads)?, cos, sin)?;
+        let v = heads(&layer.wv, c.kv_heads)?;
+        let mut outputs = Vec::with_capacity(batch.len());
+        for (seq, &(start, len, past)) in batch.iter_mut().zip(&rows.spans) {
+            let q = q.narrow(2, start, len)?.squeeze(0)?;
+            let k_new = k.narrow(2, start, len)?.squeeze(0)?;
+            let v_new = v.narrow(2, start, len)?.squeeze(0)?;
+            let (k_all, v_all) = append(&mut seq.cache.layers, li, k_new, v_new)?;
+            outputs.push(self.attend(&q, &k_all, &v_all, past)?);
+        }
+        Ok(Tensor::cat(&outputs, 0)?)
+    }
+
+    /// Causal attention of `q` `[heads, len, hd]` over `k`, `v` `[kv_heads, past+len, hd]`;
+    /// returns `[len, heads*hd]`.
+    fn attend(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        past: usize,
+    ) -> Result<Tensor, ModelError> {
+        let c = &self.config;
+        let (len, hd) = (q.dim(1)?, c.head_dim());
+        let group = c.heads / c.kv_heads;
+        let k = repeat_kv(k, group)?;
+        let v = repeat_kv(v, group)?;
+        let scores = (q.matmul(&k.t()?)? / (hd as f64).sqrt())?;
+        let scores = if len > 1 {
+            scores.broadcast_add(&causal_mask(len, past, &self.device)?)?
+        } else {
+            scores
+        };
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        let y = probs.matmul(&v)?;
+        Ok(y.transpose(0, 1)?.reshape((len, c.heads * hd))?)
+    }
+}
+
+/// The flattened rows of a step.
+struct Rows {
+    ids: Vec<u32>,
+    positions: Vec<u32>,
+    /// Per sequence: first row, rows, tokens already cached.
+    spans: Vec<(usize, usize, usize)>,
+    last_rows: Vec<u32>,
+}
+
+impl Rows {
+    fn of(batch: &[SeqStep<'_>], context: usize) -> Result<Self, ModelError> {
+        let mut rows = Rows {
+            ids: Vec::new(),
+            positions: Vec::new(),
+            spans: Vec::new(),
+            last_rows: Vec::new(),
+        };
+        for seq in batch {
+            let (start, past, len) = (rows.ids.len(), seq.cache.len(), seq.tokens.len());
+            if past + len > context {
+                return Err(ModelError::TooLong(past + len, context));
+            }
+            rows.ids.extend_from_slice(seq.tokens);
+            rows.positions.extend((past..past + len).map(|p| p as u32));
+            rows.spans.push((start, len, past));
+            rows.last_rows.push((start + len).saturating_sub(1) as u32);
+        }
+        Ok(rows)
+    }
+}
+
+fn append(
+    layers: &mut Vec<(Tensor, Tensor)>,
+    li: usize,
+    k: Tensor,
+    v: Tensor,
+) -> Result<(Tensor, Tensor), ModelError> {
+    let entry = match layers.get(li) {
+        Some((k_old, v_old)) => (Tensor::cat(&[k_old, &k], 1)?, Tensor::cat(&[v_old, &v], 1)?),
+        None => (k.contiguous()?, v.contiguous()?),
+    };
+    if li < layers.len() {
+        layers[li] = entry.clone();
+    } else {
+        layers.push(entry.clone());
+    }
+    Ok(entry)
+}
+
+fn repeat_kv(x: &Tensor, group: usize) -> Result<Tensor, ModelError> {
+    if group == 1 {
+        return Ok(x.clone());
+    }
+    let (kv, len, hd) = x.dims3()?;
+    Ok(x.unsqueeze(1)?
+        .expand((kv, group, len, hd))?
+        .reshape((kv * group, len, hd))?)
+}
+
+/// `-inf` where a query row may not see a key column: row j (position past+j) sees keys
+/// 0..=past+j.
+fn causal_mask(len: usize, past: usize, device: &Device) -> Result<Tensor, ModelError> {
+    let total = past + len;
+    let mask: Vec<f32> = (0..len)
+        .flat_map(|j| (0..total).map(move |l| if l > past + j { f32::NEG_INFINITY } else { 0.0 }))
+        .collect();
+    Ok(Tensor::from_vec(mask, (len, total), device)?)
+}
+
+fn rope_tables(c: &LlamaConfig, device: &Device) -> Result<(Tensor, Tensor), ModelError> {
+    let hd = c.head_dim();
+    let theta: Vec<f32> = (0..hd)
+        .step_by(2)
+        .map(|i| 1.0 / c.rope_base.powf(i as f32 / hd as f32))
+        .collect();
+    let theta = Tensor::new(theta.as_slice(), device)?;
+    let positions = Tensor::arange(0, c.context as u32, device)?
+        .to_dtype(DType::F32)?
+        .unsqueeze(1)?;
+    let angles = positions.broadcast_mul(&theta.unsqueeze(0)?)?;
+    Ok((angles.cos()?, angles.sin()?))
+}
+
+fn convert(t: QTensor, format: WeightFormat, device: &Device) -> Result<QTensor, ModelError> {
+    if format == WeightFormat::Q8 && t.dtype() == GgmlDType::Q4_1 {
+        let dense = t.dequantize(device)?;
+        return Ok(QTensor::quantize(&dense, GgmlDType::Q8_0)?);
+    }
+    Ok(t)
+}
+
+/// The index of the largest logit (greedy decoding).
+pub fn argmax(logits: &Tensor) -> Result<u32, ModelError> {
+    Ok(logits.argmax(D::Minus1)?.to_scalar::<u32>()?)
+}
