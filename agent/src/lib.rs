@@ -1,5 +1,5 @@
-//! inferpool agent: the process in every pool pod. Device discovery is here today; the
-//! engine, scheduler, cache and servers land with the agent issue.
+//! inferpool agent: the process in every pool pod. Device discovery and the engine
+//! (tokenizer, batched forward) are here; the scheduler, cache and servers land next.
 
 pub mod engine;
 pub mod gpu;
