@@ -2,4 +2,5 @@
 
 pub mod gguf;
 pub mod model;
+pub mod sampling;
 pub mod tokenizer;
