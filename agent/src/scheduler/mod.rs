@@ -1,0 +1,3 @@
+//! Admission and batching: a bounded priority queue in front of the engine.
+
+pub mod queue;
