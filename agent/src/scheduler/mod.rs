@@ -1,3 +1,4 @@
 //! Admission and batching: a bounded priority queue in front of the engine.
 
+pub mod batcher;
 pub mod queue;

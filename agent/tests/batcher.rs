@@ -1,0 +1,137 @@
+//! The continuous batching loop on the real default model (CPU).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use candle_core::Device;
+use inferpool_agent::engine::gguf::GgufHeader;
+use inferpool_agent::engine::model::{Llama, WeightFormat};
+use inferpool_agent::engine::sampling::SamplingParams;
+use inferpool_agent::engine::tokenizer::ModelTokenizer;
+use inferpool_agent::scheduler::batcher::{
+    BatcherConfig, EngineHandle, FinishReason, GenerationEvent, GenerationRequest, SubmitError,
+};
+use inferpool_agent::scheduler::queue::Priority;
+use inferpool_e2e::parts::default_model;
+
+fn engine(config: BatcherConfig) -> anyhow::Result<(EngineHandle, ModelTokenizer)> {
+    let path = default_model()?;
+    let tok = ModelTokenizer::from_gguf(&GgufHeader::read(&path)?)?;
+    let model = Arc::new(Llama::load(&path, WeightFormat::Q8, &Device::Cpu)?);
+    Ok((EngineHandle::start(model, config), tok))
+}
+
+fn request(
+    tok: &ModelTokenizer,
+    prompt: &str,
+    max_tokens: usize,
+) -> anyhow::Result<GenerationRequest> {
+    let chat = format!("<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n");
+    Ok(GenerationRequest {
+        prompt: tok.encode(&chat)?,
+        max_tokens,
+        stop_tokens: vec![tok.eos],
+        sampling: SamplingParams {
+            temperature: 0.0,
+            ..SamplingParams::default()
+        },
+        priority: Priority::Normal,
+    })
+}
+
+async fn collect(
+    mut rx: tokio::sync::mpsc::Receiver<GenerationEvent>,
+) -> (Vec<u32>, Option<GenerationEvent>) {
+    let mut tokens = Vec::new();
+    while let Some(event) = rx.recv().await {
+        match event {
+            GenerationEvent::Token(t) => tokens.push(t),
+            end => return (tokens, Some(end)),
+        }
+    }
+    (tokens, None)
+}
+
+const CONFIG: BatcherConfig = BatcherConfig {
+    max_batch_size: 4,
+    max_batch_tokens: 16,
+    queue_limits: [8; 4],
+};
+
+#[tokio::test]
+async fn concurrent_requests_decode_as_they_would_alone() -> anyhow::Result<()> {
+    let (engine, tok) = engine(CONFIG)?;
+    let a = request(&tok, "Write one sentence about the sea.", 10)?;
+    let b = request(&tok, "Name three colours.", 10)?;
+    let (alone, _) = collect(engine.generate(a.clone()).await?).await;
+    // Both at once: prompts longer than the 16-token budget are prefilled in chunks while
+    // the other sequence decodes.
+    let (ra, rb) = (engine.generate(a).await?, engine.generate(b).await?);
+    let ((ta, ea), (tb, eb)) = tokio::join!(collect(ra), collect(rb));
+    assert_eq!(ta, alone, "batching changed a greedy continuation");
+    assert_eq!(ta.len(), 10);
+    let finished = |e: Option<GenerationEvent>| matches!(e, Some(GenerationEvent::Finished { .. }));
+    assert!(finished(ea.clone()) && finished(eb));
+    assert!(matches!(
+        ea,
+        Some(GenerationEvent::Finished {
+            reason: FinishReason::Length,
+            completion_tokens: 10,
+            ..
+        })
+    ));
+    assert!(!tb.is_empty());
+    assert!(tok.decode(&ta, true)?.chars().any(char::is_alphabetic));
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_dropped_receiver_cancels_and_frees_its_slot() -> anyhow::Result<()> {
+    let (engine, tok) = engine(BatcherConfig {
+        max_batch_size: 1,
+        ..CONFIG
+    })?;
+    let mut rx = engine
+        .generate(request(&tok, "Count from one to one hundred.", 400)?)
+        .await?;
+    assert!(matches!(rx.recv().await, Some(GenerationEvent::Token(_))));
+    drop(rx);
+    let mut load = engine.load();
+    tokio::time::timeout(Duration::from_secs(30), load.wait_for(|l| l.running == 0)).await??;
+    // The single slot is free again: a new request runs to its end.
+    let (tokens, end) = collect(engine.generate(request(&tok, "Say hi.", 3)?).await?).await;
+    assert!(!tokens.is_empty() && matches!(end, Some(GenerationEvent::Finished { .. })));
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_full_queue_refuses_at_once() -> anyhow::Result<()> {
+    let (engine, tok) = engine(BatcherConfig {
+        max_batch_size: 1,
+        max_batch_tokens: 16,
+        queue_limits: [0, 0, 1, 0],
+    })?;
+    let running = engine
+        .generate(request(&tok, "Tell a long story.", 400)?)
+        .await?;
+    let mut load = engine.load();
+    tokio::time::timeout(Duration::from_secs(30), load.wait_for(|l| l.running == 1)).await??;
+    let _queued = engine
+        .generate(request(&tok, "Wait your turn.", 5)?)
+        .await?;
+    let refused = engine
+        .generate(request(&tok, "One too many.", 5)?)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(refused, SubmitError::QueueFull(q) if q.priority == Priority::Normal && q.limit == 1)
+    );
+    let mut low = request(&tok, "Low priority.", 5)?;
+    low.priority = Priority::Low;
+    assert!(matches!(
+        engine.generate(low).await,
+        Err(SubmitError::QueueFull(_))
+    ));
+    drop(running);
+    Ok(())
+}
