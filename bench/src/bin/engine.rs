@@ -24,7 +24,8 @@ struct Args {
     tokens: usize,
 }
 
-const PROMPT: &str = "<|im_start|>user\nWrite a short paragraph about the sea.<|im_end|>\n<|im_start|>assistant\n";
+const PROMPT: &str =
+    "<|im_start|>user\nWrite a short paragraph about the sea.<|im_end|>\n<|im_start|>assistant\n";
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -34,7 +35,12 @@ fn main() -> anyhow::Result<()> {
     };
     let tok = ModelTokenizer::from_gguf(&GgufHeader::read(&path)?)?;
     let prompt = tok.encode(PROMPT)?;
-    println!("prompt {} tokens, {} decoded per sequence, threads {}", prompt.len(), args.tokens, threads());
+    println!(
+        "prompt {} tokens, {} decoded per sequence, threads {}",
+        prompt.len(),
+        args.tokens,
+        threads()
+    );
     let reference = reference(&path, &prompt, args.tokens)?;
     println!("reference candle quantized_llama (Q4_1 as stored), batch 1: {reference:.1} tok/s");
     for format in [WeightFormat::AsStored, WeightFormat::Q8] {
@@ -48,14 +54,20 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn threads() -> usize {
-    std::thread::available_parallelism().map(usize::from).unwrap_or(1)
+    std::thread::available_parallelism()
+        .map(usize::from)
+        .unwrap_or(1)
 }
 
 fn default_model_path() -> PathBuf {
-    let cache = std::env::var_os("INFERPOOL_MODELS").map(PathBuf::from).unwrap_or_else(|| {
-        let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default();
-        home.join(".cache/inferpool/models")
-    });
+    let cache = std::env::var_os("INFERPOOL_MODELS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let home = std::env::var_os("HOME")
+                .map(PathBuf::from)
+                .unwrap_or_default();
+            home.join(".cache/inferpool/models")
+        });
     cache.join("smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf")
 }
 
@@ -79,14 +91,20 @@ fn ours(model: &Llama, prompt: &[u32], batch: usize, n: usize) -> anyhow::Result
     let mut caches: Vec<KvCache> = (0..batch).map(|_| KvCache::default()).collect();
     let mut next = vec![0u32; batch];
     for (cache, next) in caches.iter_mut().zip(next.iter_mut()) {
-        let logits = model.step(&mut [SeqStep { tokens: prompt, cache }])?;
+        let logits = model.step(&mut [SeqStep {
+            tokens: prompt,
+            cache,
+        }])?;
         *next = argmax(&logits.get(0)?)?;
     }
     let start = Instant::now();
     for _ in 0..n {
         let tokens: Vec<[u32; 1]> = next.iter().map(|t| [*t]).collect();
-        let mut steps: Vec<SeqStep<'_>> =
-            tokens.iter().zip(caches.iter_mut()).map(|(t, cache)| SeqStep { tokens: t, cache }).collect();
+        let mut steps: Vec<SeqStep<'_>> = tokens
+            .iter()
+            .zip(caches.iter_mut())
+            .map(|(t, cache)| SeqStep { tokens: t, cache })
+            .collect();
         let logits = model.step(&mut steps)?;
         for (i, t) in next.iter_mut().enumerate() {
             *t = argmax(&logits.get(i)?)?;
