@@ -53,3 +53,27 @@ fn chat_markers_are_single_special_tokens() -> anyhow::Result<()> {
     assert_eq!(t.eos, end, "SmolLM2-Instruct ends turns with <|im_end|>");
     Ok(())
 }
+
+#[test]
+fn the_models_own_chat_template_renders_chatml() -> anyhow::Result<()> {
+    use inferpool_agent::engine::chat::{ChatMessage, ChatTemplate};
+    let t = tokenizer()?;
+    let source = t.chat_template.clone().unwrap_or_default();
+    let template = ChatTemplate::new(&source, "<|im_start|>", "<|im_end|>")?;
+    let prompt = template.render(&[ChatMessage::new("user", "Hi")], true)?;
+    assert_eq!(
+        prompt,
+        "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n\
+         <|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+    );
+    let own_system = [
+        ChatMessage::new("system", "Be brief."),
+        ChatMessage::new("user", "Hi"),
+    ];
+    let prompt = template.render(&own_system, false)?;
+    assert!(
+        prompt.starts_with("<|im_start|>system\nBe brief.<|im_end|>\n")
+            && !prompt.ends_with("assistant\n")
+    );
+    Ok(())
+}

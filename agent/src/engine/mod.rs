@@ -1,5 +1,6 @@
 //! The inference engine: model files, tokenizer, forward pass and sampling.
 
+pub mod chat;
 pub mod gguf;
 pub mod model;
 pub mod sampling;
