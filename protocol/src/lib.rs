@@ -1,4 +1,7 @@
-//! Wire contracts shared by the gateway and the agent: the gRPC `Agent` service.
+//! Wire contracts shared by the gateway and the agent: the gRPC `Agent` service and the
+//! OpenAI-compatible JSON types with their validation.
+
+pub mod openai;
 
 /// Generated from `proto/agent.proto`.
 #[allow(missing_docs, missing_debug_implementations, clippy::all)]
