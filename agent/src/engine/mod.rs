@@ -3,5 +3,6 @@
 pub mod chat;
 pub mod gguf;
 pub mod model;
+pub mod prepare;
 pub mod sampling;
 pub mod tokenizer;
