@@ -111,7 +111,7 @@ async fn reconcile_pool(pool: &InferencePool, ctx: &Context) -> Result<Action, E
         gateway: ctx.gateway.as_deref(),
         now: &now,
     };
-    write_status(pool, ctx, &ns, desired_status(pool, &seen)).await?;
+    write_status(pool, ctx, &ns, &seen).await?;
     Ok(Action::requeue(RESYNC))
 }
 
@@ -200,16 +200,27 @@ where
     Ok(api.patch(&name, &params, &Patch::Apply(&value)).await?)
 }
 
+/// Writes the status when it changed. The cached pool may predate this controller's own
+/// last status write (its watch event not yet seen); a changed status is therefore checked
+/// once more against the pool as the API server has it, so that a condition's transition
+/// is not stamped twice.
 async fn write_status(
     pool: &InferencePool,
     ctx: &Context,
     ns: &str,
-    status: crate::api::InferencePoolStatus,
+    seen: &Observations<'_>,
 ) -> Result<(), Error> {
-    if pool.status.as_ref() == Some(&status) {
+    if pool.status.as_ref() == Some(&desired_status(pool, seen)) {
         return Ok(());
     }
     let api: Api<InferencePool> = Api::namespaced(ctx.client.clone(), ns);
+    // Only the status is taken from the server: generation and spec stay those reconciled.
+    let mut latest = pool.clone();
+    latest.status = api.get_status(&pool.name_any()).await?.status;
+    let status = desired_status(&latest, seen);
+    if latest.status.as_ref() == Some(&status) {
+        return Ok(());
+    }
     let patch = serde_json::json!({
         "apiVersion": "inferpool.dev/v1alpha1", "kind": "InferencePool", "status": status,
     });
