@@ -69,6 +69,15 @@ impl OperatorProcess {
         self.metric("inferpool_controller_leader") == Some(1.0)
     }
 
+    /// Whether the API server refused it something as `user`. RBAC refusals name the user
+    /// (`... is forbidden: User "system:serviceaccount:..." cannot`, quotes escaped in the
+    /// JSON log); other refusals, such as writing into a namespace an earlier test is
+    /// deleting, are not about permissions.
+    pub fn refused_as(&self, user: &str) -> bool {
+        self.log_text()
+            .contains(&format!("User \\\"{user}\\\" cannot"))
+    }
+
     /// Its log so far.
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()

@@ -1,5 +1,7 @@
 //! Small helpers about InferencePools shared by the e2e tests.
 
+use std::time::Duration;
+
 use inferpool_operator::api::InferencePool;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
@@ -21,6 +23,20 @@ pub fn condition(pool: &InferencePool, type_: &str) -> Option<(String, String)> 
         .iter()
         .find(|c| c.type_ == type_)?;
     Some((c.status.clone(), c.reason.clone()))
+}
+
+/// Waits until the pool reports Ready at its current generation, and returns it.
+pub async fn until_ready(
+    pools: &Api<InferencePool>,
+    name: &str,
+    limit: Duration,
+) -> anyhow::Result<InferencePool> {
+    crate::wait::wait_until(limit, || async {
+        let p = pools.get(name).await.ok()?;
+        let current = p.status.as_ref()?.observed_generation == p.metadata.generation;
+        (current && condition(&p, "Ready")?.0 == "True").then_some(p)
+    })
+    .await
 }
 
 /// resourceVersions of the pool and of its Deployment, Service and ConfigMap: equal

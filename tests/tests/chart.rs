@@ -7,7 +7,7 @@ use std::time::Duration;
 use inferpool_e2e::cluster::cluster;
 use inferpool_e2e::operator::OperatorProcess;
 use inferpool_e2e::parts::{operator_binary, repo_root};
-use inferpool_e2e::wait::wait_until;
+use inferpool_e2e::pools::until_ready;
 use inferpool_operator::api::InferencePool;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use kube::Api;
@@ -152,7 +152,9 @@ async fn install_reconcile_upgrade_and_uninstall() -> anyhow::Result<()> {
         &example.to_string_lossy(),
     ])?;
     let pools: Api<InferencePool> = Api::namespaced(client.clone(), pools_ns.name());
-    until_ready(&pools, "minimal", 1).await?;
+    let limit = Duration::from_secs(90);
+    let pool = until_ready(&pools, "minimal", limit).await?;
+    assert_eq!(pool.status.map(|s| s.ready_replicas), Some(1));
     c.kubectl(&[
         "scale",
         "-n",
@@ -160,7 +162,8 @@ async fn install_reconcile_upgrade_and_uninstall() -> anyhow::Result<()> {
         "ipool/minimal",
         "--replicas=3",
     ])?;
-    until_ready(&pools, "minimal", 3).await?;
+    let pool = until_ready(&pools, "minimal", limit).await?;
+    assert_eq!(pool.status.map(|s| s.ready_replicas), Some(3));
     let table = c.kubectl(&["get", "ipool", "-n", pools_ns.name()])?;
     assert!(
         table.starts_with("NAME") && table.contains("STRATEGY") && table.contains("minimal"),
@@ -168,9 +171,8 @@ async fn install_reconcile_upgrade_and_uninstall() -> anyhow::Result<()> {
     );
     let explain = c.kubectl(&["explain", "inferencepool.spec.batching"])?;
     assert!(explain.contains("maxWaitMilliseconds"), "{explain}");
-    let refusal = format!("User \\\"{user}\\\" cannot");
     assert!(
-        !op.log_text().contains(&refusal),
+        !op.refused_as(&user),
         "the chart's RBAC refused the operator:\n{}",
         op.log_text()
     );
@@ -227,20 +229,6 @@ async fn install_reconcile_upgrade_and_uninstall() -> anyhow::Result<()> {
     c.kubectl(&["get", "crd", "inferencepools.inferpool.dev"])?;
     std::fs::remove_file(kubeconfig)?;
     Ok(())
-}
-
-async fn until_ready(pools: &Api<InferencePool>, name: &str, replicas: i32) -> anyhow::Result<()> {
-    wait_until(Duration::from_secs(90), || async {
-        let p = pools.get(name).await.ok()?;
-        let s = p.status.as_ref()?;
-        let ready = s
-            .conditions
-            .iter()
-            .any(|c| c.type_ == "Ready" && c.status == "True");
-        (ready && s.ready_replicas == replicas && s.observed_generation == p.metadata.generation)
-            .then_some(())
-    })
-    .await
 }
 
 #[test]

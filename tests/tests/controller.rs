@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use inferpool_e2e::cluster::{Cluster, TestNamespace, cluster};
 use inferpool_e2e::controller::{install_crd, shared_controller};
-use inferpool_e2e::pools::{condition, pool_yaml, versions};
+use inferpool_e2e::pools::{condition, pool_yaml, until_ready, versions};
 use inferpool_e2e::wait::wait_until;
 use inferpool_operator::api::InferencePool;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
@@ -52,14 +52,12 @@ impl Fixture {
         self.c.kubectl(&all)
     }
     async fn until_ready(&self, name: &str) -> anyhow::Result<InferencePool> {
-        let pools = self.api::<InferencePool>();
-        wait_until(LIMIT, || async {
-            let p = pools.get(name).await.ok()?;
-            let current = p.status.as_ref()?.observed_generation == p.metadata.generation;
-            (current && condition(&p, "Ready")? == ("True".into(), "AgentsReady".into()))
-                .then_some(p)
-        })
-        .await
+        let pool = until_ready(&self.api::<InferencePool>(), name, LIMIT).await?;
+        assert_eq!(
+            condition(&pool, "Ready"),
+            Some(("True".into(), "AgentsReady".into()))
+        );
+        Ok(pool)
     }
 }
 

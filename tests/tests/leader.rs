@@ -7,31 +7,13 @@ use std::time::{Duration, Instant};
 use inferpool_e2e::cluster::cluster;
 use inferpool_e2e::controller::install_crd;
 use inferpool_e2e::operator::OperatorProcess;
-use inferpool_e2e::pools::{pool_yaml, versions};
+use inferpool_e2e::pools::{pool_yaml, until_ready, versions};
 use inferpool_e2e::wait::wait_until;
 use inferpool_operator::api::InferencePool;
 use kube::Api;
 
 /// What `OperatorProcess` runs with.
 const LEASE_SECONDS: u64 = 5;
-
-async fn until_ready(
-    pools: &Api<InferencePool>,
-    name: &str,
-    limit: Duration,
-) -> anyhow::Result<InferencePool> {
-    wait_until(limit, || async {
-        let p = pools.get(name).await.ok()?;
-        let ready = p
-            .status
-            .as_ref()?
-            .conditions
-            .iter()
-            .any(|c| c.type_ == "Ready" && c.status == "True");
-        ready.then_some(p)
-    })
-    .await
-}
 
 #[tokio::test]
 async fn one_leader_reconciles_and_a_standby_takes_over() -> anyhow::Result<()> {

@@ -7,7 +7,7 @@ use std::time::Duration;
 use inferpool_e2e::cluster::cluster;
 use inferpool_e2e::controller::install_crd;
 use inferpool_e2e::operator::OperatorProcess;
-use inferpool_e2e::pools::condition;
+use inferpool_e2e::pools::{condition, until_ready};
 use inferpool_e2e::wait::wait_until;
 use inferpool_operator::api::InferencePool;
 use inferpool_operator::rbac::{NAME, rbac_yaml};
@@ -73,20 +73,9 @@ async fn the_operator_needs_nothing_beyond_its_declared_rbac() -> anyhow::Result
         "apiVersion: inferpool.dev/v1alpha1\nkind: InferencePool\nmetadata: {name: a}\nspec: {model: {}, replicas: 2}\n",
     )?;
     let limit = Duration::from_secs(90);
-    let ready = |name: &'static str| {
-        let pools = pools.clone();
-        async move {
-            wait_until(limit, || async {
-                let p = pools.get(name).await.ok()?;
-                let current = p.status.as_ref()?.observed_generation == p.metadata.generation;
-                (current && condition(&p, "Ready")?.0 == "True").then_some(())
-            })
-            .await
-        }
-    };
-    ready("a").await?;
+    until_ready(&pools, "a", limit).await?;
     c.kubectl(&["scale", "-n", ns.name(), "ipool/a", "--replicas=1"])?;
-    ready("a").await?;
+    until_ready(&pools, "a", limit).await?;
     let pdbs: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), ns.name());
     assert!(
         pdbs.get_opt("a-agent").await?.is_none(),
@@ -111,14 +100,10 @@ async fn the_operator_needs_nothing_beyond_its_declared_rbac() -> anyhow::Result
         "name",
     ])?;
     assert!(!events.trim().is_empty(), "the event could not be written");
-    let log = op.log_text();
-    // RBAC refusals name the user (`... is forbidden: User "system:serviceaccount:..." cannot`,
-    // quotes escaped in the JSON log); other refusals, such as writing into a namespace being
-    // deleted by an earlier test, are not about permissions.
-    let refusal = format!("User \\\"{user}\\\" cannot");
     assert!(
-        !log.contains(&refusal),
-        "the operator was refused something:\n{log}"
+        !op.refused_as(&user),
+        "the operator was refused something:\n{}",
+        op.log_text()
     );
     c.kubectl(&["delete", "clusterrolebinding", &binding])?;
     std::fs::remove_file(path)?;
