@@ -25,7 +25,9 @@ pub async fn elect(
     s: &LeaseSettings,
 ) -> anyhow::Result<watch::Receiver<bool>> {
     let duration = s.duration.as_secs().max(2);
-    let params = LeaseParams::new(s.identity.clone(), duration, (duration / 3).max(1));
+    // Renew half-way through the lease (grace = half): a holder whose renewal is delayed by
+    // load keeps its lease instead of flapping to the standby and back.
+    let params = LeaseParams::new(s.identity.clone(), duration, (duration / 2).max(1));
     let manager = LeaseManagerBuilder::new(client, s.name.clone())
         .with_namespace(s.namespace.clone())
         .with_parameters(params)
