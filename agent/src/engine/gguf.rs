@@ -71,32 +71,34 @@ impl GgufHeader {
             .map_err(|e| missing(key, &e.to_string()))
     }
 
-    /// An array of strings.
-    pub fn strings(&self, key: &str) -> Result<Vec<&str>, ModelFileError> {
+    /// Each element of an array, converted by `convert`.
+    fn array<'a, T>(
+        &'a self,
+        key: &str,
+        convert: impl Fn(&'a Value) -> Result<T, String>,
+    ) -> Result<Vec<T>, ModelFileError> {
         let values = self
             .value(key)?
             .to_vec()
             .map_err(|e| missing(key, &e.to_string()))?;
         values
             .iter()
-            .map(|v| {
-                v.to_string()
-                    .map(String::as_str)
-                    .map_err(|e| missing(key, &e.to_string()))
-            })
+            .map(|v| convert(v).map_err(|why| missing(key, &why)))
             .collect()
+    }
+
+    /// An array of strings.
+    pub fn strings(&self, key: &str) -> Result<Vec<&str>, ModelFileError> {
+        self.array(key, |v| {
+            v.to_string().map(String::as_str).map_err(|e| e.to_string())
+        })
     }
 
     /// An array of integers (any integer width).
     pub fn integers(&self, key: &str) -> Result<Vec<i64>, ModelFileError> {
-        let values = self
-            .value(key)?
-            .to_vec()
-            .map_err(|e| missing(key, &e.to_string()))?;
-        values
-            .iter()
-            .map(|v| integer(v).ok_or_else(|| missing(key, "not an integer")))
-            .collect()
+        self.array(key, |v| {
+            integer(v).ok_or_else(|| "not an integer".to_owned())
+        })
     }
 
     /// A float value.

@@ -190,7 +190,7 @@ impl Llama {
     /// Runs one step for every sequence in `batch` and returns each one's logits for its
     /// next token, `[batch, vocab]`.
     pub fn step(&self, batch: &mut [SeqStep<'_>]) -> Result<Tensor, ModelError> {
-        let rows = Rows::of(batch, self.config.context)?;
+        let rows = Rows::of(batch, self.config.context, &self.device)?;
         let ids = Tensor::new(rows.ids.as_slice(), &self.device)?;
         let positions = Tensor::new(rows.positions.as_slice(), &self.device)?;
         let cos = self.cos.index_select(&positions, 0)?;
@@ -234,24 +234,24 @@ impl Llama {
         let k = candle_nn::rotary_emb::rope_i(&heads(&layer.wk, c.kv_heads)?, cos, sin)?;
         let v = heads(&layer.wv, c.kv_heads)?;
         let mut outputs = Vec::with_capacity(batch.len());
-        for (seq, &(start, len, past)) in batch.iter_mut().zip(&rows.spans) {
+        for ((seq, &(start, len)), mask) in batch.iter_mut().zip(&rows.spans).zip(&rows.masks) {
             let q = q.narrow(2, start, len)?.squeeze(0)?;
             let k_new = k.narrow(2, start, len)?.squeeze(0)?;
             let v_new = v.narrow(2, start, len)?.squeeze(0)?;
             let (k_all, v_all) = append(&mut seq.cache.layers, li, k_new, v_new)?;
-            outputs.push(self.attend(&q, &k_all, &v_all, past)?);
+            outputs.push(self.attend(&q, &k_all, &v_all, mask.as_ref())?);
         }
         Ok(Tensor::cat(&outputs, 0)?)
     }
 
-    /// Causal attention of `q` `[heads, len, hd]` over `k`, `v` `[kv_heads, past+len, hd]`;
-    /// returns `[len, heads*hd]`.
+    /// Causal attention of `q` `[heads, len, hd]` over `k`, `v` `[kv_heads, past+len, hd]`
+    /// (`mask` for more than one query row); returns `[len, heads*hd]`.
     fn attend(
         &self,
         q: &Tensor,
         k: &Tensor,
         v: &Tensor,
-        past: usize,
+        mask: Option<&Tensor>,
     ) -> Result<Tensor, ModelError> {
         let c = &self.config;
         let (len, hd) = (q.dim(1)?, c.head_dim());
@@ -259,10 +259,9 @@ impl Llama {
         let k = repeat_kv(k, group)?;
         let v = repeat_kv(v, group)?;
         let scores = (q.matmul(&k.t()?)? / (hd as f64).sqrt())?;
-        let scores = if len > 1 {
-            scores.broadcast_add(&causal_mask(len, past, &self.device)?)?
-        } else {
-            scores
+        let scores = match mask {
+            Some(mask) => scores.broadcast_add(mask)?,
+            None => scores,
         };
         let probs = candle_nn::ops::softmax_last_dim(&scores)?;
         let y = probs.matmul(&v)?;
@@ -274,17 +273,21 @@ impl Llama {
 struct Rows {
     ids: Vec<u32>,
     positions: Vec<u32>,
-    /// Per sequence: first row, rows, tokens already cached.
-    spans: Vec<(usize, usize, usize)>,
+    /// Per sequence: first row and number of rows.
+    spans: Vec<(usize, usize)>,
+    /// Per sequence: its causal mask when it feeds more than one row (built once per step,
+    /// shared by every layer).
+    masks: Vec<Option<Tensor>>,
     last_rows: Vec<u32>,
 }
 
 impl Rows {
-    fn of(batch: &[SeqStep<'_>], context: usize) -> Result<Self, ModelError> {
+    fn of(batch: &[SeqStep<'_>], context: usize, device: &Device) -> Result<Self, ModelError> {
         let mut rows = Rows {
             ids: Vec::new(),
             positions: Vec::new(),
             spans: Vec::new(),
+            masks: Vec::new(),
             last_rows: Vec::new(),
         };
         for seq in batch {
@@ -294,7 +297,12 @@ impl Rows {
             }
             rows.ids.extend_from_slice(seq.tokens);
             rows.positions.extend((past..past + len).map(|p| p as u32));
-            rows.spans.push((start, len, past));
+            rows.spans.push((start, len));
+            rows.masks.push(if len > 1 {
+                Some(causal_mask(len, past, device)?)
+            } else {
+                None
+            });
             rows.last_rows.push((start + len).saturating_sub(1) as u32);
         }
         Ok(rows)
