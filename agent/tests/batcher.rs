@@ -56,6 +56,7 @@ const CONFIG: BatcherConfig = BatcherConfig {
     max_batch_size: 4,
     max_batch_tokens: 16,
     queue_limits: [8; 4],
+    kv_blocks: 256,
 };
 
 #[tokio::test]
@@ -97,7 +98,11 @@ async fn a_dropped_receiver_cancels_and_frees_its_slot() -> anyhow::Result<()> {
     assert!(matches!(rx.recv().await, Some(GenerationEvent::Token(_))));
     drop(rx);
     let mut load = engine.load();
-    tokio::time::timeout(Duration::from_secs(30), load.wait_for(|l| l.running == 0)).await??;
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        load.wait_for(|l| l.running == 0 && l.kv_blocks_used == 0),
+    )
+    .await??;
     // The single slot is free again: a new request runs to its end.
     let (tokens, end) = collect(engine.generate(request(&tok, "Say hi.", 3)?).await?).await;
     assert!(!tokens.is_empty() && matches!(end, Some(GenerationEvent::Finished { .. })));
@@ -110,6 +115,7 @@ async fn a_full_queue_refuses_at_once() -> anyhow::Result<()> {
         max_batch_size: 1,
         max_batch_tokens: 16,
         queue_limits: [0, 0, 1, 0],
+        kv_blocks: 256,
     })?;
     let running = engine
         .generate(request(&tok, "Tell a long story.", 400)?)
@@ -133,5 +139,32 @@ async fn a_full_queue_refuses_at_once() -> anyhow::Result<()> {
         Err(SubmitError::QueueFull(_))
     ));
     drop(running);
+    Ok(())
+}
+
+#[tokio::test]
+async fn running_out_of_blocks_preempts_and_every_sequence_still_completes() -> anyhow::Result<()> {
+    // Two prompts of ~30 tokens take 2 blocks each; 40 more tokens each need 3 more blocks
+    // apiece, but the budget has 7: one must be preempted and recomputed later.
+    let (engine, tok) = engine(BatcherConfig {
+        kv_blocks: 7,
+        ..CONFIG
+    })?;
+    let a = request(&tok, "Write a short poem about the sea and the wind.", 40)?;
+    let b = request(&tok, "Explain briefly why the sky looks blue.", 40)?;
+    let (alone_a, _) = collect(engine.generate(a.clone()).await?).await;
+    let (alone_b, _) = collect(engine.generate(b.clone()).await?).await;
+    let (ra, rb) = (engine.generate(a).await?, engine.generate(b).await?);
+    let ((ta, ea), (tb, eb)) = tokio::join!(collect(ra), collect(rb));
+    assert_eq!(ta, alone_a, "preemption changed a greedy continuation");
+    assert_eq!(tb, alone_b, "recomputation changed a greedy continuation");
+    assert!(matches!(ea, Some(GenerationEvent::Finished { .. })));
+    assert!(matches!(eb, Some(GenerationEvent::Finished { .. })));
+    let load = *engine.load().borrow();
+    assert!(
+        load.preemptions > 0,
+        "the budget was never exhausted: {load:?}"
+    );
+    assert_eq!(load.kv_blocks_used, 0);
     Ok(())
 }

@@ -2,6 +2,7 @@
 
 pub mod chat;
 pub mod gguf;
+pub mod kv;
 pub mod model;
 pub mod prepare;
 pub mod sampling;

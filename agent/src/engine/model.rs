@@ -9,6 +9,7 @@ use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{D, DType, Device, Module, Tensor};
 
 use super::gguf::{GgufHeader, ModelFileError};
+pub use super::kv::KvCache;
 
 /// Shape of a llama model, from the GGUF metadata.
 #[derive(Debug, Clone, PartialEq)]
@@ -94,26 +95,6 @@ impl std::fmt::Debug for Llama {
         f.debug_struct("Llama")
             .field("config", &self.config)
             .finish_non_exhaustive()
-    }
-}
-
-/// One sequence's keys and values per layer, `[kv_heads, len, head_dim]`.
-#[derive(Debug, Default)]
-pub struct KvCache {
-    layers: Vec<(Tensor, Tensor)>,
-}
-
-impl KvCache {
-    /// Tokens held.
-    pub fn len(&self) -> usize {
-        self.layers
-            .first()
-            .map_or(0, |(k, _)| k.dim(1).unwrap_or(0))
-    }
-
-    /// Whether nothing is cached yet.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 
@@ -204,6 +185,9 @@ impl Llama {
             let mlp = (candle_nn::ops::silu(&layer.gate.forward(&h)?)? * layer.up.forward(&h)?)?;
             x = (x + layer.down.forward(&mlp)?)?;
         }
+        for seq in batch.iter_mut() {
+            seq.cache.advance(seq.tokens.len());
+        }
         let last = Tensor::new(rows.last_rows.as_slice(), &self.device)?;
         let x = x.index_select(&last, 0)?;
         let x = candle_nn::ops::rms_norm(&x, &self.norm, self.config.eps as f32)?;
@@ -238,7 +222,7 @@ impl Llama {
             let q = q.narrow(2, start, len)?.squeeze(0)?;
             let k_new = k.narrow(2, start, len)?.squeeze(0)?;
             let v_new = v.narrow(2, start, len)?.squeeze(0)?;
-            let (k_all, v_all) = append(&mut seq.cache.layers, li, k_new, v_new)?;
+            let (k_all, v_all) = seq.cache.append(li, &k_new, &v_new)?;
             outputs.push(self.attend(&q, &k_all, &v_all, mask.as_ref())?);
         }
         Ok(Tensor::cat(&outputs, 0)?)
@@ -309,27 +293,9 @@ impl Rows {
     }
 }
 
-fn append(
-    layers: &mut Vec<(Tensor, Tensor)>,
-    li: usize,
-    k: Tensor,
-    v: Tensor,
-) -> Result<(Tensor, Tensor), ModelError> {
-    let entry = match layers.get(li) {
-        Some((k_old, v_old)) => (Tensor::cat(&[k_old, &k], 1)?, Tensor::cat(&[v_old, &v], 1)?),
-        None => (k.contiguous()?, v.contiguous()?),
-    };
-    if li < layers.len() {
-        layers[li] = entry.clone();
-    } else {
-        layers.push(entry.clone());
-    }
-    Ok(entry)
-}
-
 fn repeat_kv(x: &Tensor, group: usize) -> Result<Tensor, ModelError> {
     if group == 1 {
-        return Ok(x.clone());
+        return Ok(x.contiguous()?);
     }
     let (kv, len, hd) = x.dims3()?;
     Ok(x.unsqueeze(1)?

@@ -1,16 +1,22 @@
 //! The continuous batching loop. One thread owns the model; each iteration it admits
-//! waiting sequences (up to `max_batch_size`), gives every decoding sequence one token and
-//! the rest of the `max_batch_tokens` budget to prefill chunks (so a long prompt cannot
-//! stall decoding), runs one batched step, streams the sampled tokens, and retires finished
-//! or cancelled sequences (a request whose receiver was dropped is cancelled at once).
+//! waiting sequences (up to `max_batch_size`, and only while the KV budget has blocks for
+//! their prompts), gives every decoding sequence one token and the rest of the
+//! `max_batch_tokens` budget to prefill chunks (so a long prompt cannot stall decoding),
+//! runs one batched step, streams the sampled tokens, and retires finished or cancelled
+//! sequences, giving their blocks back (a request whose receiver was dropped is cancelled
+//! at once). When a decoding sequence needs a block and none is free, the newest
+//! lowest-priority sequence is preempted: it returns its blocks and goes back to the head of
+//! the queue, to recompute its cache when blocks free up.
 
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::queue::{AdmissionQueue, Priority, QueueFull};
-use crate::engine::model::{KvCache, Llama, ModelError, SeqStep};
-use crate::engine::sampling::{Sampler, SamplingParams};
+use super::sequence::Sequence;
+use crate::engine::kv::BlockBudget;
+use crate::engine::model::{Llama, ModelError, SeqStep};
+use crate::engine::sampling::SamplingParams;
 
 /// A request the engine can run: tokens, limits and sampling, already validated.
 #[derive(Debug, Clone)]
@@ -63,6 +69,8 @@ pub struct BatcherConfig {
     pub max_batch_tokens: usize,
     /// Queue limit per priority, in `Priority::ALL` order.
     pub queue_limits: [usize; 4],
+    /// KV-cache blocks (of `kv::BLOCK_SIZE` tokens) the engine may hold.
+    pub kv_blocks: usize,
 }
 
 /// The engine's load, published after every iteration.
@@ -72,6 +80,24 @@ pub struct Load {
     pub running: usize,
     /// Waiting requests per priority.
     pub queued: [usize; 4],
+    /// KV-cache blocks held by sequences.
+    pub kv_blocks_used: usize,
+    /// KV-cache blocks in the budget.
+    pub kv_blocks_total: usize,
+    /// Sequences preempted since start.
+    pub preemptions: u64,
+}
+
+impl Load {
+    /// Requests waiting, all priorities.
+    pub fn waiting(&self) -> usize {
+        self.queued.iter().sum()
+    }
+
+    /// Fraction of the KV budget in use, 0..=1.
+    pub fn kv_usage(&self) -> f64 {
+        self.kv_blocks_used as f64 / self.kv_blocks_total.max(1) as f64
+    }
 }
 
 /// Why a request was not admitted.
@@ -108,7 +134,10 @@ impl EngineHandle {
     /// Starts the loop on a thread of its own, owning `model`.
     pub fn start(model: Arc<Llama>, config: BatcherConfig) -> Self {
         let (submit, submissions) = mpsc::channel(256);
-        let (publish, load) = watch::channel(Load::default());
+        let (publish, load) = watch::channel(Load {
+            kv_blocks_total: config.kv_blocks,
+            ..Load::default()
+        });
         std::thread::spawn(move || Batcher::new(model, config, publish).run(submissions));
         Self { submit, load }
     }
@@ -140,37 +169,27 @@ impl EngineHandle {
     }
 }
 
-struct Waiting {
-    request: GenerationRequest,
-    events: mpsc::Sender<GenerationEvent>,
-}
-
-struct Running {
-    waiting: Waiting,
-    cache: KvCache,
-    /// Prompt tokens not yet prefilled.
-    prefilled: usize,
-    sampler: Sampler,
-    last: Option<u32>,
-    generated: usize,
-}
-
 struct Batcher {
     model: Arc<Llama>,
     config: BatcherConfig,
-    queue: AdmissionQueue<Waiting>,
-    running: Vec<Running>,
+    queue: AdmissionQueue<Sequence>,
+    running: Vec<Sequence>,
+    budget: BlockBudget,
+    admissions: u64,
+    preemptions: u64,
     publish: watch::Sender<Load>,
 }
 
 impl Batcher {
     fn new(model: Arc<Llama>, config: BatcherConfig, publish: watch::Sender<Load>) -> Self {
-        let queue = AdmissionQueue::new(config.queue_limits);
         Self {
             model,
+            queue: AdmissionQueue::new(config.queue_limits),
+            budget: BlockBudget::new(config.kv_blocks),
             config,
-            queue,
             running: Vec::new(),
+            admissions: 0,
+            preemptions: 0,
             publish,
         }
     }
@@ -188,6 +207,7 @@ impl Batcher {
             }
             self.drop_cancelled();
             self.admit();
+            self.reserve_decode_blocks();
             self.iterate();
             self.publish_load();
         }
@@ -195,51 +215,104 @@ impl Batcher {
 
     fn accept(&mut self, s: Submission) {
         let priority = s.request.priority;
-        let waiting = Waiting {
-            request: s.request,
-            events: s.events,
-        };
-        let _ = s.admitted.send(self.queue.push(priority, waiting));
+        let sequence = Sequence::new(s.request, s.events);
+        let _ = s.admitted.send(self.queue.push(priority, sequence));
         self.publish_load();
     }
 
     fn drop_cancelled(&mut self) {
-        self.queue.remove_where(|w| w.events.is_closed());
-        self.running.retain(|r| !r.waiting.events.is_closed());
+        self.queue.remove_where(Sequence::cancelled);
+        let budget = &mut self.budget;
+        self.running.retain_mut(|r| {
+            if r.cancelled() {
+                budget.give_back(r.cache.release());
+            }
+            !r.cancelled()
+        });
     }
 
+    /// Moves waiting sequences into the batch while there is room, taking the blocks for
+    /// their whole input up front; the queue's head waits when blocks run short.
     fn admit(&mut self) {
         while self.running.len() < self.config.max_batch_size {
-            let Some((_, waiting)) = self.queue.pop() else {
+            let Some(head) = self.queue.peek() else { break };
+            let blocks = head.cache.blocks_missing(head.pending());
+            if !self.budget.try_take(blocks) {
+                if self.running.is_empty() {
+                    self.refuse_oversized();
+                }
+                break;
+            }
+            let Some((_, mut sequence)) = self.queue.pop() else {
                 break;
             };
-            let sampler = Sampler::new(waiting.request.sampling.clone());
-            self.running.push(Running {
-                waiting,
-                cache: KvCache::default(),
-                prefilled: 0,
-                sampler,
-                last: None,
-                generated: 0,
-            });
+            sequence.cache.grant(blocks);
+            self.admissions += 1;
+            sequence.admitted = self.admissions;
+            self.running.push(sequence);
         }
+    }
+
+    /// The head needs more blocks than the whole budget: it can never run.
+    fn refuse_oversized(&mut self) {
+        if let Some((_, s)) = self.queue.pop() {
+            let message = format!(
+                "{} tokens need more KV-cache blocks than the budget of {}",
+                s.tokens.len(),
+                self.budget.total()
+            );
+            let _ = s.events.try_send(GenerationEvent::Failed(message));
+        }
+    }
+
+    /// Gives every decoding sequence that crossed into a new block one more block,
+    /// preempting the newest lowest-priority sequences while none is free.
+    fn reserve_decode_blocks(&mut self) {
+        let mut i = 0;
+        while i < self.running.len() {
+            let r = &mut self.running[i];
+            if !r.decoding() || r.cache.blocks_missing(1) == 0 {
+                i += 1;
+            } else if self.budget.try_take(1) {
+                r.cache.grant(1);
+                i += 1;
+            } else {
+                let victim = self.victim();
+                self.preempt(victim);
+                i -= usize::from(victim < i);
+            }
+        }
+    }
+
+    fn victim(&self) -> usize {
+        (0..self.running.len())
+            .max_by_key(|&i| self.running[i].preemption_key())
+            .unwrap_or(0)
+    }
+
+    fn preempt(&mut self, i: usize) {
+        let mut s = self.running.remove(i);
+        self.budget.give_back(s.cache.release());
+        self.preemptions += 1;
+        self.queue.push_front(s.request.priority, s);
     }
 
     /// Tokens each running sequence feeds this step: one per decoding sequence first, then
     /// prompt chunks from what is left of the budget.
     fn plan(&self) -> Vec<usize> {
-        let mut budget = self.config.max_batch_tokens;
         let mut plan: Vec<usize> = self
             .running
             .iter()
-            .map(|r| usize::from(r.last.is_some()))
+            .map(|r| usize::from(r.decoding()))
             .collect();
-        budget = budget.saturating_sub(plan.iter().sum());
+        let mut budget = self
+            .config
+            .max_batch_tokens
+            .saturating_sub(plan.iter().sum());
         for (slot, r) in plan.iter_mut().zip(&self.running) {
-            if r.last.is_none() {
-                let take = (r.waiting.request.prompt.len() - r.prefilled).min(budget);
-                *slot = take;
-                budget -= take;
+            if !r.decoding() {
+                *slot = r.pending().min(budget);
+                budget -= *slot;
             }
         }
         plan
@@ -253,15 +326,12 @@ impl Batcher {
             if n == 0 {
                 continue;
             }
-            let tokens: &[u32] = match &r.last {
-                Some(t) => std::slice::from_ref(t),
-                None => &r.waiting.request.prompt[r.prefilled..r.prefilled + n],
-            };
+            let start = r.cache.len();
             steps.push(SeqStep {
-                tokens,
+                tokens: &r.tokens[start..start + n],
                 cache: &mut r.cache,
             });
-            members.push((i, n));
+            members.push(i);
         }
         if steps.is_empty() {
             return;
@@ -274,15 +344,12 @@ impl Batcher {
         }
     }
 
-    fn advance(&mut self, members: &[(usize, usize)], logits: &candle_core::Tensor) {
+    fn advance(&mut self, members: &[usize], logits: &candle_core::Tensor) {
         let mut finished = Vec::new();
-        for (row, &(i, n)) in members.iter().enumerate() {
+        for (row, &i) in members.iter().enumerate() {
             let r = &mut self.running[i];
-            if r.last.is_none() {
-                r.prefilled += n;
-                if r.prefilled < r.waiting.request.prompt.len() {
-                    continue;
-                }
+            if r.pending() > 0 {
+                continue; // a prompt chunk: more to prefill before sampling
             }
             let row_logits = logits.get(row).and_then(|t| t.to_vec1::<f32>());
             let Ok(row_logits) = row_logits else { continue };
@@ -291,20 +358,21 @@ impl Batcher {
             }
         }
         for (i, reason) in finished.into_iter().rev() {
-            let r = self.running.remove(i);
-            let _ = r.waiting.events.try_send(GenerationEvent::Finished {
+            let mut r = self.running.remove(i);
+            self.budget.give_back(r.cache.release());
+            let _ = r.events.try_send(GenerationEvent::Finished {
                 reason,
-                prompt_tokens: r.waiting.request.prompt.len(),
+                prompt_tokens: r.request.prompt.len(),
                 completion_tokens: r.generated,
             });
         }
     }
 
-    fn fail(&mut self, members: &[(usize, usize)], error: &ModelError) {
-        for &(i, _) in members.iter().rev() {
-            let r = self.running.remove(i);
+    fn fail(&mut self, members: &[usize], error: &ModelError) {
+        for &i in members.iter().rev() {
+            let mut r = self.running.remove(i);
+            self.budget.give_back(r.cache.release());
             let _ = r
-                .waiting
                 .events
                 .try_send(GenerationEvent::Failed(error.to_string()));
         }
@@ -314,6 +382,9 @@ impl Batcher {
         let load = Load {
             running: self.running.len(),
             queued: self.queue.depths(),
+            kv_blocks_used: self.budget.used(),
+            kv_blocks_total: self.budget.total(),
+            preemptions: self.preemptions,
         };
         self.publish
             .send_if_modified(|l| std::mem::replace(l, load) != load);
@@ -321,24 +392,18 @@ impl Batcher {
 }
 
 /// Samples and streams one token; returns why the sequence ends, if it does.
-fn emit(r: &mut Running, logits: &[f32]) -> Option<FinishReason> {
+fn emit(r: &mut Sequence, logits: &[f32]) -> Option<FinishReason> {
     let token = r.sampler.sample(logits);
     r.generated += 1;
-    r.last = Some(token);
-    let stop = r.waiting.request.stop_tokens.contains(&token);
-    if !stop
-        && r.waiting
-            .events
-            .blocking_send(GenerationEvent::Token(token))
-            .is_err()
+    r.tokens.push(token);
+    if r.request.stop_tokens.contains(&token) {
+        return Some(FinishReason::Stop);
+    }
+    if r.events
+        .blocking_send(GenerationEvent::Token(token))
+        .is_err()
     {
         return Some(FinishReason::Stop);
     }
-    if stop {
-        Some(FinishReason::Stop)
-    } else if r.generated >= r.waiting.request.max_tokens {
-        Some(FinishReason::Length)
-    } else {
-        None
-    }
+    (r.generated >= r.request.max_tokens).then_some(FinishReason::Length)
 }

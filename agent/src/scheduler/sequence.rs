@@ -1,0 +1,56 @@
+//! One request inside the engine loop: its tokens so far, its sampler and its share of the
+//! KV-cache blocks. A preempted sequence gives its blocks back and later recomputes its
+//! cache from `tokens` (prompt and everything generated), so nothing it streamed is lost
+//! or repeated.
+
+use tokio::sync::mpsc;
+
+use super::batcher::{GenerationEvent, GenerationRequest};
+use crate::engine::kv::KvCache;
+use crate::engine::sampling::Sampler;
+
+pub(super) struct Sequence {
+    pub request: GenerationRequest,
+    pub events: mpsc::Sender<GenerationEvent>,
+    pub sampler: Sampler,
+    /// The prompt, then every generated token.
+    pub tokens: Vec<u32>,
+    pub cache: KvCache,
+    pub generated: usize,
+    /// Admission order: the newest running sequence is preempted first.
+    pub admitted: u64,
+}
+
+impl Sequence {
+    pub fn new(request: GenerationRequest, events: mpsc::Sender<GenerationEvent>) -> Self {
+        Self {
+            sampler: Sampler::new(request.sampling.clone()),
+            tokens: request.prompt.clone(),
+            request,
+            events,
+            cache: KvCache::default(),
+            generated: 0,
+            admitted: 0,
+        }
+    }
+
+    /// Tokens not yet in the cache.
+    pub fn pending(&self) -> usize {
+        self.tokens.len() - self.cache.len()
+    }
+
+    /// Whether it is past its prompt, feeding back one sampled token per step.
+    pub fn decoding(&self) -> bool {
+        self.generated > 0 && self.pending() == 1
+    }
+
+    /// Whether the client went away.
+    pub fn cancelled(&self) -> bool {
+        self.events.is_closed()
+    }
+
+    /// Preemption order: lower priority first, then the most recently admitted.
+    pub fn preemption_key(&self) -> (crate::scheduler::queue::Priority, u64) {
+        (self.request.priority, self.admitted)
+    }
+}
