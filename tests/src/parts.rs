@@ -67,3 +67,50 @@ pub fn operator_binary() -> anyhow::Result<PathBuf> {
         "cargo build -p inferpool-operator",
     )
 }
+
+/// The embedding model directory fetched by `hack/fetch-models`.
+pub fn embedding_model() -> anyhow::Result<PathBuf> {
+    let path = models_dir().join("all-minilm-l6-v2");
+    require(&path.join("model.safetensors"), "hack/fetch-models")?;
+    Ok(path)
+}
+
+/// The `inferpool-agent` binary built alongside this test.
+pub fn agent_binary() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .ok_or_else(|| anyhow::anyhow!("no target dir"))?;
+    require(
+        &dir.join("inferpool-agent"),
+        "cargo build -p inferpool-agent",
+    )
+}
+
+/// A fresh directory under the system temp dir, removed when dropped.
+#[derive(Debug)]
+pub struct ScratchDir(PathBuf);
+
+impl ScratchDir {
+    /// Creates `inferpool-<name>-<pid>-<n>`.
+    pub fn new(name: &str) -> anyhow::Result<Self> {
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("inferpool-{name}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        Ok(Self(dir))
+    }
+
+    /// Its path.
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

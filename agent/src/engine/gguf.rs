@@ -24,6 +24,14 @@ pub enum ModelFileError {
         /// What candle reported.
         source: candle_core::Error,
     },
+    /// A file or tensor the model needs is absent.
+    #[error("{path}: missing {what}")]
+    Missing {
+        /// The file or tensor name.
+        path: String,
+        /// What is missing.
+        what: &'static str,
+    },
     /// A metadata key the engine needs is absent or of the wrong type.
     #[error("GGUF metadata {key}: {why}")]
     Metadata {

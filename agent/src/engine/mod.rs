@@ -3,7 +3,9 @@
 pub mod chat;
 pub mod gguf;
 pub mod kv;
+pub mod load;
 pub mod model;
 pub mod prepare;
+pub mod safetensors;
 pub mod sampling;
 pub mod tokenizer;

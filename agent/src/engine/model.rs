@@ -28,6 +28,9 @@ pub struct LlamaConfig {
     pub eps: f64,
     /// Longest context the model was trained for.
     pub context: usize,
+    /// RoPE on interleaved pairs (GGUF's layout) rather than on the two halves of each
+    /// head (Hugging Face's).
+    pub rope_interleaved: bool,
 }
 
 impl LlamaConfig {
@@ -42,6 +45,7 @@ impl LlamaConfig {
             rope_base: float("llama.rope.freq_base", 10_000.0),
             eps: f64::from(float("llama.attention.layer_norm_rms_epsilon", 1e-5)),
             context: get("llama.context_length")?,
+            rope_interleaved: true,
         })
     }
 
@@ -65,16 +69,25 @@ pub enum ModelError {
     TooLong(usize, usize),
 }
 
-struct Layer {
-    attn_norm: Tensor,
-    wq: QMatMul,
-    wk: QMatMul,
-    wv: QMatMul,
-    wo: QMatMul,
-    ffn_norm: Tensor,
-    gate: QMatMul,
-    up: QMatMul,
-    down: QMatMul,
+/// One transformer block's weights.
+pub(crate) struct Layer {
+    pub attn_norm: Tensor,
+    pub wq: QMatMul,
+    pub wk: QMatMul,
+    pub wv: QMatMul,
+    pub wo: QMatMul,
+    pub ffn_norm: Tensor,
+    pub gate: QMatMul,
+    pub up: QMatMul,
+    pub down: QMatMul,
+}
+
+/// The weights of a whole model, however they were read.
+pub(crate) struct Weights {
+    pub embed: Tensor,
+    pub layers: Vec<Layer>,
+    pub norm: Tensor,
+    pub output: QMatMul,
 }
 
 /// A loaded llama model.
@@ -155,13 +168,28 @@ impl Llama {
                 down: matmul(d)?,
             });
         }
-        let (cos, sin) = rope_tables(&config, device)?;
-        Ok(Self {
-            config,
+        let weights = Weights {
             embed,
             layers,
             norm,
             output,
+        };
+        Self::assemble(config, weights, device)
+    }
+
+    /// A model of shape `config` from `weights`.
+    pub(crate) fn assemble(
+        config: LlamaConfig,
+        w: Weights,
+        device: &Device,
+    ) -> Result<Self, ModelError> {
+        let (cos, sin) = rope_tables(&config, device)?;
+        Ok(Self {
+            config,
+            embed: w.embed,
+            layers: w.layers,
+            norm: w.norm,
+            output: w.output,
             cos,
             sin,
             device: device.clone(),
@@ -214,8 +242,15 @@ impl Llama {
                 .unsqueeze(0)?
                 .contiguous()?)
         };
-        let q = candle_nn::rotary_emb::rope_i(&heads(&layer.wq, c.heads)?, cos, sin)?;
-        let k = candle_nn::rotary_emb::rope_i(&heads(&layer.wk, c.kv_heads)?, cos, sin)?;
+        let rope = |x: &Tensor| {
+            if c.rope_interleaved {
+                candle_nn::rotary_emb::rope_i(x, cos, sin)
+            } else {
+                candle_nn::rotary_emb::rope(x, cos, sin)
+            }
+        };
+        let q = rope(&heads(&layer.wq, c.heads)?)?;
+        let k = rope(&heads(&layer.wk, c.kv_heads)?)?;
         let v = heads(&layer.wv, c.kv_heads)?;
         let mut outputs = Vec::with_capacity(batch.len());
         for ((seq, &(start, len)), mask) in batch.iter_mut().zip(&rows.spans).zip(&rows.masks) {

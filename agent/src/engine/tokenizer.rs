@@ -83,6 +83,26 @@ impl ModelTokenizer {
         })
     }
 
+    /// Loads a Hugging Face `tokenizer.json`; `eos` and the chat template come from the
+    /// checkpoint's other files.
+    pub fn from_file(
+        path: &std::path::Path,
+        eos: u32,
+        chat_template: Option<String>,
+    ) -> Result<Self, TokenizerError> {
+        let inner = Tokenizer::from_file(path).map_err(library)?;
+        Ok(Self {
+            inner,
+            eos,
+            chat_template,
+        })
+    }
+
+    /// Writes this tokenizer as a Hugging Face `tokenizer.json`.
+    pub fn save(&self, path: &std::path::Path) -> Result<(), TokenizerError> {
+        self.inner.save(path, false).map_err(library)
+    }
+
     /// Token ids of `text`; special tokens written in the text (`<|im_start|>`) are
     /// recognised as such.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>, TokenizerError> {

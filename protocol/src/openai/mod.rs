@@ -3,6 +3,20 @@
 
 use serde::{Deserialize, Serialize};
 
+mod completions;
+mod embeddings;
+mod responses;
+
+pub use completions::{CompletionRequest, Prompt, ValidCompletionRequest};
+pub use embeddings::{
+    Embedding, EmbeddingInput, EmbeddingRequest, EmbeddingResponse, EmbeddingUsage,
+    MAX_EMBEDDING_INPUTS, ValidEmbeddingRequest,
+};
+pub use responses::{
+    ChatChoice, ChatCompletion, ChatCompletionChunk, ChunkChoice, Completion, Delta, Model,
+    ModelList, TextChoice, Usage,
+};
+
 /// A chat message as clients send it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Message {
@@ -85,7 +99,7 @@ pub struct InvalidRequest {
 }
 
 impl InvalidRequest {
-    fn new(param: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn new(param: &'static str, message: impl Into<String>) -> Self {
         Self {
             param: Some(param),
             message: message.into(),
