@@ -1,6 +1,7 @@
 //! The inference engine: model files, tokenizer, forward pass and sampling.
 
 pub mod chat;
+pub mod embed;
 pub mod gguf;
 pub mod kv;
 pub mod load;

@@ -1,0 +1,36 @@
+//! Sentence embeddings from the real all-MiniLM-L6-v2 model.
+
+use candle_core::Device;
+use inferpool_agent::engine::embed::Embedder;
+use inferpool_e2e::parts::embedding_model;
+
+fn cosine(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+#[test]
+fn similar_sentences_are_close_and_vectors_are_unit_length() -> anyhow::Result<()> {
+    let embedder = Embedder::load(&embedding_model()?, &Device::Cpu)?;
+    let texts = [
+        "A man is playing a guitar.",
+        "Someone plays the guitar.",
+        "The stock market fell sharply today.",
+    ]
+    .map(String::from);
+    let out = embedder.embed(&texts)?;
+    assert_eq!(out.vectors.len(), 3);
+    assert!(out.vectors.iter().all(|v| v.len() == 384));
+    for v in &out.vectors {
+        assert!((cosine(v, v) - 1.0).abs() < 1e-4);
+    }
+    let (close, far) = (
+        cosine(&out.vectors[0], &out.vectors[1]),
+        cosine(&out.vectors[0], &out.vectors[2]),
+    );
+    assert!(close > 0.6 && far < 0.3, "close {close}, far {far}");
+    assert!(out.tokens > 15, "{} tokens", out.tokens);
+    // Padding inside a batch does not change a text's vector.
+    let alone = embedder.embed(&texts[..1])?;
+    assert!(cosine(&alone.vectors[0], &out.vectors[0]) > 0.9999);
+    Ok(())
+}
