@@ -1,6 +1,9 @@
-//! inferpool agent: the process in every pool pod. Device discovery and the engine
-//! (tokenizer, batched forward) are here; the scheduler, cache and servers land next.
+//! inferpool agent: the process in every pool pod. It discovers the node's devices, loads
+//! the pool's model, batches requests through one engine loop and serves them over HTTP
+//! (OpenAI-compatible) and gRPC (the gateway's `Agent` service).
 
+pub mod config;
 pub mod engine;
 pub mod gpu;
 pub mod scheduler;
+pub mod serving;

@@ -70,6 +70,16 @@ pub fn prepare_chat(
         .collect();
     let text = model.template.render(&messages, true)?;
     let prompt = model.tokenizer.encode(&text)?;
+    fit(prompt, &req.sampling, model, priority)
+}
+
+/// Fits `max_tokens` into what the context leaves after `prompt`.
+fn fit(
+    prompt: Vec<u32>,
+    s: &inferpool_protocol::openai::ValidSampling,
+    model: &ModelFacts<'_>,
+    priority: Priority,
+) -> Result<GenerationRequest, PrepareError> {
     let room = model.context.saturating_sub(prompt.len());
     if room == 0 {
         return Err(PrepareError::PromptTooLong {
@@ -77,7 +87,6 @@ pub fn prepare_chat(
             context: model.context,
         });
     }
-    let s = &req.sampling;
     let max_tokens = s.max_tokens.map_or(room, |m| (m as usize).min(room));
     let sampling = SamplingParams {
         temperature: s.temperature,
@@ -94,4 +103,15 @@ pub fn prepare_chat(
         sampling,
         priority,
     })
+}
+
+/// Builds the engine request for a plain-text completion of `prompt`.
+pub fn prepare_completion(
+    prompt: &str,
+    sampling: &inferpool_protocol::openai::ValidSampling,
+    model: &ModelFacts<'_>,
+    priority: Priority,
+) -> Result<GenerationRequest, PrepareError> {
+    let prompt = model.tokenizer.encode(prompt)?;
+    fit(prompt, sampling, model, priority)
 }

@@ -1,0 +1,92 @@
+//! Every way a request can be refused or fail, each with a fixed `error_type()` (used in
+//! the JSON body, the gRPC ErrorInfo and metric labels) and an HTTP status.
+
+use inferpool_protocol::openai::{ErrorBody, InvalidRequest};
+
+use crate::engine::embed::EmbedError;
+use crate::engine::prepare::PrepareError;
+use crate::scheduler::batcher::SubmitError;
+use crate::scheduler::queue::QueueFull;
+
+/// Why a request was not served.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The request is malformed or out of range.
+    #[error(transparent)]
+    Invalid(#[from] InvalidRequest),
+    /// The body is not JSON of the expected shape.
+    #[error("invalid JSON body: {0}")]
+    Json(String),
+    /// The body exceeds the limit.
+    #[error("the request body exceeds {0} bytes")]
+    BodyTooLarge(usize),
+    /// No model of that name here.
+    #[error("the model {0:?} does not exist")]
+    ModelNotFound(String),
+    /// The request does not fit the model.
+    #[error(transparent)]
+    Prepare(#[from] PrepareError),
+    /// The priority's queue is full.
+    #[error(transparent)]
+    QueueFull(#[from] QueueFull),
+    /// The agent is shutting down.
+    #[error("the agent is draining and takes no new requests")]
+    Draining,
+    /// The model is still loading.
+    #[error("the model is still loading")]
+    NotReady,
+    /// The engine failed.
+    #[error("engine error: {0}")]
+    Engine(String),
+    /// The embedding model failed.
+    #[error(transparent)]
+    Embed(#[from] EmbedError),
+}
+
+impl From<SubmitError> for ServeError {
+    fn from(e: SubmitError) -> Self {
+        match e {
+            SubmitError::QueueFull(q) => Self::QueueFull(q),
+            SubmitError::Stopped => Self::Engine("the engine has stopped".into()),
+        }
+    }
+}
+
+impl ServeError {
+    /// The stable `type`.
+    pub fn error_type(&self) -> &'static str {
+        match self {
+            Self::Invalid(_) | Self::Json(_) => "invalid_request_error",
+            Self::BodyTooLarge(_) => "request_too_large",
+            Self::ModelNotFound(_) => "model_not_found",
+            Self::Prepare(p) => p.error_type(),
+            Self::QueueFull(_) => "queue_full",
+            Self::Draining => "draining",
+            Self::NotReady => "not_ready",
+            Self::Engine(_) | Self::Embed(_) => "server_error",
+        }
+    }
+
+    /// The HTTP status.
+    pub fn status(&self) -> u16 {
+        match self {
+            Self::Invalid(_) | Self::Json(_) => 400,
+            Self::ModelNotFound(_) => 404,
+            Self::BodyTooLarge(_) => 413,
+            Self::Prepare(p) => p.status(),
+            Self::QueueFull(_) => 429,
+            Self::Draining | Self::NotReady => 503,
+            Self::Engine(_) | Self::Embed(_) => 500,
+        }
+    }
+
+    /// OpenAI's JSON error body.
+    pub fn body(&self) -> ErrorBody {
+        let param = match self {
+            Self::Invalid(i) => i.param,
+            Self::ModelNotFound(_) => Some("model"),
+            _ => None,
+        };
+        ErrorBody::new(self.error_type(), &self.to_string(), param)
+    }
+}

@@ -1,0 +1,245 @@
+//! The agent's Prometheus metrics: `inferpool_agent_*`, plus the gauges the Gateway API
+//! Inference Extension's model-server protocol reads under vLLM's names, so third-party
+//! routers can balance across our agents. Gauges are refreshed from the engine's load at
+//! scrape time; labels are fixed sets (endpoint, error type, priority), never free text.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::scheduler::batcher::Load;
+use crate::scheduler::queue::Priority;
+
+/// Labels of finished requests.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// `chat`, `completion`, `embedding`, `grpc_generate`.
+    pub endpoint: &'static str,
+    /// `ok` or the error's type.
+    pub outcome: &'static str,
+}
+
+/// Label of a queue gauge.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PriorityLabels {
+    /// The priority.
+    pub priority: &'static str,
+}
+
+/// Label of a latency histogram.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndpointLabels {
+    /// The endpoint.
+    pub endpoint: &'static str,
+}
+
+/// Every metric of the agent.
+#[derive(Debug)]
+pub struct AgentMetrics {
+    /// Requests ended, by endpoint and outcome.
+    pub requests: Family<RequestLabels, Counter>,
+    /// Prompt tokens processed.
+    pub prompt_tokens: Counter,
+    /// Tokens generated.
+    pub generation_tokens: Counter,
+    /// Time to first token.
+    pub ttft: Family<EndpointLabels, Histogram, fn() -> Histogram>,
+    /// Whole request duration.
+    pub duration: Family<EndpointLabels, Histogram, fn() -> Histogram>,
+    running: Gauge,
+    waiting: Family<PriorityLabels, Gauge>,
+    kv_used: Gauge,
+    kv_total: Gauge,
+    kv_usage: Gauge<f64, AtomicU64>,
+    preemptions: Counter,
+    preemptions_seen: AtomicU64,
+    /// 1 while draining.
+    pub draining: Gauge,
+    /// 1 once the model is loaded and warmed up.
+    pub ready: Gauge,
+    vllm_waiting: Gauge,
+    vllm_running: Gauge,
+    vllm_kv_usage: Gauge<f64, AtomicU64>,
+}
+
+fn latency_histogram() -> Histogram {
+    // 5 ms .. ~80 s
+    Histogram::new(exponential_buckets(0.005, 2.0, 15))
+}
+
+impl AgentMetrics {
+    /// Creates the metrics and registers them in `registry`.
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = Self {
+            requests: Family::default(),
+            prompt_tokens: Counter::default(),
+            generation_tokens: Counter::default(),
+            ttft: Family::new_with_constructor(latency_histogram),
+            duration: Family::new_with_constructor(latency_histogram),
+            running: Gauge::default(),
+            waiting: Family::default(),
+            kv_used: Gauge::default(),
+            kv_total: Gauge::default(),
+            kv_usage: Gauge::default(),
+            preemptions: Counter::default(),
+            preemptions_seen: AtomicU64::new(0),
+            draining: Gauge::default(),
+            ready: Gauge::default(),
+            vllm_waiting: Gauge::default(),
+            vllm_running: Gauge::default(),
+            vllm_kv_usage: Gauge::default(),
+        };
+        m.register_own(registry.sub_registry_with_prefix("inferpool_agent"));
+        registry.register(
+            "vllm:num_requests_waiting",
+            "Requests waiting",
+            m.vllm_waiting.clone(),
+        );
+        registry.register(
+            "vllm:num_requests_running",
+            "Requests running",
+            m.vllm_running.clone(),
+        );
+        registry.register(
+            "vllm:kv_cache_usage_perc",
+            "KV-cache usage, 0..1",
+            m.vllm_kv_usage.clone(),
+        );
+        m
+    }
+
+    fn register_own(&self, r: &mut Registry) {
+        r.register(
+            "requests",
+            "Requests ended, by endpoint and outcome",
+            self.requests.clone(),
+        );
+        r.register(
+            "prompt_tokens",
+            "Prompt tokens processed",
+            self.prompt_tokens.clone(),
+        );
+        r.register(
+            "generation_tokens",
+            "Tokens generated",
+            self.generation_tokens.clone(),
+        );
+        r.register(
+            "time_to_first_token_seconds",
+            "Time to first token",
+            self.ttft.clone(),
+        );
+        r.register(
+            "request_duration_seconds",
+            "Request duration",
+            self.duration.clone(),
+        );
+        r.register(
+            "requests_running",
+            "Sequences in the running batch",
+            self.running.clone(),
+        );
+        r.register(
+            "requests_waiting",
+            "Requests queued, by priority",
+            self.waiting.clone(),
+        );
+        r.register(
+            "kv_cache_blocks_used",
+            "KV-cache blocks held",
+            self.kv_used.clone(),
+        );
+        r.register(
+            "kv_cache_blocks_total",
+            "KV-cache blocks in the budget",
+            self.kv_total.clone(),
+        );
+        r.register(
+            "kv_cache_usage_ratio",
+            "KV-cache usage, 0..1",
+            self.kv_usage.clone(),
+        );
+        r.register(
+            "preemptions",
+            "Sequences preempted for KV blocks",
+            self.preemptions.clone(),
+        );
+        r.register("draining", "1 while draining", self.draining.clone());
+        r.register(
+            "ready",
+            "1 once the model is loaded and warmed up",
+            self.ready.clone(),
+        );
+    }
+
+    /// Refreshes the load gauges (called before each scrape).
+    pub fn observe_load(&self, load: &Load) {
+        let running = gauge_value(load.running);
+        self.running.set(running);
+        self.vllm_running.set(running);
+        self.vllm_waiting.set(gauge_value(load.waiting()));
+        for (p, depth) in Priority::ALL.iter().zip(load.queued) {
+            let labels = PriorityLabels {
+                priority: p.as_str(),
+            };
+            self.waiting.get_or_create(&labels).set(gauge_value(depth));
+        }
+        self.kv_used.set(gauge_value(load.kv_blocks_used));
+        self.kv_total.set(gauge_value(load.kv_blocks_total));
+        self.kv_usage.set(load.kv_usage());
+        self.vllm_kv_usage.set(load.kv_usage());
+        let seen = self
+            .preemptions_seen
+            .swap(load.preemptions, Ordering::Relaxed);
+        self.preemptions
+            .inc_by(load.preemptions.saturating_sub(seen));
+    }
+
+    /// Counts one ended request.
+    pub fn request_ended(&self, endpoint: &'static str, outcome: &'static str) {
+        self.requests
+            .get_or_create(&RequestLabels { endpoint, outcome })
+            .inc();
+    }
+}
+
+fn gauge_value(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_load_shows_under_our_names_and_vllms() {
+        let mut registry = Registry::default();
+        let m = AgentMetrics::register(&mut registry);
+        m.observe_load(&Load {
+            running: 3,
+            queued: [0, 1, 2, 0],
+            kv_blocks_used: 5,
+            kv_blocks_total: 20,
+            preemptions: 2,
+        });
+        m.request_ended("chat", "ok");
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        for line in [
+            "vllm:num_requests_waiting 3",
+            "vllm:num_requests_running 3",
+            "vllm:kv_cache_usage_perc 0.25",
+            "inferpool_agent_requests_waiting{priority=\"normal\"} 2",
+            "inferpool_agent_kv_cache_blocks_used 5",
+            "inferpool_agent_preemptions_total 2",
+            "inferpool_agent_requests_total{endpoint=\"chat\",outcome=\"ok\"} 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} missing in\n{text}");
+        }
+    }
+}

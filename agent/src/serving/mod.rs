@@ -1,0 +1,268 @@
+//! The agent's serving core, shared by the HTTP and gRPC front ends: phase (loading,
+//! ready, draining), the served model, request admission with the fixed error types, and
+//! the metrics. Neither axum nor tonic appears here.
+
+pub mod error;
+pub mod inflight;
+pub mod metrics;
+pub mod text;
+
+use std::sync::{Arc, OnceLock};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use inferpool_protocol::openai::{
+    Embedding, EmbeddingResponse, EmbeddingUsage, ModelList, ValidChatRequest,
+    ValidCompletionRequest, ValidEmbeddingRequest,
+};
+use prometheus_client::registry::Registry;
+use tokio::sync::watch;
+
+use self::error::ServeError;
+use self::inflight::InFlight;
+use self::metrics::AgentMetrics;
+use self::text::TextStream;
+use crate::engine::chat::ChatTemplate;
+use crate::engine::embed::Embedder;
+use crate::engine::prepare::{ModelFacts, prepare_chat, prepare_completion};
+use crate::engine::tokenizer::ModelTokenizer;
+use crate::gpu::Inventory;
+use crate::scheduler::batcher::{EngineHandle, GenerationRequest, Load};
+use crate::scheduler::queue::Priority;
+
+/// Where the agent is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Loading and warming up the model.
+    Loading,
+    /// Serving.
+    Ready,
+    /// Finishing in-flight work; new requests are refused.
+    Draining,
+}
+
+/// A loaded, warmed-up model and what serving it needs.
+#[derive(Debug)]
+pub struct Served {
+    /// The name clients send as `model`.
+    pub name: String,
+    /// The engine loop.
+    pub engine: EngineHandle,
+    /// The tokenizer.
+    pub tokenizer: Arc<ModelTokenizer>,
+    /// The chat template.
+    pub template: ChatTemplate,
+    /// Longest sequence: the model's context, or less when the KV budget is smaller.
+    pub context: usize,
+    /// The embedding model and its name, when one is configured.
+    pub embedder: Option<(String, Arc<Embedder>)>,
+}
+
+/// The whole agent's state.
+#[derive(Debug)]
+pub struct Agent {
+    phase: watch::Sender<Phase>,
+    served: OnceLock<Served>,
+    /// Requests accepted and not yet answered.
+    pub in_flight: InFlight,
+    /// Metrics.
+    pub metrics: AgentMetrics,
+    /// The registry the metrics live in.
+    pub registry: Registry,
+    /// Devices found at start.
+    pub inventory: Inventory,
+    /// Most sequences per batch (reported to the gateway).
+    pub max_batch_size: usize,
+    started: Instant,
+    created_unix: u64,
+}
+
+impl Agent {
+    /// A loading agent.
+    pub fn new(inventory: Inventory, max_batch_size: usize) -> Arc<Self> {
+        let mut registry = Registry::default();
+        let metrics = AgentMetrics::register(&mut registry);
+        let created_unix = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        Arc::new(Self {
+            phase: watch::Sender::new(Phase::Loading),
+            served: OnceLock::new(),
+            in_flight: InFlight::default(),
+            metrics,
+            registry,
+            inventory,
+            max_batch_size,
+            started: Instant::now(),
+            created_unix,
+        })
+    }
+
+    /// The current phase.
+    pub fn phase(&self) -> Phase {
+        *self.phase.borrow()
+    }
+
+    /// Follows phase changes.
+    pub fn watch_phase(&self) -> watch::Receiver<Phase> {
+        self.phase.subscribe()
+    }
+
+    /// Installs the warmed-up model and starts serving.
+    pub fn ready(&self, served: Served) {
+        let _ = self.served.set(served);
+        self.metrics.ready.set(1);
+        self.phase.send_if_modified(|p| {
+            let was_loading = *p == Phase::Loading;
+            if was_loading {
+                *p = Phase::Ready;
+            }
+            was_loading
+        });
+    }
+
+    /// Stops admitting; in-flight requests go on.
+    pub fn drain(&self) {
+        self.metrics.draining.set(1);
+        self.metrics.ready.set(0);
+        self.phase.send_replace(Phase::Draining);
+    }
+
+    /// Unix seconds at start (the `created` of responses and models).
+    pub fn created(&self) -> u64 {
+        self.created_unix
+    }
+
+    /// Milliseconds since start.
+    pub fn uptime_ms(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// The model, when requests may be admitted.
+    pub fn served(&self) -> Result<&Served, ServeError> {
+        match (self.phase(), self.served.get()) {
+            (Phase::Draining, _) => Err(ServeError::Draining),
+            (_, Some(served)) => Ok(served),
+            (_, None) => Err(ServeError::NotReady),
+        }
+    }
+
+    /// The engine's latest load (zero while loading).
+    pub fn load(&self) -> Load {
+        self.served
+            .get()
+            .map(|s| *s.engine.load().borrow())
+            .unwrap_or_default()
+    }
+
+    /// Follows the engine's load, once the model is loaded.
+    pub fn watch_load(&self) -> Option<watch::Receiver<Load>> {
+        self.served.get().map(|s| s.engine.load())
+    }
+
+    /// Starts a chat completion.
+    pub async fn chat(
+        &self,
+        req: &ValidChatRequest,
+        priority: Priority,
+    ) -> Result<TextStream, ServeError> {
+        let served = self.model_named(&req.model)?;
+        let generation = prepare_chat(req, &served.facts(), priority)?;
+        self.start(served, generation, &req.sampling.stop).await
+    }
+
+    /// Starts a text completion.
+    pub async fn complete(
+        &self,
+        req: &ValidCompletionRequest,
+        priority: Priority,
+    ) -> Result<TextStream, ServeError> {
+        let served = self.model_named(&req.model)?;
+        let generation = prepare_completion(&req.prompt, &req.sampling, &served.facts(), priority)?;
+        self.start(served, generation, &req.sampling.stop).await
+    }
+
+    async fn start(
+        &self,
+        served: &Served,
+        generation: GenerationRequest,
+        stops: &[String],
+    ) -> Result<TextStream, ServeError> {
+        let guard = self.in_flight.enter();
+        let prompt_tokens = generation.prompt.len();
+        let events = served.engine.generate(generation).await?;
+        self.metrics.prompt_tokens.inc_by(prompt_tokens as u64);
+        let tokenizer = served.tokenizer.clone();
+        Ok(TextStream::new(
+            events,
+            tokenizer,
+            stops,
+            prompt_tokens,
+            guard,
+        ))
+    }
+
+    fn model_named(&self, name: &str) -> Result<&Served, ServeError> {
+        let served = self.served()?;
+        if served.name != name {
+            return Err(ServeError::ModelNotFound(name.to_owned()));
+        }
+        Ok(served)
+    }
+
+    /// Embeds texts with the embedding model.
+    pub async fn embed(&self, req: ValidEmbeddingRequest) -> Result<EmbeddingResponse, ServeError> {
+        let served = self.served()?;
+        let (name, embedder) = served
+            .embedder
+            .as_ref()
+            .filter(|(name, _)| *name == req.model)
+            .ok_or_else(|| ServeError::ModelNotFound(req.model.clone()))?;
+        let _guard = self.in_flight.enter();
+        let embedder = embedder.clone();
+        let out = tokio::task::spawn_blocking(move || embedder.embed(&req.inputs))
+            .await
+            .map_err(|e| ServeError::Engine(e.to_string()))??;
+        let tokens = u32::try_from(out.tokens).unwrap_or(u32::MAX);
+        let data = out
+            .vectors
+            .into_iter()
+            .zip(0..)
+            .map(|(embedding, index)| Embedding {
+                object: "embedding".to_owned(),
+                index,
+                embedding,
+            })
+            .collect();
+        Ok(EmbeddingResponse {
+            object: "list".to_owned(),
+            data,
+            model: name.clone(),
+            usage: EmbeddingUsage {
+                prompt_tokens: tokens,
+                total_tokens: tokens,
+            },
+        })
+    }
+
+    /// `GET /v1/models`: the served model and the embedding model.
+    pub fn models(&self) -> ModelList {
+        let mut names = Vec::new();
+        if let Some(s) = self.served.get() {
+            names.push(s.name.as_str());
+            if let Some((e, _)) = &s.embedder {
+                names.push(e.as_str());
+            }
+        }
+        ModelList::of(&names, self.created_unix, "inferpool")
+    }
+}
+
+impl Served {
+    fn facts(&self) -> ModelFacts<'_> {
+        ModelFacts {
+            tokenizer: &self.tokenizer,
+            template: &self.template,
+            context: self.context,
+        }
+    }
+}

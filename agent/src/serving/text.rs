@@ -1,0 +1,190 @@
+//! From engine tokens to client text: incremental detokenization (a multi-byte character
+//! split over tokens is held until complete), stop strings (never emitted), and the usage
+//! and finish reason at the end. Dropping a `TextStream` cancels the request in the engine.
+
+use std::sync::Arc;
+
+use inferpool_protocol::openai::Usage;
+use tokio::sync::mpsc;
+
+use super::inflight::InFlightGuard;
+use crate::engine::sampling::StopMatcher;
+use crate::engine::tokenizer::ModelTokenizer;
+use crate::scheduler::batcher::{FinishReason, GenerationEvent};
+
+/// Turns token ids into text deltas, decoding a short window each time.
+#[derive(Debug, Default)]
+pub struct Detokenizer {
+    ids: Vec<u32>,
+    prefix: usize,
+    read: usize,
+}
+
+impl Detokenizer {
+    /// Adds `id`; returns the text it completes, if any.
+    pub fn push(&mut self, tok: &ModelTokenizer, id: u32) -> String {
+        self.ids.push(id);
+        let before = tok
+            .decode(&self.ids[self.prefix..self.read], true)
+            .unwrap_or_default();
+        let now = tok
+            .decode(&self.ids[self.prefix..], true)
+            .unwrap_or_default();
+        if now.len() <= before.len() || now.ends_with('\u{FFFD}') {
+            return String::new();
+        }
+        let delta = now.get(before.len()..).unwrap_or_default().to_owned();
+        self.prefix = self.read;
+        self.read = self.ids.len();
+        delta
+    }
+
+    /// Whatever is held back at the end (an incomplete character decodes as U+FFFD).
+    pub fn finish(&mut self, tok: &ModelTokenizer) -> String {
+        let before = tok
+            .decode(&self.ids[self.prefix..self.read], true)
+            .unwrap_or_default();
+        let now = tok
+            .decode(&self.ids[self.prefix..], true)
+            .unwrap_or_default();
+        self.prefix = self.ids.len();
+        self.read = self.ids.len();
+        now.get(before.len()..).unwrap_or_default().to_owned()
+    }
+}
+
+/// What a client receives.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TextEvent {
+    /// New text (possibly empty when only token ids arrived) and the ids behind it.
+    Text {
+        /// Text safe to show.
+        text: String,
+        /// Token ids generated since the last event.
+        token_ids: Vec<u32>,
+    },
+    /// The end.
+    Done {
+        /// Why.
+        finish: FinishReason,
+        /// Token counts.
+        usage: Usage,
+    },
+    /// The engine failed; the message is for logs and the client.
+    Failed(String),
+}
+
+/// One request's text, as it is generated.
+#[derive(Debug)]
+pub struct TextStream {
+    events: Option<mpsc::Receiver<GenerationEvent>>,
+    tokenizer: Arc<ModelTokenizer>,
+    detok: Detokenizer,
+    stops: StopMatcher,
+    prompt_tokens: usize,
+    generated: usize,
+    end: Option<TextEvent>,
+    _in_flight: InFlightGuard,
+}
+
+impl TextStream {
+    pub(crate) fn new(
+        events: mpsc::Receiver<GenerationEvent>,
+        tokenizer: Arc<ModelTokenizer>,
+        stops: &[String],
+        prompt_tokens: usize,
+        in_flight: InFlightGuard,
+    ) -> Self {
+        Self {
+            events: Some(events),
+            tokenizer,
+            detok: Detokenizer::default(),
+            stops: StopMatcher::new(stops),
+            prompt_tokens,
+            generated: 0,
+            end: None,
+            _in_flight: in_flight,
+        }
+    }
+
+    /// Prompt tokens of this request.
+    pub fn prompt_tokens(&self) -> usize {
+        self.prompt_tokens
+    }
+
+    /// The next event; `None` after `Done` or `Failed`.
+    pub async fn next(&mut self) -> Option<TextEvent> {
+        if let Some(end) = self.end.take() {
+            return Some(end);
+        }
+        let event = self.events.as_mut()?.recv().await;
+        match event {
+            Some(GenerationEvent::Token(id)) => Some(self.token(id)),
+            Some(GenerationEvent::Finished {
+                reason,
+                completion_tokens,
+                ..
+            }) => {
+                self.generated = completion_tokens;
+                Some(self.finish(reason))
+            }
+            Some(GenerationEvent::Failed(message)) => self.close(TextEvent::Failed(message)),
+            None => self.close(TextEvent::Failed("the engine dropped the request".into())),
+        }
+    }
+
+    fn token(&mut self, id: u32) -> TextEvent {
+        self.generated += 1;
+        let text = self.detok.push(&self.tokenizer, id);
+        let check = self.stops.feed(&text);
+        if check.stopped {
+            self.events = None; // cancels the rest in the engine
+            self.end = Some(self.done(FinishReason::Stop));
+        }
+        TextEvent::Text {
+            text: check.emit,
+            token_ids: vec![id],
+        }
+    }
+
+    /// Flushes held-back text; `Done` follows on the next call.
+    fn finish(&mut self, reason: FinishReason) -> TextEvent {
+        let tail = self.detok.finish(&self.tokenizer);
+        let check = self.stops.feed(&tail);
+        let reason = if check.stopped {
+            FinishReason::Stop
+        } else {
+            reason
+        };
+        let mut text = check.emit;
+        if !check.stopped {
+            text.push_str(&self.stops.flush());
+        }
+        self.events = None;
+        self.end = Some(self.done(reason));
+        TextEvent::Text {
+            text,
+            token_ids: Vec::new(),
+        }
+    }
+
+    fn done(&self, finish: FinishReason) -> TextEvent {
+        TextEvent::Done {
+            finish,
+            usage: Usage::new(self.prompt_tokens, self.generated),
+        }
+    }
+
+    fn close(&mut self, event: TextEvent) -> Option<TextEvent> {
+        self.events = None;
+        Some(event)
+    }
+}
+
+/// `stop` or `length`, as OpenAI spells it.
+pub fn finish_reason(reason: FinishReason) -> &'static str {
+    match reason {
+        FinishReason::Stop => "stop",
+        FinishReason::Length => "length",
+    }
+}
