@@ -6,4 +6,5 @@ pub mod config;
 pub mod engine;
 pub mod gpu;
 pub mod scheduler;
+pub mod server;
 pub mod serving;

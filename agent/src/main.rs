@@ -1,4 +1,5 @@
 use clap::{Parser, Subcommand};
+use inferpool_agent::server::run::{ServeArgs, serve};
 
 /// The inferpool node agent.
 #[derive(Debug, Parser)]
@@ -12,6 +13,8 @@ struct Cli {
 enum Command {
     /// Discover this node's GPUs (or the CPU fallback) and print them as JSON.
     Devices,
+    /// Load the pool's model and serve it over HTTP and gRPC until SIGTERM.
+    Serve(ServeArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -20,6 +23,22 @@ fn main() -> anyhow::Result<()> {
             let inventory = inferpool_agent::gpu::discover();
             println!("{}", serde_json::to_string_pretty(&inventory)?);
         }
+        Command::Serve(args) => {
+            init_tracing();
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?
+                .block_on(serve(args))?;
+        }
     }
     Ok(())
+}
+
+fn init_tracing() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
 }

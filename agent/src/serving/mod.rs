@@ -5,6 +5,7 @@
 pub mod error;
 pub mod inflight;
 pub mod metrics;
+pub mod record;
 pub mod text;
 
 use std::sync::{Arc, OnceLock};

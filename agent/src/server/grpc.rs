@@ -1,0 +1,287 @@
+//! The gateway's `Agent` gRPC service (tonic): `Generate` with the HTTP API's validation
+//! and error types (carried as `ErrorInfo` details), `WatchLoad` reports, and `Drain`.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::Stream;
+use inferpool_protocol::agent::agent_server::Agent as AgentService;
+use inferpool_protocol::agent::generate_request::Prompt;
+use inferpool_protocol::agent::{
+    self as pb, DrainRequest, DrainResponse, ErrorInfo, GenerateRequest, GenerateResponse,
+    LoadReport, WatchLoadRequest,
+};
+use inferpool_protocol::openai::{
+    ChatCompletionRequest, CompletionRequest, Message, SamplingFields, Stop, ValidChatRequest,
+    ValidCompletionRequest,
+};
+use prost::Message as _;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Code, Request, Response, Status};
+
+use crate::scheduler::batcher::{FinishReason, Load};
+use crate::scheduler::queue::Priority;
+use crate::serving::error::ServeError;
+use crate::serving::record::Recorder;
+use crate::serving::text::{TextEvent, TextStream};
+use crate::serving::{Agent, Phase};
+
+/// Load reports are sent at most this often...
+pub const REPORT_MIN_INTERVAL: Duration = Duration::from_millis(50);
+/// ...and at least this often.
+pub const REPORT_HEARTBEAT: Duration = Duration::from_secs(1);
+
+/// The `Agent` service over the serving core.
+#[derive(Debug, Clone)]
+pub struct GrpcAgent {
+    agent: Arc<Agent>,
+}
+
+impl GrpcAgent {
+    /// Serves `agent`.
+    pub fn new(agent: Arc<Agent>) -> Self {
+        Self { agent }
+    }
+}
+
+/// A refusal as a gRPC status with an `ErrorInfo` detail.
+pub fn status(e: &ServeError) -> Status {
+    let code = match e.status() {
+        400 => Code::InvalidArgument,
+        404 => Code::NotFound,
+        413 => Code::OutOfRange,
+        429 => Code::ResourceExhausted,
+        503 => Code::Unavailable,
+        _ => Code::Internal,
+    };
+    let info = ErrorInfo {
+        r#type: e.error_type().to_owned(),
+        message: e.to_string(),
+    };
+    Status::with_details(code, e.to_string(), info.encode_to_vec().into())
+}
+
+type GenerateStream = Pin<Box<dyn Stream<Item = Result<GenerateResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl AgentService for GrpcAgent {
+    type GenerateStream = GenerateStream;
+    type WatchLoadStream = ReceiverStream<Result<LoadReport, Status>>;
+
+    async fn generate(
+        &self,
+        request: Request<GenerateRequest>,
+    ) -> Result<Response<GenerateStream>, Status> {
+        let mut recorder = Recorder::start(self.agent.clone(), "grpc_generate");
+        match self.start(request.into_inner()).await {
+            Ok(text) => Ok(Response::new(Box::pin(responses(text, recorder)))),
+            Err(e) => {
+                recorder.outcome(e.error_type());
+                Err(status(&e))
+            }
+        }
+    }
+
+    async fn watch_load(
+        &self,
+        _: Request<WatchLoadRequest>,
+    ) -> Result<Response<Self::WatchLoadStream>, Status> {
+        let (tx, rx) = mpsc::channel(1);
+        tokio::spawn(report_loop(self.agent.clone(), tx));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn drain(&self, _: Request<DrainRequest>) -> Result<Response<DrainResponse>, Status> {
+        self.agent.drain();
+        let in_flight = u32::try_from(self.agent.in_flight.count()).unwrap_or(u32::MAX);
+        Ok(Response::new(DrainResponse { in_flight }))
+    }
+}
+
+impl GrpcAgent {
+    async fn start(&self, req: GenerateRequest) -> Result<TextStream, ServeError> {
+        let priority = priority(req.priority());
+        let sampling = sampling_fields(req.sampling.unwrap_or_default());
+        match req.prompt {
+            Some(Prompt::Chat(chat)) => {
+                let messages = chat
+                    .messages
+                    .into_iter()
+                    .map(|m| Message {
+                        role: m.role,
+                        content: m.content,
+                    })
+                    .collect();
+                let raw = ChatCompletionRequest {
+                    model: req.model,
+                    messages,
+                    sampling,
+                };
+                self.agent.chat(&ValidChatRequest::try_from(raw)?, priority).await
+            }
+            Some(Prompt::Text(text)) => {
+                let raw = CompletionRequest {
+                    model: req.model,
+                    prompt: inferpool_protocol::openai::Prompt::One(text),
+                    echo: false,
+                    logprobs: None,
+                    sampling,
+                };
+                self.agent.complete(&ValidCompletionRequest::try_from(raw)?, priority).await
+            }
+            None => Err(ServeError::Json("a prompt (text or chat) is required".into())),
+        }
+    }
+}
+
+fn priority(p: pb::Priority) -> Priority {
+    match p {
+        pb::Priority::Critical => Priority::Critical,
+        pb::Priority::High => Priority::High,
+        pb::Priority::Unspecified | pb::Priority::Normal => Priority::Normal,
+        pb::Priority::Low => Priority::Low,
+    }
+}
+
+fn sampling_fields(s: pb::SamplingParams) -> SamplingFields {
+    SamplingFields {
+        temperature: s.temperature,
+        top_p: s.top_p,
+        top_k: s.top_k,
+        seed: s.seed,
+        max_tokens: s.max_tokens,
+        stop: (!s.stop.is_empty()).then_some(Stop::Many(s.stop)),
+        presence_penalty: Some(s.presence_penalty),
+        frequency_penalty: Some(s.frequency_penalty),
+        stream: true,
+        ..SamplingFields::default()
+    }
+}
+
+fn responses(
+    text: TextStream,
+    recorder: Recorder,
+) -> impl Stream<Item = Result<GenerateResponse, Status>> {
+    futures::stream::unfold(Some((text, recorder)), |state| async move {
+        let (mut text, mut recorder) = state?;
+        let item = match text.next().await {
+            Some(TextEvent::Text { text: t, token_ids }) => {
+                recorder.tokens(token_ids.len());
+                let response = GenerateResponse {
+                    text: t,
+                    token_ids,
+                    ..GenerateResponse::default()
+                };
+                return Some((Ok(response), Some((text, recorder))));
+            }
+            Some(TextEvent::Done { finish, usage }) => {
+                recorder.outcome("ok");
+                Ok(finished(finish, usage))
+            }
+            Some(TextEvent::Failed(message)) => Err(ServeError::Engine(message)),
+            None => Err(ServeError::Engine("the generation ended without a result".into())),
+        };
+        let item = item.map_err(|e| {
+            recorder.outcome(e.error_type());
+            status(&e)
+        });
+        Some((item, None))
+    })
+}
+
+fn finished(finish: FinishReason, usage: inferpool_protocol::openai::Usage) -> GenerateResponse {
+    let finish = match finish {
+        FinishReason::Stop => pb::FinishReason::Stop,
+        FinishReason::Length => pb::FinishReason::Length,
+    };
+    GenerateResponse {
+        finish: Some(finish.into()),
+        usage: Some(pb::Usage {
+            prompt_tokens: usage.prompt_tokens,
+            completion_tokens: usage.completion_tokens,
+            cached: false,
+        }),
+        ..GenerateResponse::default()
+    }
+}
+
+/// Sends a report now, then on every change of load or phase (at most every
+/// `REPORT_MIN_INTERVAL`) and at least every `REPORT_HEARTBEAT`, until the client leaves.
+async fn report_loop(agent: Arc<Agent>, tx: mpsc::Sender<Result<LoadReport, Status>>) {
+    let mut phase = agent.watch_phase();
+    let mut load = agent.watch_load();
+    loop {
+        if load.is_none() {
+            load = agent.watch_load();
+        }
+        let report = load_report(&agent, load.as_mut().map(|l| *l.borrow_and_update()));
+        if tx.send(Ok(report)).await.is_err() {
+            return;
+        }
+        tokio::time::sleep(REPORT_MIN_INTERVAL).await;
+        tokio::select! {
+            () = changed(&mut load) => {}
+            _ = phase.changed() => {}
+            () = tokio::time::sleep(REPORT_HEARTBEAT - REPORT_MIN_INTERVAL) => {}
+            () = tx.closed() => return,
+        }
+    }
+}
+
+async fn changed(load: &mut Option<watch::Receiver<Load>>) {
+    let alive = match load {
+        Some(rx) => rx.changed().await.is_ok(),
+        None => false,
+    };
+    if !alive {
+        std::future::pending::<()>().await;
+    }
+}
+
+fn load_report(agent: &Agent, load: Option<Load>) -> LoadReport {
+    let load = load.unwrap_or_default();
+    let [critical, high, normal, low] = load.queued.map(count);
+    LoadReport {
+        queued: Some(pb::QueueDepth {
+            critical,
+            high,
+            normal,
+            low,
+        }),
+        running: count(load.running),
+        max_batch_size: count(agent.max_batch_size),
+        kv_blocks_used: count(load.kv_blocks_used),
+        kv_blocks_total: count(load.kv_blocks_total),
+        cache: None,
+        devices: devices(agent),
+        draining: agent.phase() == Phase::Draining,
+        uptime_ms: agent.uptime_ms(),
+    }
+}
+
+fn devices(agent: &Agent) -> Vec<pb::Device> {
+    use crate::gpu::DeviceKind;
+    agent
+        .inventory
+        .devices
+        .iter()
+        .map(|d| pb::Device {
+            kind: match d.kind {
+                DeviceKind::Cpu => pb::DeviceKind::Cpu,
+                DeviceKind::Cuda => pb::DeviceKind::Cuda,
+            }
+            .into(),
+            name: d.name.clone(),
+            ordinal: d.ordinal,
+            memory_total_bytes: d.memory_total_bytes,
+            memory_used_bytes: 0,
+            healthy: true,
+        })
+        .collect()
+}
+
+fn count(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}

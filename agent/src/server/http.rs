@@ -1,0 +1,167 @@
+//! The OpenAI-compatible HTTP API, health and metrics (axum). Raw bodies become checked
+//! `Valid*` requests here, once; every refusal is OpenAI's JSON error shape with a stable
+//! `type` and its status.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use inferpool_protocol::openai::{
+    ChatCompletionRequest, CompletionRequest, EmbeddingRequest, ValidChatRequest,
+    ValidCompletionRequest, ValidEmbeddingRequest,
+};
+use serde::de::DeserializeOwned;
+
+use super::respond::{self, Kind};
+use crate::scheduler::queue::Priority;
+use crate::serving::error::ServeError;
+use crate::serving::record::Recorder;
+use crate::serving::{Agent, Phase};
+
+/// Largest request body accepted.
+pub const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
+
+/// The header that carries a request's priority.
+pub const PRIORITY_HEADER: &str = "x-inferpool-priority";
+
+/// The agent's HTTP routes.
+pub fn router(agent: Arc<Agent>) -> Router {
+    Router::new()
+        .route("/v1/chat/completions", post(chat))
+        .route("/v1/completions", post(completions))
+        .route("/v1/embeddings", post(embeddings))
+        .route("/v1/models", get(models))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .fallback(|| async { (StatusCode::NOT_FOUND, "no such endpoint") })
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(agent)
+}
+
+/// A refusal as an HTTP response.
+#[derive(Debug)]
+pub struct ApiError(pub ServeError);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status =
+            StatusCode::from_u16(self.0.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        (status, axum::Json(self.0.body())).into_response()
+    }
+}
+
+fn parse<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, ServeError> {
+    let bytes = body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ServeError::BodyTooLarge(MAX_BODY_BYTES)
+        } else {
+            ServeError::Json(rejection.body_text())
+        }
+    })?;
+    serde_json::from_slice(&bytes).map_err(|e| ServeError::Json(e.to_string()))
+}
+
+/// The request's priority header (`normal` when absent).
+pub fn priority(headers: &HeaderMap) -> Result<Priority, ServeError> {
+    let Some(value) = headers.get(PRIORITY_HEADER) else {
+        return Ok(Priority::Normal);
+    };
+    let text = value.to_str().unwrap_or_default();
+    Priority::ALL
+        .into_iter()
+        .find(|p| p.as_str().eq_ignore_ascii_case(text))
+        .ok_or_else(|| ServeError::Json(format!("{PRIORITY_HEADER}: unknown priority {text:?}")))
+}
+
+async fn chat(
+    State(agent): State<Arc<Agent>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let mut recorder = Recorder::start(agent.clone(), "chat");
+    let started = async {
+        let req = ValidChatRequest::try_from(parse::<ChatCompletionRequest>(body)?)?;
+        let stream = agent.chat(&req, priority(&headers)?).await?;
+        Ok::<_, ServeError>((req, stream))
+    };
+    match started.await {
+        Ok((req, stream)) => {
+            let answer = respond::Answer::new(Kind::Chat, &agent, &req.model, &req.sampling);
+            answer.respond(stream, recorder, None).await
+        }
+        Err(e) => refuse(&mut recorder, e),
+    }
+}
+
+async fn completions(
+    State(agent): State<Arc<Agent>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let mut recorder = Recorder::start(agent.clone(), "completion");
+    let started = async {
+        let req = ValidCompletionRequest::try_from(parse::<CompletionRequest>(body)?)?;
+        let stream = agent.complete(&req, priority(&headers)?).await?;
+        Ok::<_, ServeError>((req, stream))
+    };
+    match started.await {
+        Ok((req, stream)) => {
+            let answer = respond::Answer::new(Kind::Completion, &agent, &req.model, &req.sampling);
+            let echo = req.echo.then_some(req.prompt);
+            answer.respond(stream, recorder, echo).await
+        }
+        Err(e) => refuse(&mut recorder, e),
+    }
+}
+
+async fn embeddings(
+    State(agent): State<Arc<Agent>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let mut recorder = Recorder::start(agent.clone(), "embedding");
+    let result = async {
+        let req = ValidEmbeddingRequest::try_from(parse::<EmbeddingRequest>(body)?)?;
+        agent.embed(req).await
+    };
+    match result.await {
+        Ok(response) => {
+            recorder.outcome("ok");
+            axum::Json(response).into_response()
+        }
+        Err(e) => refuse(&mut recorder, e),
+    }
+}
+
+/// Answers with `e`, counting it under its type.
+pub fn refuse(recorder: &mut Recorder, e: ServeError) -> Response {
+    recorder.outcome(e.error_type());
+    ApiError(e).into_response()
+}
+
+async fn models(State(agent): State<Arc<Agent>>) -> Response {
+    axum::Json(agent.models()).into_response()
+}
+
+async fn readyz(State(agent): State<Arc<Agent>>) -> Response {
+    match agent.phase() {
+        Phase::Ready => (StatusCode::OK, "ready").into_response(),
+        Phase::Loading => (StatusCode::SERVICE_UNAVAILABLE, "loading").into_response(),
+        Phase::Draining => (StatusCode::SERVICE_UNAVAILABLE, "draining").into_response(),
+    }
+}
+
+async fn metrics(State(agent): State<Arc<Agent>>) -> Response {
+    agent.metrics.observe_load(&agent.load());
+    let mut text = String::new();
+    if prometheus_client::encoding::text::encode(&mut text, &agent.registry).is_err() {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    }
+    let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+    ([(header::CONTENT_TYPE, content_type)], text).into_response()
+}

@@ -1,0 +1,269 @@
+//! Answering a started generation over HTTP: one JSON body, or server-sent events
+//! (`stream: true`) ending in `[DONE]`, with a usage chunk when
+//! `stream_options.include_usage` asks for it. A client that goes away drops the event
+//! stream, which drops the `TextStream` and cancels the request in the engine.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use axum::response::sse::{Event, Sse};
+use axum::response::{IntoResponse, Response};
+use futures::Stream;
+use inferpool_protocol::openai::{
+    ChatChoice, ChatCompletion, ChatCompletionChunk, ChunkChoice, Completion, Delta, Message,
+    TextChoice, Usage, ValidSampling,
+};
+
+use super::http::refuse;
+use crate::scheduler::batcher::FinishReason;
+use crate::serving::error::ServeError;
+use crate::serving::record::Recorder;
+use crate::serving::text::{TextEvent, TextStream, finish_reason};
+use crate::serving::Agent;
+
+/// Chat or plain-text completion.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// `/v1/chat/completions`.
+    Chat,
+    /// `/v1/completions`.
+    Completion,
+}
+
+/// How to shape one request's answer.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    kind: Kind,
+    id: String,
+    created: u64,
+    model: String,
+    stream: bool,
+    include_usage: bool,
+}
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+
+impl Answer {
+    /// The answer to a request for `model` with `sampling`.
+    pub fn new(kind: Kind, agent: &Agent, model: &str, sampling: &ValidSampling) -> Self {
+        let prefix = match kind {
+            Kind::Chat => "chatcmpl",
+            Kind::Completion => "cmpl",
+        };
+        let n = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        Self {
+            kind,
+            id: format!("{prefix}-{:x}{n:08x}", agent.uptime_ms() ^ agent.created()),
+            created: agent.created(),
+            model: model.to_owned(),
+            stream: sampling.stream,
+            include_usage: sampling.include_usage,
+        }
+    }
+
+    /// Streams or collects `text` into the response.
+    pub async fn respond(
+        self,
+        text: TextStream,
+        recorder: Recorder,
+        echo: Option<String>,
+    ) -> Response {
+        if self.stream {
+            let events = Events::new(self, text, recorder, echo);
+            Sse::new(events.into_stream()).into_response()
+        } else {
+            self.whole(text, recorder, echo).await
+        }
+    }
+
+    async fn whole(
+        self,
+        mut text: TextStream,
+        mut recorder: Recorder,
+        echo: Option<String>,
+    ) -> Response {
+        let mut out = echo.unwrap_or_default();
+        loop {
+            match text.next().await {
+                Some(TextEvent::Text { text: t, token_ids }) => {
+                    recorder.tokens(token_ids.len());
+                    out.push_str(&t);
+                }
+                Some(TextEvent::Done { finish, usage }) => {
+                    recorder.outcome("ok");
+                    return axum::Json(self.whole_body(out, finish, usage)).into_response();
+                }
+                Some(TextEvent::Failed(message)) => {
+                    return refuse(&mut recorder, ServeError::Engine(message));
+                }
+                None => {
+                    let message = "the generation ended without a result".to_owned();
+                    return refuse(&mut recorder, ServeError::Engine(message));
+                }
+            }
+        }
+    }
+
+    fn whole_body(&self, text: String, finish: FinishReason, usage: Usage) -> serde_json::Value {
+        let finish = Some(finish_reason(finish).to_owned());
+        let value = match self.kind {
+            Kind::Chat => serde_json::to_value(ChatCompletion {
+                id: self.id.clone(),
+                object: "chat.completion".to_owned(),
+                created: self.created,
+                model: self.model.clone(),
+                choices: vec![ChatChoice {
+                    index: 0,
+                    message: Message {
+                        role: "assistant".to_owned(),
+                        content: text,
+                    },
+                    finish_reason: finish,
+                }],
+                usage,
+            }),
+            Kind::Completion => serde_json::to_value(self.completion(text, finish, Some(usage))),
+        };
+        value.unwrap_or_default()
+    }
+
+    fn completion(&self, text: String, finish: Option<String>, usage: Option<Usage>) -> Completion {
+        Completion {
+            id: self.id.clone(),
+            object: "text_completion".to_owned(),
+            created: self.created,
+            model: self.model.clone(),
+            choices: vec![TextChoice {
+                index: 0,
+                text,
+                logprobs: None,
+                finish_reason: finish,
+            }],
+            usage,
+        }
+    }
+
+    /// One streamed chunk: new text, or the end (`finish`) with an empty delta.
+    fn chunk(&self, text: Option<String>, role: bool, finish: Option<FinishReason>) -> String {
+        let finish = finish.map(|f| finish_reason(f).to_owned());
+        let value = match self.kind {
+            Kind::Chat => serde_json::to_string(&ChatCompletionChunk {
+                id: self.id.clone(),
+                object: "chat.completion.chunk".to_owned(),
+                created: self.created,
+                model: self.model.clone(),
+                choices: vec![ChunkChoice {
+                    index: 0,
+                    delta: Delta {
+                        role: role.then(|| "assistant".to_owned()),
+                        content: text,
+                    },
+                    finish_reason: finish,
+                }],
+                usage: None,
+            }),
+            Kind::Completion => {
+                serde_json::to_string(&self.completion(text.unwrap_or_default(), finish, None))
+            }
+        };
+        value.unwrap_or_default()
+    }
+
+    /// The final usage chunk: no choices, just the counts.
+    fn usage_chunk(&self, usage: Usage) -> String {
+        let value = match self.kind {
+            Kind::Chat => serde_json::to_string(&ChatCompletionChunk {
+                id: self.id.clone(),
+                object: "chat.completion.chunk".to_owned(),
+                created: self.created,
+                model: self.model.clone(),
+                choices: Vec::new(),
+                usage: Some(usage),
+            }),
+            Kind::Completion => {
+                let mut c = self.completion(String::new(), None, Some(usage));
+                c.choices.clear();
+                serde_json::to_string(&c)
+            }
+        };
+        value.unwrap_or_default()
+    }
+}
+
+/// The state of one event stream.
+struct Events {
+    answer: Answer,
+    text: TextStream,
+    recorder: Recorder,
+    queued: VecDeque<String>,
+    ended: bool,
+}
+
+impl Events {
+    fn new(answer: Answer, text: TextStream, recorder: Recorder, echo: Option<String>) -> Self {
+        let mut queued = VecDeque::new();
+        if answer.kind == Kind::Chat {
+            queued.push_back(answer.chunk(Some(String::new()), true, None));
+        }
+        if let Some(echo) = echo {
+            queued.push_back(answer.chunk(Some(echo), false, None));
+        }
+        Self {
+            answer,
+            text,
+            recorder,
+            queued,
+            ended: false,
+        }
+    }
+
+    fn into_stream(self) -> impl Stream<Item = Result<Event, Infallible>> {
+        futures::stream::unfold(self, |mut s| async move {
+            let data = s.next_data().await?;
+            Some((Ok(Event::default().data(data)), s))
+        })
+    }
+
+    async fn next_data(&mut self) -> Option<String> {
+        while self.queued.is_empty() && !self.ended {
+            self.pull().await;
+        }
+        self.queued.pop_front()
+    }
+
+    /// Reads one engine event and queues what it turns into.
+    async fn pull(&mut self) {
+        match self.text.next().await {
+            Some(TextEvent::Text { text, token_ids }) => {
+                self.recorder.tokens(token_ids.len());
+                if !text.is_empty() {
+                    self.queued.push_back(self.answer.chunk(Some(text), false, None));
+                }
+            }
+            Some(TextEvent::Done { finish, usage }) => {
+                self.recorder.outcome("ok");
+                self.queued.push_back(self.answer.chunk(None, false, Some(finish)));
+                if self.answer.include_usage {
+                    self.queued.push_back(self.answer.usage_chunk(usage));
+                }
+                self.end();
+            }
+            Some(TextEvent::Failed(message)) => self.fail(message),
+            None => self.fail("the generation ended without a result".to_owned()),
+        }
+    }
+
+    fn fail(&mut self, message: String) {
+        let error = ServeError::Engine(message);
+        self.recorder.outcome(error.error_type());
+        self.queued
+            .push_back(serde_json::to_string(&error.body()).unwrap_or_default());
+        self.end();
+    }
+
+    fn end(&mut self) {
+        self.queued.push_back("[DONE]".to_owned());
+        self.ended = true;
+    }
+}

@@ -1,0 +1,278 @@
+//! `inferpool-agent serve`: bind both ports at once (health answers while the model
+//! loads), load and warm up the model, serve, and on SIGTERM drain: readiness and health go
+//! false, load reports say draining, new requests get 503, in-flight ones finish within the
+//! grace period, then the process exits 0.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use candle_core::Device;
+use inferpool_protocol::agent::agent_server::AgentServer;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
+use super::grpc::GrpcAgent;
+use crate::config::AgentConfig;
+use crate::engine::embed::Embedder;
+use crate::engine::kv::BlockBudget;
+use crate::engine::load::{LoadedModel, load};
+use crate::engine::sampling::SamplingParams;
+use crate::gpu::Inventory;
+use crate::scheduler::batcher::{EngineHandle, GenerationEvent, GenerationRequest};
+use crate::scheduler::queue::Priority;
+use crate::serving::{Agent, Phase, Served};
+
+/// Settings of the process that the pool's config does not carry.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeArgs {
+    /// The pool's `agent.json`.
+    #[arg(long)]
+    pub config: PathBuf,
+    /// Address to bind both ports on.
+    #[arg(long, env = "INFERPOOL_AGENT_HOST", default_value = "0.0.0.0")]
+    pub host: IpAddr,
+    /// Overrides the config's HTTP port.
+    #[arg(long)]
+    pub http_port: Option<u16>,
+    /// Overrides the config's gRPC port.
+    #[arg(long)]
+    pub grpc_port: Option<u16>,
+    /// Directory of the embedding model (config.json, model.safetensors, tokenizer.json).
+    #[arg(long, env = "INFERPOOL_EMBEDDING_MODEL")]
+    pub embedding_model: Option<PathBuf>,
+    /// Name of the embedding model in requests (default: its directory's name).
+    #[arg(long)]
+    pub embedding_name: Option<String>,
+    /// Memory for the KV cache in bytes (default: 1 GiB on CPU, 40 % of GPU memory).
+    #[arg(long, env = "INFERPOOL_KV_CACHE_BYTES")]
+    pub kv_cache_bytes: Option<u64>,
+    /// Longest wait for in-flight requests after SIGTERM, in seconds.
+    #[arg(long, default_value_t = 30)]
+    pub drain_grace_seconds: u64,
+}
+
+/// Runs the agent until SIGTERM (or SIGINT) and a drain.
+pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let config = AgentConfig::read(&args.config)?;
+    let inventory = crate::gpu::discover();
+    let device = pick_device(&inventory, config.gpus);
+    tracing::info!(device = ?device, devices = ?inventory.devices, fallback = ?inventory.cpu_fallback_reason, "devices");
+    let agent = Agent::new(inventory, config.batching.max_batch_size);
+    let (stop, stopped) = watch::channel(false);
+    let servers = start_servers(&agent, &args, &config, stopped).await?;
+    let loading = tokio::spawn(load_and_warm(agent.clone(), config, args.clone(), device));
+    shutdown_signal().await;
+    tracing::info!(in_flight = agent.in_flight.count(), "draining");
+    agent.drain();
+    loading.abort();
+    let idle = agent
+        .in_flight
+        .wait_idle(Duration::from_secs(args.drain_grace_seconds))
+        .await;
+    tracing::info!(idle, "drained; stopping");
+    let _ = stop.send(true);
+    for server in servers {
+        let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
+    }
+    Ok(())
+}
+
+fn pick_device(inventory: &Inventory, gpus: u32) -> Device {
+    if gpus == 0 || !inventory.has_gpu() {
+        return Device::Cpu;
+    }
+    match Device::new_cuda(0) {
+        Ok(device) => device,
+        Err(e) => {
+            tracing::warn!(error = %e, "a GPU is present but this build cannot use it; running on CPU");
+            Device::Cpu
+        }
+    }
+}
+
+async fn start_servers(
+    agent: &Arc<Agent>,
+    args: &ServeArgs,
+    config: &AgentConfig,
+    stopped: watch::Receiver<bool>,
+) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
+    let http_addr = SocketAddr::new(args.host, args.http_port.unwrap_or(config.http_port));
+    let grpc_addr = SocketAddr::new(args.host, args.grpc_port.unwrap_or(config.grpc_port));
+    let http = bind(http_addr).await?;
+    let grpc = bind(grpc_addr).await?;
+    tracing::info!(http = %http.local_addr()?, grpc = %grpc.local_addr()?, "listening");
+    let (reporter, health) = tonic_health::server::health_reporter();
+    set_health(&reporter, ServingStatus::NotServing).await;
+    tokio::spawn(follow_phase(agent.watch_phase(), reporter));
+    let router = super::http::router(agent.clone());
+    let http_stop = until_stopped(stopped.clone());
+    let http_task = tokio::spawn(async move {
+        let served = axum::serve(http, router).with_graceful_shutdown(http_stop);
+        if let Err(e) = served.await {
+            tracing::error!(error = %e, "HTTP server failed");
+        }
+    });
+    let grpc_service = AgentServer::new(GrpcAgent::new(agent.clone()));
+    let grpc_task = tokio::spawn(async move {
+        let served = tonic::transport::Server::builder()
+            .add_service(health)
+            .add_service(grpc_service)
+            .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), until_stopped(stopped));
+        if let Err(e) = served.await {
+            tracing::error!(error = %e, "gRPC server failed");
+        }
+    });
+    Ok(vec![http_task, grpc_task])
+}
+
+async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding {addr}"))
+}
+
+async fn until_stopped(mut stopped: watch::Receiver<bool>) {
+    let _ = stopped.wait_for(|s| *s).await;
+}
+
+async fn set_health(reporter: &HealthReporter, status: ServingStatus) {
+    reporter.set_service_status("", status).await;
+    reporter
+        .set_service_status("inferpool.agent.v1.Agent", status)
+        .await;
+}
+
+/// grpc.health.v1 follows the phase: serving only while ready.
+async fn follow_phase(mut phase: watch::Receiver<Phase>, reporter: HealthReporter) {
+    loop {
+        let status = match *phase.borrow_and_update() {
+            Phase::Ready => ServingStatus::Serving,
+            Phase::Loading | Phase::Draining => ServingStatus::NotServing,
+        };
+        set_health(&reporter, status).await;
+        if phase.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut term) = signal(SignalKind::terminate()) else {
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+/// Loads the model (and the embedding model), starts the engine, runs one warm-up
+/// generation, then marks the agent ready. A model that cannot load ends the process.
+async fn load_and_warm(agent: Arc<Agent>, config: AgentConfig, args: ServeArgs, device: Device) {
+    match load_and_warm_inner(&config, &args, device).await {
+        Ok(served) => {
+            tracing::info!(model = %served.name, context = served.context, "ready");
+            agent.ready(served);
+        }
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "the model could not be loaded");
+            std::process::exit(1);
+        }
+    }
+}
+
+async fn load_and_warm_inner(
+    config: &AgentConfig,
+    args: &ServeArgs,
+    device: Device,
+) -> anyhow::Result<Served> {
+    let (path, format) = (config.model_path.clone(), config.model_format);
+    let template = config.chat_template.clone();
+    let dev = device.clone();
+    let loaded: LoadedModel =
+        tokio::task::spawn_blocking(move || load(&path, format, template.as_deref(), &dev))
+            .await??;
+    let embedder = load_embedder(args, &device).await?;
+    let budget = kv_budget(&loaded, args, &device);
+    let engine = EngineHandle::start(loaded.model.clone(), config.batcher(budget.total()));
+    let context = loaded.model.config.context.min(budget.capacity_tokens());
+    tracing::info!(kv_blocks = budget.total(), "KV cache");
+    warm_up(&engine, &loaded).await?;
+    Ok(Served {
+        name: config.served_name.clone(),
+        engine,
+        tokenizer: Arc::new(loaded.tokenizer),
+        template: loaded.template,
+        context,
+        embedder,
+    })
+}
+
+async fn load_embedder(
+    args: &ServeArgs,
+    device: &Device,
+) -> anyhow::Result<Option<(String, Arc<Embedder>)>> {
+    let Some(dir) = args.embedding_model.clone() else {
+        return Ok(None);
+    };
+    let name = args.embedding_name.clone().unwrap_or_else(|| {
+        dir.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "embedding".to_owned())
+    });
+    let dev = device.clone();
+    let embedder = tokio::task::spawn_blocking(move || Embedder::load(&dir, &dev)).await??;
+    Ok(Some((name, Arc::new(embedder))))
+}
+
+const DEFAULT_CPU_KV_BYTES: u64 = 1 << 30;
+
+fn kv_budget(loaded: &LoadedModel, args: &ServeArgs, device: &Device) -> BlockBudget {
+    let c = &loaded.model.config;
+    let bytes_per_token = (c.layers * 2 * c.kv_heads * c.head_dim() * 4) as u64;
+    let bytes = args.kv_cache_bytes.unwrap_or(match device {
+        Device::Cpu => DEFAULT_CPU_KV_BYTES,
+        _ => gpu_memory(device) / 5 * 2,
+    });
+    BlockBudget::from_bytes(bytes, bytes_per_token)
+}
+
+/// Memory of GPU 0, the one the engine runs on.
+fn gpu_memory(_device: &Device) -> u64 {
+    crate::gpu::discover()
+        .devices
+        .first()
+        .map_or(DEFAULT_CPU_KV_BYTES, |d| d.memory_total_bytes)
+}
+
+/// One short greedy generation through the whole path, so that the first real request
+/// does not pay for first-touch allocations.
+async fn warm_up(engine: &EngineHandle, loaded: &LoadedModel) -> anyhow::Result<()> {
+    let request = GenerationRequest {
+        prompt: loaded.tokenizer.encode("Hello")?,
+        max_tokens: 2,
+        stop_tokens: vec![loaded.tokenizer.eos],
+        sampling: SamplingParams {
+            temperature: 0.0,
+            ..SamplingParams::default()
+        },
+        priority: Priority::Critical,
+    };
+    let mut events = engine.generate(request).await?;
+    while let Some(event) = events.recv().await {
+        match event {
+            GenerationEvent::Token(_) => {}
+            GenerationEvent::Finished { .. } => return Ok(()),
+            GenerationEvent::Failed(e) => anyhow::bail!("warm-up failed: {e}"),
+        }
+    }
+    anyhow::bail!("the engine stopped during warm-up")
+}
