@@ -40,3 +40,159 @@ pub fn metric(text: &str, name: &str) -> Option<f64> {
 pub fn free_port() -> anyhow::Result<SocketAddr> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
 }
+
+/// A response read whole: status, head (lower-cased header lines) and body (de-chunked).
+#[derive(Debug, Clone)]
+pub struct Reply {
+    /// Status code.
+    pub status: u16,
+    /// Header lines, lower-cased.
+    pub head: String,
+    /// The body.
+    pub body: String,
+}
+
+impl Reply {
+    /// The body as JSON.
+    pub fn json(&self) -> anyhow::Result<serde_json::Value> {
+        Ok(serde_json::from_str(&self.body)?)
+    }
+}
+
+fn connect(addr: SocketAddr) -> anyhow::Result<TcpStream> {
+    anyhow::ensure!(
+        addr.ip().is_loopback(),
+        "tests only dial loopback, not {addr}"
+    );
+    let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    stream.set_read_timeout(Some(Duration::from_secs(120)))?;
+    Ok(stream)
+}
+
+fn send_post(
+    stream: &mut TcpStream,
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> anyhow::Result<()> {
+    let mut head = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes())?;
+    // A server may answer (413) before reading a large body; a reset here is its answer.
+    let _ = stream.write_all(body);
+    Ok(())
+}
+
+/// POSTs `body` to `path` and reads the whole reply.
+pub fn post(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> anyhow::Result<Reply> {
+    let mut stream = connect(addr)?;
+    send_post(&mut stream, addr, path, headers, body)?;
+    let mut raw = Vec::new();
+    let _ = stream.read_to_end(&mut raw);
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let head = head.to_ascii_lowercase();
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = if head.contains("transfer-encoding: chunked") {
+        dechunk(body)
+    } else {
+        body.to_owned()
+    };
+    Ok(Reply { status, head, body })
+}
+
+/// POSTs a JSON value.
+pub fn post_json(addr: SocketAddr, path: &str, body: &serde_json::Value) -> anyhow::Result<Reply> {
+    post(addr, path, &[], body.to_string().as_bytes())
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        body = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// Server-sent events read as they arrive; dropping it closes the connection.
+#[derive(Debug)]
+pub struct EventStream {
+    reader: std::io::BufReader<TcpStream>,
+    /// Status of the response.
+    pub status: u16,
+}
+
+impl EventStream {
+    /// POSTs a streaming request and reads the response head.
+    pub fn open(addr: SocketAddr, path: &str, body: &serde_json::Value) -> anyhow::Result<Self> {
+        use std::io::BufRead as _;
+        let mut stream = connect(addr)?;
+        send_post(&mut stream, addr, path, &[], body.to_string().as_bytes())?;
+        let mut reader = std::io::BufReader::new(stream);
+        let mut line = String::new();
+        reader.read_line(&mut line)?;
+        let status = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        loop {
+            line.clear();
+            if reader.read_line(&mut line)? == 0 || line == "\r\n" {
+                break;
+            }
+        }
+        Ok(Self { reader, status })
+    }
+
+    /// The next event's data (`[DONE]` included); `None` at the end of the stream.
+    pub fn next_data(&mut self) -> anyhow::Result<Option<String>> {
+        use std::io::BufRead as _;
+        let mut line = String::new();
+        loop {
+            line.clear();
+            if self.reader.read_line(&mut line)? == 0 {
+                return Ok(None);
+            }
+            if let Some(data) = line.trim_end().strip_prefix("data: ") {
+                return Ok(Some(data.to_owned()));
+            }
+        }
+    }
+
+    /// Every remaining event's data, parsed as JSON, up to `[DONE]`.
+    pub fn collect(&mut self) -> anyhow::Result<(Vec<serde_json::Value>, bool)> {
+        let mut events = Vec::new();
+        while let Some(data) = self.next_data()? {
+            if data == "[DONE]" {
+                return Ok((events, true));
+            }
+            events.push(serde_json::from_str(&data)?);
+        }
+        Ok((events, false))
+    }
+}

@@ -2,6 +2,7 @@
 //! parts a test needs (models, control plane), and a real Kubernetes control plane on
 //! loopback with a namespace per test.
 
+pub mod agent;
 pub mod cluster;
 pub mod controller;
 pub mod http;

@@ -119,7 +119,9 @@ impl GrpcAgent {
                     messages,
                     sampling,
                 };
-                self.agent.chat(&ValidChatRequest::try_from(raw)?, priority).await
+                self.agent
+                    .chat(&ValidChatRequest::try_from(raw)?, priority)
+                    .await
             }
             Some(Prompt::Text(text)) => {
                 let raw = CompletionRequest {
@@ -129,9 +131,13 @@ impl GrpcAgent {
                     logprobs: None,
                     sampling,
                 };
-                self.agent.complete(&ValidCompletionRequest::try_from(raw)?, priority).await
+                self.agent
+                    .complete(&ValidCompletionRequest::try_from(raw)?, priority)
+                    .await
             }
-            None => Err(ServeError::Json("a prompt (text or chat) is required".into())),
+            None => Err(ServeError::Json(
+                "a prompt (text or chat) is required".into(),
+            )),
         }
     }
 }
@@ -181,7 +187,9 @@ fn responses(
                 Ok(finished(finish, usage))
             }
             Some(TextEvent::Failed(message)) => Err(ServeError::Engine(message)),
-            None => Err(ServeError::Engine("the generation ended without a result".into())),
+            None => Err(ServeError::Engine(
+                "the generation ended without a result".into(),
+            )),
         };
         let item = item.map_err(|e| {
             recorder.outcome(e.error_type());

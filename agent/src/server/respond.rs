@@ -17,10 +17,10 @@ use inferpool_protocol::openai::{
 
 use super::http::refuse;
 use crate::scheduler::batcher::FinishReason;
+use crate::serving::Agent;
 use crate::serving::error::ServeError;
 use crate::serving::record::Recorder;
 use crate::serving::text::{TextEvent, TextStream, finish_reason};
-use crate::serving::Agent;
 
 /// Chat or plain-text completion.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -238,12 +238,14 @@ impl Events {
             Some(TextEvent::Text { text, token_ids }) => {
                 self.recorder.tokens(token_ids.len());
                 if !text.is_empty() {
-                    self.queued.push_back(self.answer.chunk(Some(text), false, None));
+                    self.queued
+                        .push_back(self.answer.chunk(Some(text), false, None));
                 }
             }
             Some(TextEvent::Done { finish, usage }) => {
                 self.recorder.outcome("ok");
-                self.queued.push_back(self.answer.chunk(None, false, Some(finish)));
+                self.queued
+                    .push_back(self.answer.chunk(None, false, Some(finish)));
                 if self.answer.include_usage {
                     self.queued.push_back(self.answer.usage_chunk(usage));
                 }

@@ -57,7 +57,15 @@ impl Recorder {
 impl Drop for Recorder {
     fn drop(&mut self) {
         let seconds = self.started.elapsed().as_secs_f64();
-        self.labels(|l| self.agent.metrics.duration.get_or_create(l).observe(seconds));
-        self.agent.metrics.request_ended(self.endpoint, self.outcome);
+        self.labels(|l| {
+            self.agent
+                .metrics
+                .duration
+                .get_or_create(l)
+                .observe(seconds)
+        });
+        self.agent
+            .metrics
+            .request_ended(self.endpoint, self.outcome);
     }
 }

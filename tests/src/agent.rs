@@ -1,0 +1,116 @@
+//! A real `inferpool-agent serve` process on loopback with the default model (and the
+//! embedding model), for tests of the data path.
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::Duration;
+
+use crate::http::{free_port, get};
+use crate::parts::{ScratchDir, agent_binary, default_model, embedding_model};
+use crate::wait::wait_until;
+
+/// The name the test agent serves its model under.
+pub const MODEL: &str = "smollm2";
+/// The name of its embedding model.
+pub const EMBEDDING_MODEL: &str = "all-minilm-l6-v2";
+
+/// A running agent; killed when dropped.
+#[derive(Debug)]
+pub struct AgentProcess {
+    child: Child,
+    /// HTTP address.
+    pub http: SocketAddr,
+    /// gRPC address.
+    pub grpc: SocketAddr,
+    dir: ScratchDir,
+}
+
+impl AgentProcess {
+    /// Starts an agent whose `agent.json` is the default one with `overrides` merged in,
+    /// and waits until it is ready.
+    pub async fn start(overrides: serde_json::Value) -> anyhow::Result<Self> {
+        let dir = ScratchDir::new("agent")?;
+        let (http, grpc) = (free_port()?, free_port()?);
+        let mut config = serde_json::json!({
+            "servedName": MODEL,
+            "modelPath": default_model()?,
+            "httpPort": http.port(),
+            "grpcPort": grpc.port(),
+        });
+        if let (Some(c), Some(o)) = (config.as_object_mut(), overrides.as_object()) {
+            c.extend(o.clone());
+        }
+        let config_path = dir.path().join("agent.json");
+        std::fs::write(&config_path, config.to_string())?;
+        let log = std::fs::File::create(dir.path().join("agent.log"))?;
+        let child = Command::new(agent_binary()?)
+            .arg("serve")
+            .arg("--config")
+            .arg(&config_path)
+            .args(["--host", "127.0.0.1", "--drain-grace-seconds", "60"])
+            .arg("--embedding-model")
+            .arg(embedding_model()?)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?;
+        let mut agent = Self {
+            child,
+            http,
+            grpc,
+            dir,
+        };
+        agent.until_ready().await?;
+        Ok(agent)
+    }
+
+    async fn until_ready(&mut self) -> anyhow::Result<()> {
+        let http = self.http;
+        let ready = wait_until(Duration::from_secs(180), || async move {
+            matches!(get(http, "/readyz"), Ok((200, _))).then_some(())
+        })
+        .await;
+        if ready.is_err() || self.child.try_wait()?.is_some() {
+            anyhow::bail!("the agent did not become ready:\n{}", self.log_text());
+        }
+        Ok(())
+    }
+
+    /// What the agent logged so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&self) -> anyhow::Result<()> {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()?;
+        anyhow::ensure!(status.success(), "kill -TERM failed");
+        Ok(())
+    }
+
+    /// Waits for the process to exit.
+    pub async fn exited(&mut self, limit: Duration) -> anyhow::Result<ExitStatus> {
+        let child = &mut self.child;
+        wait_until(limit, || {
+            let status = child.try_wait().ok().flatten();
+            async move { status }
+        })
+        .await
+    }
+
+    /// The agent's `/metrics` text.
+    pub fn metrics(&self) -> anyhow::Result<String> {
+        let (status, body) = get(self.http, "/metrics")?;
+        anyhow::ensure!(status == 200, "/metrics answered {status}");
+        Ok(body)
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
