@@ -114,3 +114,18 @@ impl Drop for ScratchDir {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// The Python of the environment with the `openai` client, made by `hack/python-env`
+/// (which prints it; it does nothing when the environment exists).
+pub fn openai_python() -> anyhow::Result<PathBuf> {
+    let out = std::process::Command::new(repo_root().join("hack/python-env")).output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "hack/python-env failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    require(
+        Path::new(String::from_utf8(out.stdout)?.trim()),
+        "hack/python-env",
+    )
+}

@@ -13,7 +13,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use inferpool_protocol::openai::{
     Embedding, EmbeddingResponse, EmbeddingUsage, ModelList, ValidChatRequest,
-    ValidCompletionRequest, ValidEmbeddingRequest,
+    ValidCompletionRequest, ValidEmbeddingRequest, Vector,
 };
 use prometheus_client::registry::Registry;
 use tokio::sync::watch;
@@ -220,6 +220,7 @@ impl Agent {
             .ok_or_else(|| ServeError::ModelNotFound(req.model.clone()))?;
         let _guard = self.in_flight.enter();
         let embedder = embedder.clone();
+        let encoding = req.encoding;
         let out = tokio::task::spawn_blocking(move || embedder.embed(&req.inputs))
             .await
             .map_err(|e| ServeError::Engine(e.to_string()))??;
@@ -231,7 +232,7 @@ impl Agent {
             .map(|(embedding, index)| Embedding {
                 object: "embedding".to_owned(),
                 index,
-                embedding,
+                embedding: Vector::encode(embedding, encoding),
             })
             .collect();
         Ok(EmbeddingResponse {

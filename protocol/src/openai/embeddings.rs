@@ -21,9 +21,20 @@ pub struct EmbeddingRequest {
     pub model: String,
     /// Texts to embed.
     pub input: EmbeddingInput,
-    /// Only `float` is offered.
+    /// `float` (default) or `base64` (little-endian f32 bytes; the official clients ask
+    /// for this).
     #[serde(default)]
     pub encoding_format: Option<String>,
+}
+
+/// How vectors are written in the answer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum EncodingFormat {
+    /// JSON numbers.
+    #[default]
+    Float,
+    /// Base64 of little-endian f32 bytes.
+    Base64,
 }
 
 /// Most texts in one request.
@@ -36,18 +47,24 @@ pub struct ValidEmbeddingRequest {
     pub model: String,
     /// Texts, at least one, none empty.
     pub inputs: Vec<String>,
+    /// How to write the vectors.
+    pub encoding: EncodingFormat,
 }
 
 impl TryFrom<EmbeddingRequest> for ValidEmbeddingRequest {
     type Error = InvalidRequest;
 
     fn try_from(r: EmbeddingRequest) -> Result<Self, InvalidRequest> {
-        if r.encoding_format.as_deref().is_some_and(|f| f != "float") {
-            return Err(InvalidRequest::new(
-                "encoding_format",
-                "only float embeddings are offered",
-            ));
-        }
+        let encoding = match r.encoding_format.as_deref() {
+            None | Some("float") => EncodingFormat::Float,
+            Some("base64") => EncodingFormat::Base64,
+            Some(_) => {
+                return Err(InvalidRequest::new(
+                    "encoding_format",
+                    "encoding_format is float or base64",
+                ));
+            }
+        };
         let inputs = match r.input {
             EmbeddingInput::One(one) => vec![one],
             EmbeddingInput::Many(many) => many,
@@ -67,6 +84,7 @@ impl TryFrom<EmbeddingRequest> for ValidEmbeddingRequest {
         Ok(Self {
             model: r.model,
             inputs,
+            encoding,
         })
     }
 }
@@ -79,7 +97,52 @@ pub struct Embedding {
     /// Position in the input.
     pub index: u32,
     /// The vector (unit length).
-    pub embedding: Vec<f32>,
+    pub embedding: Vector,
+}
+
+/// A vector as numbers or as base64.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Vector {
+    /// JSON numbers.
+    Float(Vec<f32>),
+    /// Base64 of little-endian f32 bytes.
+    Base64(String),
+}
+
+impl Vector {
+    /// `values` written as `encoding` asks.
+    pub fn encode(values: Vec<f32>, encoding: EncodingFormat) -> Self {
+        match encoding {
+            EncodingFormat::Float => Self::Float(values),
+            EncodingFormat::Base64 => {
+                let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+                Self::Base64(base64(&bytes))
+            }
+        }
+    }
+}
+
+/// Standard base64 with padding.
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }
 
 /// Token counts of an embedding request.
@@ -131,12 +194,25 @@ mod tests {
     }
 
     #[test]
+    fn base64_is_little_endian_f32_bytes() {
+        assert_eq!(base64(b"Man"), "TWFu");
+        assert_eq!(base64(b"Ma"), "TWE=");
+        assert_eq!(base64(b"M"), "TQ==");
+        assert_eq!(
+            Vector::encode(vec![1.0], EncodingFormat::Base64),
+            Vector::Base64("AACAPw==".into())
+        );
+        let v = check(json!({"model": "e", "input": "a", "encoding_format": "base64"})).unwrap();
+        assert_eq!(v.encoding, EncodingFormat::Base64);
+    }
+
+    #[test]
     fn refusals_name_their_field() {
         for (body, param) in [
             (json!({"model": "e", "input": []}), "input"),
             (json!({"model": "e", "input": [""]}), "input"),
             (
-                json!({"model": "e", "input": "a", "encoding_format": "base64"}),
+                json!({"model": "e", "input": "a", "encoding_format": "int8"}),
                 "encoding_format",
             ),
         ] {

@@ -9,8 +9,8 @@ mod responses;
 
 pub use completions::{CompletionRequest, Prompt, ValidCompletionRequest};
 pub use embeddings::{
-    Embedding, EmbeddingInput, EmbeddingRequest, EmbeddingResponse, EmbeddingUsage,
-    MAX_EMBEDDING_INPUTS, ValidEmbeddingRequest,
+    Embedding, EmbeddingInput, EmbeddingRequest, EmbeddingResponse, EmbeddingUsage, EncodingFormat,
+    MAX_EMBEDDING_INPUTS, ValidEmbeddingRequest, Vector,
 };
 pub use responses::{
     ChatChoice, ChatCompletion, ChatCompletionChunk, ChunkChoice, Completion, Delta, Model,
