@@ -18,5 +18,7 @@ LABEL dev.inferpool.image="ghcr.io/inferpool/agent-cuda" \
       org.opencontainers.image.licenses="Apache-2.0"
 COPY --from=build /out/inferpool-agent /usr/local/bin/inferpool-agent
 COPY --from=build /models /models
+# /v1/embeddings serves the bundled embedding model.
+ENV INFERPOOL_EMBEDDING_MODEL=/models/all-minilm-l6-v2
 USER 65532:65532
 ENTRYPOINT ["/usr/local/bin/inferpool-agent"]

@@ -8,6 +8,7 @@ use serde::Deserialize;
 use crate::engine::load::ModelFormat;
 use crate::scheduler::batcher::BatcherConfig;
 use crate::scheduler::queue::Priority;
+pub use crate::scheduler::strategy::Strategy;
 
 /// The pool's settings for this agent.
 #[derive(Debug, Clone, Deserialize)]
@@ -70,21 +71,6 @@ impl Default for Batching {
             queue_limits: QueueLimits::default(),
         }
     }
-}
-
-/// When a batch runs.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Strategy {
-    /// Only full batches, or at the wait limit.
-    Static,
-    /// When full or when the oldest request waited the limit.
-    Dynamic,
-    /// Dynamic, with the wait shrinking as the queue fills.
-    Adaptive,
-    /// Join and leave the batch at every step.
-    #[default]
-    Continuous,
 }
 
 /// Most waiting requests per priority.
@@ -166,6 +152,8 @@ impl AgentConfig {
             max_batch_tokens: self.batching.max_batch_tokens.max(16),
             queue_limits: self.batching.queue_limits.as_array(),
             kv_blocks,
+            strategy: self.batching.strategy,
+            max_wait: std::time::Duration::from_millis(self.batching.max_wait_milliseconds),
         }
     }
 }

@@ -9,11 +9,13 @@
 //! the queue, to recompute its cache when blocks free up.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::queue::{AdmissionQueue, Priority, QueueFull};
 use super::sequence::Sequence;
+use super::strategy::{BatchState, Gate, Strategy};
 use crate::engine::kv::BlockBudget;
 use crate::engine::model::{Llama, ModelError, SeqStep};
 use crate::engine::sampling::SamplingParams;
@@ -71,6 +73,10 @@ pub struct BatcherConfig {
     pub queue_limits: [usize; 4],
     /// KV-cache blocks (of `kv::BLOCK_SIZE` tokens) the engine may hold.
     pub kv_blocks: usize,
+    /// When waiting requests join the batch.
+    pub strategy: Strategy,
+    /// The strategy's wait limit.
+    pub max_wait: Duration,
 }
 
 /// The engine's load, published after every iteration.
@@ -195,18 +201,27 @@ impl Batcher {
     }
 
     fn run(mut self, mut submissions: mpsc::Receiver<Submission>) {
+        let Ok(clock) = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+        else {
+            return;
+        };
+        let mut hold = None;
         loop {
-            if self.running.is_empty() && self.queue.is_empty() {
-                match submissions.blocking_recv() {
-                    Some(s) => self.accept(s),
-                    None => return,
+            if self.running.is_empty() && (self.queue.is_empty() || hold.is_some()) {
+                let limit = if self.queue.is_empty() { None } else { hold };
+                match clock.block_on(next_submission(&mut submissions, limit)) {
+                    Ok(Some(s)) => self.accept(s),
+                    Ok(None) => return,
+                    Err(_elapsed) => {}
                 }
             }
             while let Ok(s) = submissions.try_recv() {
                 self.accept(s);
             }
             self.drop_cancelled();
-            self.admit();
+            hold = self.admit();
             self.reserve_decode_blocks();
             self.iterate();
             self.publish_load();
@@ -231,9 +246,29 @@ impl Batcher {
         });
     }
 
-    /// Moves waiting sequences into the batch while there is room, taking the blocks for
-    /// their whole input up front; the queue's head waits when blocks run short.
-    fn admit(&mut self) {
+    /// What the batching strategy says about admitting now.
+    fn gate(&self) -> Gate {
+        let Some(head) = self.queue.peek() else {
+            return Gate::Open;
+        };
+        let state = BatchState {
+            running: self.running.len(),
+            waiting: self.queue.len(),
+            max_batch_size: self.config.max_batch_size,
+            oldest_wait: head.queued_at.elapsed(),
+        };
+        self.config.strategy.gate(state, self.config.max_wait)
+    }
+
+    /// Moves waiting sequences into the batch while the strategy allows and there is room,
+    /// taking the blocks for their whole input up front; the queue's head waits when blocks
+    /// run short. Returns how long the strategy holds the queue, if it does.
+    fn admit(&mut self) -> Option<Duration> {
+        match self.gate() {
+            Gate::Open => {}
+            Gate::Hold(wait) => return Some(wait),
+            Gate::Closed => return None,
+        }
         while self.running.len() < self.config.max_batch_size {
             let Some(head) = self.queue.peek() else { break };
             let blocks = head.cache.blocks_missing(head.pending());
@@ -251,6 +286,7 @@ impl Batcher {
             sequence.admitted = self.admissions;
             self.running.push(sequence);
         }
+        None
     }
 
     /// The head needs more blocks than the whole budget: it can never run.
@@ -388,6 +424,17 @@ impl Batcher {
         };
         self.publish
             .send_if_modified(|l| std::mem::replace(l, load) != load);
+    }
+}
+
+/// The next submission, waiting at most `limit` (forever when `None`).
+async fn next_submission(
+    submissions: &mut mpsc::Receiver<Submission>,
+    limit: Option<Duration>,
+) -> Result<Option<Submission>, tokio::time::error::Elapsed> {
+    match limit {
+        Some(limit) => tokio::time::timeout(limit, submissions.recv()).await,
+        None => Ok(submissions.recv().await),
     }
 }
 

@@ -3,3 +3,4 @@
 pub mod batcher;
 pub mod queue;
 mod sequence;
+pub mod strategy;

@@ -19,6 +19,8 @@ pub(super) struct Sequence {
     pub generated: usize,
     /// Admission order: the newest running sequence is preempted first.
     pub admitted: u64,
+    /// When it was queued (batching strategies wait on the oldest).
+    pub queued_at: std::time::Instant,
 }
 
 impl Sequence {
@@ -31,6 +33,7 @@ impl Sequence {
             cache: KvCache::default(),
             generated: 0,
             admitted: 0,
+            queued_at: std::time::Instant::now(),
         }
     }
 
