@@ -4,7 +4,9 @@
 pub mod api;
 pub mod controller;
 pub mod crd;
+pub mod gateway;
 pub mod leader;
+pub mod local;
 pub mod manifest;
 pub mod rbac;
 pub mod run;

@@ -27,6 +27,9 @@ enum Command {
         #[arg(long, value_parser = ["cluster", "lease"])]
         rules_of: Option<String>,
     },
+    /// Run the pools of a manifest on this machine without Kubernetes: agents on
+    /// 127.0.0.1 and the gateway in front of them.
+    Local(inferpool_operator::local::LocalArgs),
     /// Check InferencePool manifests with the schema's rules, without a cluster.
     Validate {
         /// Manifest files (YAML, several documents allowed).
@@ -87,6 +90,7 @@ struct RunArgs {
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Run(args) => run(*args)?,
+        Command::Local(args) => local(args)?,
         Command::Crd => {
             let yaml = inferpool_operator::crd::crd_yaml()?;
             std::io::stdout().lock().write_all(yaml.as_bytes())?;
@@ -123,6 +127,18 @@ fn validate(files: &[PathBuf]) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[tokio::main]
+async fn local(args: inferpool_operator::local::LocalArgs) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    inferpool_operator::local::run_local(args).await
 }
 
 #[tokio::main]

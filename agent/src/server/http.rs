@@ -17,7 +17,9 @@ use inferpool_protocol::openai::{
 };
 use serde::de::DeserializeOwned;
 
-use super::respond::{self, Kind};
+use inferpool_protocol::openai::Kind;
+
+use super::respond;
 use crate::scheduler::queue::Priority;
 use crate::serving::error::ServeError;
 use crate::serving::record::Recorder;

@@ -10,34 +10,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::Stream;
-use inferpool_protocol::openai::{
-    ChatChoice, ChatCompletion, ChatCompletionChunk, ChunkChoice, Completion, Delta, Message,
-    TextChoice, Usage, ValidSampling,
-};
+use inferpool_protocol::openai::{Kind, ResponseShape, ValidSampling};
 
 use super::http::refuse;
-use crate::scheduler::batcher::FinishReason;
 use crate::serving::Agent;
 use crate::serving::error::ServeError;
 use crate::serving::record::Recorder;
 use crate::serving::text::{TextEvent, TextStream, finish_reason};
 
-/// Chat or plain-text completion.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    /// `/v1/chat/completions`.
-    Chat,
-    /// `/v1/completions`.
-    Completion,
-}
-
 /// How to shape one request's answer.
 #[derive(Debug, Clone)]
 pub struct Answer {
-    kind: Kind,
-    id: String,
-    created: u64,
-    model: String,
+    shape: ResponseShape,
     stream: bool,
     include_usage: bool,
 }
@@ -52,11 +36,14 @@ impl Answer {
             Kind::Completion => "cmpl",
         };
         let n = NEXT_ID.fetch_add(1, Ordering::Relaxed);
-        Self {
+        let shape = ResponseShape {
             kind,
             id: format!("{prefix}-{:x}{n:08x}", agent.uptime_ms() ^ agent.created()),
             created: agent.created(),
             model: model.to_owned(),
+        };
+        Self {
+            shape,
             stream: sampling.stream,
             include_usage: sampling.include_usage,
         }
@@ -92,7 +79,8 @@ impl Answer {
                 }
                 Some(TextEvent::Done { finish, usage }) => {
                     recorder.outcome("ok");
-                    return axum::Json(self.whole_body(out, finish, usage)).into_response();
+                    let body = self.shape.whole(out, finish_reason(finish), usage);
+                    return axum::Json(body).into_response();
                 }
                 Some(TextEvent::Failed(message)) => {
                     return refuse(&mut recorder, ServeError::Engine(message));
@@ -103,91 +91,6 @@ impl Answer {
                 }
             }
         }
-    }
-
-    fn whole_body(&self, text: String, finish: FinishReason, usage: Usage) -> serde_json::Value {
-        let finish = Some(finish_reason(finish).to_owned());
-        let value = match self.kind {
-            Kind::Chat => serde_json::to_value(ChatCompletion {
-                id: self.id.clone(),
-                object: "chat.completion".to_owned(),
-                created: self.created,
-                model: self.model.clone(),
-                choices: vec![ChatChoice {
-                    index: 0,
-                    message: Message {
-                        role: "assistant".to_owned(),
-                        content: text,
-                    },
-                    finish_reason: finish,
-                }],
-                usage,
-            }),
-            Kind::Completion => serde_json::to_value(self.completion(text, finish, Some(usage))),
-        };
-        value.unwrap_or_default()
-    }
-
-    fn completion(&self, text: String, finish: Option<String>, usage: Option<Usage>) -> Completion {
-        Completion {
-            id: self.id.clone(),
-            object: "text_completion".to_owned(),
-            created: self.created,
-            model: self.model.clone(),
-            choices: vec![TextChoice {
-                index: 0,
-                text,
-                logprobs: None,
-                finish_reason: finish,
-            }],
-            usage,
-        }
-    }
-
-    /// One streamed chunk: new text, or the end (`finish`) with an empty delta.
-    fn chunk(&self, text: Option<String>, role: bool, finish: Option<FinishReason>) -> String {
-        let finish = finish.map(|f| finish_reason(f).to_owned());
-        let value = match self.kind {
-            Kind::Chat => serde_json::to_string(&ChatCompletionChunk {
-                id: self.id.clone(),
-                object: "chat.completion.chunk".to_owned(),
-                created: self.created,
-                model: self.model.clone(),
-                choices: vec![ChunkChoice {
-                    index: 0,
-                    delta: Delta {
-                        role: role.then(|| "assistant".to_owned()),
-                        content: text,
-                    },
-                    finish_reason: finish,
-                }],
-                usage: None,
-            }),
-            Kind::Completion => {
-                serde_json::to_string(&self.completion(text.unwrap_or_default(), finish, None))
-            }
-        };
-        value.unwrap_or_default()
-    }
-
-    /// The final usage chunk: no choices, just the counts.
-    fn usage_chunk(&self, usage: Usage) -> String {
-        let value = match self.kind {
-            Kind::Chat => serde_json::to_string(&ChatCompletionChunk {
-                id: self.id.clone(),
-                object: "chat.completion.chunk".to_owned(),
-                created: self.created,
-                model: self.model.clone(),
-                choices: Vec::new(),
-                usage: Some(usage),
-            }),
-            Kind::Completion => {
-                let mut c = self.completion(String::new(), None, Some(usage));
-                c.choices.clear();
-                serde_json::to_string(&c)
-            }
-        };
-        value.unwrap_or_default()
     }
 }
 
@@ -203,11 +106,11 @@ struct Events {
 impl Events {
     fn new(answer: Answer, text: TextStream, recorder: Recorder, echo: Option<String>) -> Self {
         let mut queued = VecDeque::new();
-        if answer.kind == Kind::Chat {
-            queued.push_back(answer.chunk(Some(String::new()), true, None));
+        if answer.shape.kind == Kind::Chat {
+            queued.push_back(answer.shape.chunk(Some(String::new()), true, None));
         }
         if let Some(echo) = echo {
-            queued.push_back(answer.chunk(Some(echo), false, None));
+            queued.push_back(answer.shape.chunk(Some(echo), false, None));
         }
         Self {
             answer,
@@ -239,15 +142,16 @@ impl Events {
                 self.recorder.tokens(token_ids.len());
                 if !text.is_empty() {
                     self.queued
-                        .push_back(self.answer.chunk(Some(text), false, None));
+                        .push_back(self.answer.shape.chunk(Some(text), false, None));
                 }
             }
             Some(TextEvent::Done { finish, usage }) => {
                 self.recorder.outcome("ok");
+                let finish = finish_reason(finish);
                 self.queued
-                    .push_back(self.answer.chunk(None, false, Some(finish)));
+                    .push_back(self.answer.shape.chunk(None, false, Some(finish)));
                 if self.answer.include_usage {
-                    self.queued.push_back(self.answer.usage_chunk(usage));
+                    self.queued.push_back(self.answer.shape.usage_chunk(usage));
                 }
                 self.end();
             }

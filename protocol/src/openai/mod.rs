@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 mod completions;
 mod embeddings;
 mod responses;
+mod shape;
 
 pub use completions::{CompletionRequest, Prompt, ValidCompletionRequest};
 pub use embeddings::{
@@ -16,6 +17,7 @@ pub use responses::{
     ChatChoice, ChatCompletion, ChatCompletionChunk, ChunkChoice, Completion, Delta, Model,
     ModelList, TextChoice, Usage,
 };
+pub use shape::{Kind, ResponseShape};
 
 /// A chat message as clients send it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

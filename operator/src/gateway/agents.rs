@@ -1,0 +1,133 @@
+//! A pool's agents over gRPC: one lazily connected channel per agent and a `WatchLoad`
+//! subscription that feeds its reports into the pool's view (reconnecting with backoff
+//! when the stream breaks, the agent marked unreachable meanwhile).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use inferpool_protocol::agent::agent_client::AgentClient;
+use inferpool_protocol::agent::{LoadReport, WatchLoadRequest};
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tonic::transport::Channel;
+
+use super::pick::Reported;
+use super::pool::{Endpoint, Outcome, PoolView};
+
+/// One pool: its view of the agents and their channels.
+#[derive(Debug)]
+pub struct Pool {
+    /// The served model name (`model` in requests).
+    pub model: String,
+    view: Mutex<PoolView>,
+    channels: Mutex<HashMap<String, (Channel, JoinHandle<()>)>>,
+    /// Signalled on every report and finished request: queued requests look again.
+    pub changed: Notify,
+}
+
+impl Pool {
+    /// A pool serving `model` with no agents yet.
+    pub fn new(model: String, view: PoolView) -> Arc<Self> {
+        Arc::new(Self {
+            model,
+            view: Mutex::new(view),
+            channels: Mutex::new(HashMap::new()),
+            changed: Notify::new(),
+        })
+    }
+
+    /// Runs `f` on the view.
+    pub fn with_view<T>(&self, f: impl FnOnce(&mut PoolView) -> T) -> Option<T> {
+        self.view.lock().ok().map(|mut v| f(&mut v))
+    }
+
+    /// Replaces the agents: new ones get a channel and a load subscription, gone ones lose
+    /// theirs.
+    pub fn set_endpoints(self: &Arc<Self>, endpoints: &[Endpoint]) {
+        self.with_view(|v| v.set_endpoints(endpoints));
+        let Ok(mut channels) = self.channels.lock() else {
+            return;
+        };
+        channels.retain(|id, (_, task)| {
+            let keep = endpoints.iter().any(|e| &e.id == id);
+            if !keep {
+                task.abort();
+            }
+            keep
+        });
+        for e in endpoints {
+            if channels.contains_key(&e.id) {
+                continue;
+            }
+            let Ok(endpoint) = Channel::from_shared(format!("http://{}", e.addr)) else {
+                continue;
+            };
+            let channel = endpoint
+                .connect_timeout(Duration::from_secs(1))
+                .connect_lazy();
+            let task = tokio::spawn(watch_load(self.clone(), e.id.clone(), channel.clone()));
+            channels.insert(e.id.clone(), (channel, task));
+        }
+        self.changed.notify_waiters();
+    }
+
+    /// The channel to agent `id`.
+    pub fn channel(&self, id: &str) -> Option<Channel> {
+        self.channels.lock().ok()?.get(id).map(|(c, _)| c.clone())
+    }
+
+    /// A request on `id` ended.
+    pub fn finished(&self, id: &str, outcome: Outcome) {
+        self.with_view(|v| v.finished(id, outcome));
+        self.changed.notify_waiters();
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        if let Ok(channels) = self.channels.lock() {
+            for (_, task) in channels.values() {
+                task.abort();
+            }
+        }
+    }
+}
+
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
+
+/// Follows one agent's load reports for as long as the pool keeps it.
+async fn watch_load(pool: Arc<Pool>, id: String, channel: Channel) {
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        let mut client = AgentClient::new(channel.clone());
+        if let Ok(response) = client.watch_load(WatchLoadRequest {}).await {
+            let mut reports = response.into_inner();
+            while let Ok(Some(report)) = reports.message().await {
+                backoff = BACKOFF_MIN;
+                let (reported, draining) = reported(&report);
+                pool.with_view(|v| v.report(&id, reported, draining));
+                pool.changed.notify_waiters();
+            }
+        }
+        pool.with_view(|v| v.lost(&id));
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+fn reported(r: &LoadReport) -> (Reported, bool) {
+    let queued = r
+        .queued
+        .as_ref()
+        .map_or(0, |q| q.critical + q.high + q.normal + q.low);
+    let kv_usage = f64::from(r.kv_blocks_used) / f64::from(r.kv_blocks_total.max(1));
+    let reported = Reported {
+        queued,
+        running: r.running,
+        max_batch_size: r.max_batch_size,
+        kv_usage,
+    };
+    (reported, r.draining)
+}

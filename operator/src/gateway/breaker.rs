@@ -1,0 +1,116 @@
+//! A circuit breaker per agent: consecutive failures open it, an open circuit refuses
+//! until its cool-down ends, then lets exactly one probe through (half-open); the probe's
+//! success closes it, its failure opens it again.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Closed { failures: u32 },
+    Open { until: Instant },
+    HalfOpen { probing: bool },
+}
+
+/// One agent's breaker.
+#[derive(Debug, Clone)]
+pub struct Breaker {
+    state: State,
+    threshold: u32,
+    cooldown: Duration,
+}
+
+impl Breaker {
+    /// A closed breaker that opens after `threshold` consecutive failures for `cooldown`.
+    pub fn new(threshold: u32, cooldown: Duration) -> Self {
+        Self {
+            state: State::Closed { failures: 0 },
+            threshold: threshold.max(1),
+            cooldown,
+        }
+    }
+
+    /// Whether a request may go to the agent now (in half-open, only the one probe).
+    pub fn try_acquire(&mut self) -> bool {
+        match self.state {
+            State::Closed { .. } => true,
+            State::Open { until } if Instant::now() >= until => {
+                self.state = State::HalfOpen { probing: true };
+                true
+            }
+            State::Open { .. } => false,
+            State::HalfOpen { probing } => {
+                self.state = State::HalfOpen { probing: true };
+                !probing
+            }
+        }
+    }
+
+    /// Whether the agent would be offered traffic now (without taking the probe).
+    pub fn is_available(&self) -> bool {
+        match self.state {
+            State::Closed { .. } => true,
+            State::Open { until } => Instant::now() >= until,
+            State::HalfOpen { probing } => !probing,
+        }
+    }
+
+    /// A request to the agent succeeded.
+    pub fn record_success(&mut self) {
+        self.state = State::Closed { failures: 0 };
+    }
+
+    /// A request to the agent failed (it could not be reached or answered with a server
+    /// error, not a client error).
+    pub fn record_failure(&mut self) {
+        self.state = match self.state {
+            State::Closed { failures } if failures + 1 < self.threshold => State::Closed {
+                failures: failures + 1,
+            },
+            _ => State::Open {
+                until: Instant::now() + self.cooldown,
+            },
+        };
+    }
+
+    /// `closed`, `open` or `half_open`, for metrics.
+    pub fn state_name(&self) -> &'static str {
+        match self.state {
+            State::Closed { .. } => "closed",
+            State::Open { .. } => "open",
+            State::HalfOpen { .. } => "half_open",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn opens_after_consecutive_failures_and_probes_after_the_cooldown() {
+        let mut b = Breaker::new(3, Duration::from_secs(10));
+        b.record_failure();
+        b.record_failure();
+        b.record_success();
+        b.record_failure();
+        b.record_failure();
+        assert!(b.try_acquire(), "a success reset the count");
+        b.record_failure();
+        assert_eq!(b.state_name(), "open");
+        assert!(!b.try_acquire() && !b.is_available());
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert!(b.is_available());
+        assert!(b.try_acquire(), "the probe goes through");
+        assert_eq!(b.state_name(), "half_open");
+        assert!(!b.try_acquire(), "only one probe at a time");
+        b.record_failure();
+        assert_eq!(b.state_name(), "open");
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert!(b.try_acquire());
+        b.record_success();
+        assert_eq!(b.state_name(), "closed");
+        assert!(b.try_acquire() && b.try_acquire());
+    }
+}

@@ -1,0 +1,222 @@
+//! Sending one request to a pool: pick an agent, call `Generate`, and retry on another
+//! agent while nothing has been streamed (within the retry budget); when every agent is
+//! saturated or unavailable, wait for one in a bounded queue until the deadline. Once the
+//! first message arrived the request is committed to its agent and never duplicated.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use inferpool_protocol::agent::agent_client::AgentClient;
+use inferpool_protocol::agent::{ErrorInfo, GenerateRequest, GenerateResponse};
+use prost::Message as _;
+use tokio::time::Instant;
+use tonic::{Code, Status, Streaming};
+
+use super::agents::Pool;
+use super::pick::RequestKey;
+use super::pool::{NoAgent, Outcome};
+use super::retry::RetryBudget;
+
+/// Why a request got no answer from the pool.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ForwardError {
+    /// No agent could take it before the deadline.
+    #[error("every agent is busy; retry later")]
+    Saturated,
+    /// No agent is up.
+    #[error("no agent of this pool is available")]
+    Unavailable,
+    /// The agent refused it (kept as the agent said: status and type).
+    #[error("{message}")]
+    Refused {
+        /// HTTP status.
+        status: u16,
+        /// The agent's error type.
+        kind: String,
+        /// The agent's message.
+        message: String,
+    },
+    /// The request ran past its timeout.
+    #[error("the request timed out")]
+    Timeout,
+}
+
+impl ForwardError {
+    /// The stable error type.
+    pub fn error_type(&self) -> &str {
+        match self {
+            Self::Saturated => "pool_saturated",
+            Self::Unavailable => "no_healthy_agent",
+            Self::Refused { kind, .. } => kind,
+            Self::Timeout => "timeout",
+        }
+    }
+
+    /// The HTTP status.
+    pub fn status(&self) -> u16 {
+        match self {
+            Self::Saturated => 429,
+            Self::Unavailable => 503,
+            Self::Refused { status, .. } => *status,
+            Self::Timeout => 504,
+        }
+    }
+}
+
+/// A committed stream: the agent's first message and the rest.
+#[derive(Debug)]
+pub struct Committed {
+    /// The agent it runs on.
+    pub agent: String,
+    /// Its first message.
+    pub first: GenerateResponse,
+    /// The rest of the stream.
+    pub rest: Streaming<GenerateResponse>,
+}
+
+/// How one pool forwards.
+#[derive(Debug, Clone, Copy)]
+pub struct ForwardSettings {
+    /// Most retries of one request.
+    pub max_retries: u32,
+    /// Longest a request waits for a free agent.
+    pub queue_wait: Duration,
+}
+
+/// Sends `request` to the pool until an agent streams its first message.
+pub async fn forward(
+    pool: &Arc<Pool>,
+    budget: &RetryBudget,
+    settings: ForwardSettings,
+    request: &GenerateRequest,
+    key: &RequestKey<'_>,
+) -> Result<(Committed, u32), ForwardError> {
+    budget.deposit();
+    let mut failed: Vec<String> = Vec::new();
+    let mut last_error = ForwardError::Unavailable;
+    let deadline = Instant::now() + settings.queue_wait;
+    loop {
+        let (id, _) = match wait_for_agent(pool, key, &failed, deadline).await {
+            Ok(chosen) => chosen,
+            Err(e) if failed.is_empty() => return Err(e),
+            Err(_) => return Err(last_error),
+        };
+        match attempt(pool, &id, request).await {
+            Ok(committed) => return Ok((committed, failed.len() as u32)),
+            Err(Attempt::Fatal(e)) => return Err(e),
+            Err(Attempt::Retryable(e)) => {
+                last_error = e;
+                failed.push(id);
+                if failed.len() as u32 > settings.max_retries || !budget.try_withdraw() {
+                    return Err(last_error);
+                }
+            }
+        }
+    }
+}
+
+/// Picks an agent, waiting for a report or a finished request to free one, until
+/// `deadline`.
+async fn wait_for_agent(
+    pool: &Arc<Pool>,
+    key: &RequestKey<'_>,
+    exclude: &[String],
+    deadline: Instant,
+) -> Result<(String, std::net::SocketAddr), ForwardError> {
+    loop {
+        let changed = pool.changed.notified();
+        let chosen = pool
+            .with_view(|v| v.choose(key, exclude))
+            .unwrap_or(Err(NoAgent::NoneHealthy));
+        let error = match chosen {
+            Ok(chosen) => return Ok(chosen),
+            Err(NoAgent::Saturated) => ForwardError::Saturated,
+            Err(NoAgent::NoneHealthy) => ForwardError::Unavailable,
+        };
+        if tokio::time::timeout_at(deadline, changed).await.is_err() {
+            return Err(error);
+        }
+    }
+}
+
+enum Attempt {
+    Retryable(ForwardError),
+    Fatal(ForwardError),
+}
+
+/// One try on agent `id`: the call and its first message.
+async fn attempt(pool: &Pool, id: &str, request: &GenerateRequest) -> Result<Committed, Attempt> {
+    let Some(channel) = pool.channel(id) else {
+        pool.finished(id, Outcome::Failure);
+        return Err(Attempt::Retryable(ForwardError::Unavailable));
+    };
+    let mut client = AgentClient::new(channel);
+    let first = match client.generate(request.clone()).await {
+        Ok(response) => {
+            let mut rest = response.into_inner();
+            rest.message().await.map(|m| (m, rest))
+        }
+        Err(status) => Err(status),
+    };
+    match first {
+        Ok((Some(first), rest)) => Ok(Committed {
+            agent: id.to_owned(),
+            first,
+            rest,
+        }),
+        Ok((None, _)) => {
+            pool.finished(id, Outcome::Failure);
+            Err(Attempt::Retryable(ForwardError::Unavailable))
+        }
+        Err(status) => Err(classify(pool, id, &status)),
+    }
+}
+
+/// Whether a refusal is the agent's verdict on the request (returned as is) or the
+/// agent's own trouble (retried elsewhere).
+fn classify(pool: &Pool, id: &str, status: &Status) -> Attempt {
+    let error = refused(status);
+    match status.code() {
+        Code::InvalidArgument | Code::NotFound | Code::OutOfRange => {
+            pool.finished(id, Outcome::Success);
+            Attempt::Fatal(error)
+        }
+        // A full queue or a draining agent is healthy: try another, breaker untouched.
+        Code::ResourceExhausted | Code::Unavailable if is_typed(status) => {
+            pool.finished(id, Outcome::Success);
+            Attempt::Retryable(error)
+        }
+        _ => {
+            pool.finished(id, Outcome::Failure);
+            Attempt::Retryable(ForwardError::Unavailable)
+        }
+    }
+}
+
+fn is_typed(status: &Status) -> bool {
+    ErrorInfo::decode(status.details()).is_ok_and(|i| !i.r#type.is_empty())
+}
+
+/// The agent's refusal as an HTTP error with its type.
+pub fn refused(status: &Status) -> ForwardError {
+    let info = ErrorInfo::decode(status.details()).unwrap_or_default();
+    let http = match status.code() {
+        Code::InvalidArgument => 400,
+        Code::NotFound => 404,
+        Code::OutOfRange => 413,
+        Code::ResourceExhausted => 429,
+        Code::Unavailable => 503,
+        Code::DeadlineExceeded => 504,
+        _ => 502,
+    };
+    let kind = if info.r#type.is_empty() {
+        "upstream_error".to_owned()
+    } else {
+        info.r#type
+    };
+    ForwardError::Refused {
+        status: http,
+        kind,
+        message: status.message().to_owned(),
+    }
+}

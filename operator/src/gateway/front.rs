@@ -1,0 +1,348 @@
+//! The gateway's OpenAI front door (axum): `model` selects the pool; requests are checked
+//! here (malformed ones never reach an agent), forwarded over gRPC, and answered in the
+//! same shape as the agents' own API, streaming token by token.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use inferpool_protocol::agent as pb;
+use inferpool_protocol::openai::{
+    ChatCompletionRequest, CompletionRequest, ErrorBody, Kind, ModelList, ResponseShape,
+    ValidChatRequest, ValidCompletionRequest, ValidSampling,
+};
+use serde::de::DeserializeOwned;
+
+use super::agents::Pool;
+use super::forward::{ForwardError, ForwardSettings, forward};
+use super::pick::RequestKey;
+use super::relay::{Relay, relay};
+use super::retry::RetryBudget;
+
+/// Largest request body accepted.
+pub const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
+/// The priority header, passed on to the agent.
+pub const PRIORITY_HEADER: &str = "x-inferpool-priority";
+/// How much of the prompt keys prefix affinity.
+const PREFIX_BYTES: usize = 256;
+
+/// One pool behind the gateway.
+#[derive(Debug)]
+pub struct PoolRoute {
+    /// Its agents.
+    pub pool: Arc<Pool>,
+    /// Its retry budget.
+    pub budget: RetryBudget,
+    /// Retries and queueing.
+    pub forward: ForwardSettings,
+    /// Longest a request may take.
+    pub timeout: Duration,
+    /// The session header for session affinity.
+    pub session_header: String,
+}
+
+/// The gateway: pools by served model name.
+#[derive(Debug, Default)]
+pub struct Gateway {
+    routes: RwLock<HashMap<String, Arc<PoolRoute>>>,
+    created: u64,
+}
+
+impl Gateway {
+    /// A gateway with no pools.
+    pub fn new() -> Arc<Self> {
+        let created = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        Arc::new(Self {
+            routes: RwLock::default(),
+            created,
+        })
+    }
+
+    /// Serves `route` under its pool's model name.
+    pub fn set_route(&self, route: Arc<PoolRoute>) {
+        if let Ok(mut routes) = self.routes.write() {
+            routes.insert(route.pool.model.clone(), route);
+        }
+    }
+
+    /// Stops serving `model`.
+    pub fn remove_route(&self, model: &str) {
+        if let Ok(mut routes) = self.routes.write() {
+            routes.remove(model);
+        }
+    }
+
+    fn route(&self, model: &str) -> Option<Arc<PoolRoute>> {
+        self.routes.read().ok()?.get(model).cloned()
+    }
+
+    fn models(&self) -> ModelList {
+        let routes = self
+            .routes
+            .read()
+            .map(|r| r.keys().cloned().collect::<Vec<_>>());
+        let mut names = routes.unwrap_or_default();
+        names.sort();
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        ModelList::of(&refs, self.created, "inferpool")
+    }
+}
+
+/// The gateway's routes.
+pub fn router(gateway: Arc<Gateway>) -> Router {
+    Router::new()
+        .route("/v1/chat/completions", post(chat))
+        .route("/v1/completions", post(completions))
+        .route("/v1/models", get(models))
+        .route("/healthz", get(|| async { "ok" }))
+        .fallback(|| async { (StatusCode::NOT_FOUND, "no such endpoint") })
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(gateway)
+}
+
+/// An error answered in OpenAI's shape.
+#[derive(Debug)]
+pub struct ApiError {
+    status: u16,
+    kind: String,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: u16, kind: &str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            kind: kind.to_owned(),
+            message: message.into(),
+        }
+    }
+
+    fn invalid(message: impl Into<String>) -> Self {
+        Self::new(400, "invalid_request_error", message)
+    }
+
+    /// The JSON body.
+    pub fn body(&self) -> ErrorBody {
+        ErrorBody::new(&self.kind, &self.message, None)
+    }
+}
+
+impl From<ForwardError> for ApiError {
+    fn from(e: ForwardError) -> Self {
+        Self::new(e.status(), e.error_type(), e.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::BAD_GATEWAY);
+        let mut response = (status, axum::Json(self.body())).into_response();
+        if self.status == 429 {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}
+
+fn parse<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
+    let bytes = body.map_err(|r| {
+        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(413, "request_too_large", r.body_text())
+        } else {
+            ApiError::invalid(r.body_text())
+        }
+    })?;
+    serde_json::from_slice(&bytes).map_err(|e| ApiError::invalid(format!("invalid JSON body: {e}")))
+}
+
+fn priority(headers: &HeaderMap) -> Result<pb::Priority, ApiError> {
+    let Some(value) = headers.get(PRIORITY_HEADER) else {
+        return Ok(pb::Priority::Normal);
+    };
+    match value
+        .to_str()
+        .unwrap_or_default()
+        .to_ascii_lowercase()
+        .as_str()
+    {
+        "critical" => Ok(pb::Priority::Critical),
+        "high" => Ok(pb::Priority::High),
+        "normal" => Ok(pb::Priority::Normal),
+        "low" => Ok(pb::Priority::Low),
+        other => Err(ApiError::invalid(format!(
+            "{PRIORITY_HEADER}: unknown priority {other:?}"
+        ))),
+    }
+}
+
+fn sampling(s: &ValidSampling) -> pb::SamplingParams {
+    pb::SamplingParams {
+        temperature: Some(s.temperature),
+        top_p: Some(s.top_p),
+        top_k: s.top_k,
+        seed: s.seed,
+        max_tokens: s.max_tokens,
+        stop: s.stop.clone(),
+        presence_penalty: s.presence_penalty,
+        frequency_penalty: s.frequency_penalty,
+    }
+}
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+
+fn shape(kind: Kind, gateway: &Gateway, model: &str) -> ResponseShape {
+    let prefix = if kind == Kind::Chat {
+        "chatcmpl"
+    } else {
+        "cmpl"
+    };
+    let n = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+    ResponseShape {
+        kind,
+        id: format!("{prefix}-gw{:x}{n:08x}", gateway.created),
+        created: gateway.created,
+        model: model.to_owned(),
+    }
+}
+
+/// The start of `text`, cut on a character boundary.
+fn prefix_of(text: &str) -> &str {
+    let mut end = text.len().min(PREFIX_BYTES);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+async fn chat(
+    State(gateway): State<Arc<Gateway>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let checked = async {
+        let req = ValidChatRequest::try_from(parse::<ChatCompletionRequest>(body)?)
+            .map_err(|e| ApiError::invalid(e.to_string()))?;
+        let route = route_for(&gateway, &req.model)?;
+        let messages = req
+            .messages
+            .iter()
+            .map(|m| pb::ChatMessage {
+                role: m.role.clone(),
+                content: m.content.clone(),
+            })
+            .collect();
+        let request = pb::GenerateRequest {
+            model: req.model.clone(),
+            prompt: Some(pb::generate_request::Prompt::Chat(pb::ChatMessages {
+                messages,
+            })),
+            sampling: Some(sampling(&req.sampling)),
+            priority: priority(&headers)?.into(),
+            ..pb::GenerateRequest::default()
+        };
+        let text: String = req.messages.iter().map(|m| m.content.as_str()).collect();
+        Ok::<_, ApiError>((req, route, request, text))
+    };
+    let (req, route, request, text) = match checked.await {
+        Ok(parts) => parts,
+        Err(e) => return e.into_response(),
+    };
+    let session = session(&headers, &route, req.user.as_deref());
+    let key = RequestKey {
+        prefix: prefix_of(&text),
+        session: session.as_deref(),
+    };
+    let shape = shape(Kind::Chat, &gateway, &req.model);
+    answer(&route, &request, &key, Relay::new(shape, &req.sampling)).await
+}
+
+async fn completions(
+    State(gateway): State<Arc<Gateway>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let checked = async {
+        let req = ValidCompletionRequest::try_from(parse::<CompletionRequest>(body)?)
+            .map_err(|e| ApiError::invalid(e.to_string()))?;
+        if req.echo {
+            return Err(ApiError::invalid(
+                "echo is not supported through the gateway",
+            ));
+        }
+        let route = route_for(&gateway, &req.model)?;
+        let request = pb::GenerateRequest {
+            model: req.model.clone(),
+            prompt: Some(pb::generate_request::Prompt::Text(req.prompt.clone())),
+            sampling: Some(sampling(&req.sampling)),
+            priority: priority(&headers)?.into(),
+            ..pb::GenerateRequest::default()
+        };
+        Ok::<_, ApiError>((req, route, request))
+    };
+    let (req, route, request) = match checked.await {
+        Ok(parts) => parts,
+        Err(e) => return e.into_response(),
+    };
+    let session = session(&headers, &route, req.user.as_deref());
+    let key = RequestKey {
+        prefix: prefix_of(&req.prompt),
+        session: session.as_deref(),
+    };
+    let shape = shape(Kind::Completion, &gateway, &req.model);
+    answer(&route, &request, &key, Relay::new(shape, &req.sampling)).await
+}
+
+fn route_for(gateway: &Gateway, model: &str) -> Result<Arc<PoolRoute>, ApiError> {
+    gateway.route(model).ok_or_else(|| {
+        ApiError::new(
+            404,
+            "model_not_found",
+            format!("the model {model:?} does not exist"),
+        )
+    })
+}
+
+fn session(headers: &HeaderMap, route: &PoolRoute, user: Option<&str>) -> Option<String> {
+    headers
+        .get(route.session_header.as_str())
+        .and_then(|v| v.to_str().ok())
+        .or(user)
+        .map(str::to_owned)
+}
+
+async fn answer(
+    route: &Arc<PoolRoute>,
+    request: &pb::GenerateRequest,
+    key: &RequestKey<'_>,
+    shape: Relay,
+) -> Response {
+    let deadline = tokio::time::Instant::now() + route.timeout;
+    let forwarded = tokio::time::timeout_at(
+        deadline,
+        forward(&route.pool, &route.budget, route.forward, request, key),
+    )
+    .await;
+    match forwarded {
+        Ok(Ok((committed, _retries))) => {
+            relay(route.pool.clone(), committed, shape, deadline).await
+        }
+        Ok(Err(e)) => ApiError::from(e).into_response(),
+        Err(_) => ApiError::from(ForwardError::Timeout).into_response(),
+    }
+}
+
+async fn models(State(gateway): State<Arc<Gateway>>) -> Response {
+    axum::Json(gateway.models()).into_response()
+}

@@ -1,0 +1,12 @@
+//! The gateway: the pools' OpenAI front door. The core (breaker, pickers, the pool's view
+//! of its agents) is plain Rust tested with plain values; discovery, gRPC and HTTP are thin
+//! adapters around it.
+
+pub mod agents;
+pub mod breaker;
+pub mod forward;
+pub mod front;
+pub mod pick;
+pub mod pool;
+pub mod relay;
+pub mod retry;

@@ -1,0 +1,143 @@
+//! Picking an agent for a request: one small module per strategy, each a pure function of
+//! plain values (the candidates the pool offers and the request's keys), so each is tested
+//! without a network. Candidates are already filtered to agents that may take traffic
+//! (healthy, breaker closed or probing, not draining).
+
+mod affinity;
+mod least_load;
+mod round_robin;
+mod weighted;
+
+pub use affinity::{PrefixAffinity, SessionAffinity};
+pub use least_load::{LeastConnections, LeastLoad};
+pub use round_robin::RoundRobin;
+pub use weighted::Weighted;
+
+use crate::api::RoutingStrategy;
+
+/// An agent's load as it last reported it.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Reported {
+    /// Requests waiting in its queue.
+    pub queued: u32,
+    /// Sequences in its batch.
+    pub running: u32,
+    /// Most sequences per batch.
+    pub max_batch_size: u32,
+    /// KV-cache utilisation, 0..=1.
+    pub kv_usage: f64,
+}
+
+/// What a picker sees of one agent.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Candidate<'a> {
+    /// The agent's id (stable across reconnects).
+    pub id: &'a str,
+    /// Requests this gateway has in flight on it.
+    pub in_flight: u32,
+    /// Its last load report.
+    pub reported: Reported,
+}
+
+impl Candidate<'_> {
+    /// Load as a fraction of capacity: the queue, the batch and this gateway's requests not
+    /// yet reflected in a report, per batch slot, plus KV-cache pressure.
+    pub fn load(&self) -> f64 {
+        let r = &self.reported;
+        let slots = f64::from(r.max_batch_size.max(1));
+        let work = f64::from(r.queued) + f64::from(r.running.max(self.in_flight));
+        work / slots + r.kv_usage
+    }
+
+    /// Requests occupying it, for bounded-load affinity.
+    pub fn occupancy(&self) -> u32 {
+        self.reported.queued + self.reported.running.max(self.in_flight)
+    }
+}
+
+/// What about a request the pickers may use.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RequestKey<'a> {
+    /// The start of the prompt (for prefix affinity).
+    pub prefix: &'a str,
+    /// The session (header or `user`), for session affinity.
+    pub session: Option<&'a str>,
+}
+
+/// A strategy.
+pub trait Pick: Send + Sync + std::fmt::Debug {
+    /// The index in `candidates` of the agent to use; `None` only when it is empty.
+    fn pick(&self, candidates: &[Candidate<'_>], key: &RequestKey<'_>) -> Option<usize>;
+}
+
+/// The picker for a pool's `routing.strategy`.
+pub fn picker(strategy: RoutingStrategy) -> Box<dyn Pick> {
+    match strategy {
+        RoutingStrategy::RoundRobin => Box::new(RoundRobin::default()),
+        RoutingStrategy::LeastConnections => Box::new(LeastConnections::default()),
+        RoutingStrategy::Weighted => Box::new(Weighted::default()),
+        RoutingStrategy::LeastLoad => Box::new(LeastLoad::default()),
+        RoutingStrategy::PrefixAffinity => Box::new(PrefixAffinity::default()),
+        RoutingStrategy::SessionAffinity => Box::new(SessionAffinity::default()),
+    }
+}
+
+/// A small, fast, lock-free pseudo-random sequence (xorshift), for tie-breaks and
+/// weighted draws; quality is irrelevant here, speed and no locking are not.
+#[derive(Debug)]
+pub(crate) struct Rng(std::sync::atomic::AtomicU64);
+
+impl Default for Rng {
+    fn default() -> Self {
+        Self::seeded(0x9E37_79B9_7F4A_7C15)
+    }
+}
+
+impl Rng {
+    pub(crate) fn seeded(seed: u64) -> Self {
+        Self(std::sync::atomic::AtomicU64::new(seed | 1))
+    }
+
+    pub(crate) fn next(&self) -> u64 {
+        use std::sync::atomic::Ordering::Relaxed;
+        let mut x = self.0.load(Relaxed);
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0.store(x, Relaxed);
+        x
+    }
+
+    /// Uniform in `0..n` (n > 0).
+    pub(crate) fn below(&self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+
+    /// Candidates named a0, a1, ... with the given in-flight counts and reports.
+    pub fn candidates(ids: &[String], loads: &[(u32, Reported)]) -> Vec<Candidate<'static>> {
+        ids.iter()
+            .zip(loads)
+            .map(|(id, &(in_flight, reported))| Candidate {
+                id: Box::leak(id.clone().into_boxed_str()),
+                in_flight,
+                reported,
+            })
+            .collect()
+    }
+
+    pub fn ids(n: usize) -> Vec<String> {
+        (0..n).map(|i| format!("a{i}")).collect()
+    }
+
+    pub fn idle(slots: u32) -> Reported {
+        Reported {
+            max_batch_size: slots,
+            ..Reported::default()
+        }
+    }
+}

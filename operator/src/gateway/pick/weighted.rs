@@ -1,0 +1,55 @@
+//! In proportion to each agent's reported capacity (its batch size): a weighted random
+//! draw, so that an agent with twice the slots gets twice the requests.
+
+use super::{Candidate, Pick, RequestKey, Rng};
+
+/// Weighted by capacity.
+#[derive(Debug, Default)]
+pub struct Weighted {
+    rng: Rng,
+}
+
+impl Weighted {
+    #[cfg(test)]
+    fn seeded(seed: u64) -> Self {
+        Self {
+            rng: Rng::seeded(seed),
+        }
+    }
+}
+
+impl Pick for Weighted {
+    fn pick(&self, c: &[Candidate<'_>], _: &RequestKey<'_>) -> Option<usize> {
+        let weight = |x: &Candidate<'_>| u64::from(x.reported.max_batch_size.max(1));
+        let total: u64 = c.iter().map(weight).sum();
+        if total == 0 {
+            return None;
+        }
+        let mut draw = self.rng.next() % total;
+        c.iter().position(|x| {
+            let w = weight(x);
+            let hit = draw < w;
+            draw = draw.saturating_sub(w);
+            hit
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::*;
+    use super::*;
+
+    #[test]
+    fn shares_follow_capacity() {
+        let ids = ids(2);
+        let c = candidates(&ids, &[(0, idle(8)), (0, idle(24))]);
+        let w = Weighted::seeded(7);
+        let mut seen = [0u32; 2];
+        for _ in 0..4000 {
+            seen[w.pick(&c, &RequestKey::default()).unwrap()] += 1;
+        }
+        let share = f64::from(seen[1]) / 4000.0;
+        assert!((0.70..0.80).contains(&share), "{seen:?}");
+    }
+}

@@ -1,0 +1,301 @@
+//! A pool's view of its agents: where they are, what they last reported, what this
+//! gateway has in flight on each, their circuit breakers. It picks an agent for a request
+//! (only among agents that are fresh, not draining and whose breaker admits) and learns
+//! from each outcome. Plain data behind one lock; no I/O here.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::breaker::Breaker;
+use super::pick::{Candidate, Pick, Reported, RequestKey};
+
+/// An agent as discovery names it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Endpoint {
+    /// Stable id (pod name, or `local-N`).
+    pub id: String,
+    /// Its gRPC address.
+    pub addr: SocketAddr,
+}
+
+/// How a request to an agent ended, as the breaker sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Answered (a client error such as 400 counts: the agent is fine).
+    Success,
+    /// Unreachable, or a server-side failure.
+    Failure,
+}
+
+/// Settings of a pool's routing.
+#[derive(Debug, Clone, Copy)]
+pub struct PoolSettings {
+    /// Consecutive failures that open an agent's circuit.
+    pub failure_threshold: u32,
+    /// How long an open circuit waits before a probe.
+    pub cooldown: Duration,
+    /// A report older than this makes an agent unhealthy.
+    pub stale_after: Duration,
+}
+
+#[derive(Debug)]
+struct AgentEntry {
+    addr: SocketAddr,
+    in_flight: u32,
+    reported: Reported,
+    reported_at: Option<Instant>,
+    draining: bool,
+    breaker: Breaker,
+}
+
+/// Why no agent was picked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum NoAgent {
+    /// The pool has no agents, or none is healthy.
+    #[error("no healthy agent")]
+    NoneHealthy,
+    /// Every healthy agent is saturated.
+    #[error("every agent is saturated")]
+    Saturated,
+}
+
+/// The agents of one pool.
+#[derive(Debug)]
+pub struct PoolView {
+    agents: BTreeMap<String, AgentEntry>,
+    picker: Box<dyn Pick>,
+    settings: PoolSettings,
+}
+
+impl PoolView {
+    /// An empty pool picking with `picker`.
+    pub fn new(picker: Box<dyn Pick>, settings: PoolSettings) -> Self {
+        Self {
+            agents: BTreeMap::new(),
+            picker,
+            settings,
+        }
+    }
+
+    /// Replaces the set of agents, keeping the state of those that stay.
+    pub fn set_endpoints(&mut self, endpoints: &[Endpoint]) {
+        self.agents
+            .retain(|id, _| endpoints.iter().any(|e| &e.id == id));
+        for e in endpoints {
+            let settings = self.settings;
+            let entry = self
+                .agents
+                .entry(e.id.clone())
+                .or_insert_with(|| AgentEntry {
+                    addr: e.addr,
+                    in_flight: 0,
+                    reported: Reported::default(),
+                    reported_at: None,
+                    draining: false,
+                    breaker: Breaker::new(settings.failure_threshold, settings.cooldown),
+                });
+            entry.addr = e.addr;
+        }
+    }
+
+    /// Records an agent's load report.
+    pub fn report(&mut self, id: &str, reported: Reported, draining: bool) {
+        if let Some(a) = self.agents.get_mut(id) {
+            a.reported = reported;
+            a.reported_at = Some(Instant::now());
+            a.draining = draining;
+        }
+    }
+
+    /// Marks an agent unreachable until its next report (its stream broke).
+    pub fn lost(&mut self, id: &str) {
+        if let Some(a) = self.agents.get_mut(id) {
+            a.reported_at = None;
+        }
+    }
+
+    fn healthy(&self, a: &AgentEntry) -> bool {
+        let fresh = a
+            .reported_at
+            .is_some_and(|t| t.elapsed() <= self.settings.stale_after);
+        fresh && !a.draining && a.breaker.is_available()
+    }
+
+    /// Agents that may take traffic now.
+    pub fn healthy_ids(&self) -> Vec<String> {
+        self.agents
+            .iter()
+            .filter(|(_, a)| self.healthy(a))
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
+    /// Picks an agent for `key`, not one of `exclude` (agents this request already
+    /// failed on), and counts the request in flight there.
+    pub fn choose(
+        &mut self,
+        key: &RequestKey<'_>,
+        exclude: &[String],
+    ) -> Result<(String, SocketAddr), NoAgent> {
+        let eligible: Vec<(&String, &AgentEntry)> = self
+            .agents
+            .iter()
+            .filter(|(id, a)| self.healthy(a) && !exclude.contains(id))
+            .collect();
+        if eligible.is_empty() {
+            return Err(NoAgent::NoneHealthy);
+        }
+        let open: Vec<_> = eligible
+            .into_iter()
+            .filter(|(_, a)| !saturated(a))
+            .collect();
+        let candidates: Vec<Candidate<'_>> = open
+            .iter()
+            .map(|(id, a)| Candidate {
+                id: id.as_str(),
+                in_flight: a.in_flight,
+                reported: a.reported,
+            })
+            .collect();
+        let index = self
+            .picker
+            .pick(&candidates, key)
+            .ok_or(NoAgent::Saturated)?;
+        let id = candidates[index].id.to_owned();
+        let agent = self.agents.get_mut(&id).ok_or(NoAgent::NoneHealthy)?;
+        if !agent.breaker.try_acquire() {
+            return Err(NoAgent::NoneHealthy);
+        }
+        agent.in_flight += 1;
+        Ok((id, agent.addr))
+    }
+
+    /// A request chosen on `id` ended.
+    pub fn finished(&mut self, id: &str, outcome: Outcome) {
+        if let Some(a) = self.agents.get_mut(id) {
+            a.in_flight = a.in_flight.saturating_sub(1);
+            match outcome {
+                Outcome::Success => a.breaker.record_success(),
+                Outcome::Failure => a.breaker.record_failure(),
+            }
+        }
+    }
+
+    /// Per agent: id, in flight, breaker state (for metrics and status).
+    pub fn snapshot(&self) -> Vec<(String, u32, &'static str, bool)> {
+        self.agents
+            .iter()
+            .map(|(id, a)| {
+                (
+                    id.clone(),
+                    a.in_flight,
+                    a.breaker.state_name(),
+                    self.healthy(a),
+                )
+            })
+            .collect()
+    }
+}
+
+/// Whether an agent has as much work as it can hold: a full batch running and as much
+/// again waiting, counting what this gateway sent since its last report.
+fn saturated(a: &AgentEntry) -> bool {
+    let slots = a.reported.max_batch_size.max(1);
+    let work = a.reported.queued + a.reported.running.max(a.in_flight);
+    work >= 2 * slots
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gateway::pick::{LeastConnections, RoundRobin};
+
+    const SETTINGS: PoolSettings = PoolSettings {
+        failure_threshold: 2,
+        cooldown: Duration::from_secs(5),
+        stale_after: Duration::from_secs(2),
+    };
+
+    fn endpoints(n: u16) -> Vec<Endpoint> {
+        (0..n)
+            .map(|i| Endpoint {
+                id: format!("a{i}"),
+                addr: SocketAddr::from(([127, 0, 0, 1], 9000 + i)),
+            })
+            .collect()
+    }
+
+    fn idle() -> Reported {
+        Reported {
+            max_batch_size: 2,
+            ..Reported::default()
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn only_fresh_undrained_agents_are_picked() {
+        let mut pool = PoolView::new(Box::new(RoundRobin::default()), SETTINGS);
+        pool.set_endpoints(&endpoints(3));
+        assert_eq!(
+            pool.choose(&RequestKey::default(), &[]),
+            Err(NoAgent::NoneHealthy)
+        );
+        pool.report("a0", idle(), false);
+        pool.report("a1", idle(), true);
+        pool.report("a2", idle(), false);
+        assert_eq!(pool.healthy_ids(), ["a0", "a2"]);
+        tokio::time::advance(Duration::from_secs(3)).await;
+        pool.report("a2", idle(), false);
+        assert_eq!(pool.healthy_ids(), ["a2"], "a0's heartbeat is stale");
+        pool.lost("a2");
+        assert!(pool.healthy_ids().is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failures_open_the_breaker_and_retries_avoid_the_failed_agent() {
+        let mut pool = PoolView::new(Box::new(LeastConnections::default()), SETTINGS);
+        pool.set_endpoints(&endpoints(2));
+        pool.report("a0", idle(), false);
+        pool.report("a1", idle(), false);
+        let (first, _) = pool.choose(&RequestKey::default(), &[]).unwrap();
+        pool.finished(&first, Outcome::Failure);
+        let (retry, _) = pool
+            .choose(&RequestKey::default(), &[first.clone()])
+            .unwrap();
+        assert_ne!(retry, first);
+        pool.finished(&retry, Outcome::Success);
+        let (again, _) = pool
+            .choose(&RequestKey::default(), &[retry.clone()])
+            .unwrap();
+        assert_eq!(again, first);
+        pool.finished(&again, Outcome::Failure);
+        assert_eq!(
+            pool.healthy_ids(),
+            [retry.clone()],
+            "two failures opened {first}'s circuit"
+        );
+        tokio::time::advance(SETTINGS.cooldown).await;
+        pool.report(&first, idle(), false);
+        pool.report(&retry, idle(), false);
+        assert_eq!(pool.healthy_ids().len(), 2, "half-open after the cool-down");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn saturated_agents_are_skipped_until_all_are() {
+        let mut pool = PoolView::new(Box::new(RoundRobin::default()), SETTINGS);
+        pool.set_endpoints(&endpoints(1));
+        pool.report("a0", idle(), false);
+        for _ in 0..4 {
+            assert!(pool.choose(&RequestKey::default(), &[]).is_ok());
+        }
+        assert_eq!(
+            pool.choose(&RequestKey::default(), &[]),
+            Err(NoAgent::Saturated)
+        );
+        pool.finished("a0", Outcome::Success);
+        assert!(pool.choose(&RequestKey::default(), &[]).is_ok());
+    }
+}

@@ -1,0 +1,202 @@
+//! Relaying a committed agent stream to the client: server-sent events token by token (an
+//! error after the first token ends the stream with an explicit error event), or one JSON
+//! body. The agent's in-flight count and breaker learn the outcome when the relay ends,
+//! however it ends (a client that leaves drops the stream, which cancels it at the agent).
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use axum::response::sse::{Event, Sse};
+use axum::response::{IntoResponse, Response};
+use inferpool_protocol::agent::{self as pb, GenerateResponse};
+use inferpool_protocol::openai::{ErrorBody, Kind, ResponseShape, Usage, ValidSampling};
+use tokio::time::Instant;
+use tonic::Streaming;
+
+use super::agents::Pool;
+use super::forward::{Committed, refused};
+use super::pool::Outcome;
+
+/// How to answer.
+#[derive(Debug, Clone)]
+pub struct Relay {
+    shape: ResponseShape,
+    stream: bool,
+    include_usage: bool,
+}
+
+impl Relay {
+    /// The answer of `shape`, streamed when `sampling` asks.
+    pub fn new(shape: ResponseShape, sampling: &ValidSampling) -> Self {
+        Self {
+            shape,
+            stream: sampling.stream,
+            include_usage: sampling.include_usage,
+        }
+    }
+}
+
+/// Ends the agent's in-flight request when dropped.
+struct InFlight {
+    pool: Arc<Pool>,
+    agent: String,
+    outcome: Outcome,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.pool.finished(&self.agent, self.outcome);
+    }
+}
+
+/// Relays `committed` as `how` asks, until `deadline`.
+pub async fn relay(
+    pool: Arc<Pool>,
+    committed: Committed,
+    how: Relay,
+    deadline: Instant,
+) -> Response {
+    let in_flight = InFlight {
+        pool,
+        agent: committed.agent,
+        outcome: Outcome::Success,
+    };
+    let source = Source {
+        first: Some(committed.first),
+        rest: committed.rest,
+        deadline,
+        in_flight,
+    };
+    if how.stream {
+        Sse::new(Events::new(how, source).into_stream()).into_response()
+    } else {
+        whole(how, source).await
+    }
+}
+
+struct Source {
+    first: Option<GenerateResponse>,
+    rest: Streaming<GenerateResponse>,
+    deadline: Instant,
+    in_flight: InFlight,
+}
+
+enum Piece {
+    Text(String),
+    End { finish: &'static str, usage: Usage },
+    Failed(ErrorBody),
+}
+
+impl Source {
+    async fn next(&mut self) -> Piece {
+        let message = match self.first.take() {
+            Some(m) => Ok(Some(m)),
+            None => match tokio::time::timeout_at(self.deadline, self.rest.message()).await {
+                Ok(m) => m,
+                Err(_) => return self.failed("timeout", "the request timed out"),
+            },
+        };
+        match message {
+            Ok(Some(m)) => piece(m),
+            Ok(None) => self.failed("upstream_error", "the agent ended the stream early"),
+            Err(status) => {
+                let e = refused(&status);
+                self.in_flight.outcome = Outcome::Failure;
+                Piece::Failed(ErrorBody::new(e.error_type(), &e.to_string(), None))
+            }
+        }
+    }
+
+    fn failed(&mut self, kind: &str, message: &str) -> Piece {
+        self.in_flight.outcome = Outcome::Failure;
+        Piece::Failed(ErrorBody::new(kind, message, None))
+    }
+}
+
+fn piece(m: GenerateResponse) -> Piece {
+    let Some(finish) = m.finish else {
+        return Piece::Text(m.text);
+    };
+    let finish = match pb::FinishReason::try_from(finish) {
+        Ok(pb::FinishReason::Length) => "length",
+        _ => "stop",
+    };
+    let u = m.usage.unwrap_or_default();
+    let usage = Usage::new(u.prompt_tokens as usize, u.completion_tokens as usize);
+    Piece::End { finish, usage }
+}
+
+async fn whole(how: Relay, mut source: Source) -> Response {
+    let mut text = String::new();
+    loop {
+        match source.next().await {
+            Piece::Text(t) => text.push_str(&t),
+            Piece::End { finish, usage } => {
+                return axum::Json(how.shape.whole(text, finish, usage)).into_response();
+            }
+            Piece::Failed(body) => {
+                return (axum::http::StatusCode::BAD_GATEWAY, axum::Json(body)).into_response();
+            }
+        }
+    }
+}
+
+struct Events {
+    how: Relay,
+    source: Source,
+    queued: VecDeque<String>,
+    ended: bool,
+}
+
+impl Events {
+    fn new(how: Relay, source: Source) -> Self {
+        let mut queued = VecDeque::new();
+        if how.shape.kind == Kind::Chat {
+            queued.push_back(how.shape.chunk(Some(String::new()), true, None));
+        }
+        Self {
+            how,
+            source,
+            queued,
+            ended: false,
+        }
+    }
+
+    fn into_stream(self) -> impl futures::Stream<Item = Result<Event, Infallible>> {
+        futures::stream::unfold(self, |mut s| async move {
+            while s.queued.is_empty() && !s.ended {
+                s.pull().await;
+            }
+            let data = s.queued.pop_front()?;
+            Some((Ok(Event::default().data(data)), s))
+        })
+    }
+
+    async fn pull(&mut self) {
+        match self.source.next().await {
+            Piece::Text(t) if t.is_empty() => {}
+            Piece::Text(t) => self
+                .queued
+                .push_back(self.how.shape.chunk(Some(t), false, None)),
+            Piece::End { finish, usage } => {
+                self.queued
+                    .push_back(self.how.shape.chunk(None, false, Some(finish)));
+                if self.how.include_usage {
+                    self.queued.push_back(self.how.shape.usage_chunk(usage));
+                }
+                self.end();
+            }
+            Piece::Failed(body) => {
+                self.queued
+                    .push_back(serde_json::to_string(&body).unwrap_or_default());
+                self.end();
+            }
+        }
+    }
+
+    fn end(&mut self) {
+        self.queued.push_back("[DONE]".to_owned());
+        self.ended = true;
+    }
+}

@@ -1,0 +1,299 @@
+//! `inferpool-operator local -f pool.yaml`: a whole pool on this machine without
+//! Kubernetes. Each pool's agents run as child processes on 127.0.0.1 (restarted when one
+//! dies), the gateway serves them through static discovery, and Ctrl-C or SIGTERM stops
+//! everything cleanly (agents get SIGTERM and drain).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::process::{Child, Command};
+use tokio::sync::watch;
+
+use crate::api::InferencePool;
+use crate::controller::config::{ResolvedSource, agent_config, render};
+use crate::gateway::agents::Pool;
+use crate::gateway::forward::ForwardSettings;
+use crate::gateway::front::{Gateway, PoolRoute, router};
+use crate::gateway::pick::picker;
+use crate::gateway::pool::{Endpoint, PoolSettings, PoolView};
+use crate::gateway::retry::RetryBudget;
+
+/// Settings of local mode.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LocalArgs {
+    /// InferencePool manifests (YAML, several documents allowed).
+    #[arg(short = 'f', long = "filename", required = true)]
+    pub files: Vec<PathBuf>,
+    /// Where the gateway listens.
+    #[arg(long, default_value = "127.0.0.1:8000")]
+    pub addr: SocketAddr,
+    /// The agent binary (default: `inferpool-agent` beside this binary).
+    #[arg(long, env = "INFERPOOL_AGENT_BINARY")]
+    pub agent_binary: Option<PathBuf>,
+    /// Where `hack/fetch-models` put the models (`bundled` resolves here).
+    #[arg(long, env = "INFERPOOL_MODELS")]
+    pub models: Option<PathBuf>,
+    /// Longest a request waits for a free agent before a 429.
+    #[arg(long, default_value_t = 10)]
+    pub queue_wait_seconds: u64,
+}
+
+/// The bundled model, relative to the models folder.
+const BUNDLED: &str = "smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf";
+/// The embedding model, relative to the models folder.
+const EMBEDDING: &str = "all-minilm-l6-v2";
+/// A load report older than this makes an agent unhealthy.
+const STALE_AFTER: Duration = Duration::from_secs(2);
+
+/// One agent process to keep running.
+#[derive(Debug, Clone)]
+struct AgentSlot {
+    id: String,
+    binary: PathBuf,
+    config: PathBuf,
+    embedding: Option<PathBuf>,
+}
+
+/// Runs the pools until Ctrl-C or SIGTERM.
+pub async fn run_local(args: LocalArgs) -> anyhow::Result<()> {
+    let pools = read_pools(&args.files)?;
+    let models = args.models.clone().unwrap_or_else(default_models_dir);
+    let binary = agent_binary(args.agent_binary.as_deref())?;
+    let state = tempdir_for_run()?;
+    let gateway = Gateway::new();
+    let (stop, stopped) = watch::channel(false);
+    let mut supervisors = Vec::new();
+    for pool in &pools {
+        let slots = prepare_pool(pool, &models, &binary, &state, &gateway, &args)?;
+        for (slot, _) in slots {
+            supervisors.push(tokio::spawn(supervise(slot, stopped.clone())));
+        }
+    }
+    let listener = tokio::net::TcpListener::bind(args.addr)
+        .await
+        .with_context(|| format!("binding {}", args.addr))?;
+    tracing::info!(addr = %args.addr, pools = pools.len(), "gateway listening");
+    let serve = axum::serve(listener, router(gateway)).with_graceful_shutdown(shutdown_signal());
+    serve.await?;
+    tracing::info!("stopping agents");
+    let _ = stop.send(true);
+    for s in supervisors {
+        let _ = s.await;
+    }
+    let _ = std::fs::remove_dir_all(&state);
+    Ok(())
+}
+
+fn read_pools(files: &[PathBuf]) -> anyhow::Result<Vec<InferencePool>> {
+    let mut pools = Vec::new();
+    for file in files {
+        let text =
+            std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+        pools.extend(
+            crate::manifest::parse_pools(&text).with_context(|| file.display().to_string())?,
+        );
+    }
+    anyhow::ensure!(!pools.is_empty(), "no InferencePool in the given files");
+    Ok(pools)
+}
+
+fn default_models_dir() -> PathBuf {
+    let cache = std::env::var_os("INFERPOOL_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let home = std::env::var_os("HOME")
+                .map(PathBuf::from)
+                .unwrap_or_default();
+            home.join(".cache/inferpool")
+        });
+    cache.join("models")
+}
+
+fn agent_binary(given: Option<&Path>) -> anyhow::Result<PathBuf> {
+    let path = match given {
+        Some(p) => p.to_owned(),
+        None => std::env::current_exe()?.with_file_name("inferpool-agent"),
+    };
+    anyhow::ensure!(
+        path.is_file(),
+        "{} not found: build inferpool-agent first",
+        path.display()
+    );
+    Ok(path)
+}
+
+fn tempdir_for_run() -> anyhow::Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("inferpool-local-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+/// Writes each agent's config, registers the pool with the gateway, and returns the slots
+/// to supervise with their gRPC addresses.
+fn prepare_pool(
+    pool: &InferencePool,
+    models: &Path,
+    binary: &Path,
+    state: &Path,
+    gateway: &Arc<Gateway>,
+    args: &LocalArgs,
+) -> anyhow::Result<Vec<(AgentSlot, SocketAddr)>> {
+    let name = pool
+        .metadata
+        .name
+        .clone()
+        .unwrap_or_else(|| "pool".to_owned());
+    let model = model_path(&pool.spec.model.source, models)?;
+    let (rendered, _) = render(&agent_config(
+        pool,
+        &ResolvedSource::Path(model.display().to_string()),
+    ));
+    let served = crate::controller::names::served_name(pool);
+    let replicas = pool.spec.replicas.max(1);
+    let mut slots = Vec::new();
+    for i in 0..replicas {
+        let (http, grpc) = (free_port()?, free_port()?);
+        let mut config: serde_json::Value = serde_json::from_str(&rendered)?;
+        config["httpPort"] = http.port().into();
+        config["grpcPort"] = grpc.port().into();
+        let path = state.join(format!("{name}-{i}.json"));
+        std::fs::write(&path, config.to_string())?;
+        let embedding = Some(models.join(EMBEDDING)).filter(|p| p.is_dir());
+        let id = format!("{name}-{i}");
+        slots.push((
+            AgentSlot {
+                id,
+                binary: binary.to_owned(),
+                config: path,
+                embedding,
+            },
+            grpc,
+        ));
+    }
+    let endpoints: Vec<Endpoint> = slots
+        .iter()
+        .map(|(s, grpc)| Endpoint {
+            id: s.id.clone(),
+            addr: *grpc,
+        })
+        .collect();
+    gateway.set_route(route(pool, served, &endpoints, args));
+    Ok(slots)
+}
+
+fn route(
+    pool: &InferencePool,
+    served: String,
+    endpoints: &[Endpoint],
+    args: &LocalArgs,
+) -> Arc<PoolRoute> {
+    let r = &pool.spec.routing;
+    let settings = PoolSettings {
+        failure_threshold: u32::try_from(r.circuit_breaker.failure_threshold).unwrap_or(5),
+        cooldown: Duration::from_secs(
+            u64::try_from(r.circuit_breaker.cooldown_seconds).unwrap_or(10),
+        ),
+        stale_after: STALE_AFTER,
+    };
+    let agents = Pool::new(served, PoolView::new(picker(r.strategy), settings));
+    agents.set_endpoints(endpoints);
+    Arc::new(PoolRoute {
+        pool: agents,
+        budget: RetryBudget::new(u32::try_from(r.retry.budget_percent).unwrap_or(20)),
+        forward: ForwardSettings {
+            max_retries: u32::try_from(r.retry.max_retries).unwrap_or(2),
+            queue_wait: Duration::from_secs(args.queue_wait_seconds),
+        },
+        timeout: Duration::from_secs(u64::try_from(r.request_timeout_seconds).unwrap_or(300)),
+        session_header: r.session_header.to_ascii_lowercase(),
+    })
+}
+
+fn model_path(source: &str, models: &Path) -> anyhow::Result<PathBuf> {
+    if source == crate::api::BUNDLED_SOURCE {
+        return Ok(models.join(BUNDLED));
+    }
+    anyhow::ensure!(
+        source.starts_with('/'),
+        "local mode serves `bundled` or an absolute path, not {source:?}"
+    );
+    Ok(PathBuf::from(source))
+}
+
+fn free_port() -> anyhow::Result<SocketAddr> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+}
+
+/// Keeps one agent running until `stopped`; then SIGTERM and wait for its drain.
+async fn supervise(slot: AgentSlot, mut stopped: watch::Receiver<bool>) {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let mut child = match spawn(&slot) {
+            Ok(child) => child,
+            Err(e) => {
+                tracing::error!(agent = %slot.id, error = %e, "cannot start agent");
+                return;
+            }
+        };
+        tokio::select! {
+            status = child.wait() => {
+                tracing::warn!(agent = %slot.id, ?status, "agent exited; restarting");
+            }
+            () = until_stopped(&mut stopped) => {
+                terminate(&mut child).await;
+                return;
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(backoff) => {}
+            () = until_stopped(&mut stopped) => return,
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+async fn until_stopped(stopped: &mut watch::Receiver<bool>) {
+    let _ = stopped.wait_for(|s| *s).await;
+}
+
+fn spawn(slot: &AgentSlot) -> std::io::Result<Child> {
+    let mut command = Command::new(&slot.binary);
+    command
+        .args(["serve", "--host", "127.0.0.1", "--config"])
+        .arg(&slot.config)
+        .kill_on_drop(true);
+    if let Some(embedding) = &slot.embedding {
+        command.arg("--embedding-model").arg(embedding);
+    }
+    command.spawn()
+}
+
+async fn terminate(child: &mut Child) {
+    if let Some(pid) = child.id() {
+        let _ = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .await;
+    }
+    if tokio::time::timeout(Duration::from_secs(60), child.wait())
+        .await
+        .is_err()
+    {
+        let _ = child.kill().await;
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut term) = signal(SignalKind::terminate()) else {
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
