@@ -6,6 +6,7 @@ pub mod agent;
 pub mod cluster;
 pub mod controller;
 pub mod http;
+pub mod local;
 pub mod operator;
 pub mod parts;
 pub mod pools;

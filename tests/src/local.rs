@@ -1,0 +1,111 @@
+//! `inferpool-operator local` as a process: a pool of real agents on loopback behind the
+//! real gateway, for tests of the data path through the gateway.
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use crate::http::{free_port, get, post_json};
+use crate::parts::{ScratchDir, models_dir, operator_binary};
+use crate::wait::wait_until;
+
+/// A running local pool; stopped when dropped.
+#[derive(Debug)]
+pub struct LocalPool {
+    child: Child,
+    /// The gateway's address.
+    pub addr: SocketAddr,
+    dir: ScratchDir,
+}
+
+impl LocalPool {
+    /// Starts `manifest` and waits until a chat request for `model` is answered.
+    pub async fn start(manifest: &str, model: &str) -> anyhow::Result<Self> {
+        let dir = ScratchDir::new("local")?;
+        let file = dir.path().join("pool.yaml");
+        std::fs::write(&file, manifest)?;
+        let addr = free_port()?;
+        let log = std::fs::File::create(dir.path().join("local.log"))?;
+        let child = Command::new(operator_binary()?)
+            .args(["local", "--addr", &addr.to_string(), "-f"])
+            .arg(&file)
+            .env("INFERPOOL_MODELS", models_dir())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?;
+        let pool = Self { child, addr, dir };
+        let body = serde_json::json!({"model": model, "max_tokens": 1,
+            "messages": [{"role": "user", "content": "hi"}]});
+        let ready = wait_until(Duration::from_secs(180), || {
+            let answered =
+                post_json(addr, "/v1/chat/completions", &body).is_ok_and(|r| r.status == 200);
+            async move { answered.then_some(()) }
+        })
+        .await;
+        if ready.is_err() {
+            anyhow::bail!("the local pool never answered:\n{}", pool.log_text());
+        }
+        Ok(pool)
+    }
+
+    /// What the process logged.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("local.log")).unwrap_or_default()
+    }
+
+    /// The agent processes (children of the local process).
+    pub fn agent_pids(&self) -> Vec<u32> {
+        // Children are listed under the thread that spawned them: read every thread's.
+        let tasks = format!("/proc/{}/task", self.child.id());
+        let mut pids: Vec<u32> = std::fs::read_dir(tasks)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
+            .flat_map(|c| {
+                c.split_whitespace()
+                    .filter_map(|p| p.parse().ok())
+                    .collect::<Vec<u32>>()
+            })
+            .collect();
+        pids.sort_unstable();
+        pids
+    }
+
+    /// Sends `signal` (e.g. `-KILL`) to `pid`.
+    pub fn signal(pid: u32, signal: &str) -> anyhow::Result<()> {
+        let status = Command::new("kill")
+            .args([signal, &pid.to_string()])
+            .status()?;
+        anyhow::ensure!(status.success(), "kill {signal} {pid} failed");
+        Ok(())
+    }
+
+    /// Stops the pool with SIGTERM and returns its exit code.
+    pub async fn stop(mut self) -> anyhow::Result<Option<i32>> {
+        Self::signal(self.child.id(), "-TERM")?;
+        let child = &mut self.child;
+        let status = wait_until(Duration::from_secs(90), || {
+            let status = child.try_wait().ok().flatten();
+            async move { status }
+        })
+        .await?;
+        Ok(status.code())
+    }
+
+    /// `GET` on the gateway.
+    pub fn get(&self, path: &str) -> anyhow::Result<(u16, String)> {
+        get(self.addr, path)
+    }
+}
+
+impl Drop for LocalPool {
+    fn drop(&mut self) {
+        for pid in self.agent_pids() {
+            let _ = Self::signal(pid, "-KILL");
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,174 @@
+//! The gateway in local mode: real agent processes with the real model behind the real
+//! gateway, on loopback.
+
+use std::time::Duration;
+
+use inferpool_e2e::http::{EventStream, post, post_json};
+use inferpool_e2e::local::LocalPool;
+use inferpool_e2e::wait::wait_until;
+use serde_json::{Value, json};
+
+const MODEL: &str = "smollm2-local";
+
+fn manifest(strategy: &str) -> String {
+    format!(
+        "apiVersion: inferpool.dev/v1alpha1\nkind: InferencePool\nmetadata:\n  name: gw\nspec:\n  \
+         model:\n    source: bundled\n    servedName: {MODEL}\n  replicas: 2\n  routing:\n    \
+         strategy: {strategy}\n"
+    )
+}
+
+fn chat(content: &str, extra: Value) -> Value {
+    let mut body = json!({"model": MODEL, "messages": [{"role": "user", "content": content}]});
+    if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
+        b.extend(e.clone());
+    }
+    body
+}
+
+#[tokio::test]
+async fn the_gateway_answers_like_an_agent_and_refuses_bad_requests_itself() -> anyhow::Result<()> {
+    let pool = LocalPool::start(&manifest("round_robin"), MODEL).await?;
+    let body = chat("Name a colour.", json!({"temperature": 0, "max_tokens": 8}));
+    let whole = post_json(pool.addr, "/v1/chat/completions", &body)?;
+    assert_eq!(whole.status, 200, "{}", whole.body);
+    let whole = whole.json()?;
+    assert_eq!(whole["object"], "chat.completion");
+    let text = whole["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let mut streamed = body.clone();
+    streamed["stream"] = json!(true);
+    streamed["stream_options"] = json!({"include_usage": true});
+    let (events, done) =
+        EventStream::open(pool.addr, "/v1/chat/completions", &streamed)?.collect()?;
+    assert!(done);
+    let joined: String = events
+        .iter()
+        .filter_map(|e| e["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(
+        joined, text,
+        "streaming through the gateway changed the greedy answer"
+    );
+    assert_eq!(
+        events.last().map(|e| e["usage"].clone()),
+        Some(whole["usage"].clone())
+    );
+    let completion = post_json(
+        pool.addr,
+        "/v1/completions",
+        &json!({"model": MODEL, "prompt": "One, two,", "max_tokens": 4}),
+    )?;
+    assert_eq!(
+        (completion.status, completion.json()?["object"].clone()),
+        (200, json!("text_completion"))
+    );
+    let (status, models) = pool.get("/v1/models")?;
+    assert_eq!(status, 200);
+    assert_eq!(
+        serde_json::from_str::<Value>(&models)?["data"][0]["id"],
+        MODEL
+    );
+
+    for (raw, status, kind) in [
+        (b"{not json".to_vec(), 400, "invalid_request_error"),
+        (
+            chat("x", json!({"model": "nope"})).to_string().into_bytes(),
+            404,
+            "model_not_found",
+        ),
+        (
+            chat("x", json!({"temperature": 9}))
+                .to_string()
+                .into_bytes(),
+            400,
+            "invalid_request_error",
+        ),
+        (
+            chat(&"word ".repeat(9000), json!({}))
+                .to_string()
+                .into_bytes(),
+            413,
+            "context_length_exceeded",
+        ),
+    ] {
+        let reply = post(pool.addr, "/v1/chat/completions", &[], &raw)?;
+        assert_eq!(reply.status, status, "{}", reply.body);
+        assert_eq!(reply.json()?["error"]["type"], kind, "{}", reply.body);
+    }
+    assert_eq!(pool.stop().await?, Some(0));
+    Ok(())
+}
+
+/// One streaming request: whether it finished, and whether it had streamed text before an
+/// error event.
+fn stream_one(addr: std::net::SocketAddr, i: usize) -> anyhow::Result<(bool, bool)> {
+    let body = chat(
+        &format!("Tell story {i}."),
+        json!({"max_tokens": 24, "stream": true}),
+    );
+    let mut sse = EventStream::open(addr, "/v1/chat/completions", &body)?;
+    let (mut content, mut finished) = (false, false);
+    while let Some(data) = sse.next_data()? {
+        if data == "[DONE]" {
+            return Ok((finished, content));
+        }
+        let event: Value = serde_json::from_str(&data)?;
+        if !event["error"].is_null() {
+            anyhow::ensure!(content, "request {i} failed before streaming: {event}");
+            return Ok((false, true));
+        }
+        content |= event["choices"][0]["delta"]["content"]
+            .as_str()
+            .is_some_and(|c| !c.is_empty());
+        finished |= event["choices"][0]["finish_reason"].is_string();
+    }
+    anyhow::bail!("request {i} ended without [DONE]")
+}
+
+#[tokio::test]
+async fn an_agent_killed_under_load_costs_only_requests_already_streaming() -> anyhow::Result<()> {
+    let pool = LocalPool::start(&manifest("least_load"), MODEL).await?;
+    let agents = pool.agent_pids();
+    assert_eq!(agents.len(), 2, "{agents:?}");
+    let addr = pool.addr;
+    let clients: Vec<_> = (0..40)
+        .map(|i| std::thread::spawn(move || stream_one(addr, i)))
+        .collect();
+    wait_until(Duration::from_secs(60), || async {
+        // Kill one agent once it holds work.
+        Some(()).filter(|()| clients.iter().filter(|c| c.is_finished()).count() >= 4)
+    })
+    .await?;
+    LocalPool::signal(agents[0], "-KILL")?;
+    let (mut completed, mut cut) = (0, 0);
+    for client in clients {
+        let (finished, _) = client
+            .join()
+            .map_err(|_| anyhow::anyhow!("client panicked"))??;
+        if finished { completed += 1 } else { cut += 1 }
+    }
+    // Every request either completed or was cut after it had streamed (stream_one fails
+    // the test for a request that failed before its first token).
+    assert_eq!(completed + cut, 40);
+    assert!(
+        completed > 0 && cut <= 32,
+        "{completed} completed, {cut} cut"
+    );
+    // The agent comes back and takes traffic again.
+    wait_until(Duration::from_secs(120), || async {
+        let back = pool.agent_pids().len() == 2;
+        let ok = post_json(
+            addr,
+            "/v1/chat/completions",
+            &chat("hi", json!({"max_tokens": 2})),
+        )
+        .is_ok_and(|r| r.status == 200);
+        (back && ok).then_some(())
+    })
+    .await?;
+    assert_eq!(pool.stop().await?, Some(0));
+    Ok(())
+}
