@@ -263,18 +263,18 @@ mod tests {
         let (first, _) = pool.choose(&RequestKey::default(), &[]).unwrap();
         pool.finished(&first, Outcome::Failure);
         let (retry, _) = pool
-            .choose(&RequestKey::default(), &[first.clone()])
+            .choose(&RequestKey::default(), std::slice::from_ref(&first))
             .unwrap();
         assert_ne!(retry, first);
         pool.finished(&retry, Outcome::Success);
         let (again, _) = pool
-            .choose(&RequestKey::default(), &[retry.clone()])
+            .choose(&RequestKey::default(), std::slice::from_ref(&retry))
             .unwrap();
         assert_eq!(again, first);
         pool.finished(&again, Outcome::Failure);
         assert_eq!(
             pool.healthy_ids(),
-            [retry.clone()],
+            std::slice::from_ref(&retry),
             "two failures opened {first}'s circuit"
         );
         tokio::time::advance(SETTINGS.cooldown).await;
