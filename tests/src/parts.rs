@@ -53,19 +53,20 @@ pub fn controlplane_bin() -> anyhow::Result<PathBuf> {
     Ok(dir)
 }
 
-/// The `inferpool-operator` binary built alongside this test (`cargo test --workspace`
-/// builds every binary of the workspace before running tests).
-pub fn operator_binary() -> anyhow::Result<PathBuf> {
+/// A binary of this workspace built alongside this test (`cargo test --workspace` builds
+/// every binary before running tests): target/<profile>/deps/<test> -> target/<profile>/<name>.
+fn workspace_binary(name: &str) -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe()?;
-    // target/<profile>/deps/<test> -> target/<profile>/inferpool-operator
     let dir = exe
         .parent()
         .and_then(Path::parent)
         .ok_or_else(|| anyhow::anyhow!("no target dir"))?;
-    require(
-        &dir.join("inferpool-operator"),
-        "cargo build -p inferpool-operator",
-    )
+    require(&dir.join(name), &format!("cargo build --bin {name}"))
+}
+
+/// The `inferpool-operator` binary.
+pub fn operator_binary() -> anyhow::Result<PathBuf> {
+    workspace_binary("inferpool-operator")
 }
 
 /// The embedding model directory fetched by `hack/fetch-models`.
@@ -75,17 +76,9 @@ pub fn embedding_model() -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
-/// The `inferpool-agent` binary built alongside this test.
+/// The `inferpool-agent` binary.
 pub fn agent_binary() -> anyhow::Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .ok_or_else(|| anyhow::anyhow!("no target dir"))?;
-    require(
-        &dir.join("inferpool-agent"),
-        "cargo build -p inferpool-agent",
-    )
+    workspace_binary("inferpool-agent")
 }
 
 /// A fresh directory under the system temp dir, removed when dropped.

@@ -24,32 +24,30 @@ impl Detokenizer {
     /// Adds `id`; returns the text it completes, if any.
     pub fn push(&mut self, tok: &ModelTokenizer, id: u32) -> String {
         self.ids.push(id);
-        let before = tok
-            .decode(&self.ids[self.prefix..self.read], true)
-            .unwrap_or_default();
-        let now = tok
-            .decode(&self.ids[self.prefix..], true)
-            .unwrap_or_default();
+        let (before, now) = self.window(tok);
         if now.len() <= before.len() || now.ends_with('\u{FFFD}') {
             return String::new();
         }
-        let delta = now.get(before.len()..).unwrap_or_default().to_owned();
         self.prefix = self.read;
         self.read = self.ids.len();
-        delta
+        now.get(before.len()..).unwrap_or_default().to_owned()
     }
 
     /// Whatever is held back at the end (an incomplete character decodes as U+FFFD).
     pub fn finish(&mut self, tok: &ModelTokenizer) -> String {
-        let before = tok
-            .decode(&self.ids[self.prefix..self.read], true)
-            .unwrap_or_default();
-        let now = tok
-            .decode(&self.ids[self.prefix..], true)
-            .unwrap_or_default();
+        let (before, now) = self.window(tok);
         self.prefix = self.ids.len();
         self.read = self.ids.len();
         now.get(before.len()..).unwrap_or_default().to_owned()
+    }
+
+    /// The text already sent from the window, and the window's text now.
+    fn window(&self, tok: &ModelTokenizer) -> (String, String) {
+        let decode = |ids: &[u32]| tok.decode(ids, true).unwrap_or_default();
+        (
+            decode(&self.ids[self.prefix..self.read]),
+            decode(&self.ids[self.prefix..]),
+        )
     }
 }
 
