@@ -70,6 +70,12 @@ struct RunArgs {
     /// Base URL of the gateway that serves the pools, written to `status.endpoint`.
     #[arg(long, env = "INFERPOOL_GATEWAY_URL")]
     gateway_url: Option<String>,
+    /// Address of the gateway (the pools' OpenAI endpoint), served by every replica.
+    #[arg(long, env = "INFERPOOL_GATEWAY_ADDR", default_value = "0.0.0.0:8000")]
+    gateway_addr: std::net::SocketAddr,
+    /// Longest a request waits at the gateway for a free agent before a 429.
+    #[arg(long, default_value_t = 10)]
+    gateway_queue_wait_seconds: u64,
     /// Address of /healthz, /readyz and /metrics.
     #[arg(long, env = "INFERPOOL_HEALTH_ADDR", default_value = "0.0.0.0:8081")]
     health_addr: std::net::SocketAddr,
@@ -182,6 +188,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             duration: std::time::Duration::from_secs(args.lease_duration_seconds),
         },
         health_addr: args.health_addr,
+        gateway_addr: Some(args.gateway_addr),
+        gateway_queue_wait: std::time::Duration::from_secs(args.gateway_queue_wait_seconds),
     };
     inferpool_operator::run::run(client, config).await
 }

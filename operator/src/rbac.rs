@@ -44,6 +44,8 @@ pub fn cluster_role() -> ClusterRole {
             ),
             rule("networking.k8s.io", &["networkpolicies"], &APPLY),
             rule("", &["pods"], &WATCH),
+            // The gateway finds each pool's agents through their Service's EndpointSlices.
+            rule("discovery.k8s.io", &["endpointslices"], &WATCH),
             rule("events.k8s.io", &["events"], &["create", "patch"]),
         ]),
         ..ClusterRole::default()

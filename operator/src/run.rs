@@ -25,6 +25,10 @@ pub struct RunConfig {
     pub lease: LeaseSettings,
     /// Address of `/healthz`, `/readyz` and `/metrics`.
     pub health_addr: SocketAddr,
+    /// Address of the gateway (every replica serves it), if any.
+    pub gateway_addr: Option<SocketAddr>,
+    /// Longest a request waits at the gateway for a free agent.
+    pub gateway_queue_wait: std::time::Duration,
 }
 
 /// Runs until SIGTERM or Ctrl-C.
@@ -46,6 +50,15 @@ pub async fn run(client: kube::Client, config: RunConfig) -> anyhow::Result<()> 
         wait_for_signal().await;
         let _ = stop.send(true);
     });
+    if let Some(addr) = config.gateway_addr {
+        serve_gateway(
+            client.clone(),
+            addr,
+            config.gateway_queue_wait,
+            stopped.clone(),
+        )
+        .await?;
+    }
     if !config.controller {
         health.ready.store(true, Ordering::Relaxed);
         let _ = stopped.clone().wait_for(|s| *s).await;
@@ -58,6 +71,35 @@ pub async fn run(client: kube::Client, config: RunConfig) -> anyhow::Result<()> 
     lead_while_elected(client, &config, &metrics, &mut leading, stopped).await;
     // Dropping the receiver releases the lease, so that a standby takes over at once.
     drop(leading);
+    Ok(())
+}
+
+/// Serves the gateway on `addr`, its routes following the cluster, until `stopped`.
+async fn serve_gateway(
+    client: kube::Client,
+    addr: SocketAddr,
+    queue_wait: std::time::Duration,
+    mut stopped: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let gateway = crate::gateway::front::Gateway::new();
+    tokio::spawn(crate::gateway::discovery::discover(
+        client,
+        gateway.clone(),
+        queue_wait,
+    ));
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding {addr}"))?;
+    tracing::info!(addr = %listener.local_addr()?, "gateway listening");
+    let shutdown = async move {
+        let _ = stopped.wait_for(|s| *s).await;
+    };
+    let app = crate::gateway::front::router(gateway);
+    tokio::spawn(
+        axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .into_future(),
+    );
     Ok(())
 }
 

@@ -1,11 +1,12 @@
 //! A real `inferpool-agent serve` process on loopback with the default model (and the
 //! embedding model), for tests of the data path.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Duration;
 
 use crate::http::{free_port, get};
+use crate::netns::NetNs;
 use crate::parts::{ScratchDir, agent_binary, default_model, embedding_model};
 use crate::wait::wait_until;
 
@@ -29,13 +30,24 @@ impl AgentProcess {
     /// Starts an agent whose `agent.json` is the default one with `overrides` merged in,
     /// and waits until it is ready.
     pub async fn start(overrides: serde_json::Value) -> anyhow::Result<Self> {
+        Self::start_on(overrides, None).await
+    }
+
+    /// The same, inside the network namespace `ns` (listening on its inner address).
+    pub async fn start_in(ns: &NetNs, overrides: serde_json::Value) -> anyhow::Result<Self> {
+        Self::start_on(overrides, Some(ns)).await
+    }
+
+    async fn start_on(overrides: serde_json::Value, ns: Option<&NetNs>) -> anyhow::Result<Self> {
         let dir = ScratchDir::new("agent")?;
-        let (http, grpc) = (free_port()?, free_port()?);
+        let host: IpAddr = ns.map_or(Ipv4Addr::LOCALHOST, |n| n.inner).into();
+        // Ports free on loopback are free inside a fresh namespace too.
+        let (http, grpc) = (free_port()?.port(), free_port()?.port());
         let mut config = serde_json::json!({
             "servedName": MODEL,
             "modelPath": default_model()?,
-            "httpPort": http.port(),
-            "grpcPort": grpc.port(),
+            "httpPort": http,
+            "grpcPort": grpc,
         });
         if let (Some(c), Some(o)) = (config.as_object_mut(), overrides.as_object()) {
             c.extend(o.clone());
@@ -43,11 +55,19 @@ impl AgentProcess {
         let config_path = dir.path().join("agent.json");
         std::fs::write(&config_path, config.to_string())?;
         let log = std::fs::File::create(dir.path().join("agent.log"))?;
-        let child = Command::new(agent_binary()?)
+        let mut command = match ns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", &ns.name]).arg(agent_binary()?);
+                c
+            }
+            None => Command::new(agent_binary()?),
+        };
+        let child = command
             .arg("serve")
             .arg("--config")
             .arg(&config_path)
-            .args(["--host", "127.0.0.1", "--drain-grace-seconds", "60"])
+            .args(["--host", &host.to_string(), "--drain-grace-seconds", "60"])
             .arg("--embedding-model")
             .arg(embedding_model()?)
             .stdin(Stdio::null())
@@ -56,8 +76,8 @@ impl AgentProcess {
             .spawn()?;
         let mut agent = Self {
             child,
-            http,
-            grpc,
+            http: SocketAddr::new(host, http),
+            grpc: SocketAddr::new(host, grpc),
             dir,
         };
         agent.until_ready().await?;

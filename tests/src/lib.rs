@@ -7,6 +7,7 @@ pub mod cluster;
 pub mod controller;
 pub mod http;
 pub mod local;
+pub mod netns;
 pub mod operator;
 pub mod parts;
 pub mod pools;

@@ -42,6 +42,7 @@ impl OperatorProcess {
                 lease_ns,
             ])
             .args(["--lease-duration-seconds", "5", "--identity", identity])
+            .args(["--gateway-addr", "127.0.0.1:0"])
             .arg("--agent-network-policy=true")
             .args(["--agent-image", "registry.invalid/agent:cpu"])
             .args(["--agent-cuda-image", "registry.invalid/agent:cuda"])

@@ -4,6 +4,7 @@
 
 pub mod agents;
 pub mod breaker;
+pub mod discovery;
 pub mod forward;
 pub mod front;
 pub mod pick;

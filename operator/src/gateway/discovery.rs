@@ -1,0 +1,262 @@
+//! Kubernetes discovery: each InferencePool is a route (its served model name, its
+//! routing settings) and its agents are the ready addresses of the EndpointSlices of its
+//! agent Service, at the `grpc` port. Two watches feed one recomputation; the translation
+//! from objects to endpoints is plain code tested with plain objects.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt as _;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::runtime::watcher::{self, Event};
+use kube::{Api, Client, ResourceExt as _};
+use tokio::sync::mpsc;
+
+use super::agents::Pool;
+use super::forward::ForwardSettings;
+use super::front::{Gateway, PoolRoute};
+use super::pick::picker;
+use super::pool::{Endpoint, PoolSettings, PoolView};
+use super::retry::RetryBudget;
+use crate::api::{InferencePool, RoutingSpec};
+use crate::controller::names::{agent_name, served_name};
+
+/// The label EndpointSlices carry with their Service's name.
+const SERVICE_LABEL: &str = "kubernetes.io/service-name";
+/// The agents' gRPC port name.
+const GRPC_PORT_NAME: &str = "grpc";
+/// A load report older than this makes an agent unhealthy.
+const STALE_AFTER: Duration = Duration::from_secs(2);
+
+/// The ready agents of the Service `service` in `namespace`, from `slices`.
+pub fn endpoints_of(slices: &[EndpointSlice], namespace: &str, service: &str) -> Vec<Endpoint> {
+    let mut out: Vec<Endpoint> = slices
+        .iter()
+        .filter(|s| s.namespace().as_deref() == Some(namespace))
+        .filter(|s| s.labels().get(SERVICE_LABEL).map(String::as_str) == Some(service))
+        .flat_map(slice_endpoints)
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+fn slice_endpoints(slice: &EndpointSlice) -> Vec<Endpoint> {
+    let port = slice
+        .ports
+        .iter()
+        .flatten()
+        .find(|p| p.name.as_deref() == Some(GRPC_PORT_NAME))
+        .and_then(|p| p.port)
+        .and_then(|p| u16::try_from(p).ok());
+    let Some(port) = port else { return Vec::new() };
+    slice
+        .endpoints
+        .iter()
+        .flatten()
+        .filter(|e| e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true))
+        .filter(|e| {
+            !e.conditions
+                .as_ref()
+                .and_then(|c| c.terminating)
+                .unwrap_or(false)
+        })
+        .flat_map(|e| {
+            let name = e.target_ref.as_ref().and_then(|r| r.name.clone());
+            e.addresses.iter().filter_map(move |a| {
+                let ip: IpAddr = a.parse().ok()?;
+                let id = name.clone().unwrap_or_else(|| a.clone());
+                Some(Endpoint {
+                    id,
+                    addr: SocketAddr::new(ip, port),
+                })
+            })
+        })
+        .collect()
+}
+
+/// The route of a pool's routing settings.
+pub fn route_for(model: String, routing: &RoutingSpec, queue_wait: Duration) -> Arc<PoolRoute> {
+    let settings = PoolSettings {
+        failure_threshold: u32::try_from(routing.circuit_breaker.failure_threshold).unwrap_or(5),
+        cooldown: Duration::from_secs(
+            u64::try_from(routing.circuit_breaker.cooldown_seconds).unwrap_or(10),
+        ),
+        stale_after: STALE_AFTER,
+    };
+    Arc::new(PoolRoute {
+        pool: Pool::new(model, PoolView::new(picker(routing.strategy), settings)),
+        budget: RetryBudget::new(u32::try_from(routing.retry.budget_percent).unwrap_or(20)),
+        forward: ForwardSettings {
+            max_retries: u32::try_from(routing.retry.max_retries).unwrap_or(2),
+            queue_wait,
+        },
+        timeout: Duration::from_secs(u64::try_from(routing.request_timeout_seconds).unwrap_or(300)),
+        session_header: routing.session_header.to_ascii_lowercase(),
+    })
+}
+
+enum Change {
+    Pools(Vec<InferencePool>),
+    Slices(Vec<EndpointSlice>),
+}
+
+/// Keeps `gateway`'s routes in step with the cluster until the watches end.
+pub async fn discover(client: Client, gateway: Arc<Gateway>, queue_wait: Duration) {
+    let (tx, mut rx) = mpsc::channel(16);
+    tokio::spawn(follow(
+        Api::<InferencePool>::all(client.clone()),
+        tx.clone(),
+        Change::Pools,
+    ));
+    tokio::spawn(follow(
+        Api::<EndpointSlice>::all(client),
+        tx,
+        Change::Slices,
+    ));
+    let mut state = Routes::default();
+    let (mut pools, mut slices) = (Vec::new(), Vec::new());
+    while let Some(change) = rx.recv().await {
+        match change {
+            Change::Pools(p) => pools = p,
+            Change::Slices(s) => slices = s,
+        }
+        state.sync(&gateway, &pools, &slices, queue_wait);
+    }
+}
+
+/// Follows every object of `api`, sending the whole current set after each change.
+async fn follow<K, F>(api: Api<K>, tx: mpsc::Sender<Change>, wrap: F)
+where
+    K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+    F: Fn(Vec<K>) -> Change,
+{
+    let mut objects: BTreeMap<(String, String), K> = BTreeMap::new();
+    let mut init: BTreeMap<(String, String), K> = BTreeMap::new();
+    let mut events = std::pin::pin!(watcher::watcher(api, watcher::Config::default()));
+    while let Some(event) = events.next().await {
+        let key = |o: &K| (o.namespace().unwrap_or_default(), o.name_any());
+        match event {
+            Ok(Event::Apply(o)) => {
+                objects.insert(key(&o), o);
+            }
+            Ok(Event::Delete(o)) => {
+                objects.remove(&key(&o));
+            }
+            Ok(Event::Init) => init.clear(),
+            Ok(Event::InitApply(o)) => {
+                init.insert(key(&o), o);
+            }
+            Ok(Event::InitDone) => objects = std::mem::take(&mut init),
+            Err(e) => {
+                tracing::warn!(error = %e, "discovery watch failed; retrying");
+                continue;
+            }
+        }
+        if tx
+            .send(wrap(objects.values().cloned().collect()))
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
+/// The routes discovery made, by served model name, with what they were made from.
+#[derive(Debug, Default)]
+struct Routes {
+    routes: HashMap<String, (RoutingSpec, Arc<PoolRoute>)>,
+}
+
+impl Routes {
+    fn sync(
+        &mut self,
+        gateway: &Gateway,
+        pools: &[InferencePool],
+        slices: &[EndpointSlice],
+        wait: Duration,
+    ) {
+        let mut seen = Vec::new();
+        for pool in pools {
+            let model = served_name(pool);
+            let routing = &pool.spec.routing;
+            let stale = self.routes.get(&model).is_none_or(|(r, _)| r != routing);
+            if stale {
+                let route = route_for(model.clone(), routing, wait);
+                gateway.set_route(route.clone());
+                self.routes.insert(model.clone(), (routing.clone(), route));
+            }
+            let namespace = pool.namespace().unwrap_or_default();
+            let endpoints = endpoints_of(slices, &namespace, &agent_name(pool));
+            if let Some((_, route)) = self.routes.get(&model) {
+                route.pool.set_endpoints(&endpoints);
+            }
+            seen.push(model);
+        }
+        self.routes.retain(|model, _| {
+            let keep = seen.contains(model);
+            if !keep {
+                gateway.remove_route(model);
+            }
+            keep
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn slice(ns: &str, service: &str, endpoints: serde_json::Value) -> EndpointSlice {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": format!("{service}-x"), "namespace": ns,
+                "labels": {SERVICE_LABEL: service}},
+            "addressType": "IPv4",
+            "ports": [{"name": "http", "port": 8080}, {"name": "grpc", "port": 50051}],
+            "endpoints": endpoints,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn ready_addresses_of_the_pools_service_at_the_grpc_port() {
+        let slices = [
+            slice(
+                "ns",
+                "p-agent",
+                serde_json::json!([
+                    {"addresses": ["10.0.0.1"], "conditions": {"ready": true}, "targetRef": {"kind": "Pod", "name": "p-agent-a"}},
+                    {"addresses": ["10.0.0.2"], "conditions": {"ready": false}},
+                    {"addresses": ["10.0.0.3"], "conditions": {"ready": true, "terminating": true}},
+                    {"addresses": ["10.0.0.4"]},
+                ]),
+            ),
+            slice(
+                "other",
+                "p-agent",
+                serde_json::json!([{"addresses": ["10.9.9.9"]}]),
+            ),
+            slice(
+                "ns",
+                "q-agent",
+                serde_json::json!([{"addresses": ["10.8.8.8"]}]),
+            ),
+        ];
+        let got = endpoints_of(&slices, "ns", "p-agent");
+        let want = [
+            Endpoint {
+                id: "10.0.0.4".into(),
+                addr: "10.0.0.4:50051".parse().unwrap(),
+            },
+            Endpoint {
+                id: "p-agent-a".into(),
+                addr: "10.0.0.1:50051".parse().unwrap(),
+            },
+        ];
+        assert_eq!(got, want);
+    }
+}

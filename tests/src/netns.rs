@@ -1,0 +1,93 @@
+//! A network namespace created by a test, joined to this one by a veth pair: the one
+//! place besides loopback that tests may dial. Kubernetes refuses loopback addresses in
+//! EndpointSlices, so a test of Kubernetes discovery runs its agent in here.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::process::Command;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// Addresses inside namespaces that this test process created (and may dial).
+static OWNED: Mutex<Vec<IpAddr>> = Mutex::new(Vec::new());
+
+/// Whether `ip` is loopback or inside a namespace this process created.
+pub fn may_dial(ip: IpAddr) -> bool {
+    ip.is_loopback() || OWNED.lock().is_ok_and(|owned| owned.contains(&ip))
+}
+
+/// A network namespace with `inner` reachable from here; deleted when dropped.
+#[derive(Debug)]
+pub struct NetNs {
+    /// The namespace's name (for `ip netns exec`).
+    pub name: String,
+    /// The address inside it.
+    pub inner: Ipv4Addr,
+    host_veth: String,
+}
+
+fn ip(args: &[&str]) -> anyhow::Result<()> {
+    let out = Command::new("ip").args(args).output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+impl NetNs {
+    /// Creates a namespace and a /30 link to it (needs CAP_NET_ADMIN).
+    pub fn create() -> anyhow::Result<Self> {
+        static SEQ: AtomicU32 = AtomicU32::new(0);
+        let (pid, n) = (std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed));
+        let name = format!("ipool-{pid}-{n}");
+        let tag = (pid % 100_000) * 10 + n % 10;
+        let (host_veth, inner_veth) = (format!("vh{tag}"), format!("vn{tag}"));
+        // 10.(200..250).(0..255).0/30 from the process id and sequence: distinct per run.
+        let (b, c) = (200 + (pid % 50) as u8, ((pid / 50) % 64 * 4 + n % 4) as u8);
+        let host = format!("10.{b}.{c}.1");
+        let inner = Ipv4Addr::new(10, b, c, 2);
+        ip(&["netns", "add", &name])?;
+        let ns = Self {
+            name: name.clone(),
+            inner,
+            host_veth: host_veth.clone(),
+        };
+        ip(&[
+            "link",
+            "add",
+            &host_veth,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &inner_veth,
+        ])?;
+        ip(&["link", "set", &inner_veth, "netns", &name])?;
+        ip(&["addr", "add", &format!("{host}/30"), "dev", &host_veth])?;
+        ip(&["link", "set", &host_veth, "up"])?;
+        let inside = |args: &[&str]| {
+            let mut all = vec!["netns", "exec", name.as_str(), "ip"];
+            all.extend_from_slice(args);
+            ip(&all)
+        };
+        inside(&["addr", "add", &format!("{inner}/30"), "dev", &inner_veth])?;
+        inside(&["link", "set", &inner_veth, "up"])?;
+        inside(&["link", "set", "lo", "up"])?;
+        if let Ok(mut owned) = OWNED.lock() {
+            owned.push(IpAddr::V4(inner));
+        }
+        Ok(ns)
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        if let Ok(mut owned) = OWNED.lock() {
+            owned.retain(|a| *a != IpAddr::V4(self.inner));
+        }
+        let _ = ip(&["link", "del", &self.host_veth]);
+        let _ = ip(&["netns", "del", &self.name]);
+    }
+}

@@ -1,0 +1,93 @@
+//! Kubernetes discovery for the gateway against the real test control plane: an
+//! InferencePool and an EndpointSlice for its agent Service that points at a real agent,
+//! running in a network namespace this test creates (the API refuses loopback addresses).
+
+use std::time::Duration;
+
+use inferpool_e2e::agent::{AgentProcess, MODEL};
+use inferpool_e2e::cluster::cluster;
+use inferpool_e2e::controller::install_crd;
+use inferpool_e2e::http::{free_port, post_json};
+use inferpool_e2e::netns::NetNs;
+use inferpool_e2e::wait::wait_until;
+use inferpool_operator::gateway::{discovery, front};
+use serde_json::json;
+
+fn slice(ns: &str, ip: &str, port: u16, ready: bool) -> String {
+    json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": "kpool-agent-test", "namespace": ns,
+            "labels": {"kubernetes.io/service-name": "kpool-agent"}},
+        "addressType": "IPv4",
+        "ports": [{"name": "grpc", "port": port, "protocol": "TCP"}],
+        "endpoints": [{"addresses": [ip], "conditions": {"ready": ready},
+            "targetRef": {"kind": "Pod", "name": "kpool-agent-0", "namespace": ns}}],
+    })
+    .to_string()
+}
+
+// The gateway runs on this test's runtime while the test's HTTP client blocks: two workers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_follows_a_pools_endpoint_slices_to_a_real_agent() -> anyhow::Result<()> {
+    let netns = NetNs::create()?;
+    let agent = AgentProcess::start_in(&netns, json!({})).await?;
+    let cluster = cluster()?;
+    install_crd()?;
+    let ns = cluster.namespace("gwkube")?;
+    let pool = format!(
+        "apiVersion: inferpool.dev/v1alpha1\nkind: InferencePool\nmetadata:\n  name: kpool\n  \
+         namespace: {}\nspec:\n  model:\n    servedName: {MODEL}\n",
+        ns.name()
+    );
+    cluster.kubectl_stdin(&["apply", "-f", "-"], &pool)?;
+    let ip = netns.inner.to_string();
+    cluster.kubectl_stdin(
+        &["apply", "-f", "-"],
+        &slice(ns.name(), &ip, agent.grpc.port(), true),
+    )?;
+
+    let gateway = front::Gateway::new();
+    let client = cluster.client().await?;
+    let discovering = tokio::spawn(discovery::discover(
+        client,
+        gateway.clone(),
+        Duration::from_secs(1),
+    ));
+    let addr = free_port()?;
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let serving = tokio::spawn(axum::serve(listener, front::router(gateway)).into_future());
+
+    let body =
+        json!({"model": MODEL, "max_tokens": 3, "messages": [{"role": "user", "content": "hi"}]});
+    let status = || {
+        post_json(addr, "/v1/chat/completions", &body)
+            .map(|r| r.status)
+            .unwrap_or(0)
+    };
+    wait_until(Duration::from_secs(60), || async {
+        (status() == 200).then_some(())
+    })
+    .await?;
+
+    // The endpoint turns not-ready: the gateway stops sending to it.
+    cluster.kubectl_stdin(
+        &["apply", "-f", "-"],
+        &slice(ns.name(), &ip, agent.grpc.port(), false),
+    )?;
+    wait_until(Duration::from_secs(30), || async {
+        (status() == 503).then_some(())
+    })
+    .await?;
+    let refused = post_json(addr, "/v1/chat/completions", &body)?.json()?;
+    assert_eq!(refused["error"]["type"], "no_healthy_agent");
+
+    // The pool goes away: so does its model.
+    cluster.kubectl(&["delete", "inferencepool", "kpool", "-n", ns.name()])?;
+    wait_until(Duration::from_secs(30), || async {
+        (status() == 404).then_some(())
+    })
+    .await?;
+    discovering.abort();
+    serving.abort();
+    Ok(())
+}
