@@ -98,6 +98,21 @@ async fn the_gateway_answers_like_an_agent_and_refuses_bad_requests_itself() -> 
         assert_eq!(reply.status, status, "{}", reply.body);
         assert_eq!(reply.json()?["error"]["type"], kind, "{}", reply.body);
     }
+    let (status, metrics) = pool.get("/metrics")?;
+    assert_eq!(status, 200);
+    let count = |key: String| inferpool_e2e::http::metric(&metrics, &key).unwrap_or(0.0);
+    let pool_key = |outcome: &str| {
+        format!("inferpool_gateway_requests_total{{pool=\"{MODEL}\",outcome=\"{outcome}\"}}")
+    };
+    assert!(count(pool_key("ok")) >= 3.0, "{metrics}");
+    assert_eq!(count(pool_key("context_length_exceeded")), 1.0);
+    let none = "inferpool_gateway_requests_total{pool=\"none\",outcome=\"model_not_found\"}";
+    assert_eq!(count(none.into()), 1.0);
+    for agent in ["gw-0", "gw-1"] {
+        let healthy =
+            format!("inferpool_gateway_agent_healthy{{pool=\"{MODEL}\",agent=\"{agent}\"}}");
+        assert_eq!(count(healthy), 1.0, "{metrics}");
+    }
     assert_eq!(pool.stop().await?, Some(0));
     Ok(())
 }

@@ -129,5 +129,7 @@ fn reported(r: &LoadReport) -> (Reported, bool) {
         max_batch_size: r.max_batch_size,
         kv_usage,
     };
-    (reported, r.draining)
+    // An agent still loading its model reports no KV blocks yet: not ready for traffic.
+    let accepting = !r.draining && r.kv_blocks_total > 0;
+    (reported, !accepting)
 }

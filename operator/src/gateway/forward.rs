@@ -74,6 +74,17 @@ pub struct Committed {
     pub rest: Streaming<GenerateResponse>,
 }
 
+/// A request on its way: the stream, and how it got there.
+#[derive(Debug)]
+pub struct Forwarded {
+    /// The committed stream.
+    pub committed: Committed,
+    /// Agents tried before this one.
+    pub retries: u32,
+    /// Time spent waiting for a free agent.
+    pub queue_wait: Duration,
+}
+
 /// How one pool forwards.
 #[derive(Debug, Clone, Copy)]
 pub struct ForwardSettings {
@@ -90,19 +101,30 @@ pub async fn forward(
     settings: ForwardSettings,
     request: &GenerateRequest,
     key: &RequestKey<'_>,
-) -> Result<(Committed, u32), ForwardError> {
+) -> Result<Forwarded, ForwardError> {
     budget.deposit();
+    let mut queue_wait = Duration::ZERO;
     let mut failed: Vec<String> = Vec::new();
     let mut last_error = ForwardError::Unavailable;
     let deadline = Instant::now() + settings.queue_wait;
     loop {
-        let (id, _) = match wait_for_agent(pool, key, &failed, deadline).await {
+        let waited = Instant::now();
+        let chosen = wait_for_agent(pool, key, &failed, deadline).await;
+        queue_wait += waited.elapsed();
+        let (id, _) = match chosen {
             Ok(chosen) => chosen,
             Err(e) if failed.is_empty() => return Err(e),
             Err(_) => return Err(last_error),
         };
         match attempt(pool, &id, request).await {
-            Ok(committed) => return Ok((committed, failed.len() as u32)),
+            Ok(committed) => {
+                let retries = u32::try_from(failed.len()).unwrap_or(u32::MAX);
+                return Ok(Forwarded {
+                    committed,
+                    retries,
+                    queue_wait,
+                });
+            }
             Err(Attempt::Fatal(e)) => return Err(e),
             Err(Attempt::Retryable(e)) => {
                 last_error = e;

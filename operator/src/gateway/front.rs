@@ -22,7 +22,8 @@ use inferpool_protocol::openai::{
 use serde::de::DeserializeOwned;
 
 use super::agents::Pool;
-use super::forward::{ForwardError, ForwardSettings, forward};
+use super::forward::{ForwardError, ForwardSettings, Forwarded, forward};
+use super::metrics::GatewayMetrics;
 use super::pick::RequestKey;
 use super::relay::{Relay, relay};
 use super::retry::RetryBudget;
@@ -54,6 +55,8 @@ pub struct PoolRoute {
 pub struct Gateway {
     routes: RwLock<HashMap<String, Arc<PoolRoute>>>,
     created: u64,
+    /// The gateway's metrics.
+    pub metrics: Arc<GatewayMetrics>,
 }
 
 impl Gateway {
@@ -65,6 +68,7 @@ impl Gateway {
         Arc::new(Self {
             routes: RwLock::default(),
             created,
+            metrics: Arc::default(),
         })
     }
 
@@ -105,6 +109,7 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .route("/v1/completions", post(completions))
         .route("/v1/models", get(models))
         .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", get(metrics))
         .fallback(|| async { (StatusCode::NOT_FOUND, "no such endpoint") })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(gateway)
@@ -257,7 +262,7 @@ async fn chat(
     };
     let (req, route, request, text) = match checked.await {
         Ok(parts) => parts,
-        Err(e) => return e.into_response(),
+        Err(e) => return refused_before_routing(&gateway, e),
     };
     let session = session(&headers, &route, req.user.as_deref());
     let key = RequestKey {
@@ -265,7 +270,14 @@ async fn chat(
         session: session.as_deref(),
     };
     let shape = shape(Kind::Chat, &gateway, &req.model);
-    answer(&route, &request, &key, Relay::new(shape, &req.sampling)).await
+    answer(
+        &gateway,
+        &route,
+        &request,
+        &key,
+        Relay::new(shape, &req.sampling),
+    )
+    .await
 }
 
 async fn completions(
@@ -293,7 +305,7 @@ async fn completions(
     };
     let (req, route, request) = match checked.await {
         Ok(parts) => parts,
-        Err(e) => return e.into_response(),
+        Err(e) => return refused_before_routing(&gateway, e),
     };
     let session = session(&headers, &route, req.user.as_deref());
     let key = RequestKey {
@@ -301,7 +313,14 @@ async fn completions(
         session: session.as_deref(),
     };
     let shape = shape(Kind::Completion, &gateway, &req.model);
-    answer(&route, &request, &key, Relay::new(shape, &req.sampling)).await
+    answer(
+        &gateway,
+        &route,
+        &request,
+        &key,
+        Relay::new(shape, &req.sampling),
+    )
+    .await
 }
 
 fn route_for(gateway: &Gateway, model: &str) -> Result<Arc<PoolRoute>, ApiError> {
@@ -322,25 +341,66 @@ fn session(headers: &HeaderMap, route: &PoolRoute, user: Option<&str>) -> Option
         .map(str::to_owned)
 }
 
+/// Answers a request refused before it matched a pool (counted under pool `none`, so
+/// that labels never come from unknown model names).
+fn refused_before_routing(gateway: &Gateway, e: ApiError) -> Response {
+    gateway.metrics.start("none").outcome(&e.kind);
+    e.into_response()
+}
+
 async fn answer(
+    gateway: &Gateway,
     route: &Arc<PoolRoute>,
     request: &pb::GenerateRequest,
     key: &RequestKey<'_>,
     shape: Relay,
 ) -> Response {
+    let model = &route.pool.model;
+    let mut record = gateway.metrics.start(model);
     let deadline = tokio::time::Instant::now() + route.timeout;
     let forwarded = tokio::time::timeout_at(
         deadline,
         forward(&route.pool, &route.budget, route.forward, request, key),
     )
-    .await;
+    .await
+    .unwrap_or(Err(ForwardError::Timeout));
     match forwarded {
-        Ok(Ok((committed, _retries))) => {
-            relay(route.pool.clone(), committed, shape, deadline).await
+        Ok(Forwarded {
+            committed,
+            retries,
+            queue_wait,
+        }) => {
+            let wait = queue_wait.as_secs_f64();
+            gateway
+                .metrics
+                .forwarded(model, &committed.agent, retries, wait);
+            record.first_token();
+            relay(route.pool.clone(), committed, shape, deadline, record).await
         }
-        Ok(Err(e)) => ApiError::from(e).into_response(),
-        Err(_) => ApiError::from(ForwardError::Timeout).into_response(),
+        Err(e) => {
+            record.outcome(e.error_type());
+            ApiError::from(e).into_response()
+        }
     }
+}
+
+async fn metrics(State(gateway): State<Arc<Gateway>>) -> Response {
+    let routes: Vec<Arc<PoolRoute>> = gateway
+        .routes
+        .read()
+        .map(|r| r.values().cloned().collect())
+        .unwrap_or_default();
+    for route in routes {
+        if let Some(agents) = route.pool.with_view(|v| v.snapshot()) {
+            gateway.metrics.observe_agents(&route.pool.model, &agents);
+        }
+    }
+    let mut text = String::new();
+    if prometheus_client::encoding::text::encode(&mut text, &gateway.metrics.registry).is_err() {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    }
+    let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+    ([(header::CONTENT_TYPE, content_type)], text).into_response()
 }
 
 async fn models(State(gateway): State<Arc<Gateway>>) -> Response {

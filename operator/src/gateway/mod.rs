@@ -7,6 +7,7 @@ pub mod breaker;
 pub mod discovery;
 pub mod forward;
 pub mod front;
+pub mod metrics;
 pub mod pick;
 pub mod pool;
 pub mod relay;

@@ -16,6 +16,7 @@ use tonic::Streaming;
 
 use super::agents::Pool;
 use super::forward::{Committed, refused};
+use super::metrics::RequestRecord;
 use super::pool::Outcome;
 
 /// How to answer.
@@ -56,6 +57,7 @@ pub async fn relay(
     committed: Committed,
     how: Relay,
     deadline: Instant,
+    record: RequestRecord,
 ) -> Response {
     let in_flight = InFlight {
         pool,
@@ -67,6 +69,7 @@ pub async fn relay(
         rest: committed.rest,
         deadline,
         in_flight,
+        record,
     };
     if how.stream {
         Sse::new(Events::new(how, source).into_stream()).into_response()
@@ -80,6 +83,7 @@ struct Source {
     rest: Streaming<GenerateResponse>,
     deadline: Instant,
     in_flight: InFlight,
+    record: RequestRecord,
 }
 
 enum Piece {
@@ -98,11 +102,18 @@ impl Source {
             },
         };
         match message {
-            Ok(Some(m)) => piece(m),
+            Ok(Some(m)) => {
+                let piece = piece(m);
+                if matches!(piece, Piece::End { .. }) {
+                    self.record.outcome("ok");
+                }
+                piece
+            }
             Ok(None) => self.failed("upstream_error", "the agent ended the stream early"),
             Err(status) => {
                 let e = refused(&status);
                 self.in_flight.outcome = Outcome::Failure;
+                self.record.outcome(e.error_type());
                 Piece::Failed(ErrorBody::new(e.error_type(), &e.to_string(), None))
             }
         }
@@ -110,6 +121,7 @@ impl Source {
 
     fn failed(&mut self, kind: &str, message: &str) -> Piece {
         self.in_flight.outcome = Outcome::Failure;
+        self.record.outcome(kind);
         Piece::Failed(ErrorBody::new(kind, message, None))
     }
 }
