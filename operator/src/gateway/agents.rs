@@ -24,6 +24,25 @@ pub struct Pool {
     channels: Mutex<HashMap<String, (Channel, JoinHandle<()>)>>,
     /// Signalled on every report and finished request: queued requests look again.
     pub changed: Notify,
+    /// Requests waiting for a free agent, per priority rank (0 = critical .. 3 = low).
+    waiting: Mutex<[u32; 4]>,
+}
+
+/// Counts one request waiting at `rank` until dropped.
+#[derive(Debug)]
+pub struct Waiting<'a> {
+    pool: &'a Pool,
+    rank: usize,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut w) = self.pool.waiting.lock() {
+            w[self.rank] = w[self.rank].saturating_sub(1);
+        }
+        // A more urgent request leaving may unblock less urgent ones.
+        self.pool.changed.notify_waiters();
+    }
 }
 
 impl Pool {
@@ -34,6 +53,7 @@ impl Pool {
             view: Mutex::new(view),
             channels: Mutex::new(HashMap::new()),
             changed: Notify::new(),
+            waiting: Mutex::new([0; 4]),
         })
     }
 
@@ -70,6 +90,22 @@ impl Pool {
             channels.insert(e.id.clone(), (channel, task));
         }
         self.changed.notify_waiters();
+    }
+
+    /// Registers a request of priority `rank` as waiting for an agent.
+    pub fn wait_at(&self, rank: usize) -> Waiting<'_> {
+        let rank = rank.min(3);
+        if let Ok(mut w) = self.waiting.lock() {
+            w[rank] += 1;
+        }
+        Waiting { pool: self, rank }
+    }
+
+    /// Whether requests more urgent than `rank` are waiting (they go first).
+    pub fn more_urgent_waiting(&self, rank: usize) -> bool {
+        self.waiting
+            .lock()
+            .is_ok_and(|w| w[..rank.min(4)].iter().any(|&n| n > 0))
     }
 
     /// The channel to agent `id`.

@@ -109,7 +109,8 @@ pub async fn forward(
     let deadline = Instant::now() + settings.queue_wait;
     loop {
         let waited = Instant::now();
-        let chosen = wait_for_agent(pool, key, &failed, deadline).await;
+        let rank = priority_rank(request);
+        let chosen = wait_for_agent(pool, key, rank, &failed, deadline).await;
         queue_wait += waited.elapsed();
         let (id, _) = match chosen {
             Ok(chosen) => chosen,
@@ -139,25 +140,44 @@ pub async fn forward(
 
 /// Picks an agent, waiting for a report or a finished request to free one, until
 /// `deadline`.
-async fn wait_for_agent(
-    pool: &Arc<Pool>,
+/// (The wait is ordered by priority: while more urgent requests wait, less urgent ones
+/// keep waiting.)
+pub async fn wait_for_agent(
+    pool: &Pool,
     key: &RequestKey<'_>,
+    rank: usize,
     exclude: &[String],
     deadline: Instant,
 ) -> Result<(String, std::net::SocketAddr), ForwardError> {
+    let mut waiting = None;
     loop {
         let changed = pool.changed.notified();
-        let chosen = pool
-            .with_view(|v| v.choose(key, exclude))
-            .unwrap_or(Err(NoAgent::NoneHealthy));
+        let chosen = if pool.more_urgent_waiting(rank) {
+            Err(NoAgent::Saturated)
+        } else {
+            pool.with_view(|v| v.choose(key, exclude))
+                .unwrap_or(Err(NoAgent::NoneHealthy))
+        };
         let error = match chosen {
             Ok(chosen) => return Ok(chosen),
             Err(NoAgent::Saturated) => ForwardError::Saturated,
             Err(NoAgent::NoneHealthy) => ForwardError::Unavailable,
         };
+        waiting.get_or_insert_with(|| pool.wait_at(rank));
         if tokio::time::timeout_at(deadline, changed).await.is_err() {
             return Err(error);
         }
+    }
+}
+
+/// 0 for critical .. 3 for low (unspecified is normal).
+pub fn priority_rank(request: &GenerateRequest) -> usize {
+    use inferpool_protocol::agent::Priority;
+    match request.priority() {
+        Priority::Critical => 0,
+        Priority::High => 1,
+        Priority::Unspecified | Priority::Normal => 2,
+        Priority::Low => 3,
     }
 }
 
@@ -240,5 +260,82 @@ pub fn refused(status: &Status) -> ForwardError {
         status: http,
         kind,
         message: status.message().to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gateway::pick::{Reported, RoundRobin};
+    use crate::gateway::pool::{Endpoint, PoolSettings, PoolView};
+
+    fn saturated_pool() -> Arc<Pool> {
+        let settings = PoolSettings {
+            failure_threshold: 3,
+            cooldown: Duration::from_secs(5),
+            stale_after: Duration::from_secs(60),
+        };
+        let pool = Pool::new(
+            "m".into(),
+            PoolView::new(Box::new(RoundRobin::default()), settings),
+        );
+        let endpoint = Endpoint {
+            id: "a0".into(),
+            addr: std::net::SocketAddr::from(([127, 0, 0, 1], 9)),
+        };
+        pool.with_view(|v| {
+            v.set_endpoints(&[endpoint]);
+            v.report(
+                "a0",
+                Reported {
+                    max_batch_size: 1,
+                    ..Reported::default()
+                },
+                false,
+            );
+            // Two requests in flight saturate an agent with one slot.
+            for _ in 0..2 {
+                assert!(v.choose(&RequestKey::default(), &[]).is_ok());
+            }
+        });
+        pool
+    }
+
+    #[tokio::test]
+    async fn a_saturated_pool_serves_waiting_requests_most_urgent_first() {
+        let pool = saturated_pool();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let low = {
+            let pool = pool.clone();
+            tokio::spawn(async move {
+                wait_for_agent(&pool, &RequestKey::default(), 3, &[], deadline).await
+            })
+        };
+        while !pool.more_urgent_waiting(4) {
+            tokio::task::yield_now().await;
+        }
+        let critical = {
+            let pool = pool.clone();
+            tokio::spawn(async move {
+                wait_for_agent(&pool, &RequestKey::default(), 0, &[], deadline).await
+            })
+        };
+        while !pool.more_urgent_waiting(1) {
+            tokio::task::yield_now().await;
+        }
+        pool.finished("a0", Outcome::Success);
+        assert!(
+            critical.await.unwrap().is_ok(),
+            "the critical request got the free slot"
+        );
+        assert!(!low.is_finished(), "the low one still waits");
+        pool.finished("a0", Outcome::Success);
+        assert!(low.await.unwrap().is_ok());
+        let expired = wait_for_agent(&pool, &RequestKey::default(), 2, &[], Instant::now()).await;
+        assert_eq!(
+            expired,
+            Err(ForwardError::Saturated),
+            "then 429 at the deadline"
+        );
     }
 }
