@@ -102,6 +102,9 @@ impl AgentService for GrpcAgent {
 
 impl GrpcAgent {
     async fn start(&self, req: GenerateRequest) -> Result<TextStream, ServeError> {
+        if !req.traceparent.is_empty() {
+            tracing::debug!(traceparent = %req.traceparent, model = %req.model, "generate");
+        }
         let priority = priority(req.priority());
         let sampling = sampling_fields(req.sampling.unwrap_or_default());
         match req.prompt {

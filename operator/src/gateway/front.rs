@@ -192,6 +192,17 @@ fn priority(headers: &HeaderMap) -> Result<pb::Priority, ApiError> {
     }
 }
 
+/// The caller's W3C trace context, passed on to the agent (empty when absent or not a
+/// plausible `traceparent`).
+fn traceparent(headers: &HeaderMap) -> String {
+    headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| v.len() == 55 && v.split('-').count() == 4)
+        .unwrap_or_default()
+        .to_owned()
+}
+
 fn sampling(s: &ValidSampling) -> pb::SamplingParams {
     pb::SamplingParams {
         temperature: Some(s.temperature),
@@ -255,6 +266,7 @@ async fn chat(
             })),
             sampling: Some(sampling(&req.sampling)),
             priority: priority(&headers)?.into(),
+            traceparent: traceparent(&headers),
             ..pb::GenerateRequest::default()
         };
         let text: String = req.messages.iter().map(|m| m.content.as_str()).collect();
@@ -299,6 +311,7 @@ async fn completions(
             prompt: Some(pb::generate_request::Prompt::Text(req.prompt.clone())),
             sampling: Some(sampling(&req.sampling)),
             priority: priority(&headers)?.into(),
+            traceparent: traceparent(&headers),
             ..pb::GenerateRequest::default()
         };
         Ok::<_, ApiError>((req, route, request))
@@ -405,4 +418,32 @@ async fn metrics(State(gateway): State<Arc<Gateway>>) -> Response {
 
 async fn models(State(gateway): State<Arc<Gateway>>) -> Response {
     axum::Json(gateway.models()).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_plausible_traceparent_is_passed_on_and_junk_is_not() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(traceparent(&headers), "");
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        headers.insert("traceparent", HeaderValue::from_static(tp));
+        assert_eq!(traceparent(&headers), tp);
+        headers.insert("traceparent", HeaderValue::from_static("garbage"));
+        assert_eq!(traceparent(&headers), "");
+    }
+
+    #[test]
+    fn priorities_and_prefixes() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(priority(&headers).ok(), Some(pb::Priority::Normal));
+        headers.insert(PRIORITY_HEADER, HeaderValue::from_static("Critical"));
+        assert_eq!(priority(&headers).ok(), Some(pb::Priority::Critical));
+        headers.insert(PRIORITY_HEADER, HeaderValue::from_static("urgent"));
+        assert!(priority(&headers).is_err());
+        let long = "é".repeat(200);
+        assert!(prefix_of(&long).len() <= PREFIX_BYTES && long.starts_with(prefix_of(&long)));
+    }
 }
