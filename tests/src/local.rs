@@ -21,6 +21,11 @@ pub struct LocalPool {
 impl LocalPool {
     /// Starts `manifest` and waits until a chat request for `model` is answered.
     pub async fn start(manifest: &str, model: &str) -> anyhow::Result<Self> {
+        Self::start_with(manifest, model, &[]).await
+    }
+
+    /// The same, with more arguments for `inferpool-operator local`.
+    pub async fn start_with(manifest: &str, model: &str, args: &[&str]) -> anyhow::Result<Self> {
         let dir = ScratchDir::new("local")?;
         let file = dir.path().join("pool.yaml");
         std::fs::write(&file, manifest)?;
@@ -29,6 +34,7 @@ impl LocalPool {
         let child = Command::new(operator_binary()?)
             .args(["local", "--addr", &addr.to_string(), "-f"])
             .arg(&file)
+            .args(args)
             .env("INFERPOOL_MODELS", models_dir())
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)

@@ -187,3 +187,61 @@ async fn an_agent_killed_under_load_costs_only_requests_already_streaming() -> a
     assert_eq!(pool.stop().await?, Some(0));
     Ok(())
 }
+
+#[tokio::test]
+async fn a_saturated_pool_answers_429_and_loses_nothing() -> anyhow::Result<()> {
+    // One agent that runs one sequence and queues one more; the gateway holds a request
+    // one second for a free agent, then answers 429.
+    let manifest = format!(
+        "apiVersion: inferpool.dev/v1alpha1\nkind: InferencePool\nmetadata:\n  name: sat\n\
+         spec:\n  model:\n    source: bundled\n    servedName: {MODEL}\n  replicas: 1\n  \
+         batching:\n    maxBatchSize: 1\n    queueLimits: {{critical: 1, high: 1, normal: 1, low: 1}}\n"
+    );
+    let pool = LocalPool::start_with(&manifest, MODEL, &["--queue-wait-seconds", "1"]).await?;
+    let addr = pool.addr;
+    let clients: Vec<_> = (0..8)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let body = chat(
+                    &format!("Write a long story {i}."),
+                    json!({"max_tokens": 48}),
+                );
+                post_json(addr, "/v1/chat/completions", &body)
+            })
+        })
+        .collect();
+    let (mut ok, mut refused) = (0, 0);
+    for client in clients {
+        let reply = client
+            .join()
+            .map_err(|_| anyhow::anyhow!("client panicked"))??;
+        match reply.status {
+            200 => {
+                assert!(
+                    reply.json()?["usage"]["completion_tokens"]
+                        .as_u64()
+                        .is_some_and(|n| n > 0)
+                );
+                ok += 1;
+            }
+            429 => {
+                assert!(reply.head.contains("retry-after: 1"), "{}", reply.head);
+                // Saturated at the gateway, or (with a report not yet in) at the agent.
+                let kind = reply.json()?["error"]["type"].clone();
+                assert!(kind == "pool_saturated" || kind == "queue_full", "{kind}");
+                refused += 1;
+            }
+            other => panic!("unexpected {other}: {}", reply.body),
+        }
+    }
+    assert_eq!(ok + refused, 8, "every request got an answer");
+    assert!(ok >= 1 && refused >= 1, "{ok} served, {refused} refused");
+    let after = post_json(
+        addr,
+        "/v1/chat/completions",
+        &chat("hi", json!({"max_tokens": 2})),
+    )?;
+    assert_eq!(after.status, 200, "the pool still serves after saturation");
+    assert_eq!(pool.stop().await?, Some(0));
+    Ok(())
+}
