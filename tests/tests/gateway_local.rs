@@ -125,6 +125,11 @@ fn stream_one(addr: std::net::SocketAddr, i: usize) -> anyhow::Result<(bool, boo
         json!({"max_tokens": 24, "stream": true}),
     );
     let mut sse = EventStream::open(addr, "/v1/chat/completions", &body)?;
+    anyhow::ensure!(
+        sse.status == 200,
+        "request {i} was refused with {}",
+        sse.status
+    );
     let (mut content, mut finished) = (false, false);
     while let Some(data) = sse.next_data()? {
         if data == "[DONE]" {
@@ -145,7 +150,13 @@ fn stream_one(addr: std::net::SocketAddr, i: usize) -> anyhow::Result<(bool, boo
 
 #[tokio::test]
 async fn an_agent_killed_under_load_costs_only_requests_already_streaming() -> anyhow::Result<()> {
-    let pool = LocalPool::start(&manifest("least_load"), MODEL).await?;
+    // All 40 may land on the surviving agent: let them wait for it rather than get 429.
+    let pool = LocalPool::start_with(
+        &manifest("least_load"),
+        MODEL,
+        &["--queue-wait-seconds", "300"],
+    )
+    .await?;
     let agents = pool.agent_pids();
     assert_eq!(agents.len(), 2, "{agents:?}");
     let addr = pool.addr;
