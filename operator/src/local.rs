@@ -14,12 +14,9 @@ use tokio::sync::watch;
 
 use crate::api::InferencePool;
 use crate::controller::config::{ResolvedSource, agent_config, render};
-use crate::gateway::agents::Pool;
-use crate::gateway::forward::ForwardSettings;
-use crate::gateway::front::{Gateway, PoolRoute, router};
-use crate::gateway::pick::picker;
-use crate::gateway::pool::{Endpoint, PoolSettings, PoolView};
-use crate::gateway::retry::RetryBudget;
+use crate::gateway::discovery::route_for;
+use crate::gateway::front::{Gateway, router};
+use crate::gateway::pool::Endpoint;
 
 /// Settings of local mode.
 #[derive(Debug, Clone, clap::Args)]
@@ -45,8 +42,6 @@ pub struct LocalArgs {
 const BUNDLED: &str = "smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf";
 /// The embedding model, relative to the models folder.
 const EMBEDDING: &str = "all-minilm-l6-v2";
-/// A load report older than this makes an agent unhealthy.
-const STALE_AFTER: Duration = Duration::from_secs(2);
 
 /// One agent process to keep running.
 #[derive(Debug, Clone)]
@@ -76,7 +71,8 @@ pub async fn run_local(args: LocalArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {}", args.addr))?;
     tracing::info!(addr = %args.addr, pools = pools.len(), "gateway listening");
-    let serve = axum::serve(listener, router(gateway)).with_graceful_shutdown(shutdown_signal());
+    let serve = axum::serve(listener, router(gateway))
+        .with_graceful_shutdown(crate::run::wait_for_signal());
     serve.await?;
     tracing::info!("stopping agents");
     let _ = stop.send(true);
@@ -180,36 +176,14 @@ fn prepare_pool(
             addr: *grpc,
         })
         .collect();
-    gateway.set_route(route(pool, served, &endpoints, args));
+    let route = route_for(
+        served,
+        &pool.spec.routing,
+        Duration::from_secs(args.queue_wait_seconds),
+    );
+    route.pool.set_endpoints(&endpoints);
+    gateway.set_route(route);
     Ok(slots)
-}
-
-fn route(
-    pool: &InferencePool,
-    served: String,
-    endpoints: &[Endpoint],
-    args: &LocalArgs,
-) -> Arc<PoolRoute> {
-    let r = &pool.spec.routing;
-    let settings = PoolSettings {
-        failure_threshold: u32::try_from(r.circuit_breaker.failure_threshold).unwrap_or(5),
-        cooldown: Duration::from_secs(
-            u64::try_from(r.circuit_breaker.cooldown_seconds).unwrap_or(10),
-        ),
-        stale_after: STALE_AFTER,
-    };
-    let agents = Pool::new(served, PoolView::new(picker(r.strategy), settings));
-    agents.set_endpoints(endpoints);
-    Arc::new(PoolRoute {
-        pool: agents,
-        budget: RetryBudget::new(u32::try_from(r.retry.budget_percent).unwrap_or(20)),
-        forward: ForwardSettings {
-            max_retries: u32::try_from(r.retry.max_retries).unwrap_or(2),
-            queue_wait: Duration::from_secs(args.queue_wait_seconds),
-        },
-        timeout: Duration::from_secs(u64::try_from(r.request_timeout_seconds).unwrap_or(300)),
-        session_header: r.session_header.to_ascii_lowercase(),
-    })
 }
 
 fn model_path(source: &str, models: &Path) -> anyhow::Result<PathBuf> {
@@ -283,17 +257,5 @@ async fn terminate(child: &mut Child) {
         .is_err()
     {
         let _ = child.kill().await;
-    }
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let Ok(mut term) = signal(SignalKind::terminate()) else {
-        let _ = tokio::signal::ctrl_c().await;
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
     }
 }

@@ -140,7 +140,8 @@ async fn lead_while_elected(
     }
 }
 
-async fn wait_for_signal() {
+/// Returns on SIGTERM or Ctrl-C.
+pub(crate) async fn wait_for_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
