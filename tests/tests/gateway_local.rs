@@ -9,6 +9,8 @@ use inferpool_e2e::wait::wait_until;
 use serde_json::{Value, json};
 
 const MODEL: &str = "smollm2-local";
+/// The embedding model every local agent serves (named after its folder).
+const EMBEDDING: &str = "all-minilm-l6-v2";
 
 fn manifest(strategy: &str) -> String {
     format!(
@@ -67,10 +69,17 @@ async fn the_gateway_answers_like_an_agent_and_refuses_bad_requests_itself() -> 
     );
     let (status, models) = pool.get("/v1/models")?;
     assert_eq!(status, 200);
+    let ids: Vec<Value> = serde_json::from_str::<Value>(&models)?["data"]
+        .as_array()
+        .map(|d| d.iter().map(|m| m["id"].clone()).collect())
+        .unwrap_or_default();
     assert_eq!(
-        serde_json::from_str::<Value>(&models)?["data"][0]["id"],
-        MODEL
+        ids,
+        [json!(EMBEDDING), json!(MODEL)],
+        "the pools' models, sorted"
     );
+
+    check_embeddings(&pool)?;
 
     for (raw, status, kind) in [
         (b"{not json".to_vec(), 400, "invalid_request_error"),
@@ -104,16 +113,69 @@ async fn the_gateway_answers_like_an_agent_and_refuses_bad_requests_itself() -> 
     let pool_key = |outcome: &str| {
         format!("inferpool_gateway_requests_total{{pool=\"{MODEL}\",outcome=\"{outcome}\"}}")
     };
-    assert!(count(pool_key("ok")) >= 3.0, "{metrics}");
+    // Three generations and two embeddings; an unknown model and an unknown embedding
+    // model refused before routing.
+    assert!(count(pool_key("ok")) >= 5.0, "{metrics}");
     assert_eq!(count(pool_key("context_length_exceeded")), 1.0);
     let none = "inferpool_gateway_requests_total{pool=\"none\",outcome=\"model_not_found\"}";
-    assert_eq!(count(none.into()), 1.0);
+    assert_eq!(count(none.into()), 2.0);
     for agent in ["gw-0", "gw-1"] {
         let healthy =
             format!("inferpool_gateway_agent_healthy{{pool=\"{MODEL}\",agent=\"{agent}\"}}");
         assert_eq!(count(healthy), 1.0, "{metrics}");
     }
     assert_eq!(pool.stop().await?, Some(0));
+    Ok(())
+}
+
+/// `/v1/embeddings` through the gateway: the pool's agents serve the embedding model,
+/// listed among the models; vectors are unit length, in input order, the same as floats
+/// and as base64; an unknown embedding model is 404.
+fn check_embeddings(pool: &LocalPool) -> anyhow::Result<()> {
+    let (_, models) = pool.get("/v1/models")?;
+    assert!(models.contains(EMBEDDING), "{models}");
+    let texts = json!(["The cat sleeps.", "Stocks fell sharply.", "The cat sleeps."]);
+    let body = json!({"model": EMBEDDING, "input": texts});
+    let floats = post_json(pool.addr, "/v1/embeddings", &body)?;
+    assert_eq!(floats.status, 200, "{}", floats.body);
+    let floats = floats.json()?;
+    let vectors: Vec<Vec<f64>> = (0..3)
+        .map(|i| {
+            let v = floats["data"][i]["embedding"].as_array().cloned();
+            v.unwrap_or_default()
+                .iter()
+                .filter_map(Value::as_f64)
+                .collect()
+        })
+        .collect();
+    assert_eq!(vectors[0].len(), 384);
+    let norm: f64 = vectors[0].iter().map(|x| x * x).sum();
+    assert!((norm - 1.0).abs() < 1e-3, "norm² {norm}");
+    assert_eq!(vectors[0], vectors[2], "same text, same vector");
+    assert_ne!(vectors[0], vectors[1]);
+    assert!(
+        floats["usage"]["prompt_tokens"]
+            .as_u64()
+            .is_some_and(|n| n > 0)
+    );
+    let mut b64 = body.clone();
+    b64["encoding_format"] = json!("base64");
+    let encoded = post_json(pool.addr, "/v1/embeddings", &b64)?.json()?;
+    let text = encoded["data"][1]["embedding"].as_str().unwrap_or_default();
+    assert_eq!(
+        text.len(),
+        2048,
+        "384 little-endian f32 are 2048 base64 characters"
+    );
+    let missing = post_json(
+        pool.addr,
+        "/v1/embeddings",
+        &json!({"model": "no-such-embedder", "input": "x"}),
+    )?;
+    assert_eq!(
+        (missing.status, missing.json()?["error"]["type"].clone()),
+        (404, json!("model_not_found"))
+    );
     Ok(())
 }
 

@@ -9,12 +9,12 @@ use futures::Stream;
 use inferpool_protocol::agent::agent_server::Agent as AgentService;
 use inferpool_protocol::agent::generate_request::Prompt;
 use inferpool_protocol::agent::{
-    self as pb, DrainRequest, DrainResponse, ErrorInfo, GenerateRequest, GenerateResponse,
-    LoadReport, WatchLoadRequest,
+    self as pb, DrainRequest, DrainResponse, EmbedRequest, EmbedResponse, ErrorInfo,
+    GenerateRequest, GenerateResponse, LoadReport, WatchLoadRequest,
 };
 use inferpool_protocol::openai::{
-    ChatCompletionRequest, CompletionRequest, Message, SamplingFields, Stop, ValidChatRequest,
-    ValidCompletionRequest,
+    ChatCompletionRequest, CompletionRequest, EmbeddingInput, EmbeddingRequest, Message,
+    SamplingFields, Stop, ValidChatRequest, ValidCompletionRequest, ValidEmbeddingRequest, Vector,
 };
 use prost::Message as _;
 use tokio::sync::{mpsc, watch};
@@ -93,6 +93,23 @@ impl AgentService for GrpcAgent {
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
+    async fn embed(
+        &self,
+        request: Request<EmbedRequest>,
+    ) -> Result<Response<EmbedResponse>, Status> {
+        let mut recorder = Recorder::start(self.agent.clone(), "grpc_embed");
+        match self.embed_texts(request.into_inner()).await {
+            Ok(response) => {
+                recorder.outcome("ok");
+                Ok(Response::new(response))
+            }
+            Err(e) => {
+                recorder.outcome(e.error_type());
+                Err(status(&e))
+            }
+        }
+    }
+
     async fn drain(&self, _: Request<DrainRequest>) -> Result<Response<DrainResponse>, Status> {
         self.agent.drain();
         let in_flight = u32::try_from(self.agent.in_flight.count()).unwrap_or(u32::MAX);
@@ -101,6 +118,31 @@ impl AgentService for GrpcAgent {
 }
 
 impl GrpcAgent {
+    /// `Embed`: the HTTP API's checks, vectors as plain floats (the gateway encodes them).
+    async fn embed_texts(&self, req: EmbedRequest) -> Result<EmbedResponse, ServeError> {
+        let raw = EmbeddingRequest {
+            model: req.model,
+            input: EmbeddingInput::Many(req.inputs),
+            encoding_format: None,
+        };
+        let embedded = self
+            .agent
+            .embed(ValidEmbeddingRequest::try_from(raw)?)
+            .await?;
+        let embeddings = embedded
+            .data
+            .into_iter()
+            .map(|e| match e.embedding {
+                Vector::Float(values) => pb::Vector { values },
+                Vector::Base64(_) => pb::Vector::default(),
+            })
+            .collect();
+        Ok(EmbedResponse {
+            embeddings,
+            prompt_tokens: embedded.usage.prompt_tokens,
+        })
+    }
+
     async fn start(&self, req: GenerateRequest) -> Result<TextStream, ServeError> {
         if !req.traceparent.is_empty() {
             tracing::debug!(traceparent = %req.traceparent, model = %req.model, "generate");
@@ -269,6 +311,7 @@ fn load_report(agent: &Agent, load: Option<Load>) -> LoadReport {
         devices: devices(agent),
         draining: agent.phase() == Phase::Draining,
         uptime_ms: agent.uptime_ms(),
+        embedding_model: agent.embedding_model().unwrap_or_default(),
     }
 }
 

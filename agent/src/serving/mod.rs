@@ -246,6 +246,12 @@ impl Agent {
         })
     }
 
+    /// The embedding model's name, once loaded (when one is configured).
+    pub fn embedding_model(&self) -> Option<String> {
+        let (name, _) = self.served.get()?.embedder.as_ref()?;
+        Some(name.clone())
+    }
+
     /// `GET /v1/models`: the served model and the embedding model.
     pub fn models(&self) -> ModelList {
         let mut names = Vec::new();

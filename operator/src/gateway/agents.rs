@@ -26,6 +26,8 @@ pub struct Pool {
     pub changed: Notify,
     /// Requests waiting for a free agent, per priority rank (0 = critical .. 3 = low).
     waiting: Mutex<[u32; 4]>,
+    /// The embedding model its agents report serving.
+    embedding_model: Mutex<Option<String>>,
 }
 
 /// Counts one request waiting at `rank` until dropped.
@@ -54,7 +56,24 @@ impl Pool {
             channels: Mutex::new(HashMap::new()),
             changed: Notify::new(),
             waiting: Mutex::new([0; 4]),
+            embedding_model: Mutex::new(None),
         })
+    }
+
+    /// The embedding model its agents serve, once one reported it.
+    pub fn embedding_model(&self) -> Option<String> {
+        self.embedding_model.lock().ok()?.clone()
+    }
+
+    fn learn_embedding_model(&self, name: &str) {
+        if name.is_empty() {
+            return;
+        }
+        if let Ok(mut known) = self.embedding_model.lock()
+            && known.as_deref() != Some(name)
+        {
+            *known = Some(name.to_owned());
+        }
     }
 
     /// Runs `f` on the view.
@@ -142,6 +161,7 @@ async fn watch_load(pool: Arc<Pool>, id: String, channel: Channel) {
             let mut reports = response.into_inner();
             while let Ok(Some(report)) = reports.message().await {
                 backoff = BACKOFF_MIN;
+                pool.learn_embedding_model(&report.embedding_model);
                 let (reported, draining) = reported(&report);
                 pool.with_view(|v| v.report(&id, reported, draining));
                 pool.changed.notify_waiters();

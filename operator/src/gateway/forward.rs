@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use inferpool_protocol::agent::agent_client::AgentClient;
-use inferpool_protocol::agent::{ErrorInfo, GenerateRequest, GenerateResponse};
+use inferpool_protocol::agent::{ErrorInfo, GenerateRequest, GenerateResponse, Priority};
 use prost::Message as _;
 use tokio::time::Instant;
 use tonic::{Code, Status, Streaming};
@@ -102,6 +102,43 @@ pub async fn forward(
     request: &GenerateRequest,
     key: &RequestKey<'_>,
 ) -> Result<Forwarded, ForwardError> {
+    let rank = priority_rank(request.priority());
+    let tried = try_agents(pool, budget, settings, rank, key, |id| {
+        attempt(pool, id, request)
+    })
+    .await?;
+    Ok(Forwarded {
+        committed: tried.value,
+        retries: tried.retries,
+        queue_wait: tried.queue_wait,
+    })
+}
+
+/// What one agent answered, and how it got there.
+#[derive(Debug)]
+pub struct Tried<T> {
+    /// The answer.
+    pub value: T,
+    /// Agents tried before.
+    pub retries: u32,
+    /// Time spent waiting for a free agent.
+    pub queue_wait: Duration,
+}
+
+/// Calls `attempt` on agents picked for `key` until one succeeds, retrying on another
+/// agent while the budget allows, waiting for a free agent until the queue deadline.
+pub async fn try_agents<T, F, Fut>(
+    pool: &Pool,
+    budget: &RetryBudget,
+    settings: ForwardSettings,
+    rank: usize,
+    key: &RequestKey<'_>,
+    mut attempt: F,
+) -> Result<Tried<T>, ForwardError>
+where
+    F: FnMut(String) -> Fut,
+    Fut: Future<Output = Result<T, Attempt>>,
+{
     budget.deposit();
     let mut queue_wait = Duration::ZERO;
     let mut failed: Vec<String> = Vec::new();
@@ -109,7 +146,6 @@ pub async fn forward(
     let deadline = Instant::now() + settings.queue_wait;
     loop {
         let waited = Instant::now();
-        let rank = priority_rank(request);
         let chosen = wait_for_agent(pool, key, rank, &failed, deadline).await;
         queue_wait += waited.elapsed();
         let (id, _) = match chosen {
@@ -117,11 +153,11 @@ pub async fn forward(
             Err(e) if failed.is_empty() => return Err(e),
             Err(_) => return Err(last_error),
         };
-        match attempt(pool, &id, request).await {
-            Ok(committed) => {
+        match attempt(id.clone()).await {
+            Ok(value) => {
                 let retries = u32::try_from(failed.len()).unwrap_or(u32::MAX);
-                return Ok(Forwarded {
-                    committed,
+                return Ok(Tried {
+                    value,
                     retries,
                     queue_wait,
                 });
@@ -171,9 +207,8 @@ pub async fn wait_for_agent(
 }
 
 /// 0 for critical .. 3 for low (unspecified is normal).
-pub fn priority_rank(request: &GenerateRequest) -> usize {
-    use inferpool_protocol::agent::Priority;
-    match request.priority() {
+pub fn priority_rank(priority: Priority) -> usize {
+    match priority {
         Priority::Critical => 0,
         Priority::High => 1,
         Priority::Unspecified | Priority::Normal => 2,
@@ -181,17 +216,27 @@ pub fn priority_rank(request: &GenerateRequest) -> usize {
     }
 }
 
-enum Attempt {
+/// Why one try failed.
+#[derive(Debug)]
+pub enum Attempt {
+    /// The agent could not take it: try another.
     Retryable(ForwardError),
+    /// The request itself was refused: answer so.
     Fatal(ForwardError),
 }
 
-/// One try on agent `id`: the call and its first message.
-async fn attempt(pool: &Pool, id: &str, request: &GenerateRequest) -> Result<Committed, Attempt> {
-    let Some(channel) = pool.channel(id) else {
+/// The channel to agent `id`, or a retryable failure.
+pub fn channel_to(pool: &Pool, id: &str) -> Result<tonic::transport::Channel, Attempt> {
+    pool.channel(id).ok_or_else(|| {
         pool.finished(id, Outcome::Failure);
-        return Err(Attempt::Retryable(ForwardError::Unavailable));
-    };
+        Attempt::Retryable(ForwardError::Unavailable)
+    })
+}
+
+/// One try on agent `id`: the call and its first message.
+async fn attempt(pool: &Pool, id: String, request: &GenerateRequest) -> Result<Committed, Attempt> {
+    let id = id.as_str();
+    let channel = channel_to(pool, id)?;
     let mut client = AgentClient::new(channel);
     let first = match client.generate(request.clone()).await {
         Ok(response) => {
@@ -216,7 +261,7 @@ async fn attempt(pool: &Pool, id: &str, request: &GenerateRequest) -> Result<Com
 
 /// Whether a refusal is the agent's verdict on the request (returned as is) or the
 /// agent's own trouble (retried elsewhere).
-fn classify(pool: &Pool, id: &str, status: &Status) -> Attempt {
+pub fn classify(pool: &Pool, id: &str, status: &Status) -> Attempt {
     let error = refused(status);
     match status.code() {
         Code::InvalidArgument | Code::NotFound | Code::OutOfRange => {

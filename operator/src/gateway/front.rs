@@ -54,7 +54,7 @@ pub struct PoolRoute {
 #[derive(Debug, Default)]
 pub struct Gateway {
     routes: RwLock<HashMap<String, Arc<PoolRoute>>>,
-    created: u64,
+    pub(super) created: u64,
     /// The gateway's metrics.
     pub metrics: Arc<GatewayMetrics>,
 }
@@ -90,13 +90,27 @@ impl Gateway {
         self.routes.read().ok()?.get(model).cloned()
     }
 
+    /// The pool (first by name) whose agents serve the embedding model `model`.
+    pub(super) fn embedding_route(&self, model: &str) -> Option<Arc<PoolRoute>> {
+        let routes = self.routes.read().ok()?;
+        let mut serving: Vec<(&String, &Arc<PoolRoute>)> = routes
+            .iter()
+            .filter(|(_, r)| r.pool.embedding_model().as_deref() == Some(model))
+            .collect();
+        serving.sort_by_key(|(name, _)| *name);
+        serving.first().map(|(_, r)| Arc::clone(r))
+    }
+
     fn models(&self) -> ModelList {
-        let routes = self
-            .routes
-            .read()
-            .map(|r| r.keys().cloned().collect::<Vec<_>>());
+        let routes = self.routes.read().map(|r| {
+            r.iter()
+                .flat_map(|(name, route)| [Some(name.clone()), route.pool.embedding_model()])
+                .flatten()
+                .collect::<Vec<_>>()
+        });
         let mut names = routes.unwrap_or_default();
         names.sort();
+        names.dedup();
         let refs: Vec<&str> = names.iter().map(String::as_str).collect();
         ModelList::of(&refs, self.created, "inferpool")
     }
@@ -107,6 +121,7 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(chat))
         .route("/v1/completions", post(completions))
+        .route("/v1/embeddings", post(super::embed::embeddings))
         .route("/v1/models", get(models))
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(metrics))
@@ -124,7 +139,7 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: u16, kind: &str, message: impl Into<String>) -> Self {
+    pub(super) fn new(status: u16, kind: &str, message: impl Into<String>) -> Self {
         Self {
             status,
             kind: kind.to_owned(),
@@ -132,7 +147,7 @@ impl ApiError {
         }
     }
 
-    fn invalid(message: impl Into<String>) -> Self {
+    pub(super) fn invalid(message: impl Into<String>) -> Self {
         Self::new(400, "invalid_request_error", message)
     }
 
@@ -161,7 +176,9 @@ impl IntoResponse for ApiError {
     }
 }
 
-fn parse<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
+pub(super) fn parse<T: DeserializeOwned>(
+    body: Result<Bytes, BytesRejection>,
+) -> Result<T, ApiError> {
     let bytes = body.map_err(|r| {
         if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::new(413, "request_too_large", r.body_text())
@@ -172,7 +189,7 @@ fn parse<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, 
     serde_json::from_slice(&bytes).map_err(|e| ApiError::invalid(format!("invalid JSON body: {e}")))
 }
 
-fn priority(headers: &HeaderMap) -> Result<pb::Priority, ApiError> {
+pub(super) fn priority(headers: &HeaderMap) -> Result<pb::Priority, ApiError> {
     let Some(value) = headers.get(PRIORITY_HEADER) else {
         return Ok(pb::Priority::Normal);
     };
@@ -194,7 +211,7 @@ fn priority(headers: &HeaderMap) -> Result<pb::Priority, ApiError> {
 
 /// The caller's W3C trace context, passed on to the agent (empty when absent or not a
 /// plausible `traceparent`).
-fn traceparent(headers: &HeaderMap) -> String {
+pub(super) fn traceparent(headers: &HeaderMap) -> String {
     headers
         .get("traceparent")
         .and_then(|v| v.to_str().ok())
@@ -356,7 +373,7 @@ fn session(headers: &HeaderMap, route: &PoolRoute, user: Option<&str>) -> Option
 
 /// Answers a request refused before it matched a pool (counted under pool `none`, so
 /// that labels never come from unknown model names).
-fn refused_before_routing(gateway: &Gateway, e: ApiError) -> Response {
+pub(super) fn refused_before_routing(gateway: &Gateway, e: ApiError) -> Response {
     gateway.metrics.start("none").outcome(&e.kind);
     e.into_response()
 }

@@ -5,6 +5,7 @@
 pub mod agents;
 pub mod breaker;
 pub mod discovery;
+pub mod embed;
 pub mod forward;
 pub mod front;
 pub mod metrics;
