@@ -2,6 +2,7 @@
 //! the pool's model, batches requests through one engine loop and serves them over HTTP
 //! (OpenAI-compatible) and gRPC (the gateway's `Agent` service).
 
+pub mod cache;
 pub mod config;
 pub mod engine;
 pub mod gpu;

@@ -55,7 +55,8 @@ async fn health(channel: &Channel) -> anyhow::Result<i32> {
 #[tokio::test]
 async fn generate_streams_the_same_answer_as_http_and_refuses_with_error_info() -> anyhow::Result<()>
 {
-    let agent = AgentProcess::start(serde_json::json!({})).await?;
+    // Without the response cache: HTTP must generate the same answer itself.
+    let agent = AgentProcess::start(serde_json::json!({"cache": {"enabled": false}})).await?;
     let mut client = AgentClient::new(channel(&agent).await?);
     let mut stream = client
         .generate(chat_request(MODEL, "Name two planets.", 12))

@@ -38,7 +38,8 @@ fn streamed(events: &[Value]) -> (String, Option<Value>, Option<String>) {
 
 #[tokio::test]
 async fn chat_and_completions_streamed_or_not_are_greedy_reproducible() -> anyhow::Result<()> {
-    let agent = AgentProcess::start(json!({})).await?;
+    // Without the response cache: the engine itself must repeat its answer.
+    let agent = AgentProcess::start(json!({"cache": {"enabled": false}})).await?;
     let body = chat(
         "Name three fruits.",
         json!({"temperature": 0, "max_tokens": 16}),
@@ -327,5 +328,61 @@ async fn sigterm_during_load_finishes_every_accepted_request_and_exits_zero() ->
     }
     let status = agent.exited(Duration::from_secs(60)).await?;
     assert_eq!(status.code(), Some(0), "{}", agent.log_text());
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_response_cache_replays_repeated_deterministic_requests() -> anyhow::Result<()> {
+    let agent =
+        AgentProcess::start(json!({"cache": {"capacity": "16Mi", "ttlSeconds": 600}})).await?;
+    let count = |name: &str| -> anyhow::Result<f64> {
+        let key = format!("inferpool_agent_cache_{name}");
+        Ok(metric(&agent.metrics()?, &key).unwrap_or(0.0))
+    };
+    let body = chat("Name a river.", json!({"temperature": 0, "max_tokens": 12}));
+    let first = post_json(agent.http, "/v1/chat/completions", &body)?.json()?;
+    assert_eq!((count("hits_total")?, count("misses_total")?), (0.0, 1.0));
+    // The same request streamed: replayed from the cache with the same text and usage.
+    let mut streamed_body = body.clone();
+    streamed_body["stream"] = json!(true);
+    streamed_body["stream_options"] = json!({"include_usage": true});
+    let (events, done) =
+        EventStream::open(agent.http, "/v1/chat/completions", &streamed_body)?.collect()?;
+    assert!(done);
+    let (text, usage, _) = streamed(&events);
+    assert_eq!(
+        Some(text.as_str()),
+        first["choices"][0]["message"]["content"].as_str()
+    );
+    assert_eq!(usage, Some(first["usage"].clone()));
+    assert_eq!(count("hits_total")?, 1.0);
+    assert_eq!(count("entries")?, 1.0);
+    assert!(count("bytes")? > 0.0);
+    // Sampled without a seed: never cached, not even counted as a miss.
+    let sampled = chat(
+        "Name a river.",
+        json!({"temperature": 0.9, "max_tokens": 12}),
+    );
+    for _ in 0..2 {
+        assert_eq!(
+            post_json(agent.http, "/v1/chat/completions", &sampled)?.status,
+            200
+        );
+    }
+    assert_eq!((count("hits_total")?, count("misses_total")?), (1.0, 1.0));
+    // Seeded: reproducible, so cached; a different max_tokens is a different answer.
+    let seeded = chat(
+        "Name a river.",
+        json!({"temperature": 0.9, "seed": 7, "max_tokens": 12}),
+    );
+    let a = post_json(agent.http, "/v1/chat/completions", &seeded)?.json()?;
+    let b = post_json(agent.http, "/v1/chat/completions", &seeded)?.json()?;
+    assert_eq!(a["choices"], b["choices"]);
+    let longer = chat("Name a river.", json!({"temperature": 0, "max_tokens": 13}));
+    assert_eq!(
+        post_json(agent.http, "/v1/chat/completions", &longer)?.status,
+        200
+    );
+    assert_eq!((count("hits_total")?, count("misses_total")?), (2.0, 3.0));
     Ok(())
 }

@@ -134,13 +134,14 @@ fn a_safetensors_checkpoint_answers_like_its_gguf() -> anyhow::Result<()> {
         pa, pb,
         "tokenizer.json must tokenize like the GGUF vocabulary"
     );
-    // Same weights, rounded once more to Q8_0, RoPE in the other layout: the logits agree
-    // to within a few percent, so the greedy answers start the same.
+    // Same weights, rounded once more to Q8_0, RoPE in the other layout, activations rounded
+    // per 256 values on the repacked kernels: the logits agree to within several percent,
+    // and the greedy answers start the same.
     let (la, lb) = (logits(&from_gguf.model, &pa)?, logits(&from_hf.model, &pb)?);
     let scale = la.abs()?.max_all()?.to_scalar::<f32>()?;
     let diff = (&la - &lb)?.abs()?.max_all()?.to_scalar::<f32>()?;
     eprintln!("largest logit difference {diff} of {scale}");
-    assert!(diff / scale < 0.05, "logits differ by {diff} of {scale}");
+    assert!(diff / scale < 0.1, "logits differ by {diff} of {scale}");
     let (a, b) = (
         greedy(&from_gguf.model, &pa, 6)?,
         greedy(&from_hf.model, &pb, 6)?,

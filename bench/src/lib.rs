@@ -1,5 +1,7 @@
 //! Shared pieces of inferpool's benchmarks: process statistics from /proc and percentiles.
 
+pub mod keepalive;
+
 use std::time::Duration;
 
 /// CPU time and memory of one process, read from /proc.

@@ -5,7 +5,6 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -36,6 +35,11 @@ pub struct LocalArgs {
     /// Longest a request waits for a free agent before a 429.
     #[arg(long, default_value_t = 10)]
     pub queue_wait_seconds: u64,
+    /// Serve the (single) pool with agents already running at these gRPC addresses, named
+    /// `<pool>-0`, `<pool>-1`, ... in this order, instead of starting agents (static
+    /// discovery; loopback only).
+    #[arg(long = "agent", value_name = "ADDR")]
+    pub agents: Vec<SocketAddr>,
 }
 
 /// The bundled model, relative to the models folder.
@@ -55,17 +59,21 @@ struct AgentSlot {
 /// Runs the pools until Ctrl-C or SIGTERM.
 pub async fn run_local(args: LocalArgs) -> anyhow::Result<()> {
     let pools = read_pools(&args.files)?;
-    let models = args.models.clone().unwrap_or_else(default_models_dir);
-    let binary = agent_binary(args.agent_binary.as_deref())?;
     let state = tempdir_for_run()?;
     let gateway = Gateway::new();
     let (stop, stopped) = watch::channel(false);
     let mut supervisors = Vec::new();
-    for pool in &pools {
-        let slots = prepare_pool(pool, &models, &binary, &state, &gateway, &args)?;
-        for (slot, _) in slots {
-            supervisors.push(tokio::spawn(supervise(slot, stopped.clone())));
+    if args.agents.is_empty() {
+        let models = args.models.clone().unwrap_or_else(default_models_dir);
+        let binary = agent_binary(args.agent_binary.as_deref())?;
+        for pool in &pools {
+            let slots = prepare_pool(pool, &models, &binary, &state, &gateway, &args)?;
+            for (slot, _) in slots {
+                supervisors.push(tokio::spawn(supervise(slot, stopped.clone())));
+            }
         }
+    } else {
+        serve_running_agents(&pools, &gateway, &args)?;
     }
     let listener = tokio::net::TcpListener::bind(args.addr)
         .await
@@ -134,7 +142,7 @@ fn prepare_pool(
     models: &Path,
     binary: &Path,
     state: &Path,
-    gateway: &Arc<Gateway>,
+    gateway: &Gateway,
     args: &LocalArgs,
 ) -> anyhow::Result<Vec<(AgentSlot, SocketAddr)>> {
     let name = pool
@@ -147,7 +155,6 @@ fn prepare_pool(
         pool,
         &ResolvedSource::Path(model.display().to_string()),
     ));
-    let served = crate::controller::names::served_name(pool);
     let replicas = pool.spec.replicas.max(1);
     let mut slots = Vec::new();
     for i in 0..replicas {
@@ -176,14 +183,49 @@ fn prepare_pool(
             addr: *grpc,
         })
         .collect();
+    register(pool, &endpoints, gateway, args);
+    Ok(slots)
+}
+
+/// Serves `pool` at the gateway with `endpoints` as its agents.
+fn register(pool: &InferencePool, endpoints: &[Endpoint], gateway: &Gateway, args: &LocalArgs) {
     let route = route_for(
-        served,
+        crate::controller::names::served_name(pool),
         &pool.spec.routing,
         Duration::from_secs(args.queue_wait_seconds),
     );
-    route.pool.set_endpoints(&endpoints);
+    route.pool.set_endpoints(endpoints);
     gateway.set_route(route);
-    Ok(slots)
+}
+
+/// Routes the one pool to the agents named by `--agent`.
+fn serve_running_agents(
+    pools: &[InferencePool],
+    gateway: &Gateway,
+    args: &LocalArgs,
+) -> anyhow::Result<()> {
+    let [pool] = pools else {
+        anyhow::bail!(
+            "--agent serves exactly one pool; the files hold {}",
+            pools.len()
+        );
+    };
+    let name = pool.metadata.name.as_deref().unwrap_or("pool");
+    anyhow::ensure!(
+        args.agents.iter().all(|a| a.ip().is_loopback()),
+        "--agent takes loopback addresses only"
+    );
+    let endpoints: Vec<Endpoint> = args
+        .agents
+        .iter()
+        .enumerate()
+        .map(|(i, addr)| Endpoint {
+            id: format!("{name}-{i}"),
+            addr: *addr,
+        })
+        .collect();
+    register(pool, &endpoints, gateway, args);
+    Ok(())
 }
 
 fn model_path(source: &str, models: &Path) -> anyhow::Result<PathBuf> {

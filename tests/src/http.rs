@@ -65,7 +65,8 @@ fn connect(addr: SocketAddr) -> anyhow::Result<TcpStream> {
         "tests only dial loopback or their own network namespaces, not {addr}"
     );
     let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-    stream.set_read_timeout(Some(Duration::from_secs(120)))?;
+    // Long: under load tests a request may wait minutes for its first byte.
+    stream.set_read_timeout(Some(Duration::from_secs(300)))?;
     Ok(stream)
 }
 

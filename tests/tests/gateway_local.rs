@@ -184,7 +184,7 @@ fn check_embeddings(pool: &LocalPool) -> anyhow::Result<()> {
 fn stream_one(addr: std::net::SocketAddr, i: usize) -> anyhow::Result<(bool, bool)> {
     let body = chat(
         &format!("Tell story {i}."),
-        json!({"max_tokens": 24, "stream": true}),
+        json!({"max_tokens": 8, "stream": true}),
     );
     let mut sse = EventStream::open(addr, "/v1/chat/completions", &body)?;
     anyhow::ensure!(
@@ -210,21 +210,63 @@ fn stream_one(addr: std::net::SocketAddr, i: usize) -> anyhow::Result<(bool, boo
     anyhow::bail!("request {i} ended without [DONE]")
 }
 
-#[tokio::test]
-async fn an_agent_killed_under_load_costs_only_requests_already_streaming() -> anyhow::Result<()> {
-    // All 40 may land on the surviving agent: let them wait for it rather than get 429.
+/// Whether the gateway counts `agent` healthy (from its metrics; `None` when unreadable).
+fn healthy(pool: &LocalPool, agent: &str) -> Option<bool> {
+    let key = format!("inferpool_gateway_agent_healthy{{pool=\"{MODEL}\",agent=\"{agent}\"}}");
+    let (status, text) = pool.get("/metrics").ok()?;
+    (status == 200).then(|| inferpool_e2e::http::metric(&text, &key) == Some(1.0))
+}
+
+/// Requests the gateway has in flight on `agent`.
+fn in_flight(pool: &LocalPool, agent: &str) -> Option<f64> {
+    let key = format!("inferpool_gateway_agent_in_flight{{pool=\"{MODEL}\",agent=\"{agent}\"}}");
+    let (_, text) = pool.get("/metrics").ok()?;
+    inferpool_e2e::http::metric(&text, &key)
+}
+
+/// Starts `n` streaming requests on their own threads.
+fn stream_many(
+    addr: std::net::SocketAddr,
+    n: usize,
+) -> Vec<std::thread::JoinHandle<anyhow::Result<(bool, bool)>>> {
+    (0..n)
+        .map(|i| std::thread::spawn(move || stream_one(addr, i)))
+        .collect()
+}
+
+/// Waits for every client: (completed, cut after streaming). A request that failed before
+/// its first token fails the test (in `stream_one`).
+fn outcomes(
+    clients: Vec<std::thread::JoinHandle<anyhow::Result<(bool, bool)>>>,
+) -> anyhow::Result<(usize, usize)> {
+    let (mut completed, mut cut) = (0, 0);
+    for client in clients {
+        let (finished, _) = client
+            .join()
+            .map_err(|_| anyhow::anyhow!("client panicked"))??;
+        if finished { completed += 1 } else { cut += 1 }
+    }
+    Ok((completed, cut))
+}
+
+/// Two agents under least_load, and their pids. Requests wait for an agent rather than get
+/// a 429: under load all of them may have to wait for the one that is left.
+async fn patient_pool() -> anyhow::Result<(LocalPool, Vec<u32>)> {
     let pool = LocalPool::start_with(
         &manifest("least_load"),
         MODEL,
-        &["--queue-wait-seconds", "300"],
+        &["--queue-wait-seconds", "600"],
     )
     .await?;
     let agents = pool.agent_pids();
-    assert_eq!(agents.len(), 2, "{agents:?}");
-    let addr = pool.addr;
-    let clients: Vec<_> = (0..40)
-        .map(|i| std::thread::spawn(move || stream_one(addr, i)))
-        .collect();
+    anyhow::ensure!(agents.len() == 2, "{agents:?}");
+    Ok((pool, agents))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_killed_under_load_costs_only_requests_already_streaming() -> anyhow::Result<()> {
+    let (pool, agents) = patient_pool().await?;
+    let clients = stream_many(pool.addr, 200);
     // Kill one agent once the load is under way (the first request has completed, so both
     // agents hold running and queued work). Debug builds on two shared cores are slow:
     // generous limits.
@@ -233,32 +275,52 @@ async fn an_agent_killed_under_load_costs_only_requests_already_streaming() -> a
     })
     .await?;
     LocalPool::signal(agents[0], "-KILL")?;
-    let (mut completed, mut cut) = (0, 0);
-    for client in clients {
-        let (finished, _) = client
-            .join()
-            .map_err(|_| anyhow::anyhow!("client panicked"))??;
-        if finished { completed += 1 } else { cut += 1 }
-    }
-    // Every request either completed or was cut after it had streamed (stream_one fails
-    // the test for a request that failed before its first token).
-    assert_eq!(completed + cut, 40);
-    assert!(
-        completed > 0 && cut <= 32,
-        "{completed} completed, {cut} cut"
-    );
-    // The agent comes back and takes traffic again.
-    wait_until(Duration::from_secs(300), || async {
-        let back = pool.agent_pids().len() == 2;
-        let ok = post_json(
-            addr,
-            "/v1/chat/completions",
-            &chat("hi", json!({"max_tokens": 2})),
-        )
-        .is_ok_and(|r| r.status == 200);
-        (back && ok).then_some(())
+    let killed = std::time::Instant::now();
+    let ejected = wait_until(Duration::from_secs(5), || async {
+        (healthy(&pool, "gw-0") == Some(false)).then(|| killed.elapsed())
     })
     .await?;
+    assert!(
+        ejected < Duration::from_secs(1),
+        "ejected after {ejected:?}"
+    );
+    let (completed, cut) = outcomes(clients)?;
+    assert_eq!(completed + cut, 200);
+    // At most a full batch and a full queue were on the killed agent.
+    assert!(completed >= 160, "{completed} completed, {cut} cut");
+    // The agent comes back, is readmitted and takes traffic again.
+    wait_until(Duration::from_secs(300), || async {
+        (pool.agent_pids().len() == 2 && healthy(&pool, "gw-0") == Some(true)).then_some(())
+    })
+    .await?;
+    let after = post_json(
+        pool.addr,
+        "/v1/chat/completions",
+        &chat("hi", json!({"max_tokens": 2})),
+    )?;
+    assert_eq!(after.status, 200, "{}", after.body);
+    assert_eq!(pool.stop().await?, Some(0));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_stopped_with_sigterm_under_load_fails_no_request() -> anyhow::Result<()> {
+    let (pool, agents) = patient_pool().await?;
+    // Within the agents' default drain grace (30 s) even in debug builds on two cores.
+    let mut clients = stream_many(pool.addr, 30);
+    // Stop the agent while it holds requests, then send more: those go elsewhere.
+    wait_until(Duration::from_secs(300), || async {
+        (in_flight(&pool, "gw-0").unwrap_or(0.0) >= 4.0).then_some(())
+    })
+    .await?;
+    LocalPool::signal(agents[0], "-TERM")?;
+    clients.extend(stream_many(pool.addr, 10));
+    let (completed, cut) = outcomes(clients)?;
+    assert_eq!(
+        (completed, cut),
+        (40, 0),
+        "a drained agent finishes what it took"
+    );
     assert_eq!(pool.stop().await?, Some(0));
     Ok(())
 }

@@ -82,6 +82,93 @@ pub(crate) struct Layer {
     pub down: QMatMul,
 }
 
+/// One block as the forward pass runs it: the projections that read the same input
+/// stacked into one matmul each (q, k, v; gate, up), so a step dispatches 4 matmuls per
+/// layer instead of 7 (at small batches the dispatch, not the arithmetic, dominates).
+struct Block {
+    attn_norm: Tensor,
+    wqkv: QMatMul,
+    wo: QMatMul,
+    ffn_norm: Tensor,
+    gate_up: QMatMul,
+    down: QMatMul,
+}
+
+impl Block {
+    /// `pad` zero columns are appended to the weights that read the residual width.
+    fn fuse(layer: Layer, pad: usize, device: &Device) -> Result<Self, ModelError> {
+        Ok(Self {
+            wqkv: stack(&[&layer.wq, &layer.wk, &layer.wv], pad, device)?,
+            gate_up: stack(&[&layer.gate, &layer.up], pad, device)?,
+            wo: stack(&[&layer.wo], pad, device)?,
+            attn_norm: layer.attn_norm,
+            ffn_norm: layer.ffn_norm,
+            down: layer.down,
+        })
+    }
+}
+
+/// Set to `1` to keep the generic Q8_0 kernels (see `repack_padding`).
+pub const NO_REPACK_ENV: &str = "INFERPOOL_NO_REPACK";
+
+/// Zero columns to append to the residual width so that candle's repacked x86 kernels
+/// (AVX512-VNNI, 16 rows per instruction; they need the inner width to be a multiple of
+/// 256) take the matmuls that read it: 576 wide SmolLM2 runs them 2-4x faster at 768 than
+/// on the generic Q8_0 dot product. None where those kernels do not run. The price is
+/// precision: those kernels round activations per 256 values (Q8_K, as llama.cpp does for
+/// its K-quants) rather than per 32, which `bench/accuracy` measures; `INFERPOOL_NO_REPACK=1`
+/// keeps the finer rounding.
+fn repack_padding(hidden: usize, weights: Option<GgmlDType>, device: &Device) -> usize {
+    #[cfg(target_arch = "x86_64")]
+    let vnni = is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512vnni");
+    #[cfg(not(target_arch = "x86_64"))]
+    let vnni = false;
+    let disabled = std::env::var(NO_REPACK_ENV).is_ok_and(|v| v == "1");
+    if disabled || !vnni || !device.is_cpu() || weights != Some(GgmlDType::Q8_0) {
+        return 0;
+    }
+    hidden.next_multiple_of(256) - hidden
+}
+
+/// `x` `[rows, cols]` with `pad` zero columns appended.
+fn pad_columns(x: &Tensor, pad: usize) -> candle_core::Result<Tensor> {
+    if pad == 0 {
+        return Ok(x.clone());
+    }
+    let zeros = Tensor::zeros((x.dim(0)?, pad), x.dtype(), x.device())?;
+    Tensor::cat(&[x, &zeros], 1)
+}
+
+/// One matmul computing all of `parts` (their output rows stacked, in order, with `pad`
+/// zero input columns), in the parts' quantized type (re-quantizing dequantized Q8_0
+/// blocks gives the same blocks).
+fn stack(parts: &[&QMatMul], pad: usize, device: &Device) -> Result<QMatMul, ModelError> {
+    let mut dtype = None;
+    let mut dense = Vec::with_capacity(parts.len());
+    for part in parts {
+        match part {
+            QMatMul::QTensor(q) => {
+                dtype = Some(q.dtype());
+                dense.push(q.dequantize(device)?);
+            }
+            QMatMul::Tensor(t) | QMatMul::TensorF16(t) => dense.push(t.to_dtype(DType::F32)?),
+        }
+    }
+    let all = pad_columns(&Tensor::cat(&dense, 0)?, pad)?;
+    Ok(match dtype {
+        Some(dtype) => QMatMul::from_qtensor(QTensor::quantize(&all, dtype)?)?,
+        None => QMatMul::Tensor(all),
+    })
+}
+
+/// The quantized type of the first block's query weights, if quantized.
+fn weight_type(layers: &[Layer]) -> Option<GgmlDType> {
+    match &layers.first()?.wq {
+        QMatMul::QTensor(q) => Some(q.dtype()),
+        QMatMul::Tensor(_) | QMatMul::TensorF16(_) => None,
+    }
+}
+
 /// The weights of a whole model, however they were read.
 pub(crate) struct Weights {
     pub embed: Tensor,
@@ -95,7 +182,9 @@ pub struct Llama {
     /// Its shape.
     pub config: LlamaConfig,
     embed: Tensor,
-    layers: Vec<Layer>,
+    blocks: Vec<Block>,
+    /// Zero columns the blocks' weights carry (see `repack_padding`).
+    pad: usize,
     norm: Tensor,
     output: QMatMul,
     cos: Tensor,
@@ -128,6 +217,9 @@ pub enum WeightFormat {
     /// Q4_1 converted to Q8_0 at load: candle has SIMD kernels for Q8_0 only, so this is
     /// several times faster for ~1 % error (ENGINE-NOTES.md).
     Q8,
+    /// Dequantized to f32: the file's own values with no rounding on the way, the
+    /// reference that accuracy checks compare against (slow).
+    F32,
 }
 
 impl Llama {
@@ -184,12 +276,20 @@ impl Llama {
         device: &Device,
     ) -> Result<Self, ModelError> {
         let (cos, sin) = rope_tables(&config, device)?;
+        let pad = repack_padding(config.hidden, weight_type(&w.layers), device);
+        let blocks = w
+            .layers
+            .into_iter()
+            .map(|layer| Block::fuse(layer, pad, device))
+            .collect::<Result<_, _>>()?;
+        let output = stack(&[&w.output], pad, device)?;
         Ok(Self {
             config,
             embed: w.embed,
-            layers: w.layers,
+            blocks,
+            pad,
             norm: w.norm,
-            output: w.output,
+            output,
             cos,
             sin,
             device: device.clone(),
@@ -205,13 +305,21 @@ impl Llama {
         let cos = self.cos.index_select(&positions, 0)?;
         let sin = self.sin.index_select(&positions, 0)?;
         let mut x = self.embed.index_select(&ids, 0)?;
-        for (li, layer) in self.layers.iter().enumerate() {
-            let h = candle_nn::ops::rms_norm(&x, &layer.attn_norm, self.config.eps as f32)?;
-            let attn = self.attention(layer, li, &h, (&cos, &sin), &rows, batch)?;
-            x = (x + layer.wo.forward(&attn)?)?;
-            let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, self.config.eps as f32)?;
-            let mlp = (candle_nn::ops::silu(&layer.gate.forward(&h)?)? * layer.up.forward(&h)?)?;
-            x = (x + layer.down.forward(&mlp)?)?;
+        let eps = self.config.eps as f32;
+        for (li, block) in self.blocks.iter().enumerate() {
+            let h = candle_nn::ops::rms_norm(&x, &block.attn_norm, eps)?;
+            let h = pad_columns(&h, self.pad)?;
+            let attn = self.attention(block, li, &h, (&cos, &sin), &rows, batch)?;
+            x = (x + block.wo.forward(&pad_columns(&attn, self.pad)?)?)?;
+            let h = pad_columns(
+                &candle_nn::ops::rms_norm(&x, &block.ffn_norm, eps)?,
+                self.pad,
+            )?;
+            let gate_up = block.gate_up.forward(&h)?;
+            let width = gate_up.dim(1)? / 2;
+            let gate = candle_nn::ops::silu(&gate_up.narrow(1, 0, width)?)?;
+            let mlp = (gate * gate_up.narrow(1, width, width)?)?;
+            x = (x + block.down.forward(&mlp)?)?;
         }
         for seq in batch.iter_mut() {
             seq.cache.advance(seq.tokens.len());
@@ -219,14 +327,14 @@ impl Llama {
         let last = Tensor::new(rows.last_rows.as_slice(), &self.device)?;
         let x = x.index_select(&last, 0)?;
         let x = candle_nn::ops::rms_norm(&x, &self.norm, self.config.eps as f32)?;
-        Ok(self.output.forward(&x)?)
+        Ok(self.output.forward(&pad_columns(&x, self.pad)?)?)
     }
 
     /// Attention for all rows: projections batched, then each sequence attends over its
     /// own cache (extended with its new keys and values).
     fn attention(
         &self,
-        layer: &Layer,
+        block: &Block,
         li: usize,
         h: &Tensor,
         (cos, sin): (&Tensor, &Tensor),
@@ -235,8 +343,11 @@ impl Llama {
     ) -> Result<Tensor, ModelError> {
         let c = &self.config;
         let (t, hd) = (rows.ids.len(), c.head_dim());
-        let heads = |m: &QMatMul, n: usize| -> Result<Tensor, ModelError> {
-            Ok(m.forward(h)?
+        let qkv = block.wqkv.forward(h)?;
+        // Columns [first, first + n) heads of the fused projection, as [1, n, t, hd].
+        let heads = |first: usize, n: usize| -> Result<Tensor, ModelError> {
+            Ok(qkv
+                .narrow(1, first * hd, n * hd)?
                 .reshape((t, n, hd))?
                 .transpose(0, 1)?
                 .unsqueeze(0)?
@@ -249,9 +360,9 @@ impl Llama {
                 candle_nn::rotary_emb::rope(x, cos, sin)
             }
         };
-        let q = rope(&heads(&layer.wq, c.heads)?)?;
-        let k = rope(&heads(&layer.wk, c.kv_heads)?)?;
-        let v = heads(&layer.wv, c.kv_heads)?;
+        let q = rope(&heads(0, c.heads)?)?;
+        let k = rope(&heads(c.heads, c.kv_heads)?)?;
+        let v = heads(c.heads + c.kv_heads, c.kv_heads)?;
         let mut outputs = Vec::with_capacity(batch.len());
         for ((seq, &(start, len)), mask) in batch.iter_mut().zip(&rows.spans).zip(&rows.masks) {
             let q = q.narrow(2, start, len)?.squeeze(0)?;
@@ -264,7 +375,9 @@ impl Llama {
     }
 
     /// Causal attention of `q` `[heads, len, hd]` over `k`, `v` `[kv_heads, past+len, hd]`
-    /// (`mask` for more than one query row); returns `[len, heads*hd]`.
+    /// (`mask` for more than one query row); returns `[len, heads*hd]`. The query heads
+    /// sharing a key/value head are folded into its rows, so the cache is read in place
+    /// rather than copied once per query head.
     fn attend(
         &self,
         q: &Tensor,
@@ -274,16 +387,18 @@ impl Llama {
     ) -> Result<Tensor, ModelError> {
         let c = &self.config;
         let (len, hd) = (q.dim(1)?, c.head_dim());
-        let group = c.heads / c.kv_heads;
-        let k = repeat_kv(k, group)?;
-        let v = repeat_kv(v, group)?;
+        let (kv, group, total) = (c.kv_heads, c.heads / c.kv_heads, k.dim(1)?);
+        let q = q.reshape((kv, group * len, hd))?;
         let scores = (q.matmul(&k.t()?)? / (hd as f64).sqrt())?;
         let scores = match mask {
-            Some(mask) => scores.broadcast_add(mask)?,
+            Some(mask) => scores
+                .reshape((kv, group, len, total))?
+                .broadcast_add(mask)?
+                .reshape((kv, group * len, total))?,
             None => scores,
         };
         let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-        let y = probs.matmul(&v)?;
+        let y = probs.matmul(v)?.reshape((c.heads, len, hd))?;
         Ok(y.transpose(0, 1)?.reshape((len, c.heads * hd))?)
     }
 }
@@ -328,16 +443,6 @@ impl Rows {
     }
 }
 
-fn repeat_kv(x: &Tensor, group: usize) -> Result<Tensor, ModelError> {
-    if group == 1 {
-        return Ok(x.contiguous()?);
-    }
-    let (kv, len, hd) = x.dims3()?;
-    Ok(x.unsqueeze(1)?
-        .expand((kv, group, len, hd))?
-        .reshape((kv * group, len, hd))?)
-}
-
 /// `-inf` where a query row may not see a key column: row j (position past+j) sees keys
 /// 0..=past+j.
 fn causal_mask(len: usize, past: usize, device: &Device) -> Result<Tensor, ModelError> {
@@ -363,11 +468,12 @@ fn rope_tables(c: &LlamaConfig, device: &Device) -> Result<(Tensor, Tensor), Mod
 }
 
 fn convert(t: QTensor, format: WeightFormat, device: &Device) -> Result<QTensor, ModelError> {
-    if format == WeightFormat::Q8 && t.dtype() == GgmlDType::Q4_1 {
-        let dense = t.dequantize(device)?;
-        return Ok(QTensor::quantize(&dense, GgmlDType::Q8_0)?);
-    }
-    Ok(t)
+    let target = match format {
+        WeightFormat::Q8 if t.dtype() == GgmlDType::Q4_1 => GgmlDType::Q8_0,
+        WeightFormat::F32 => GgmlDType::F32,
+        _ => return Ok(t),
+    };
+    Ok(QTensor::quantize(&t.dequantize(device)?, target)?)
 }
 
 /// The index of the largest logit (greedy decoding).

@@ -21,6 +21,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status};
 
+use crate::cache::CacheStats;
 use crate::scheduler::batcher::{FinishReason, Load};
 use crate::scheduler::queue::Priority;
 use crate::serving::error::ServeError;
@@ -229,7 +230,7 @@ fn responses(
             }
             Some(TextEvent::Done { finish, usage }) => {
                 recorder.outcome("ok");
-                Ok(finished(finish, usage))
+                Ok(finished(finish, usage, text.cached()))
             }
             Some(TextEvent::Failed(message)) => Err(ServeError::Engine(message)),
             None => Err(ServeError::Engine(
@@ -244,7 +245,11 @@ fn responses(
     })
 }
 
-fn finished(finish: FinishReason, usage: inferpool_protocol::openai::Usage) -> GenerateResponse {
+fn finished(
+    finish: FinishReason,
+    usage: inferpool_protocol::openai::Usage,
+    cached: bool,
+) -> GenerateResponse {
     let finish = match finish {
         FinishReason::Stop => pb::FinishReason::Stop,
         FinishReason::Length => pb::FinishReason::Length,
@@ -254,7 +259,7 @@ fn finished(finish: FinishReason, usage: inferpool_protocol::openai::Usage) -> G
         usage: Some(pb::Usage {
             prompt_tokens: usage.prompt_tokens,
             completion_tokens: usage.completion_tokens,
-            cached: false,
+            cached,
         }),
         ..GenerateResponse::default()
     }
@@ -269,7 +274,8 @@ async fn report_loop(agent: Arc<Agent>, tx: mpsc::Sender<Result<LoadReport, Stat
         if load.is_none() {
             load = agent.watch_load();
         }
-        let report = load_report(&agent, load.as_mut().map(|l| *l.borrow_and_update()));
+        let cache = agent.cache_stats().await;
+        let report = load_report(&agent, load.as_mut().map(|l| *l.borrow_and_update()), cache);
         if tx.send(Ok(report)).await.is_err() {
             return;
         }
@@ -293,7 +299,7 @@ async fn changed(load: &mut Option<watch::Receiver<Load>>) {
     }
 }
 
-fn load_report(agent: &Agent, load: Option<Load>) -> LoadReport {
+fn load_report(agent: &Agent, load: Option<Load>, cache: Option<CacheStats>) -> LoadReport {
     let load = load.unwrap_or_default();
     let [critical, high, normal, low] = load.queued.map(count);
     LoadReport {
@@ -307,7 +313,12 @@ fn load_report(agent: &Agent, load: Option<Load>) -> LoadReport {
         max_batch_size: count(agent.max_batch_size),
         kv_blocks_used: count(load.kv_blocks_used),
         kv_blocks_total: count(load.kv_blocks_total),
-        cache: None,
+        cache: cache.map(|c| pb::CacheStats {
+            entries: c.entries,
+            bytes: c.bytes,
+            hits: c.hits,
+            misses: c.misses,
+        }),
         devices: devices(agent),
         draining: agent.phase() == Phase::Draining,
         uptime_ms: agent.uptime_ms(),

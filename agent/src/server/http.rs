@@ -160,6 +160,9 @@ async fn readyz(State(agent): State<Arc<Agent>>) -> Response {
 
 async fn metrics(State(agent): State<Arc<Agent>>) -> Response {
     agent.metrics.observe_load(&agent.load());
+    if let Some(stats) = agent.cache_stats().await {
+        agent.metrics.observe_cache(&stats);
+    }
     let mut text = String::new();
     if prometheus_client::encoding::text::encode(&mut text, &agent.registry).is_err() {
         return StatusCode::INTERNAL_SERVER_ERROR.into_response();

@@ -18,6 +18,7 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 use super::grpc::GrpcAgent;
+use crate::cache::ResponseCache;
 use crate::config::AgentConfig;
 use crate::engine::embed::Embedder;
 use crate::engine::kv::BlockBudget;
@@ -194,6 +195,10 @@ async fn load_and_warm_inner(
     args: &ServeArgs,
     device: Device,
 ) -> anyhow::Result<Served> {
+    let cache = config.cache.settings()?.map(|settings| {
+        tracing::info!(?settings, "response cache");
+        Arc::new(ResponseCache::new(settings))
+    });
     let (path, format) = (config.model_path.clone(), config.model_format);
     let template = config.chat_template.clone();
     let dev = device.clone();
@@ -213,6 +218,7 @@ async fn load_and_warm_inner(
         template: loaded.template,
         context,
         embedder,
+        cache,
     })
 }
 

@@ -12,6 +12,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use crate::cache::CacheStats;
 use crate::scheduler::batcher::Load;
 use crate::scheduler::queue::Priority;
 
@@ -65,6 +66,57 @@ pub struct AgentMetrics {
     vllm_waiting: Gauge,
     vllm_running: Gauge,
     vllm_kv_usage: Gauge<f64, AtomicU64>,
+    cache: CacheMetrics,
+}
+
+/// The response cache's counts.
+#[derive(Debug, Default)]
+struct CacheMetrics {
+    hits: Counter,
+    misses: Counter,
+    entries: Gauge,
+    bytes: Gauge,
+    /// What the counters last showed of the cache's own totals.
+    seen: [AtomicU64; 2],
+}
+
+impl CacheMetrics {
+    fn register(&self, r: &mut Registry) {
+        r.register(
+            "cache_hits",
+            "Requests answered from the response cache",
+            self.hits.clone(),
+        );
+        r.register(
+            "cache_misses",
+            "Cacheable requests not in the cache",
+            self.misses.clone(),
+        );
+        r.register(
+            "cache_entries",
+            "Answers in the response cache",
+            self.entries.clone(),
+        );
+        r.register(
+            "cache_bytes",
+            "Bytes held by the response cache",
+            self.bytes.clone(),
+        );
+    }
+
+    fn observe(&self, stats: &CacheStats) {
+        for ((counter, seen), total) in [&self.hits, &self.misses]
+            .into_iter()
+            .zip(&self.seen)
+            .zip([stats.hits, stats.misses])
+        {
+            counter.inc_by(total.saturating_sub(seen.swap(total, Ordering::Relaxed)));
+        }
+        self.entries
+            .set(i64::try_from(stats.entries).unwrap_or(i64::MAX));
+        self.bytes
+            .set(i64::try_from(stats.bytes).unwrap_or(i64::MAX));
+    }
 }
 
 fn latency_histogram() -> Histogram {
@@ -90,6 +142,7 @@ impl AgentMetrics {
             preemptions_seen: AtomicU64::new(0),
             draining: Gauge::default(),
             ready: Gauge::default(),
+            cache: CacheMetrics::default(),
             vllm_waiting: Gauge::default(),
             vllm_running: Gauge::default(),
             vllm_kv_usage: Gauge::default(),
@@ -170,6 +223,7 @@ impl AgentMetrics {
             self.preemptions.clone(),
         );
         r.register("draining", "1 while draining", self.draining.clone());
+        self.cache.register(r);
         r.register(
             "ready",
             "1 once the model is loaded and warmed up",
@@ -198,6 +252,11 @@ impl AgentMetrics {
             .swap(load.preemptions, Ordering::Relaxed);
         self.preemptions
             .inc_by(load.preemptions.saturating_sub(seen));
+    }
+
+    /// Refreshes the response cache's counts (called before each scrape).
+    pub fn observe_cache(&self, stats: &CacheStats) {
+        self.cache.observe(stats);
     }
 
     /// Counts one ended request.

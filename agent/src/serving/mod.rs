@@ -22,6 +22,7 @@ use self::error::ServeError;
 use self::inflight::InFlight;
 use self::metrics::AgentMetrics;
 use self::text::TextStream;
+use crate::cache::{CacheKey, CacheStats, ResponseCache};
 use crate::engine::chat::ChatTemplate;
 use crate::engine::embed::Embedder;
 use crate::engine::prepare::{ModelFacts, prepare_chat, prepare_completion};
@@ -56,6 +57,8 @@ pub struct Served {
     pub context: usize,
     /// The embedding model and its name, when one is configured.
     pub embedder: Option<(String, Arc<Embedder>)>,
+    /// The response cache, when the pool enables it.
+    pub cache: Option<Arc<ResponseCache>>,
 }
 
 /// The whole agent's state.
@@ -190,16 +193,29 @@ impl Agent {
     ) -> Result<TextStream, ServeError> {
         let guard = self.in_flight.enter();
         let prompt_tokens = generation.prompt.len();
+        let tokenizer = served.tokenizer.clone();
+        let cached = served.cache.as_ref().and_then(|cache| {
+            let key = CacheKey::of(&served.name, &generation, stops)?;
+            Some((cache.clone(), key))
+        });
+        if let Some((cache, key)) = &cached
+            && let Some(answer) = cache.get(key).await
+        {
+            return Ok(TextStream::replay(answer, tokenizer, prompt_tokens, guard));
+        }
         let events = served.engine.generate(generation).await?;
         self.metrics.prompt_tokens.inc_by(prompt_tokens as u64);
-        let tokenizer = served.tokenizer.clone();
-        Ok(TextStream::new(
-            events,
-            tokenizer,
-            stops,
-            prompt_tokens,
-            guard,
-        ))
+        let stream = TextStream::new(events, tokenizer, stops, prompt_tokens, guard);
+        Ok(match cached {
+            Some((cache, key)) => stream.recorded_in(cache, key),
+            None => stream,
+        })
+    }
+
+    /// The response cache's counts, when there is one.
+    pub async fn cache_stats(&self) -> Option<CacheStats> {
+        let cache = self.served.get()?.cache.as_ref()?;
+        Some(cache.stats().await)
     }
 
     fn model_named(&self, name: &str) -> Result<&Served, ServeError> {

@@ -2,12 +2,14 @@
 //! split over tokens is held until complete), stop strings (never emitted), and the usage
 //! and finish reason at the end. Dropping a `TextStream` cancels the request in the engine.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use inferpool_protocol::openai::Usage;
 use tokio::sync::mpsc;
 
 use super::inflight::InFlightGuard;
+use crate::cache::{CacheKey, CachedAnswer, ResponseCache};
 use crate::engine::sampling::StopMatcher;
 use crate::engine::tokenizer::ModelTokenizer;
 use crate::scheduler::batcher::{FinishReason, GenerationEvent};
@@ -82,7 +84,20 @@ pub struct TextStream {
     prompt_tokens: usize,
     generated: usize,
     end: Option<TextEvent>,
+    /// A cached answer being replayed (then there is no engine stream).
+    replay: VecDeque<TextEvent>,
+    /// Where a complete answer goes, as it is streamed.
+    recording: Option<Recording>,
+    from_cache: bool,
     _in_flight: InFlightGuard,
+}
+
+/// An answer on its way into the response cache.
+#[derive(Debug)]
+struct Recording {
+    cache: Arc<ResponseCache>,
+    key: CacheKey,
+    chunks: Vec<(String, Vec<u32>)>,
 }
 
 impl TextStream {
@@ -101,8 +116,47 @@ impl TextStream {
             prompt_tokens,
             generated: 0,
             end: None,
+            replay: VecDeque::new(),
+            recording: None,
+            from_cache: false,
             _in_flight: in_flight,
         }
+    }
+
+    /// Keeps the answer in `cache` under `key` if it completes.
+    pub(crate) fn recorded_in(mut self, cache: Arc<ResponseCache>, key: CacheKey) -> Self {
+        self.recording = Some(Recording {
+            cache,
+            key,
+            chunks: Vec::new(),
+        });
+        self
+    }
+
+    /// A cached answer, replayed as it was first streamed.
+    pub(crate) fn replay(
+        answer: CachedAnswer,
+        tokenizer: Arc<ModelTokenizer>,
+        prompt_tokens: usize,
+        in_flight: InFlightGuard,
+    ) -> Self {
+        let (_, events) = mpsc::channel(1);
+        let mut stream = Self::new(events, tokenizer, &[], prompt_tokens, in_flight);
+        stream.events = None;
+        stream.replay = answer
+            .chunks
+            .into_iter()
+            .map(|(text, token_ids)| TextEvent::Text { text, token_ids })
+            .collect();
+        stream.generated = answer.completion_tokens;
+        stream.from_cache = true;
+        stream.replay.push_back(stream.done(answer.finish));
+        stream
+    }
+
+    /// Whether the answer comes from the response cache.
+    pub fn cached(&self) -> bool {
+        self.from_cache
     }
 
     /// Prompt tokens of this request.
@@ -112,6 +166,40 @@ impl TextStream {
 
     /// The next event; `None` after `Done` or `Failed`.
     pub async fn next(&mut self) -> Option<TextEvent> {
+        if let Some(event) = self.replay.pop_front() {
+            return Some(event);
+        }
+        let event = self.next_generated().await;
+        if let Some(event) = &event {
+            self.record(event).await;
+        }
+        event
+    }
+
+    /// Adds `event` to the recording; a complete answer goes into the cache.
+    async fn record(&mut self, event: &TextEvent) {
+        match event {
+            TextEvent::Text { text, token_ids } => {
+                if let Some(r) = &mut self.recording {
+                    r.chunks.push((text.clone(), token_ids.clone()));
+                }
+            }
+            TextEvent::Done { finish, usage } => {
+                if let Some(r) = self.recording.take() {
+                    let answer = CachedAnswer {
+                        chunks: r.chunks,
+                        finish: *finish,
+                        completion_tokens: usize::try_from(usage.completion_tokens)
+                            .unwrap_or(usize::MAX),
+                    };
+                    r.cache.insert(r.key, answer).await;
+                }
+            }
+            TextEvent::Failed(_) => self.recording = None,
+        }
+    }
+
+    async fn next_generated(&mut self) -> Option<TextEvent> {
         if let Some(end) = self.end.take() {
             return Some(end);
         }

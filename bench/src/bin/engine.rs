@@ -22,6 +22,9 @@ struct Args {
     /// Tokens decoded per sequence.
     #[arg(long, default_value_t = 32)]
     tokens: usize,
+    /// Only the Q8 engine (what the agent runs), e.g. under a profiler.
+    #[arg(long)]
+    q8_only: bool,
 }
 
 const PROMPT: &str =
@@ -41,9 +44,16 @@ fn main() -> anyhow::Result<()> {
         args.tokens,
         threads()
     );
-    let reference = reference(&path, &prompt, args.tokens)?;
-    println!("reference candle quantized_llama (Q4_1 as stored), batch 1: {reference:.1} tok/s");
-    for format in [WeightFormat::AsStored, WeightFormat::Q8] {
+    let formats = if args.q8_only {
+        vec![WeightFormat::Q8]
+    } else {
+        let reference = reference(&path, &prompt, args.tokens)?;
+        println!(
+            "reference candle quantized_llama (Q4_1 as stored), batch 1: {reference:.1} tok/s"
+        );
+        vec![WeightFormat::AsStored, WeightFormat::Q8]
+    };
+    for format in formats {
         let model = Llama::load(&path, format, &Device::Cpu)?;
         for batch in [1, 4, 16] {
             let rate = ours(&model, &prompt, batch, args.tokens)?;

@@ -52,8 +52,10 @@ impl Drop for Server {
 fn start_inferpool(args: &Args) -> anyhow::Result<Server> {
     let dir = inferpool_e2e::parts::ScratchDir::new("bench-agent")?;
     let (http, grpc) = (free_port()?, free_port()?);
+    // The response cache is off: the benchmark compares generation, not replays.
     let config = json!({"servedName": MODEL, "modelPath": args.model,
-        "httpPort": http.port(), "grpcPort": grpc.port(), "batching": {"maxBatchSize": 16}});
+        "httpPort": http.port(), "grpcPort": grpc.port(), "batching": {"maxBatchSize": 16},
+        "cache": {"enabled": false}});
     let path = dir.path().join("agent.json");
     std::fs::write(&path, config.to_string())?;
     let child = Command::new(&args.agent)

@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 use super::agents::Pool;
 use super::forward::ForwardSettings;
 use super::front::{Gateway, PoolRoute};
-use super::pick::picker;
+use super::pick::{picker, strategy_name};
 use super::pool::{Endpoint, PoolSettings, PoolView};
 use super::retry::RetryBudget;
 use crate::api::{InferencePool, RoutingSpec};
@@ -95,6 +95,7 @@ pub fn route_for(model: String, routing: &RoutingSpec, queue_wait: Duration) -> 
         },
         timeout: Duration::from_secs(u64::try_from(routing.request_timeout_seconds).unwrap_or(300)),
         session_header: routing.session_header.to_ascii_lowercase(),
+        strategy: strategy_name(routing.strategy),
     })
 }
 

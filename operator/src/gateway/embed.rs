@@ -24,6 +24,7 @@ use super::forward::{
 use super::front::{
     ApiError, Gateway, PoolRoute, parse, priority, refused_before_routing, traceparent,
 };
+use super::metrics::PickLabels;
 use super::pick::RequestKey;
 use super::pool::Outcome;
 
@@ -97,7 +98,12 @@ async fn answer(gateway: &Gateway, routed: Routed) -> Response {
             queue_wait,
         }) => {
             let wait = queue_wait.as_secs_f64();
-            gateway.metrics.forwarded(&pool_name, &agent, retries, wait);
+            let pick = PickLabels {
+                pool: pool_name.clone(),
+                agent,
+                strategy: route.strategy,
+            };
+            gateway.metrics.forwarded(&pick, retries, wait);
             record.first_token();
             record.outcome("ok");
             Json(response(req.model, req.encoding, embedded)).into_response()

@@ -23,7 +23,7 @@ use serde::de::DeserializeOwned;
 
 use super::agents::Pool;
 use super::forward::{ForwardError, ForwardSettings, Forwarded, forward};
-use super::metrics::GatewayMetrics;
+use super::metrics::{GatewayMetrics, PickLabels};
 use super::pick::RequestKey;
 use super::relay::{Relay, relay};
 use super::retry::RetryBudget;
@@ -48,6 +48,8 @@ pub struct PoolRoute {
     pub timeout: Duration,
     /// The session header for session affinity.
     pub session_header: String,
+    /// The routing strategy's name (a metric label).
+    pub strategy: &'static str,
 }
 
 /// The gateway: pools by served model name.
@@ -401,9 +403,12 @@ async fn answer(
             queue_wait,
         }) => {
             let wait = queue_wait.as_secs_f64();
-            gateway
-                .metrics
-                .forwarded(model, &committed.agent, retries, wait);
+            let pick = PickLabels {
+                pool: model.clone(),
+                agent: committed.agent.clone(),
+                strategy: route.strategy,
+            };
+            gateway.metrics.forwarded(&pick, retries, wait);
             record.first_token();
             relay(route.pool.clone(), committed, shape, deadline, record).await
         }

@@ -55,6 +55,17 @@ pub struct AgentLabels {
     pub agent: String,
 }
 
+/// Where a request was sent, and by which strategy.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PickLabels {
+    /// The pool.
+    pub pool: String,
+    /// The agent picked.
+    pub agent: String,
+    /// The pool's routing strategy.
+    pub strategy: &'static str,
+}
+
 /// An agent's circuit state.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CircuitLabels {
@@ -78,7 +89,7 @@ pub struct GatewayMetrics {
     ttft: Histograms,
     queue_wait: Histograms,
     retries: Family<PoolLabels, Counter>,
-    picks: Family<AgentLabels, Counter>,
+    picks: Family<PickLabels, Counter>,
     in_flight: Family<AgentLabels, Gauge>,
     healthy: Family<AgentLabels, Gauge>,
     circuit: Family<CircuitLabels, Gauge>,
@@ -161,17 +172,13 @@ impl GatewayMetrics {
     }
 
     /// Records where a request went and how it got there.
-    pub fn forwarded(&self, pool: &str, agent: &str, retries: u32, queue_wait: f64) {
+    pub fn forwarded(&self, pick: &PickLabels, retries: u32, queue_wait: f64) {
         let p = PoolLabels {
-            pool: pool.to_owned(),
+            pool: pick.pool.clone(),
         };
         self.retries.get_or_create(&p).inc_by(u64::from(retries));
         self.queue_wait.get_or_create(&p).observe(queue_wait);
-        let a = AgentLabels {
-            pool: pool.to_owned(),
-            agent: agent.to_owned(),
-        };
-        self.picks.get_or_create(&a).inc();
+        self.picks.get_or_create(pick).inc();
     }
 
     /// Refreshes the per-agent gauges of `pool` from `agents`: (id, in flight, circuit
@@ -249,7 +256,12 @@ mod tests {
         m.start("p").outcome("ok");
         m.start("p").outcome("a message an agent made up");
         drop(m.start("p"));
-        m.forwarded("p", "a0", 1, 0.002);
+        let pick = PickLabels {
+            pool: "p".into(),
+            agent: "a0".into(),
+            strategy: "round_robin",
+        };
+        m.forwarded(&pick, 1, 0.002);
         m.observe_agents("p", &[("a0".into(), 2, "open", false)]);
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &m.registry).unwrap();
@@ -258,7 +270,7 @@ mod tests {
             "inferpool_gateway_requests_total{pool=\"p\",outcome=\"upstream_error\"} 1",
             "inferpool_gateway_requests_total{pool=\"p\",outcome=\"cancelled\"} 1",
             "inferpool_gateway_retries_total{pool=\"p\"} 1",
-            "inferpool_gateway_picks_total{pool=\"p\",agent=\"a0\"} 1",
+            "inferpool_gateway_picks_total{pool=\"p\",agent=\"a0\",strategy=\"round_robin\"} 1",
             "inferpool_gateway_agent_in_flight{pool=\"p\",agent=\"a0\"} 2",
             "inferpool_gateway_agent_circuit{pool=\"p\",agent=\"a0\",state=\"open\"} 1",
             "inferpool_gateway_agent_circuit{pool=\"p\",agent=\"a0\",state=\"closed\"} 0",

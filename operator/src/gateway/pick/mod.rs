@@ -71,6 +71,18 @@ pub trait Pick: Send + Sync + std::fmt::Debug {
 }
 
 /// The picker for a pool's `routing.strategy`.
+/// The strategy's name as the pool spells it (a metric label).
+pub fn strategy_name(strategy: RoutingStrategy) -> &'static str {
+    match strategy {
+        RoutingStrategy::RoundRobin => "round_robin",
+        RoutingStrategy::LeastConnections => "least_connections",
+        RoutingStrategy::Weighted => "weighted",
+        RoutingStrategy::LeastLoad => "least_load",
+        RoutingStrategy::PrefixAffinity => "prefix_affinity",
+        RoutingStrategy::SessionAffinity => "session_affinity",
+    }
+}
+
 pub fn picker(strategy: RoutingStrategy) -> Box<dyn Pick> {
     match strategy {
         RoutingStrategy::RoundRobin => Box::new(RoundRobin::default()),

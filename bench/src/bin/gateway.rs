@@ -1,0 +1,296 @@
+//! Gateway overhead: the same load sent (a) straight to one agent, (b) through the inferpool
+//! gateway (`inferpool-operator local --agent`, round robin) and (c) through nginx as a
+//! plain round-robin proxy to the same two agents, in one run. Requests are ones the agent
+//! answers fast (`max_tokens: 1`): `cached` ones repeat a greedy request, which the agents'
+//! response cache answers without the engine (so the proxy's own cost shows), `generated`
+//! ones sample one token each. Prints latency p50/p99 at one request at a time, the
+//! latency each proxy adds, and the most requests/s with many clients, side by side.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use inferpool_bench::keepalive::Connection;
+use inferpool_bench::quantile;
+use inferpool_e2e::http::{free_port, get};
+use inferpool_e2e::parts::ScratchDir;
+use serde_json::json;
+
+#[derive(Debug, Parser)]
+struct Args {
+    /// The inferpool-agent binary (release build).
+    #[arg(long)]
+    agent: PathBuf,
+    /// The inferpool-operator binary (release build).
+    #[arg(long)]
+    operator: PathBuf,
+    /// The nginx binary.
+    #[arg(long)]
+    nginx: PathBuf,
+    /// The GGUF the agents serve.
+    #[arg(long)]
+    model: PathBuf,
+    /// Requests one at a time, per target and workload (the latency figures).
+    #[arg(long, default_value_t = 2000)]
+    sequential: usize,
+    /// Clients at once for the throughput figure.
+    #[arg(long, default_value_t = 32)]
+    clients: usize,
+    /// Seconds of the throughput run, per target and workload.
+    #[arg(long, default_value_t = 5)]
+    seconds: u64,
+}
+
+const MODEL: &str = "smollm2";
+
+/// A child process, killed when dropped.
+struct Process {
+    child: Child,
+    _dir: ScratchDir,
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits until `GET path` on `addr` answers 200.
+fn until_ready(addr: SocketAddr, path: &str, what: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while Instant::now() < deadline {
+        if matches!(get(addr, path), Ok((200, _))) {
+            return Ok(());
+        }
+        std::thread::park_timeout(Duration::from_millis(100));
+    }
+    anyhow::bail!("{what} did not become ready")
+}
+
+/// An agent: (process, HTTP address, gRPC address). One engine thread each, so that two
+/// agents share the two cores.
+fn start_agent(args: &Args) -> anyhow::Result<(Process, SocketAddr, SocketAddr)> {
+    let dir = ScratchDir::new("bench-gw-agent")?;
+    let (http, grpc) = (free_port()?, free_port()?);
+    let config = json!({"servedName": MODEL, "modelPath": args.model,
+        "httpPort": http.port(), "grpcPort": grpc.port()});
+    let path = dir.path().join("agent.json");
+    std::fs::write(&path, config.to_string())?;
+    let child = Command::new(&args.agent)
+        .args(["serve", "--host", "127.0.0.1", "--config"])
+        .arg(&path)
+        .env("RAYON_NUM_THREADS", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let process = Process { child, _dir: dir };
+    until_ready(http, "/readyz", "the agent")?;
+    Ok((process, http, grpc))
+}
+
+/// The inferpool gateway over the agents at `grpc`, round robin like nginx.
+fn start_gateway(args: &Args, grpc: &[SocketAddr]) -> anyhow::Result<(Process, SocketAddr)> {
+    let dir = ScratchDir::new("bench-gw")?;
+    let manifest = format!(
+        "apiVersion: inferpool.dev/v1alpha1\nkind: InferencePool\nmetadata:\n  name: bench\n\
+         spec:\n  model:\n    source: bundled\n    servedName: {MODEL}\n  replicas: 2\n  \
+         routing:\n    strategy: round_robin\n"
+    );
+    let file = dir.path().join("pool.yaml");
+    std::fs::write(&file, manifest)?;
+    let addr = free_port()?;
+    let mut command = Command::new(&args.operator);
+    command
+        .args(["local", "--addr", &addr.to_string(), "-f"])
+        .arg(&file);
+    for a in grpc {
+        command.args(["--agent", &a.to_string()]);
+    }
+    let child = command
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let process = Process { child, _dir: dir };
+    until_ready(addr, "/healthz", "the gateway")?;
+    until_answers(addr)?;
+    Ok((process, addr))
+}
+
+/// nginx as a round-robin proxy with kept-alive upstream connections to the agents' HTTP.
+fn start_nginx(nginx: &Path, http: &[SocketAddr]) -> anyhow::Result<(Process, SocketAddr)> {
+    let dir = ScratchDir::new("bench-nginx")?;
+    let addr = free_port()?;
+    let servers: String = http.iter().map(|a| format!("    server {a};\n")).collect();
+    let conf = format!(
+        "worker_processes 2;\ndaemon off;\npid nginx.pid;\nerror_log stderr error;\n\
+         events {{ worker_connections 4096; }}\nhttp {{\n  access_log off;\n  \
+         client_body_temp_path tmp;\n  proxy_temp_path tmp;\n  upstream agents {{\n{servers}    \
+         keepalive 128;\n  }}\n  server {{\n    listen {addr};\n    location / {{\n      \
+         proxy_pass http://agents;\n      proxy_http_version 1.1;\n      \
+         proxy_set_header Connection \"\";\n      proxy_buffering off;\n    }}\n  }}\n}}\n"
+    );
+    std::fs::create_dir_all(dir.path().join("tmp"))?;
+    std::fs::write(dir.path().join("nginx.conf"), conf)?;
+    let child = Command::new(nginx)
+        .arg("-p")
+        .arg(dir.path())
+        .args(["-c", "nginx.conf", "-e", "stderr"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let process = Process { child, _dir: dir };
+    until_ready(addr, "/healthz", "nginx")?;
+    Ok((process, addr))
+}
+
+/// Waits until a chat request is answered (the gateway has its agents' first reports).
+fn until_answers(addr: SocketAddr) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let body = body(Workload::Cached);
+    while Instant::now() < deadline {
+        let answered =
+            Connection::open(addr).and_then(|mut c| c.post("/v1/chat/completions", &body));
+        if matches!(answered, Ok(200)) {
+            return Ok(());
+        }
+        std::thread::park_timeout(Duration::from_millis(100));
+    }
+    anyhow::bail!("{addr} never answered a chat request")
+}
+
+/// The request body of a workload.
+fn body(workload: Workload) -> Vec<u8> {
+    let temperature = match workload {
+        Workload::Cached => 0.0,
+        Workload::Generated => 1.0,
+    };
+    json!({"model": MODEL, "max_tokens": 1, "temperature": temperature,
+        "messages": [{"role": "user", "content": "Say yes."}]})
+    .to_string()
+    .into_bytes()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Workload {
+    Cached,
+    Generated,
+}
+
+/// Latencies of `n` requests sent one at a time over one connection.
+fn latencies(addr: SocketAddr, body: &[u8], n: usize) -> anyhow::Result<Vec<Duration>> {
+    let mut conn = Connection::open(addr)?;
+    let mut samples = Vec::with_capacity(n);
+    for _ in 0..n {
+        let start = Instant::now();
+        let status = conn.post("/v1/chat/completions", body)?;
+        samples.push(start.elapsed());
+        anyhow::ensure!(status == 200, "answered {status}");
+    }
+    samples.sort_unstable();
+    Ok(samples)
+}
+
+/// Requests per second answered 200 with `clients` kept-alive connections for `seconds`.
+fn throughput(addr: SocketAddr, body: &[u8], clients: usize, seconds: u64) -> anyhow::Result<f64> {
+    let (stop, done, failed) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+    );
+    let threads: Vec<_> = (0..clients)
+        .map(|_| {
+            let (stop, done, failed, body) =
+                (stop.clone(), done.clone(), failed.clone(), body.to_vec());
+            std::thread::spawn(move || -> anyhow::Result<()> {
+                let mut conn = Connection::open(addr)?;
+                while !stop.load(Ordering::Relaxed) {
+                    let ok = conn.post("/v1/chat/completions", &body)? == 200;
+                    let counter = if ok { &done } else { &failed };
+                    counter.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    let start = Instant::now();
+    std::thread::park_timeout(Duration::from_secs(seconds));
+    stop.store(true, Ordering::Relaxed);
+    for t in threads {
+        t.join().map_err(|_| anyhow::anyhow!("client panicked"))??;
+    }
+    let failed = failed.load(Ordering::Relaxed);
+    anyhow::ensure!(failed == 0, "{failed} requests were not answered 200");
+    Ok(done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64())
+}
+
+struct Figures {
+    p50: Duration,
+    p99: Duration,
+    rps: f64,
+}
+
+fn measure(addr: SocketAddr, workload: Workload, args: &Args) -> anyhow::Result<Figures> {
+    let body = body(workload);
+    let sequential = match workload {
+        Workload::Cached => args.sequential,
+        Workload::Generated => args.sequential / 10,
+    };
+    latencies(addr, &body, 50)?; // warm-up: connections, caches
+    let samples = latencies(addr, &body, sequential)?;
+    let q = |p| quantile(&samples, p).unwrap_or_default();
+    let rps = throughput(addr, &body, args.clients, args.seconds)?;
+    Ok(Figures {
+        p50: q(0.5),
+        p99: q(0.99),
+        rps,
+    })
+}
+
+fn micros(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+fn report(workload: Workload, rows: &[(&str, Figures)]) {
+    println!("\n{workload:?} requests (max_tokens 1):");
+    println!(
+        "| path | p50 µs | p99 µs | added p50 µs | added p99 µs | requests/s |\n|---|---:|---:|---:|---:|---:|"
+    );
+    let (base50, base99) = (micros(rows[0].1.p50), micros(rows[0].1.p99));
+    for (name, f) in rows {
+        println!(
+            "| {name} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} |",
+            micros(f.p50),
+            micros(f.p99),
+            micros(f.p50) - base50,
+            micros(f.p99) - base99,
+            f.rps
+        );
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let (_a0, http0, grpc0) = start_agent(&args)?;
+    let (_a1, http1, grpc1) = start_agent(&args)?;
+    let (_gateway, gateway) = start_gateway(&args, &[grpc0, grpc1])?;
+    let (_nginx, nginx) = start_nginx(&args.nginx, &[http0, http1])?;
+    println!(
+        "gateway overhead: {} sequential requests per path, then {} clients for {} s",
+        args.sequential, args.clients, args.seconds
+    );
+    for workload in [Workload::Cached, Workload::Generated] {
+        let rows = vec![
+            ("direct to one agent", measure(http0, workload, &args)?),
+            ("inferpool gateway", measure(gateway, workload, &args)?),
+            ("nginx round robin", measure(nginx, workload, &args)?),
+        ];
+        report(workload, &rows);
+    }
+    Ok(())
+}
