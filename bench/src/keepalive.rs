@@ -28,8 +28,20 @@ impl Connection {
         })
     }
 
-    /// POSTs `body` as JSON to `path`; returns the status once the whole body is read.
+    /// POSTs `body` as JSON to `path`; returns the status once the whole body is read. A
+    /// connection the server closed between requests (nginx does after 1000) is opened
+    /// again and the request sent once more.
     pub fn post(&mut self, path: &str, body: &[u8]) -> anyhow::Result<u16> {
+        match self.post_once(path, body) {
+            Err(e) if e.downcast_ref::<Closed>().is_some() => {
+                *self = Self::open(self.addr)?;
+                self.post_once(path, body)
+            }
+            other => other,
+        }
+    }
+
+    fn post_once(&mut self, path: &str, body: &[u8]) -> anyhow::Result<u16> {
         let head = format!(
             "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\n\
              Content-Length: {}\r\n\r\n",
@@ -37,8 +49,16 @@ impl Connection {
             body.len()
         );
         let stream = self.reader.get_mut();
-        stream.write_all(head.as_bytes())?;
-        stream.write_all(body)?;
+        let sent = stream
+            .write_all(head.as_bytes())
+            .and_then(|()| stream.write_all(body));
+        if let Err(e) = sent {
+            use std::io::ErrorKind::{BrokenPipe, ConnectionReset};
+            if matches!(e.kind(), BrokenPipe | ConnectionReset) {
+                return Err(Closed.into());
+            }
+            return Err(e.into());
+        }
         let (status, length, chunked) = self.read_head()?;
         if chunked {
             self.skip_chunks()?;
@@ -51,7 +71,9 @@ impl Connection {
     /// Status, `Content-Length` and whether the body is chunked.
     fn read_head(&mut self) -> anyhow::Result<(u16, usize, bool)> {
         let mut line = String::new();
-        self.reader.read_line(&mut line)?;
+        if self.reader.read_line(&mut line)? == 0 {
+            return Err(Closed.into());
+        }
         let status = line.split_whitespace().nth(1).and_then(|c| c.parse().ok());
         let status = status.ok_or_else(|| anyhow::anyhow!("bad status line {line:?}"))?;
         let (mut length, mut chunked) = (0, false);
@@ -88,3 +110,8 @@ impl Connection {
         }
     }
 }
+
+/// The server closed the connection before answering.
+#[derive(Debug, thiserror::Error)]
+#[error("the server closed the connection")]
+struct Closed;

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context as _;
+use axum::serve::ListenerExt as _;
 use tokio::process::{Child, Command};
 use tokio::sync::watch;
 
@@ -79,7 +80,7 @@ pub async fn run_local(args: LocalArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {}", args.addr))?;
     tracing::info!(addr = %args.addr, pools = pools.len(), "gateway listening");
-    let serve = axum::serve(listener, router(gateway))
+    let serve = axum::serve(listener.tap_io(crate::run::no_delay), router(gateway))
         .with_graceful_shutdown(crate::run::wait_for_signal());
     serve.await?;
     tracing::info!("stopping agents");

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Context as _;
+use axum::serve::ListenerExt as _;
 use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 
@@ -96,7 +97,7 @@ async fn serve_gateway(
     };
     let app = crate::gateway::front::router(gateway);
     tokio::spawn(
-        axum::serve(listener, app)
+        axum::serve(listener.tap_io(no_delay), app)
             .with_graceful_shutdown(shutdown)
             .into_future(),
     );
@@ -153,4 +154,12 @@ pub(crate) async fn wait_for_signal() {
     }
     #[cfg(not(unix))]
     drop(ctrl_c.await);
+}
+
+/// Answers go out at once: with Nagle's algorithm a small write after another waits for
+/// the client's (delayed) acknowledgement.
+pub fn no_delay(stream: &mut tokio::net::TcpStream) {
+    if let Err(e) = stream.set_nodelay(true) {
+        tracing::debug!(error = %e, "TCP_NODELAY not set");
+    }
 }

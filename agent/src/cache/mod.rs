@@ -6,7 +6,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use moka::future::Cache;
+use moka::sync::Cache;
 
 use crate::scheduler::batcher::{FinishReason, GenerationRequest};
 
@@ -114,8 +114,8 @@ impl ResponseCache {
     }
 
     /// The answer for `key`, counting the hit or miss.
-    pub async fn get(&self, key: &CacheKey) -> Option<CachedAnswer> {
-        let found = self.entries.get(key).await;
+    pub fn get(&self, key: &CacheKey) -> Option<CachedAnswer> {
+        let found = self.entries.get(key);
         let counter = if found.is_some() {
             &self.hits
         } else {
@@ -126,13 +126,13 @@ impl ResponseCache {
     }
 
     /// Keeps `answer` for `key`.
-    pub async fn insert(&self, key: CacheKey, answer: CachedAnswer) {
-        self.entries.insert(key, answer).await;
+    pub fn insert(&self, key: CacheKey, answer: CachedAnswer) {
+        self.entries.insert(key, answer);
     }
 
     /// Current counts (after moka's pending maintenance, so sizes are up to date).
-    pub async fn stats(&self) -> CacheStats {
-        self.entries.run_pending_tasks().await;
+    pub fn stats(&self) -> CacheStats {
+        self.entries.run_pending_tasks();
         CacheStats {
             entries: self.entries.entry_count(),
             bytes: self.entries.weighted_size(),
@@ -184,38 +184,38 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn hits_misses_and_expiry() {
+    #[test]
+    fn hits_misses_and_expiry() {
         let cache = ResponseCache::new(CacheSettings {
             capacity_bytes: 1 << 20,
             ttl: Duration::from_millis(200),
         });
         let key = CacheKey::of("m", &generation(vec![1, 2], 0.0, None), &[]).unwrap();
-        assert_eq!(cache.get(&key).await, None);
-        cache.insert(key.clone(), answer("hello")).await;
-        assert_eq!(cache.get(&key).await, Some(answer("hello")));
-        let stats = cache.stats().await;
+        assert_eq!(cache.get(&key), None);
+        cache.insert(key.clone(), answer("hello"));
+        assert_eq!(cache.get(&key), Some(answer("hello")));
+        let stats = cache.stats();
         assert_eq!((stats.entries, stats.hits, stats.misses), (1, 1, 1));
         assert!(stats.bytes > 0);
         // moka reads its own clock: wait for the TTL to pass on the real one.
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while cache.entries.get(&key).await.is_some() {
+        while cache.entries.get(&key).is_some() {
             assert!(std::time::Instant::now() < deadline, "entry never expired");
-            tokio::task::yield_now().await;
+            std::thread::yield_now();
         }
     }
 
-    #[tokio::test]
-    async fn the_byte_budget_evicts() {
+    #[test]
+    fn the_byte_budget_evicts() {
         let cache = ResponseCache::new(CacheSettings {
             capacity_bytes: 4096,
             ttl: Duration::from_secs(60),
         });
         for i in 0..200 {
             let key = CacheKey::of("m", &generation(vec![i], 0.0, None), &[]).unwrap();
-            cache.insert(key, answer(&"x".repeat(100))).await;
+            cache.insert(key, answer(&"x".repeat(100)));
         }
-        let stats = cache.stats().await;
+        let stats = cache.stats();
         assert!(stats.bytes <= 4096, "{stats:?}");
         assert!(stats.entries < 200 && stats.entries > 0, "{stats:?}");
     }

@@ -5,7 +5,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::Stream;
+use futures::{FutureExt as _, Stream};
 use inferpool_protocol::agent::agent_server::Agent as AgentService;
 use inferpool_protocol::agent::generate_request::Prompt;
 use inferpool_protocol::agent::{
@@ -212,37 +212,90 @@ fn sampling_fields(s: pb::SamplingParams) -> SamplingFields {
     }
 }
 
+/// The stream of a request's messages: everything already decoded goes into one message
+/// (text and token ids merged, and the finish with its usage when it is there too), so a
+/// cached or one-token answer is a single message, and a busy stream sends fewer frames.
 fn responses(
     text: TextStream,
     recorder: Recorder,
 ) -> impl Stream<Item = Result<GenerateResponse, Status>> {
-    futures::stream::unfold(Some((text, recorder)), |state| async move {
-        let (mut text, mut recorder) = state?;
-        let item = match text.next().await {
-            Some(TextEvent::Text { text: t, token_ids }) => {
-                recorder.tokens(token_ids.len());
-                let response = GenerateResponse {
-                    text: t,
-                    token_ids,
-                    ..GenerateResponse::default()
-                };
-                return Some((Ok(response), Some((text, recorder))));
+    let state = Responses {
+        text,
+        recorder,
+        failure: None,
+        ended: false,
+    };
+    futures::stream::unfold(state, |mut s| async move {
+        let item = s.next_message().await?;
+        Some((item, s))
+    })
+}
+
+struct Responses {
+    text: TextStream,
+    recorder: Recorder,
+    /// An error to send after the text that came before it.
+    failure: Option<Status>,
+    ended: bool,
+}
+
+impl Responses {
+    async fn next_message(&mut self) -> Option<Result<GenerateResponse, Status>> {
+        if let Some(failure) = self.failure.take() {
+            return Some(Err(failure));
+        }
+        if self.ended {
+            return None;
+        }
+        let mut message = GenerateResponse::default();
+        let mut event = self.text.next().await;
+        loop {
+            if let Err(e) = self.merge(&mut message, event) {
+                self.ended = true;
+                if message.text.is_empty() && message.token_ids.is_empty() {
+                    return Some(Err(e));
+                }
+                self.failure = Some(e);
+                return Some(Ok(message));
+            }
+            if self.ended {
+                return Some(Ok(message));
+            }
+            // Merge whatever else is already decoded; `next` is cancel-safe.
+            match self.text.next().now_or_never() {
+                Some(more) => event = more,
+                None => return Some(Ok(message)),
+            }
+        }
+    }
+
+    /// Adds `event` to `message`; the end sets its finish, a failure is returned.
+    fn merge(
+        &mut self,
+        message: &mut GenerateResponse,
+        event: Option<TextEvent>,
+    ) -> Result<(), Status> {
+        let failed = match event {
+            Some(TextEvent::Text { text, token_ids }) => {
+                self.recorder.tokens(token_ids.len());
+                message.text.push_str(&text);
+                message.token_ids.extend(token_ids);
+                return Ok(());
             }
             Some(TextEvent::Done { finish, usage }) => {
-                recorder.outcome("ok");
-                Ok(finished(finish, usage, text.cached()))
+                self.recorder.outcome("ok");
+                let end = finished(finish, usage, self.text.cached());
+                message.finish = end.finish;
+                message.usage = end.usage;
+                self.ended = true;
+                return Ok(());
             }
-            Some(TextEvent::Failed(message)) => Err(ServeError::Engine(message)),
-            None => Err(ServeError::Engine(
-                "the generation ended without a result".into(),
-            )),
+            Some(TextEvent::Failed(m)) => ServeError::Engine(m),
+            None => ServeError::Engine("the generation ended without a result".into()),
         };
-        let item = item.map_err(|e| {
-            recorder.outcome(e.error_type());
-            status(&e)
-        });
-        Some((item, None))
-    })
+        self.recorder.outcome(failed.error_type());
+        Err(status(&failed))
+    }
 }
 
 fn finished(
@@ -274,7 +327,7 @@ async fn report_loop(agent: Arc<Agent>, tx: mpsc::Sender<Result<LoadReport, Stat
         if load.is_none() {
             load = agent.watch_load();
         }
-        let cache = agent.cache_stats().await;
+        let cache = agent.cache_stats();
         let report = load_report(&agent, load.as_mut().map(|l| *l.borrow_and_update()), cache);
         if tx.send(Ok(report)).await.is_err() {
             return;

@@ -160,7 +160,7 @@ async fn readyz(State(agent): State<Arc<Agent>>) -> Response {
 
 async fn metrics(State(agent): State<Arc<Agent>>) -> Response {
     agent.metrics.observe_load(&agent.load());
-    if let Some(stats) = agent.cache_stats().await {
+    if let Some(stats) = agent.cache_stats() {
         agent.metrics.observe_cache(&stats);
     }
     let mut text = String::new();

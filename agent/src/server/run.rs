@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use axum::serve::ListenerExt as _;
 use candle_core::Device;
 use inferpool_protocol::agent::agent_server::AgentServer;
 use tokio::net::TcpListener;
@@ -114,7 +115,7 @@ async fn start_servers(
     let router = super::http::router(agent.clone());
     let http_stop = until_stopped(stopped.clone());
     let http_task = tokio::spawn(async move {
-        let served = axum::serve(http, router).with_graceful_shutdown(http_stop);
+        let served = axum::serve(http.tap_io(no_delay), router).with_graceful_shutdown(http_stop);
         if let Err(e) = served.await {
             tracing::error!(error = %e, "HTTP server failed");
         }
@@ -124,12 +125,34 @@ async fn start_servers(
         let served = tonic::transport::Server::builder()
             .add_service(health)
             .add_service(grpc_service)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), until_stopped(stopped));
+            .serve_with_incoming_shutdown(incoming(grpc), until_stopped(stopped));
         if let Err(e) = served.await {
             tracing::error!(error = %e, "gRPC server failed");
         }
     });
     Ok(vec![http_task, grpc_task])
+}
+
+/// Small responses (tokens, load reports) go out at once: with Nagle's algorithm a frame
+/// written after another waits for the peer's (delayed) acknowledgement.
+fn no_delay(stream: &mut tokio::net::TcpStream) {
+    if let Err(e) = stream.set_nodelay(true) {
+        tracing::debug!(error = %e, "TCP_NODELAY not set");
+    }
+}
+
+/// The gRPC listener's connections, with `TCP_NODELAY` (tonic applies its own setting
+/// only to listeners it binds itself).
+fn incoming(
+    listener: TcpListener,
+) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use futures::StreamExt as _;
+    TcpListenerStream::new(listener).map(|accepted| {
+        accepted.map(|mut stream| {
+            no_delay(&mut stream);
+            stream
+        })
+    })
 }
 
 async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {

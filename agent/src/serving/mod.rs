@@ -199,7 +199,7 @@ impl Agent {
             Some((cache.clone(), key))
         });
         if let Some((cache, key)) = &cached
-            && let Some(answer) = cache.get(key).await
+            && let Some(answer) = cache.get(key)
         {
             return Ok(TextStream::replay(answer, tokenizer, prompt_tokens, guard));
         }
@@ -213,9 +213,8 @@ impl Agent {
     }
 
     /// The response cache's counts, when there is one.
-    pub async fn cache_stats(&self) -> Option<CacheStats> {
-        let cache = self.served.get()?.cache.as_ref()?;
-        Some(cache.stats().await)
+    pub fn cache_stats(&self) -> Option<CacheStats> {
+        Some(self.served.get()?.cache.as_ref()?.stats())
     }
 
     fn model_named(&self, name: &str) -> Result<&Served, ServeError> {

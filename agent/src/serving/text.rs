@@ -164,20 +164,21 @@ impl TextStream {
         self.prompt_tokens
     }
 
-    /// The next event; `None` after `Done` or `Failed`.
+    /// The next event; `None` after `Done` or `Failed`. Cancel-safe: dropped before it
+    /// completes, no event is lost.
     pub async fn next(&mut self) -> Option<TextEvent> {
         if let Some(event) = self.replay.pop_front() {
             return Some(event);
         }
         let event = self.next_generated().await;
         if let Some(event) = &event {
-            self.record(event).await;
+            self.record(event);
         }
         event
     }
 
     /// Adds `event` to the recording; a complete answer goes into the cache.
-    async fn record(&mut self, event: &TextEvent) {
+    fn record(&mut self, event: &TextEvent) {
         match event {
             TextEvent::Text { text, token_ids } => {
                 if let Some(r) = &mut self.recording {
@@ -192,7 +193,7 @@ impl TextStream {
                         completion_tokens: usize::try_from(usage.completion_tokens)
                             .unwrap_or(usize::MAX),
                     };
-                    r.cache.insert(r.key, answer).await;
+                    r.cache.insert(r.key, answer);
                 }
             }
             TextEvent::Failed(_) => self.recording = None,

@@ -130,7 +130,8 @@ fn start_nginx(nginx: &Path, http: &[SocketAddr]) -> anyhow::Result<(Process, So
     let conf = format!(
         "worker_processes 2;\ndaemon off;\npid nginx.pid;\nerror_log stderr error;\n\
          events {{ worker_connections 4096; }}\nhttp {{\n  access_log off;\n  \
-         client_body_temp_path tmp;\n  proxy_temp_path tmp;\n  upstream agents {{\n{servers}    \
+         client_body_temp_path tmp;\n  proxy_temp_path tmp;\n  fastcgi_temp_path tmp;\n  \
+         uwsgi_temp_path tmp;\n  scgi_temp_path tmp;\n  upstream agents {{\n{servers}    \
          keepalive 128;\n  }}\n  server {{\n    listen {addr};\n    location / {{\n      \
          proxy_pass http://agents;\n      proxy_http_version 1.1;\n      \
          proxy_set_header Connection \"\";\n      proxy_buffering off;\n    }}\n  }}\n}}\n"

@@ -88,7 +88,12 @@ struct Source {
 
 enum Piece {
     Text(String),
-    End { finish: &'static str, usage: Usage },
+    /// The last text (agents send it with the finish when it is ready at once).
+    End {
+        text: String,
+        finish: &'static str,
+        usage: Usage,
+    },
     Failed(ErrorBody),
 }
 
@@ -136,7 +141,11 @@ fn piece(m: GenerateResponse) -> Piece {
     };
     let u = m.usage.unwrap_or_default();
     let usage = Usage::new(u.prompt_tokens as usize, u.completion_tokens as usize);
-    Piece::End { finish, usage }
+    Piece::End {
+        text: m.text,
+        finish,
+        usage,
+    }
 }
 
 async fn whole(how: Relay, mut source: Source) -> Response {
@@ -144,7 +153,12 @@ async fn whole(how: Relay, mut source: Source) -> Response {
     loop {
         match source.next().await {
             Piece::Text(t) => text.push_str(&t),
-            Piece::End { finish, usage } => {
+            Piece::End {
+                text: last,
+                finish,
+                usage,
+            } => {
+                text.push_str(&last);
                 return axum::Json(how.shape.whole(text, finish, usage)).into_response();
             }
             Piece::Failed(body) => {
@@ -191,7 +205,15 @@ impl Events {
             Piece::Text(t) => self
                 .queued
                 .push_back(self.how.shape.chunk(Some(t), false, None)),
-            Piece::End { finish, usage } => {
+            Piece::End {
+                text,
+                finish,
+                usage,
+            } => {
+                if !text.is_empty() {
+                    self.queued
+                        .push_back(self.how.shape.chunk(Some(text), false, None));
+                }
                 self.queued
                     .push_back(self.how.shape.chunk(None, false, Some(finish)));
                 if self.how.include_usage {
