@@ -14,7 +14,7 @@ use tokio::sync::watch;
 
 use crate::api::InferencePool;
 use crate::controller::config::{ResolvedSource, agent_config, render};
-use crate::gateway::discovery::route_for;
+use crate::gateway::discovery::{Discovery as _, StaticDiscovery};
 use crate::gateway::front::{Gateway, router};
 use crate::gateway::pool::Endpoint;
 
@@ -64,18 +64,26 @@ pub async fn run_local(args: LocalArgs) -> anyhow::Result<()> {
     let gateway = Gateway::new();
     let (stop, stopped) = watch::channel(false);
     let mut supervisors = Vec::new();
+    let mut routed = Vec::new();
     if args.agents.is_empty() {
         let models = args.models.clone().unwrap_or_else(default_models_dir);
         let binary = agent_binary(args.agent_binary.as_deref())?;
         for pool in &pools {
-            let slots = prepare_pool(pool, &models, &binary, &state, &gateway, &args)?;
+            let slots = prepare_pool(pool, &models, &binary, &state)?;
+            routed.push((pool.clone(), endpoints_of(&slots)));
             for (slot, _) in slots {
                 supervisors.push(tokio::spawn(supervise(slot, stopped.clone())));
             }
         }
     } else {
-        serve_running_agents(&pools, &gateway, &args)?;
+        routed.push(running_agents(&pools, &args)?);
     }
+    let queue_wait = Duration::from_secs(args.queue_wait_seconds);
+    let discovery = StaticDiscovery {
+        pools: routed,
+        queue_wait,
+    };
+    discovery.run(gateway.clone()).await;
     let listener = tokio::net::TcpListener::bind(args.addr)
         .await
         .with_context(|| format!("binding {}", args.addr))?;
@@ -136,15 +144,13 @@ fn tempdir_for_run() -> anyhow::Result<PathBuf> {
     Ok(dir)
 }
 
-/// Writes each agent's config, registers the pool with the gateway, and returns the slots
-/// to supervise with their gRPC addresses.
+/// Writes each agent's config and returns the slots to supervise with their gRPC
+/// addresses.
 fn prepare_pool(
     pool: &InferencePool,
     models: &Path,
     binary: &Path,
     state: &Path,
-    gateway: &Gateway,
-    args: &LocalArgs,
 ) -> anyhow::Result<Vec<(AgentSlot, SocketAddr)>> {
     let name = pool
         .metadata
@@ -177,34 +183,25 @@ fn prepare_pool(
             grpc,
         ));
     }
-    let endpoints: Vec<Endpoint> = slots
+    Ok(slots)
+}
+
+/// The agents the slots will run, at their gRPC addresses.
+fn endpoints_of(slots: &[(AgentSlot, SocketAddr)]) -> Vec<Endpoint> {
+    slots
         .iter()
         .map(|(s, grpc)| Endpoint {
             id: s.id.clone(),
             addr: *grpc,
         })
-        .collect();
-    register(pool, &endpoints, gateway, args);
-    Ok(slots)
+        .collect()
 }
 
-/// Serves `pool` at the gateway with `endpoints` as its agents.
-fn register(pool: &InferencePool, endpoints: &[Endpoint], gateway: &Gateway, args: &LocalArgs) {
-    let route = route_for(
-        crate::controller::names::served_name(pool),
-        &pool.spec.routing,
-        Duration::from_secs(args.queue_wait_seconds),
-    );
-    route.pool.set_endpoints(endpoints);
-    gateway.set_route(route);
-}
-
-/// Routes the one pool to the agents named by `--agent`.
-fn serve_running_agents(
+/// The one pool and the agents named by `--agent`.
+fn running_agents(
     pools: &[InferencePool],
-    gateway: &Gateway,
     args: &LocalArgs,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<(InferencePool, Vec<Endpoint>)> {
     let [pool] = pools else {
         anyhow::bail!(
             "--agent serves exactly one pool; the files hold {}",
@@ -225,8 +222,7 @@ fn serve_running_agents(
             addr: *addr,
         })
         .collect();
-    register(pool, &endpoints, gateway, args);
-    Ok(())
+    Ok((pool.clone(), endpoints))
 }
 
 fn model_path(source: &str, models: &Path) -> anyhow::Result<PathBuf> {

@@ -12,6 +12,7 @@ use tokio::sync::watch;
 
 use crate::controller::metrics::ControllerMetrics;
 use crate::controller::run::{ControllerSettings, run_controller};
+use crate::gateway::discovery::{Discovery as _, KubernetesDiscovery};
 use crate::leader::{LeaseSettings, elect, until_leading, until_not_leading};
 use crate::server::{HealthState, router};
 
@@ -83,11 +84,8 @@ async fn serve_gateway(
     mut stopped: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let gateway = crate::gateway::front::Gateway::new();
-    tokio::spawn(crate::gateway::discovery::discover(
-        client,
-        gateway.clone(),
-        queue_wait,
-    ));
+    let discovery = KubernetesDiscovery { client, queue_wait };
+    tokio::spawn(discovery.run(gateway.clone()));
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("binding {addr}"))?;

@@ -10,6 +10,7 @@ use inferpool_e2e::controller::install_crd;
 use inferpool_e2e::http::{free_port, post_json};
 use inferpool_e2e::netns::NetNs;
 use inferpool_e2e::wait::wait_until;
+use inferpool_operator::gateway::discovery::Discovery as _;
 use inferpool_operator::gateway::{discovery, front};
 use serde_json::json;
 
@@ -48,11 +49,11 @@ async fn the_gateway_follows_a_pools_endpoint_slices_to_a_real_agent() -> anyhow
 
     let gateway = front::Gateway::new();
     let client = cluster.client().await?;
-    let discovering = tokio::spawn(discovery::discover(
+    let discovery = discovery::KubernetesDiscovery {
         client,
-        gateway.clone(),
-        Duration::from_secs(1),
-    ));
+        queue_wait: Duration::from_secs(1),
+    };
+    let discovering = tokio::spawn(discovery.run(gateway.clone()));
     let addr = free_port()?;
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let serving = tokio::spawn(axum::serve(listener, front::router(gateway)).into_future());

@@ -1,7 +1,9 @@
-//! Kubernetes discovery: each InferencePool is a route (its served model name, its
+//! Discovery: where the gateway learns its pools and their agents, behind one trait with
+//! two sources. Kubernetes: each InferencePool is a route (its served model name, its
 //! routing settings) and its agents are the ready addresses of the EndpointSlices of its
-//! agent Service, at the `grpc` port. Two watches feed one recomputation; the translation
-//! from objects to endpoints is plain code tested with plain objects.
+//! agent Service, at the `grpc` port; two watches feed one recomputation, and the
+//! translation from objects to endpoints is plain code tested with plain objects. Static:
+//! pools with fixed agent addresses (local mode).
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
@@ -104,8 +106,50 @@ enum Change {
     Slices(Vec<EndpointSlice>),
 }
 
+/// A source of pools and their agents for the gateway.
+pub trait Discovery {
+    /// Puts the source's pools into `gateway` and keeps them in step for as long as the
+    /// source changes (a static source returns once they are in).
+    fn run(self, gateway: Arc<Gateway>) -> impl Future<Output = ()> + Send;
+}
+
+/// InferencePools and EndpointSlices of a cluster.
+#[derive(Clone)]
+#[allow(missing_debug_implementations)] // kube's Client is not Debug
+pub struct KubernetesDiscovery {
+    /// The cluster.
+    pub client: Client,
+    /// Longest a request waits for a free agent.
+    pub queue_wait: Duration,
+}
+
+impl Discovery for KubernetesDiscovery {
+    fn run(self, gateway: Arc<Gateway>) -> impl Future<Output = ()> + Send {
+        discover(self.client, gateway, self.queue_wait)
+    }
+}
+
+/// Pools with a fixed list of agents each.
+#[derive(Debug, Clone)]
+pub struct StaticDiscovery {
+    /// Each pool and its agents.
+    pub pools: Vec<(InferencePool, Vec<Endpoint>)>,
+    /// Longest a request waits for a free agent.
+    pub queue_wait: Duration,
+}
+
+impl Discovery for StaticDiscovery {
+    async fn run(self, gateway: Arc<Gateway>) {
+        for (pool, endpoints) in &self.pools {
+            let route = route_for(served_name(pool), &pool.spec.routing, self.queue_wait);
+            route.pool.set_endpoints(endpoints);
+            gateway.set_route(route);
+        }
+    }
+}
+
 /// Keeps `gateway`'s routes in step with the cluster until the watches end.
-pub async fn discover(client: Client, gateway: Arc<Gateway>, queue_wait: Duration) {
+async fn discover(client: Client, gateway: Arc<Gateway>, queue_wait: Duration) {
     let (tx, mut rx) = mpsc::channel(16);
     tokio::spawn(follow(
         Api::<InferencePool>::all(client.clone()),
