@@ -36,6 +36,10 @@ pub struct LocalArgs {
     /// Longest a request waits for a free agent before a 429.
     #[arg(long, default_value_t = 10)]
     pub queue_wait_seconds: u64,
+    /// How long a stopped agent may take to finish its requests (its
+    /// `--drain-grace-seconds`).
+    #[arg(long, default_value_t = 30)]
+    pub drain_grace_seconds: u64,
     /// Serve the (single) pool with agents already running at these gRPC addresses, named
     /// `<pool>-0`, `<pool>-1`, ... in this order, instead of starting agents (static
     /// discovery; loopback only).
@@ -55,6 +59,7 @@ struct AgentSlot {
     binary: PathBuf,
     config: PathBuf,
     embedding: Option<PathBuf>,
+    drain_grace_seconds: u64,
 }
 
 /// Runs the pools until Ctrl-C or SIGTERM.
@@ -69,7 +74,10 @@ pub async fn run_local(args: LocalArgs) -> anyhow::Result<()> {
         let models = args.models.clone().unwrap_or_else(default_models_dir);
         let binary = agent_binary(args.agent_binary.as_deref())?;
         for pool in &pools {
-            let slots = prepare_pool(pool, &models, &binary, &state)?;
+            let mut slots = prepare_pool(pool, &models, &binary, &state)?;
+            for (slot, _) in &mut slots {
+                slot.drain_grace_seconds = args.drain_grace_seconds;
+            }
             routed.push((pool.clone(), endpoints_of(&slots)));
             for (slot, _) in slots {
                 supervisors.push(tokio::spawn(supervise(slot, stopped.clone())));
@@ -179,6 +187,7 @@ fn prepare_pool(
                 binary: binary.to_owned(),
                 config: path,
                 embedding,
+                drain_grace_seconds: 30,
             },
             grpc,
         ));
@@ -277,6 +286,8 @@ fn spawn(slot: &AgentSlot) -> std::io::Result<Child> {
     command
         .args(["serve", "--host", "127.0.0.1", "--config"])
         .arg(&slot.config)
+        .arg("--drain-grace-seconds")
+        .arg(slot.drain_grace_seconds.to_string())
         .kill_on_drop(true);
     if let Some(embedding) = &slot.embedding {
         command.arg("--embedding-model").arg(embedding);

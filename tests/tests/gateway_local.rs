@@ -250,12 +250,19 @@ fn outcomes(
 }
 
 /// Two agents under least_load, and their pids. Requests wait for an agent rather than get
-/// a 429: under load all of them may have to wait for the one that is left.
+/// a 429 (under load all of them may have to wait for the one that is left), and a stopped
+/// agent has all the time that debug builds sharing two cores with other tests need to
+/// finish what it holds.
 async fn patient_pool() -> anyhow::Result<(LocalPool, Vec<u32>)> {
     let pool = LocalPool::start_with(
         &manifest("least_load"),
         MODEL,
-        &["--queue-wait-seconds", "600"],
+        &[
+            "--queue-wait-seconds",
+            "600",
+            "--drain-grace-seconds",
+            "600",
+        ],
     )
     .await?;
     let agents = pool.agent_pids();
@@ -306,7 +313,6 @@ async fn an_agent_killed_under_load_costs_only_requests_already_streaming() -> a
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_stopped_with_sigterm_under_load_fails_no_request() -> anyhow::Result<()> {
     let (pool, agents) = patient_pool().await?;
-    // Within the agents' default drain grace (30 s) even in debug builds on two cores.
     let mut clients = stream_many(pool.addr, 30);
     // Stop the agent while it holds requests, then send more: those go elsewhere.
     wait_until(Duration::from_secs(300), || async {
