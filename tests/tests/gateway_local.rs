@@ -249,6 +249,10 @@ fn outcomes(
     Ok((completed, cut))
 }
 
+/// Held by the tests that load the machine on purpose (a kill or a stop under load), so
+/// that they do not run at once on two shared cores.
+static UNDER_LOAD: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Two agents under least_load, and their pids. Requests wait for an agent rather than get
 /// a 429 (under load all of them may have to wait for the one that is left), and a stopped
 /// agent has all the time that debug builds sharing two cores with other tests need to
@@ -272,6 +276,7 @@ async fn patient_pool() -> anyhow::Result<(LocalPool, Vec<u32>)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_killed_under_load_costs_only_requests_already_streaming() -> anyhow::Result<()> {
+    let _alone = UNDER_LOAD.lock().await;
     let (pool, agents) = patient_pool().await?;
     let clients = stream_many(pool.addr, 200);
     // Kill one agent once the load is under way (the first request has completed, so both
@@ -312,6 +317,7 @@ async fn an_agent_killed_under_load_costs_only_requests_already_streaming() -> a
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_stopped_with_sigterm_under_load_fails_no_request() -> anyhow::Result<()> {
+    let _alone = UNDER_LOAD.lock().await;
     let (pool, agents) = patient_pool().await?;
     let mut clients = stream_many(pool.addr, 30);
     // Stop the agent while it holds requests, then send more: those go elsewhere.
