@@ -54,7 +54,18 @@ struct Process {
 }
 
 impl Drop for Process {
+    /// SIGTERM first (nginx's master then stops its workers; SIGKILL would orphan them),
+    /// SIGKILL if it is still there after 5 s.
     fn drop(&mut self) {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::park_timeout(Duration::from_millis(50));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
