@@ -24,7 +24,6 @@ use super::forward::{
 use super::front::{
     ApiError, Gateway, PoolRoute, parse, priority, refused_before_routing, traceparent,
 };
-use super::metrics::PickLabels;
 use super::pick::RequestKey;
 use super::pool::Outcome;
 
@@ -97,13 +96,9 @@ async fn answer(gateway: &Gateway, routed: Routed) -> Response {
             retries,
             queue_wait,
         }) => {
-            let wait = queue_wait.as_secs_f64();
-            let pick = PickLabels {
-                pool: pool_name.clone(),
-                agent,
-                strategy: route.strategy,
-            };
-            gateway.metrics.forwarded(&pick, retries, wait);
+            gateway
+                .metrics
+                .forwarded(&route.pick(agent), retries, queue_wait.as_secs_f64());
             record.first_token();
             record.outcome("ok");
             Json(response(req.model, req.encoding, embedded)).into_response()

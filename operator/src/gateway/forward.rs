@@ -74,16 +74,8 @@ pub struct Committed {
     pub rest: Streaming<GenerateResponse>,
 }
 
-/// A request on its way: the stream, and how it got there.
-#[derive(Debug)]
-pub struct Forwarded {
-    /// The committed stream.
-    pub committed: Committed,
-    /// Agents tried before this one.
-    pub retries: u32,
-    /// Time spent waiting for a free agent.
-    pub queue_wait: Duration,
-}
+/// A request on its way: the committed stream, and how it got there.
+pub type Forwarded = Tried<Committed>;
 
 /// How one pool forwards.
 #[derive(Debug, Clone, Copy)]
@@ -103,15 +95,10 @@ pub async fn forward(
     key: &RequestKey<'_>,
 ) -> Result<Forwarded, ForwardError> {
     let rank = priority_rank(request.priority());
-    let tried = try_agents(pool, budget, settings, rank, key, |id| {
+    try_agents(pool, budget, settings, rank, key, |id| {
         attempt(pool, id, request)
     })
-    .await?;
-    Ok(Forwarded {
-        committed: tried.value,
-        retries: tried.retries,
-        queue_wait: tried.queue_wait,
-    })
+    .await
 }
 
 /// What one agent answered, and how it got there.

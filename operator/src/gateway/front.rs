@@ -52,6 +52,17 @@ pub struct PoolRoute {
     pub strategy: &'static str,
 }
 
+impl PoolRoute {
+    /// The labels of a request this route sent to `agent`.
+    pub fn pick(&self, agent: String) -> PickLabels {
+        PickLabels {
+            pool: self.pool.model.clone(),
+            agent,
+            strategy: self.strategy,
+        }
+    }
+}
+
 /// The gateway: pools by served model name.
 #[derive(Debug, Default)]
 pub struct Gateway {
@@ -398,17 +409,14 @@ async fn answer(
     .unwrap_or(Err(ForwardError::Timeout));
     match forwarded {
         Ok(Forwarded {
-            committed,
+            value: committed,
             retries,
             queue_wait,
         }) => {
-            let wait = queue_wait.as_secs_f64();
-            let pick = PickLabels {
-                pool: model.clone(),
-                agent: committed.agent.clone(),
-                strategy: route.strategy,
-            };
-            gateway.metrics.forwarded(&pick, retries, wait);
+            let pick = route.pick(committed.agent.clone());
+            gateway
+                .metrics
+                .forwarded(&pick, retries, queue_wait.as_secs_f64());
             record.first_token();
             relay(route.pool.clone(), committed, shape, deadline, record).await
         }
