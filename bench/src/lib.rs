@@ -48,6 +48,40 @@ pub fn proc_stats(pid: u32) -> anyhow::Result<ProcStats> {
     })
 }
 
+/// CPU seconds of `pid` and every process descended from it (nginx's workers are children
+/// of its master); processes that exit meanwhile are not counted.
+pub fn tree_cpu_seconds(pid: u32) -> f64 {
+    let mut total = 0.0;
+    let mut pending = vec![pid];
+    while let Some(p) = pending.pop() {
+        total += proc_stats(p).map_or(0.0, |s| s.cpu_seconds);
+        pending.extend(children(p));
+    }
+    total
+}
+
+/// The processes whose parent is `pid`.
+fn children(pid: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&child| parent(child) == Some(pid))
+        .collect()
+}
+
+fn parent(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After the parenthesised name: state, then the parent's pid.
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
 /// USER_HZ is 100 on every Linux this runs on (the kernel ABI fixes it for /proc).
 fn clock_ticks_per_second() -> f64 {
     100.0
@@ -77,6 +111,30 @@ mod tests {
         assert_eq!(quantile(&s, 0.99), Some(Duration::from_millis(99)));
         assert_eq!(quantile(&s, 1.0), Some(Duration::from_millis(100)));
         assert_eq!(quantile(&[], 0.5), None);
+    }
+
+    #[test]
+    fn a_process_tree_counts_its_children() {
+        let mut child = std::process::Command::new("sh")
+            .args([
+                "-c",
+                "i=0; while [ $i -lt 200000 ]; do i=$((i+1)); done; sleep 30",
+            ])
+            .spawn()
+            .unwrap();
+        let me = std::process::id();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while proc_stats(child.id()).unwrap().cpu_seconds < 0.05 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the child never used CPU"
+            );
+            std::thread::yield_now();
+        }
+        assert!(children(me).contains(&child.id()));
+        assert!(tree_cpu_seconds(me) >= proc_stats(me).unwrap().cpu_seconds + 0.05);
+        child.kill().unwrap();
+        child.wait().unwrap();
     }
 
     #[test]

@@ -8,7 +8,6 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use axum::serve::ListenerExt as _;
 use tokio::process::{Child, Command};
 use tokio::sync::watch;
 
@@ -17,6 +16,7 @@ use crate::controller::config::{ResolvedSource, agent_config, render};
 use crate::gateway::discovery::{Discovery as _, StaticDiscovery};
 use crate::gateway::front::{Gateway, router};
 use crate::gateway::pool::Endpoint;
+use crate::gateway::workers;
 
 /// Settings of local mode.
 #[derive(Debug, Clone, clap::Args)]
@@ -45,6 +45,9 @@ pub struct LocalArgs {
     /// discovery; loopback only).
     #[arg(long = "agent", value_name = "ADDR")]
     pub agents: Vec<SocketAddr>,
+    /// Gateway worker threads (default: one per CPU).
+    #[arg(long)]
+    pub gateway_workers: Option<usize>,
 }
 
 /// The bundled model, relative to the models folder.
@@ -92,13 +95,15 @@ pub async fn run_local(args: LocalArgs) -> anyhow::Result<()> {
         queue_wait,
     };
     discovery.run(gateway.clone()).await;
-    let listener = tokio::net::TcpListener::bind(args.addr)
-        .await
-        .with_context(|| format!("binding {}", args.addr))?;
-    tracing::info!(addr = %args.addr, pools = pools.len(), "gateway listening");
-    let serve = axum::serve(listener.tap_io(crate::run::no_delay), router(gateway))
-        .with_graceful_shutdown(crate::run::wait_for_signal());
-    serve.await?;
+    let count = args.gateway_workers.unwrap_or_else(workers::default_count);
+    let bound =
+        workers::Bound::new(args.addr, count).with_context(|| format!("binding {}", args.addr))?;
+    tracing::info!(addr = %bound.addr(), pools = pools.len(), workers = count, "gateway listening");
+    let (stop_serving, serving) = watch::channel(false);
+    let workers = workers::start(bound, &router(gateway), &serving)?;
+    crate::run::wait_for_signal().await;
+    let _ = stop_serving.send(true);
+    workers.join().await?;
     tracing::info!("stopping agents");
     let _ = stop.send(true);
     for s in supervisors {

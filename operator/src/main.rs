@@ -76,6 +76,9 @@ struct RunArgs {
     /// Longest a request waits at the gateway for a free agent before a 429.
     #[arg(long, default_value_t = 10)]
     gateway_queue_wait_seconds: u64,
+    /// Gateway worker threads (default: one per CPU the operator may use).
+    #[arg(long, env = "INFERPOOL_GATEWAY_WORKERS")]
+    gateway_workers: Option<usize>,
     /// Address of /healthz, /readyz and /metrics.
     #[arg(long, env = "INFERPOOL_HEALTH_ADDR", default_value = "0.0.0.0:8081")]
     health_addr: std::net::SocketAddr,
@@ -190,6 +193,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         health_addr: args.health_addr,
         gateway_addr: Some(args.gateway_addr),
         gateway_queue_wait: std::time::Duration::from_secs(args.gateway_queue_wait_seconds),
+        gateway_workers: args
+            .gateway_workers
+            .unwrap_or_else(inferpool_operator::gateway::workers::default_count),
     };
     inferpool_operator::run::run(client, config).await
 }

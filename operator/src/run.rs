@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Context as _;
-use axum::serve::ListenerExt as _;
 use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 
@@ -31,6 +30,8 @@ pub struct RunConfig {
     pub gateway_addr: Option<SocketAddr>,
     /// Longest a request waits at the gateway for a free agent.
     pub gateway_queue_wait: std::time::Duration,
+    /// Gateway worker threads.
+    pub gateway_workers: usize,
 }
 
 /// Runs until SIGTERM or Ctrl-C.
@@ -52,54 +53,56 @@ pub async fn run(client: kube::Client, config: RunConfig) -> anyhow::Result<()> 
         wait_for_signal().await;
         let _ = stop.send(true);
     });
-    if let Some(addr) = config.gateway_addr {
-        serve_gateway(
-            client.clone(),
-            addr,
-            config.gateway_queue_wait,
-            stopped.clone(),
-        )
-        .await?;
-    }
-    if !config.controller {
+    let stopping = stopped.clone();
+    let gateway = match config.gateway_addr {
+        Some(addr) => {
+            let bound = crate::gateway::workers::Bound::new(addr, config.gateway_workers)
+                .with_context(|| format!("binding {addr}"))?;
+            Some(serve_gateway(
+                client.clone(),
+                bound,
+                config.gateway_queue_wait,
+                &stopped,
+            )?)
+        }
+        None => None,
+    };
+    if config.controller {
+        let mut leading = elect(client.clone(), &config.lease)
+            .await
+            .context("leader election")?;
+        health.ready.store(true, Ordering::Relaxed);
+        lead_while_elected(client, &config, &metrics, &mut leading, stopped).await;
+        // Dropping the receiver releases the lease, so that a standby takes over at once.
+        drop(leading);
+    } else {
         health.ready.store(true, Ordering::Relaxed);
         let _ = stopped.clone().wait_for(|s| *s).await;
-        return Ok(());
     }
-    let mut leading = elect(client.clone(), &config.lease)
-        .await
-        .context("leader election")?;
-    health.ready.store(true, Ordering::Relaxed);
-    lead_while_elected(client, &config, &metrics, &mut leading, stopped).await;
-    // Dropping the receiver releases the lease, so that a standby takes over at once.
-    drop(leading);
+    // On a signal the workers finish what they hold; otherwise (the lease was lost for
+    // good) the process ends and is restarted.
+    if let Some(workers) = gateway
+        && *stopping.borrow()
+    {
+        workers.join().await?;
+    }
     Ok(())
 }
 
-/// Serves the gateway on `addr`, its routes following the cluster, until `stopped`.
-async fn serve_gateway(
+/// Serves the gateway on its workers, its routes following the cluster, until `stopped`
+/// (the workers then finish their requests on their own threads).
+fn serve_gateway(
     client: kube::Client,
-    addr: SocketAddr,
+    bound: crate::gateway::workers::Bound,
     queue_wait: std::time::Duration,
-    mut stopped: watch::Receiver<bool>,
-) -> anyhow::Result<()> {
+    stopped: &watch::Receiver<bool>,
+) -> anyhow::Result<crate::gateway::workers::Workers> {
     let gateway = crate::gateway::front::Gateway::new();
     let discovery = KubernetesDiscovery { client, queue_wait };
     tokio::spawn(discovery.run(gateway.clone()));
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("binding {addr}"))?;
-    tracing::info!(addr = %listener.local_addr()?, "gateway listening");
-    let shutdown = async move {
-        let _ = stopped.wait_for(|s| *s).await;
-    };
+    tracing::info!(addr = %bound.addr(), "gateway listening");
     let app = crate::gateway::front::router(gateway);
-    tokio::spawn(
-        axum::serve(listener.tap_io(no_delay), app)
-            .with_graceful_shutdown(shutdown)
-            .into_future(),
-    );
-    Ok(())
+    Ok(crate::gateway::workers::start(bound, &app, stopped)?)
 }
 
 async fn lead_while_elected(

@@ -79,6 +79,17 @@ impl LocalPool {
         pids
     }
 
+    /// The pid of agent `id` (the child started with the config file `<id>.json`).
+    pub fn agent_pid(&self, id: &str) -> Option<u32> {
+        let config = format!("/{id}.json");
+        self.agent_pids().into_iter().find(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                c.split(|&b| b == 0)
+                    .any(|arg| arg.ends_with(config.as_bytes()))
+            })
+        })
+    }
+
     /// Sends `signal` (e.g. `-KILL`) to `pid`.
     pub fn signal(pid: u32, signal: &str) -> anyhow::Result<()> {
         let status = Command::new("kill")

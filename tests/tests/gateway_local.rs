@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use anyhow::Context as _;
 use inferpool_e2e::http::{EventStream, post, post_json};
 use inferpool_e2e::local::LocalPool;
 use inferpool_e2e::wait::wait_until;
@@ -253,11 +254,11 @@ fn outcomes(
 /// that they do not run at once on two shared cores.
 static UNDER_LOAD: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// Two agents under least_load, and their pids. Requests wait for an agent rather than get
-/// a 429 (under load all of them may have to wait for the one that is left), and a stopped
-/// agent has all the time that debug builds sharing two cores with other tests need to
-/// finish what it holds.
-async fn patient_pool() -> anyhow::Result<(LocalPool, Vec<u32>)> {
+/// Two agents under least_load, both taking traffic, and the pid of `gw-0`. Requests wait
+/// for an agent rather than get a 429 (under load all of them may have to wait for the one
+/// that is left), and a stopped agent has all the time that debug builds sharing two cores
+/// with other tests need to finish what it holds.
+async fn patient_pool() -> anyhow::Result<(LocalPool, u32)> {
     let pool = LocalPool::start_with(
         &manifest("least_load"),
         MODEL,
@@ -271,13 +272,22 @@ async fn patient_pool() -> anyhow::Result<(LocalPool, Vec<u32>)> {
     .await?;
     let agents = pool.agent_pids();
     anyhow::ensure!(agents.len() == 2, "{agents:?}");
-    Ok((pool, agents))
+    // The pool answers once one agent is ready; the tests need both.
+    wait_until(Duration::from_secs(300), || async {
+        let both = ["gw-0", "gw-1"]
+            .iter()
+            .all(|a| healthy(&pool, a) == Some(true));
+        both.then_some(())
+    })
+    .await?;
+    let gw0 = pool.agent_pid("gw-0").context("no agent gw-0")?;
+    Ok((pool, gw0))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_killed_under_load_costs_only_requests_already_streaming() -> anyhow::Result<()> {
     let _alone = UNDER_LOAD.lock().await;
-    let (pool, agents) = patient_pool().await?;
+    let (pool, gw0) = patient_pool().await?;
     let clients = stream_many(pool.addr, 200);
     // Kill one agent once the load is under way (the first request has completed, so both
     // agents hold running and queued work). Debug builds on two shared cores are slow:
@@ -286,7 +296,7 @@ async fn an_agent_killed_under_load_costs_only_requests_already_streaming() -> a
         Some(()).filter(|()| clients.iter().any(|c| c.is_finished()))
     })
     .await?;
-    LocalPool::signal(agents[0], "-KILL")?;
+    LocalPool::signal(gw0, "-KILL")?;
     let killed = std::time::Instant::now();
     let ejected = wait_until(Duration::from_secs(5), || async {
         (healthy(&pool, "gw-0") == Some(false)).then(|| killed.elapsed())
@@ -318,14 +328,14 @@ async fn an_agent_killed_under_load_costs_only_requests_already_streaming() -> a
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_stopped_with_sigterm_under_load_fails_no_request() -> anyhow::Result<()> {
     let _alone = UNDER_LOAD.lock().await;
-    let (pool, agents) = patient_pool().await?;
+    let (pool, gw0) = patient_pool().await?;
     let mut clients = stream_many(pool.addr, 30);
     // Stop the agent while it holds requests, then send more: those go elsewhere.
     wait_until(Duration::from_secs(300), || async {
         (in_flight(&pool, "gw-0").unwrap_or(0.0) >= 4.0).then_some(())
     })
     .await?;
-    LocalPool::signal(agents[0], "-TERM")?;
+    LocalPool::signal(gw0, "-TERM")?;
     clients.extend(stream_many(pool.addr, 10));
     let (completed, cut) = outcomes(clients)?;
     assert_eq!(

@@ -79,8 +79,12 @@ impl Answer {
                 }
                 Some(TextEvent::Done { finish, usage }) => {
                     recorder.outcome("ok");
-                    let body = self.shape.whole(out, finish_reason(finish), usage);
-                    return axum::Json(body).into_response();
+                    let json = self.shape.whole(out, finish_reason(finish), usage);
+                    return (
+                        [(axum::http::header::CONTENT_TYPE, "application/json")],
+                        json,
+                    )
+                        .into_response();
                 }
                 Some(TextEvent::Failed(message)) => {
                     return refuse(&mut recorder, ServeError::Engine(message));

@@ -15,9 +15,11 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use inferpool_bench::keepalive::Connection;
-use inferpool_bench::quantile;
+use inferpool_bench::{quantile, tree_cpu_seconds};
 use inferpool_e2e::http::{free_port, get};
 use inferpool_e2e::parts::ScratchDir;
+use inferpool_operator::gateway::connection::AgentConnection;
+use inferpool_protocol::agent as pb;
 use serde_json::json;
 
 #[derive(Debug, Parser)]
@@ -208,6 +210,51 @@ fn latencies(addr: SocketAddr, body: &[u8], n: usize) -> anyhow::Result<Vec<Dura
     Ok(samples)
 }
 
+/// Latencies of `n` cached `Generate` calls straight to an agent's gRPC port, one at a
+/// time over one connection made by the gateway's own HTTP/2 client: the agent hop alone.
+fn grpc_latencies(addr: SocketAddr, n: usize) -> anyhow::Result<Vec<Duration>> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let connection = AgentConnection::connect(addr).await?;
+        let request = generate_request();
+        let mut samples = Vec::with_capacity(n);
+        for i in 0..n + 50 {
+            let start = Instant::now();
+            let mut client = connection.client();
+            let mut stream = client.generate(request.clone()).await?.into_inner();
+            while stream.message().await?.is_some() {}
+            // The first 50 warm up the connection and fill the agent's cache.
+            if i >= 50 {
+                samples.push(start.elapsed());
+            }
+        }
+        samples.sort_unstable();
+        Ok(samples)
+    })
+}
+
+/// The cached workload's request as the gateway sends it.
+fn generate_request() -> pb::GenerateRequest {
+    let message = pb::ChatMessage {
+        role: "user".into(),
+        content: "Say yes.".into(),
+    };
+    pb::GenerateRequest {
+        model: MODEL.into(),
+        prompt: Some(pb::generate_request::Prompt::Chat(pb::ChatMessages {
+            messages: vec![message],
+        })),
+        sampling: Some(pb::SamplingParams {
+            temperature: Some(0.0),
+            max_tokens: Some(1),
+            ..pb::SamplingParams::default()
+        }),
+        ..pb::GenerateRequest::default()
+    }
+}
+
 /// Requests per second answered 200 with `clients` kept-alive connections for `seconds`.
 fn throughput(addr: SocketAddr, body: &[u8], clients: usize, seconds: u64) -> anyhow::Result<f64> {
     let (stop, done, failed) = (
@@ -245,9 +292,31 @@ struct Figures {
     p50: Duration,
     p99: Duration,
     rps: f64,
+    /// CPU per request answered in the throughput run: the proxy's and the agents'.
+    proxy_cpu: Duration,
+    agents_cpu: Duration,
 }
 
-fn measure(addr: SocketAddr, workload: Workload, args: &Args) -> anyhow::Result<Figures> {
+/// Where a path's requests go, and which processes' CPU time they cost.
+struct Target {
+    addr: SocketAddr,
+    proxy: Option<u32>,
+    agents: [u32; 2],
+}
+
+impl Target {
+    /// CPU seconds so far: the proxy's (0 without one) and the agents'.
+    fn cpu_seconds(&self) -> (f64, f64) {
+        let proxy = self.proxy.map_or(0.0, tree_cpu_seconds);
+        (
+            proxy,
+            self.agents.iter().copied().map(tree_cpu_seconds).sum(),
+        )
+    }
+}
+
+fn measure(path: &Target, workload: Workload, args: &Args) -> anyhow::Result<Figures> {
+    let addr = path.addr;
     let body = body(workload);
     let sequential = match workload {
         Workload::Cached => args.sequential,
@@ -256,11 +325,18 @@ fn measure(addr: SocketAddr, workload: Workload, args: &Args) -> anyhow::Result<
     latencies(addr, &body, 50)?; // warm-up: connections, caches
     let samples = latencies(addr, &body, sequential)?;
     let q = |p| quantile(&samples, p).unwrap_or_default();
+    let (proxy_before, agents_before) = path.cpu_seconds();
+    let start = Instant::now();
     let rps = throughput(addr, &body, args.clients, args.seconds)?;
+    let answered = rps * start.elapsed().as_secs_f64();
+    let (proxy_after, agents_after) = path.cpu_seconds();
+    let per_request = |cpu: f64| Duration::from_secs_f64(cpu.max(0.0) / answered.max(1.0));
     Ok(Figures {
         p50: q(0.5),
         p99: q(0.99),
         rps,
+        proxy_cpu: per_request(proxy_after - proxy_before),
+        agents_cpu: per_request(agents_after - agents_before),
     })
 }
 
@@ -271,38 +347,73 @@ fn micros(d: Duration) -> f64 {
 fn report(workload: Workload, rows: &[(&str, Figures)]) {
     println!("\n{workload:?} requests (max_tokens 1):");
     println!(
-        "| path | p50 µs | p99 µs | added p50 µs | added p99 µs | requests/s |\n|---|---:|---:|---:|---:|---:|"
+        "| path | p50 µs | p99 µs | added p50 µs | added p99 µs | requests/s | proxy CPU µs/req | agents CPU µs/req |\n|---|---:|---:|---:|---:|---:|---:|---:|"
     );
     let (base50, base99) = (micros(rows[0].1.p50), micros(rows[0].1.p99));
     for (name, f) in rows {
         println!(
-            "| {name} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} |",
+            "| {name} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} |",
             micros(f.p50),
             micros(f.p99),
             micros(f.p50) - base50,
             micros(f.p99) - base99,
-            f.rps
+            f.rps,
+            micros(f.proxy_cpu),
+            micros(f.agents_cpu),
         );
     }
 }
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let (_a0, http0, grpc0) = start_agent(&args)?;
-    let (_a1, http1, grpc1) = start_agent(&args)?;
-    let (_gateway, gateway) = start_gateway(&args, &[grpc0, grpc1])?;
-    let (_nginx, nginx) = start_nginx(&args.nginx, &[http0, http1])?;
+    let (a0, http0, grpc0) = start_agent(&args)?;
+    let (a1, http1, grpc1) = start_agent(&args)?;
+    let (gateway, gateway_addr) = start_gateway(&args, &[grpc0, grpc1])?;
+    let (nginx, nginx_addr) = start_nginx(&args.nginx, &[http0, http1])?;
+    let agents = [a0.child.id(), a1.child.id()];
+    let paths = [
+        (
+            "direct to one agent",
+            Target {
+                addr: http0,
+                proxy: None,
+                agents,
+            },
+        ),
+        (
+            "inferpool gateway",
+            Target {
+                addr: gateway_addr,
+                proxy: Some(gateway.child.id()),
+                agents,
+            },
+        ),
+        (
+            "nginx round robin",
+            Target {
+                addr: nginx_addr,
+                proxy: Some(nginx.child.id()),
+                agents,
+            },
+        ),
+    ];
     println!(
         "gateway overhead: {} sequential requests per path, then {} clients for {} s",
         args.sequential, args.clients, args.seconds
     );
     for workload in [Workload::Cached, Workload::Generated] {
-        let rows = vec![
-            ("direct to one agent", measure(http0, workload, &args)?),
-            ("inferpool gateway", measure(gateway, workload, &args)?),
-            ("nginx round robin", measure(nginx, workload, &args)?),
-        ];
+        let mut rows = Vec::new();
+        for (name, path) in &paths {
+            rows.push((*name, measure(path, workload, &args)?));
+        }
         report(workload, &rows);
     }
+    let hop = grpc_latencies(grpc0, args.sequential)?;
+    println!(
+        "\nThe agent hop alone (cached `Generate` over the gateway's HTTP/2 client, one at a \
+         time): p50 {:.0} µs, p99 {:.0} µs",
+        micros(quantile(&hop, 0.5).unwrap_or_default()),
+        micros(quantile(&hop, 0.99).unwrap_or_default()),
+    );
     Ok(())
 }

@@ -3,6 +3,7 @@
 //! when the stream breaks, the agent marked unreachable meanwhile).
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -12,8 +13,10 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tonic::transport::Channel;
 
+use super::connection::{AgentConnection, ConnectionCache};
 use super::pick::Reported;
 use super::pool::{Endpoint, Outcome, PoolView};
+use super::workers::with_worker_connections;
 
 /// One pool: its view of the agents and their channels.
 #[derive(Debug)]
@@ -21,13 +24,22 @@ pub struct Pool {
     /// The served model name (`model` in requests).
     pub model: String,
     view: Mutex<PoolView>,
-    channels: Mutex<HashMap<String, (Channel, JoinHandle<()>)>>,
+    channels: Mutex<HashMap<String, AgentLink>>,
+    /// Connections for requests made off worker threads.
+    connections: Mutex<ConnectionCache>,
     /// Signalled on every report and finished request: queued requests look again.
     pub changed: Notify,
     /// Requests waiting for a free agent, per priority rank (0 = critical .. 3 = low).
     waiting: Mutex<[u32; 4]>,
     /// The embedding model its agents report serving.
     embedding_model: Mutex<Option<String>>,
+}
+
+/// One agent's address and its load subscription.
+#[derive(Debug)]
+struct AgentLink {
+    addr: SocketAddr,
+    watch: JoinHandle<()>,
 }
 
 /// Counts one request waiting at `rank` until dropped.
@@ -54,6 +66,7 @@ impl Pool {
             model,
             view: Mutex::new(view),
             channels: Mutex::new(HashMap::new()),
+            connections: Mutex::default(),
             changed: Notify::new(),
             waiting: Mutex::new([0; 4]),
             embedding_model: Mutex::new(None),
@@ -88,10 +101,10 @@ impl Pool {
         let Ok(mut channels) = self.channels.lock() else {
             return;
         };
-        channels.retain(|id, (_, task)| {
-            let keep = endpoints.iter().any(|e| &e.id == id);
+        channels.retain(|id, link| {
+            let keep = endpoints.iter().any(|e| &e.id == id && e.addr == link.addr);
             if !keep {
-                task.abort();
+                link.watch.abort();
             }
             keep
         });
@@ -105,8 +118,12 @@ impl Pool {
             let channel = endpoint
                 .connect_timeout(Duration::from_secs(1))
                 .connect_lazy();
-            let task = tokio::spawn(watch_load(self.clone(), e.id.clone(), channel.clone()));
-            channels.insert(e.id.clone(), (channel, task));
+            let watch = tokio::spawn(watch_load(self.clone(), e.id.clone(), channel));
+            let link = AgentLink {
+                addr: e.addr,
+                watch,
+            };
+            channels.insert(e.id.clone(), link);
         }
         self.changed.notify_waiters();
     }
@@ -127,9 +144,24 @@ impl Pool {
             .is_ok_and(|w| w[..rank.min(4)].iter().any(|&n| n > 0))
     }
 
-    /// The channel to agent `id`.
-    pub fn channel(&self, id: &str) -> Option<Channel> {
-        self.channels.lock().ok()?.get(id).map(|(c, _)| c.clone())
+    /// A connection to agent `id` for requests: the worker thread's own (see `workers`),
+    /// or one shared by callers off worker threads; made when there is none open.
+    pub async fn connection(&self, id: &str) -> Option<AgentConnection> {
+        let addr = self.channels.lock().ok()?.get(id)?.addr;
+        let cached = with_worker_connections(|c| c.get(addr))
+            .unwrap_or_else(|| self.connections.lock().ok()?.get(addr));
+        if cached.is_some() {
+            return cached;
+        }
+        let connection = AgentConnection::connect(addr)
+            .await
+            .inspect_err(|e| tracing::debug!(agent = id, error = %e, "no connection"))
+            .ok()?;
+        let keep = |c: &mut ConnectionCache| c.insert(addr, connection.clone());
+        if with_worker_connections(keep).is_none() {
+            keep(&mut *self.connections.lock().ok()?);
+        }
+        Some(connection)
     }
 
     /// A request on `id` ended.
@@ -142,8 +174,8 @@ impl Pool {
 impl Drop for Pool {
     fn drop(&mut self) {
         if let Ok(channels) = self.channels.lock() {
-            for (_, task) in channels.values() {
-                task.abort();
+            for link in channels.values() {
+                link.watch.abort();
             }
         }
     }

@@ -11,7 +11,6 @@ use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
-use inferpool_protocol::agent::agent_client::AgentClient;
 use inferpool_protocol::agent::{EmbedRequest, EmbedResponse};
 use inferpool_protocol::openai::{
     Embedding, EmbeddingRequest, EmbeddingResponse, EmbeddingUsage, EncodingFormat,
@@ -19,7 +18,7 @@ use inferpool_protocol::openai::{
 };
 
 use super::forward::{
-    Attempt, ForwardError, Tried, channel_to, classify, priority_rank, try_agents,
+    Attempt, ForwardError, Tried, classify, client_of, priority_rank, try_agents,
 };
 use super::front::{
     ApiError, Gateway, PoolRoute, parse, priority, refused_before_routing, traceparent,
@@ -116,7 +115,7 @@ async fn embed_on(
     id: String,
     request: &EmbedRequest,
 ) -> Result<(String, EmbedResponse), Attempt> {
-    let mut client = AgentClient::new(channel_to(pool, &id)?);
+    let mut client = client_of(pool, &id).await?;
     match client.embed(request.clone()).await {
         Ok(response) => {
             pool.finished(&id, Outcome::Success);

@@ -13,6 +13,7 @@ use tokio::time::Instant;
 use tonic::{Code, Status, Streaming};
 
 use super::agents::Pool;
+use super::connection::AgentConnection;
 use super::pick::RequestKey;
 use super::pool::{NoAgent, Outcome};
 use super::retry::RetryBudget;
@@ -212,19 +213,21 @@ pub enum Attempt {
     Fatal(ForwardError),
 }
 
-/// The channel to agent `id`, or a retryable failure.
-pub fn channel_to(pool: &Pool, id: &str) -> Result<tonic::transport::Channel, Attempt> {
-    pool.channel(id).ok_or_else(|| {
-        pool.finished(id, Outcome::Failure);
-        Attempt::Retryable(ForwardError::Unavailable)
-    })
+/// The gRPC client of agent `id`, or a retryable failure.
+pub async fn client_of(pool: &Pool, id: &str) -> Result<AgentClient<AgentConnection>, Attempt> {
+    match pool.connection(id).await {
+        Some(connection) => Ok(connection.client()),
+        None => {
+            pool.finished(id, Outcome::Failure);
+            Err(Attempt::Retryable(ForwardError::Unavailable))
+        }
+    }
 }
 
 /// One try on agent `id`: the call and its first message.
 async fn attempt(pool: &Pool, id: String, request: &GenerateRequest) -> Result<Committed, Attempt> {
     let id = id.as_str();
-    let channel = channel_to(pool, id)?;
-    let mut client = AgentClient::new(channel);
+    let mut client = client_of(pool, id).await?;
     let first = match client.generate(request.clone()).await {
         Ok(response) => {
             let mut rest = response.into_inner();

@@ -4,6 +4,7 @@
 
 pub mod agents;
 pub mod breaker;
+pub mod connection;
 pub mod discovery;
 pub mod embed;
 pub mod forward;
@@ -13,3 +14,4 @@ pub mod pick;
 pub mod pool;
 pub mod relay;
 pub mod retry;
+pub mod workers;

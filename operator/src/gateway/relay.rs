@@ -159,7 +159,12 @@ async fn whole(how: Relay, mut source: Source) -> Response {
                 usage,
             } => {
                 text.push_str(&last);
-                return axum::Json(how.shape.whole(text, finish, usage)).into_response();
+                let json = how.shape.whole(text, finish, usage);
+                return (
+                    [(axum::http::header::CONTENT_TYPE, "application/json")],
+                    json,
+                )
+                    .into_response();
             }
             Piece::Failed(body) => {
                 return (axum::http::StatusCode::BAD_GATEWAY, axum::Json(body)).into_response();

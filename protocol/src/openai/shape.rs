@@ -29,11 +29,12 @@ pub struct ResponseShape {
 }
 
 impl ResponseShape {
-    /// The whole (non-streamed) answer.
-    pub fn whole(&self, text: String, finish: &str, usage: Usage) -> serde_json::Value {
+    /// The whole (non-streamed) answer, as JSON text (written straight from the structs:
+    /// no `serde_json::Value` tree on the way).
+    pub fn whole(&self, text: String, finish: &str, usage: Usage) -> String {
         let finish = Some(finish.to_owned());
-        let value = match self.kind {
-            Kind::Chat => serde_json::to_value(ChatCompletion {
+        let json = match self.kind {
+            Kind::Chat => serde_json::to_string(&ChatCompletion {
                 id: self.id.clone(),
                 object: "chat.completion".to_owned(),
                 created: self.created,
@@ -48,9 +49,9 @@ impl ResponseShape {
                 }],
                 usage,
             }),
-            Kind::Completion => serde_json::to_value(self.completion(text, finish, Some(usage))),
+            Kind::Completion => serde_json::to_string(&self.completion(text, finish, Some(usage))),
         };
-        value.unwrap_or_default()
+        json.unwrap_or_default()
     }
 
     fn completion(&self, text: String, finish: Option<String>, usage: Option<Usage>) -> Completion {

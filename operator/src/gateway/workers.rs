@@ -1,0 +1,135 @@
+//! The gateway served by worker threads, as nginx and Envoy serve: each worker is a thread
+//! running a single-threaded tokio runtime with its own listening socket on the shared
+//! address (`SO_REUSEPORT`: the kernel spreads new connections over the workers) and its
+//! own connections to the agents. A request is handled on one thread from the client's
+//! bytes to the agent and back, so it wakes no other thread, and each write carries all
+//! that is ready (on one multi-threaded runtime an agent call's headers and body went out
+//! in two writes from two threads, and each request woke threads several times). The
+//! pools, their load reports and the metrics stay shared between workers.
+
+use std::cell::RefCell;
+use std::net::SocketAddr;
+
+use axum::Router;
+use axum::serve::ListenerExt as _;
+use tokio::net::TcpSocket;
+use tokio::sync::watch;
+
+use super::connection::ConnectionCache;
+
+/// How many workers serve when not told: one per CPU this process may use.
+pub fn default_count() -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
+}
+
+/// Sockets bound to one address, one per worker, not yet listening.
+#[derive(Debug)]
+pub struct Bound {
+    sockets: Vec<TcpSocket>,
+    addr: SocketAddr,
+}
+
+impl Bound {
+    /// Binds `count` sockets (at least one) to `addr`; port 0 picks one port for all.
+    pub fn new(addr: SocketAddr, count: usize) -> std::io::Result<Self> {
+        let first = reuse_port_socket(addr)?;
+        let addr = first.local_addr()?;
+        let mut sockets = vec![first];
+        for _ in 1..count.max(1) {
+            sockets.push(reuse_port_socket(addr)?);
+        }
+        Ok(Self { sockets, addr })
+    }
+
+    /// The address they are bound to.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+fn reuse_port_socket(addr: SocketAddr) -> std::io::Result<TcpSocket> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.set_reuseport(true)?;
+    socket.bind(addr)?;
+    Ok(socket)
+}
+
+/// The running workers.
+#[derive(Debug)]
+pub struct Workers {
+    threads: Vec<std::thread::JoinHandle<std::io::Result<()>>>,
+}
+
+/// Starts one worker per bound socket, serving `app` until `stopped` turns true (each
+/// worker then finishes the requests it holds, as `axum::serve` does).
+pub fn start(
+    bound: Bound,
+    app: &Router,
+    stopped: &watch::Receiver<bool>,
+) -> std::io::Result<Workers> {
+    let mut threads = Vec::with_capacity(bound.sockets.len());
+    for (i, socket) in bound.sockets.into_iter().enumerate() {
+        let (app, stopped) = (app.clone(), stopped.clone());
+        let thread = std::thread::Builder::new()
+            .name(format!("gateway-worker-{i}"))
+            .spawn(move || serve_one(socket, app, stopped))?;
+        threads.push(thread);
+    }
+    Ok(Workers { threads })
+}
+
+impl Workers {
+    /// Waits until every worker has stopped; the first error, if any.
+    pub async fn join(self) -> std::io::Result<()> {
+        let joined = tokio::task::spawn_blocking(move || {
+            let mut result = Ok(());
+            for t in self.threads {
+                let outcome = t
+                    .join()
+                    .unwrap_or_else(|_| Err(std::io::Error::other("a gateway worker panicked")));
+                result = result.and(outcome);
+            }
+            result
+        });
+        joined.await.map_err(std::io::Error::other)?
+    }
+}
+
+/// One worker: its runtime, its listener and its own agent connections.
+fn serve_one(
+    socket: TcpSocket,
+    app: Router,
+    mut stopped: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    WORKER_CONNECTIONS.set(Some(ConnectionCache::default()));
+    let served = runtime.block_on(async move {
+        let listener = socket.listen(1024)?;
+        let shutdown = async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        };
+        axum::serve(listener.tap_io(crate::run::no_delay), app)
+            .with_graceful_shutdown(shutdown)
+            .await
+    });
+    // The connections' tasks lived on this runtime: drop them with it.
+    WORKER_CONNECTIONS.set(None);
+    served
+}
+
+thread_local! {
+    /// A worker thread's own connections to the agents; `None` off worker threads.
+    static WORKER_CONNECTIONS: RefCell<Option<ConnectionCache>> = const { RefCell::new(None) };
+}
+
+/// Runs `f` on this worker's connections; `None` off worker threads.
+pub fn with_worker_connections<T>(f: impl FnOnce(&mut ConnectionCache) -> T) -> Option<T> {
+    WORKER_CONNECTIONS.with_borrow_mut(|c| c.as_mut().map(f))
+}
