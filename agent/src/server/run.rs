@@ -57,6 +57,9 @@ pub struct ServeArgs {
     /// Longest wait for in-flight requests after SIGTERM, in seconds.
     #[arg(long, default_value_t = 30)]
     pub drain_grace_seconds: u64,
+    /// gRPC worker threads (default: one per CPU the process may use).
+    #[arg(long, env = "INFERPOOL_GRPC_WORKERS")]
+    pub grpc_workers: Option<usize>,
 }
 
 /// Runs the agent until SIGTERM (or SIGINT) and a drain.
@@ -107,8 +110,12 @@ async fn start_servers(
     let http_addr = SocketAddr::new(args.host, args.http_port.unwrap_or(config.http_port));
     let grpc_addr = SocketAddr::new(args.host, args.grpc_port.unwrap_or(config.grpc_port));
     let http = bind(http_addr).await?;
-    let grpc = bind(grpc_addr).await?;
-    tracing::info!(http = %http.local_addr()?, grpc = %grpc.local_addr()?, "listening");
+    let workers = args
+        .grpc_workers
+        .unwrap_or_else(super::workers::default_count);
+    let (grpc, grpc_addr) =
+        super::workers::bind(grpc_addr, workers).with_context(|| format!("binding {grpc_addr}"))?;
+    tracing::info!(http = %http.local_addr()?, grpc = %grpc_addr, workers, "listening");
     let (reporter, health) = tonic_health::server::health_reporter();
     set_health(&reporter, ServingStatus::NotServing).await;
     tokio::spawn(follow_phase(agent.watch_phase(), reporter));
@@ -121,15 +128,20 @@ async fn start_servers(
         }
     });
     let grpc_service = AgentServer::new(GrpcAgent::new(agent.clone()));
-    let grpc_task = tokio::spawn(async move {
-        let served = tonic::transport::Server::builder()
-            .add_service(health)
-            .add_service(grpc_service)
-            .serve_with_incoming_shutdown(incoming(grpc), until_stopped(stopped));
-        if let Err(e) = served.await {
-            tracing::error!(error = %e, "gRPC server failed");
+    let serve_grpc = move |listener: TcpListener| {
+        let (health, service) = (health.clone(), grpc_service.clone());
+        let stopped = stopped.clone();
+        async move {
+            let served = tonic::transport::Server::builder()
+                .add_service(health)
+                .add_service(service)
+                .serve_with_incoming_shutdown(incoming(listener), until_stopped(stopped));
+            if let Err(e) = served.await {
+                tracing::error!(error = %e, "gRPC server failed");
+            }
         }
-    });
+    };
+    let grpc_task = super::workers::start(grpc, serve_grpc)?;
     Ok(vec![http_task, grpc_task])
 }
 
