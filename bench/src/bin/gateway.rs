@@ -19,6 +19,7 @@ use inferpool_bench::{quantile, tree_cpu_seconds};
 use inferpool_e2e::http::{free_port, get};
 use inferpool_e2e::parts::ScratchDir;
 use inferpool_operator::gateway::connection::AgentConnection;
+use inferpool_operator::gateway::stream::generate;
 use inferpool_protocol::agent as pb;
 use serde_json::json;
 
@@ -211,7 +212,7 @@ fn latencies(addr: SocketAddr, body: &[u8], n: usize) -> anyhow::Result<Vec<Dura
 }
 
 /// Latencies of `n` cached `Generate` calls straight to an agent's gRPC port, one at a
-/// time over one connection made by the gateway's own HTTP/2 client: the agent hop alone.
+/// time over one connection, as the gateway calls it: the agent hop alone.
 fn grpc_latencies(addr: SocketAddr, n: usize) -> anyhow::Result<Vec<Duration>> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -222,8 +223,7 @@ fn grpc_latencies(addr: SocketAddr, n: usize) -> anyhow::Result<Vec<Duration>> {
         let mut samples = Vec::with_capacity(n);
         for i in 0..n + 50 {
             let start = Instant::now();
-            let mut client = connection.client();
-            let mut stream = client.generate(request.clone()).await?.into_inner();
+            let mut stream = generate(&connection, &request).await?;
             while stream.message().await?.is_some() {}
             // The first 50 warm up the connection and fill the agent's cache.
             if i >= 50 {
@@ -410,7 +410,7 @@ fn main() -> anyhow::Result<()> {
     }
     let hop = grpc_latencies(grpc0, args.sequential)?;
     println!(
-        "\nThe agent hop alone (cached `Generate` over the gateway's HTTP/2 client, one at a \
+        "\nThe agent hop alone (cached `Generate` called as the gateway calls it, one at a \
          time): p50 {:.0} µs, p99 {:.0} µs",
         micros(quantile(&hop, 0.5).unwrap_or_default()),
         micros(quantile(&hop, 0.99).unwrap_or_default()),

@@ -4,7 +4,8 @@
 //! body-piping task between the caller and the socket, and its request headers and body
 //! leave in two writes; here the caller queues both frames on the connection before its
 //! task runs, so one write carries them, and the only other task is the connection's.
-//! (Load reports, a long-lived stream, still use a tonic `Channel`.)
+//! (`Generate` itself skips tonic's client too, see `stream`; load reports, a long-lived
+//! stream, use a tonic `Channel`.)
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -32,6 +33,7 @@ pub struct AgentConnection {
     send: h2::client::SendRequest<Bytes>,
     closed: Arc<AtomicBool>,
     origin: http::Uri,
+    authority: http::uri::Authority,
 }
 
 /// Why a connection could not be made.
@@ -74,13 +76,35 @@ impl AgentConnection {
                 tracing::debug!(%addr, error = %e, "agent connection ended");
             }
         });
-        let origin = http::Uri::try_from(format!("http://{addr}"))
-            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+        let invalid = |e: http::Error| std::io::Error::new(std::io::ErrorKind::InvalidInput, e);
+        let authority =
+            http::uri::Authority::try_from(addr.to_string()).map_err(|e| invalid(e.into()))?;
+        let origin = http::Uri::builder()
+            .scheme("http")
+            .authority(authority.clone())
+            .path_and_query("/")
+            .build()
+            .map_err(invalid)?;
         Ok(Self {
             send,
             closed,
             origin,
+            authority,
         })
+    }
+
+    /// The sender, once the connection can take one more request.
+    pub async fn ready_sender(&self) -> Result<h2::client::SendRequest<Bytes>, h2::Error> {
+        self.send.clone().ready().await
+    }
+
+    /// The URI of `path` on this agent.
+    pub fn uri(&self, path: &'static str) -> Result<http::Uri, http::Error> {
+        http::Uri::builder()
+            .scheme("http")
+            .authority(self.authority.clone())
+            .path_and_query(path)
+            .build()
     }
 
     /// The agent's gRPC client over this connection.

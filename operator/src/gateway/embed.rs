@@ -18,7 +18,7 @@ use inferpool_protocol::openai::{
 };
 
 use super::forward::{
-    Attempt, ForwardError, Tried, classify, client_of, priority_rank, try_agents,
+    Attempt, ForwardError, Tried, classify, connection_to, priority_rank, try_agents,
 };
 use super::front::{
     ApiError, Gateway, PoolRoute, parse, priority, refused_before_routing, traceparent,
@@ -115,7 +115,7 @@ async fn embed_on(
     id: String,
     request: &EmbedRequest,
 ) -> Result<(String, EmbedResponse), Attempt> {
-    let mut client = client_of(pool, &id).await?;
+    let mut client = connection_to(pool, &id).await?.client();
     match client.embed(request.clone()).await {
         Ok(response) => {
             pool.finished(&id, Outcome::Success);

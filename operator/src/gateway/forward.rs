@@ -6,17 +6,17 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use inferpool_protocol::agent::agent_client::AgentClient;
 use inferpool_protocol::agent::{ErrorInfo, GenerateRequest, GenerateResponse, Priority};
 use prost::Message as _;
 use tokio::time::Instant;
-use tonic::{Code, Status, Streaming};
+use tonic::{Code, Status};
 
 use super::agents::Pool;
 use super::connection::AgentConnection;
 use super::pick::RequestKey;
 use super::pool::{NoAgent, Outcome};
 use super::retry::RetryBudget;
+use super::stream::{GenerateStream, generate};
 
 /// Why a request got no answer from the pool.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -72,7 +72,7 @@ pub struct Committed {
     /// Its first message.
     pub first: GenerateResponse,
     /// The rest of the stream.
-    pub rest: Streaming<GenerateResponse>,
+    pub rest: GenerateStream,
 }
 
 /// A request on its way: the committed stream, and how it got there.
@@ -213,26 +213,20 @@ pub enum Attempt {
     Fatal(ForwardError),
 }
 
-/// The gRPC client of agent `id`, or a retryable failure.
-pub async fn client_of(pool: &Pool, id: &str) -> Result<AgentClient<AgentConnection>, Attempt> {
-    match pool.connection(id).await {
-        Some(connection) => Ok(connection.client()),
-        None => {
-            pool.finished(id, Outcome::Failure);
-            Err(Attempt::Retryable(ForwardError::Unavailable))
-        }
-    }
+/// A connection to agent `id`, or a retryable failure.
+pub async fn connection_to(pool: &Pool, id: &str) -> Result<AgentConnection, Attempt> {
+    pool.connection(id).await.ok_or_else(|| {
+        pool.finished(id, Outcome::Failure);
+        Attempt::Retryable(ForwardError::Unavailable)
+    })
 }
 
 /// One try on agent `id`: the call and its first message.
 async fn attempt(pool: &Pool, id: String, request: &GenerateRequest) -> Result<Committed, Attempt> {
     let id = id.as_str();
-    let mut client = client_of(pool, id).await?;
-    let first = match client.generate(request.clone()).await {
-        Ok(response) => {
-            let mut rest = response.into_inner();
-            rest.message().await.map(|m| (m, rest))
-        }
+    let connection = connection_to(pool, id).await?;
+    let first = match generate(&connection, request).await {
+        Ok(mut rest) => rest.message().await.map(|m| (m, rest)),
         Err(status) => Err(status),
     };
     match first {

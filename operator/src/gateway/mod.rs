@@ -14,4 +14,5 @@ pub mod pick;
 pub mod pool;
 pub mod relay;
 pub mod retry;
+pub mod stream;
 pub mod workers;

@@ -12,12 +12,12 @@ use axum::response::{IntoResponse, Response};
 use inferpool_protocol::agent::{self as pb, GenerateResponse};
 use inferpool_protocol::openai::{ErrorBody, Kind, ResponseShape, Usage, ValidSampling};
 use tokio::time::Instant;
-use tonic::Streaming;
 
 use super::agents::Pool;
 use super::forward::{Committed, refused};
 use super::metrics::RequestRecord;
 use super::pool::Outcome;
+use super::stream::GenerateStream;
 
 /// How to answer.
 #[derive(Debug, Clone)]
@@ -80,7 +80,7 @@ pub async fn relay(
 
 struct Source {
     first: Option<GenerateResponse>,
-    rest: Streaming<GenerateResponse>,
+    rest: GenerateStream,
     deadline: Instant,
     in_flight: InFlight,
     record: RequestRecord,
