@@ -1,6 +1,7 @@
-//! A pool's agents over gRPC: one lazily connected channel per agent and a `WatchLoad`
-//! subscription that feeds its reports into the pool's view (reconnecting with backoff
-//! when the stream breaks, the agent marked unreachable meanwhile).
+//! A pool's agents over gRPC: per agent a `WatchLoad` subscription on a lazily connected
+//! channel that feeds its reports into the pool's view (reconnecting with backoff when the
+//! stream breaks, the agent marked unreachable meanwhile), and HTTP/2 connections for
+//! requests, each worker thread's own (see `workers` and `connection`).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -18,13 +19,14 @@ use super::pick::Reported;
 use super::pool::{Endpoint, Outcome, PoolView};
 use super::workers::with_worker_connections;
 
-/// One pool: its view of the agents and their channels.
+/// One pool: its view of the agents, their addresses and load subscriptions, and the
+/// connections its requests use off worker threads.
 #[derive(Debug)]
 pub struct Pool {
     /// The served model name (`model` in requests).
     pub model: String,
     view: Mutex<PoolView>,
-    channels: Mutex<HashMap<String, AgentLink>>,
+    links: Mutex<HashMap<String, AgentLink>>,
     /// Connections for requests made off worker threads.
     connections: Mutex<ConnectionCache>,
     /// Signalled on every report and finished request: queued requests look again.
@@ -65,7 +67,7 @@ impl Pool {
         Arc::new(Self {
             model,
             view: Mutex::new(view),
-            channels: Mutex::new(HashMap::new()),
+            links: Mutex::new(HashMap::new()),
             connections: Mutex::default(),
             changed: Notify::new(),
             waiting: Mutex::new([0; 4]),
@@ -98,10 +100,10 @@ impl Pool {
     /// theirs.
     pub fn set_endpoints(self: &Arc<Self>, endpoints: &[Endpoint]) {
         self.with_view(|v| v.set_endpoints(endpoints));
-        let Ok(mut channels) = self.channels.lock() else {
+        let Ok(mut links) = self.links.lock() else {
             return;
         };
-        channels.retain(|id, link| {
+        links.retain(|id, link| {
             let keep = endpoints.iter().any(|e| &e.id == id && e.addr == link.addr);
             if !keep {
                 link.watch.abort();
@@ -109,7 +111,7 @@ impl Pool {
             keep
         });
         for e in endpoints {
-            if channels.contains_key(&e.id) {
+            if links.contains_key(&e.id) {
                 continue;
             }
             let Ok(endpoint) = Channel::from_shared(format!("http://{}", e.addr)) else {
@@ -123,7 +125,7 @@ impl Pool {
                 addr: e.addr,
                 watch,
             };
-            channels.insert(e.id.clone(), link);
+            links.insert(e.id.clone(), link);
         }
         self.changed.notify_waiters();
     }
@@ -147,7 +149,7 @@ impl Pool {
     /// A connection to agent `id` for requests: the worker thread's own (see `workers`),
     /// or one shared by callers off worker threads; made when there is none open.
     pub async fn connection(&self, id: &str) -> Option<AgentConnection> {
-        let addr = self.channels.lock().ok()?.get(id)?.addr;
+        let addr = self.links.lock().ok()?.get(id)?.addr;
         let cached = with_worker_connections(|c| c.get(addr))
             .unwrap_or_else(|| self.connections.lock().ok()?.get(addr));
         if cached.is_some() {
@@ -173,8 +175,8 @@ impl Pool {
 
 impl Drop for Pool {
     fn drop(&mut self) {
-        if let Ok(channels) = self.channels.lock() {
-            for link in channels.values() {
+        if let Ok(links) = self.links.lock() {
+            for link in links.values() {
                 link.watch.abort();
             }
         }
