@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context as _;
+use inferpool_protocol::listen::{WorkerSockets, default_workers};
 use tokio::process::{Child, Command};
 use tokio::sync::watch;
 
@@ -95,9 +96,9 @@ pub async fn run_local(args: LocalArgs) -> anyhow::Result<()> {
         queue_wait,
     };
     discovery.run(gateway.clone()).await;
-    let count = args.gateway_workers.unwrap_or_else(workers::default_count);
+    let count = args.gateway_workers.unwrap_or_else(default_workers);
     let bound =
-        workers::Bound::new(args.addr, count).with_context(|| format!("binding {}", args.addr))?;
+        WorkerSockets::bind(args.addr, count).with_context(|| format!("binding {}", args.addr))?;
     tracing::info!(addr = %bound.addr(), pools = pools.len(), workers = count, "gateway listening");
     let (stop_serving, serving) = watch::channel(false);
     let workers = workers::start(bound, &router(gateway), &serving)?;

@@ -195,7 +195,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         gateway_queue_wait: std::time::Duration::from_secs(args.gateway_queue_wait_seconds),
         gateway_workers: args
             .gateway_workers
-            .unwrap_or_else(inferpool_operator::gateway::workers::default_count),
+            .unwrap_or_else(inferpool_protocol::listen::default_workers),
     };
     inferpool_operator::run::run(client, config).await
 }

@@ -56,8 +56,9 @@ pub async fn run(client: kube::Client, config: RunConfig) -> anyhow::Result<()> 
     let stopping = stopped.clone();
     let gateway = match config.gateway_addr {
         Some(addr) => {
-            let bound = crate::gateway::workers::Bound::new(addr, config.gateway_workers)
-                .with_context(|| format!("binding {addr}"))?;
+            let bound =
+                inferpool_protocol::listen::WorkerSockets::bind(addr, config.gateway_workers)
+                    .with_context(|| format!("binding {addr}"))?;
             Some(serve_gateway(
                 client.clone(),
                 bound,
@@ -93,7 +94,7 @@ pub async fn run(client: kube::Client, config: RunConfig) -> anyhow::Result<()> 
 /// (the workers then finish their requests on their own threads).
 fn serve_gateway(
     client: kube::Client,
-    bound: crate::gateway::workers::Bound,
+    bound: inferpool_protocol::listen::WorkerSockets,
     queue_wait: std::time::Duration,
     stopped: &watch::Receiver<bool>,
 ) -> anyhow::Result<crate::gateway::workers::Workers> {

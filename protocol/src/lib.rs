@@ -1,6 +1,7 @@
 //! Wire contracts shared by the gateway and the agent: the gRPC `Agent` service and the
-//! OpenAI-compatible JSON types with their validation.
+//! OpenAI-compatible JSON types with their validation, and how both listen (`listen`).
 
+pub mod listen;
 pub mod openai;
 
 /// Generated from `proto/agent.proto`.

@@ -12,6 +12,7 @@ use anyhow::Context as _;
 use axum::serve::ListenerExt as _;
 use candle_core::Device;
 use inferpool_protocol::agent::agent_server::AgentServer;
+use inferpool_protocol::listen::{WorkerSockets, default_workers};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -110,12 +111,10 @@ async fn start_servers(
     let http_addr = SocketAddr::new(args.host, args.http_port.unwrap_or(config.http_port));
     let grpc_addr = SocketAddr::new(args.host, args.grpc_port.unwrap_or(config.grpc_port));
     let http = bind(http_addr).await?;
-    let workers = args
-        .grpc_workers
-        .unwrap_or_else(super::workers::default_count);
-    let (grpc, grpc_addr) =
-        super::workers::bind(grpc_addr, workers).with_context(|| format!("binding {grpc_addr}"))?;
-    tracing::info!(http = %http.local_addr()?, grpc = %grpc_addr, workers, "listening");
+    let workers = args.grpc_workers.unwrap_or_else(default_workers);
+    let grpc =
+        WorkerSockets::bind(grpc_addr, workers).with_context(|| format!("binding {grpc_addr}"))?;
+    tracing::info!(http = %http.local_addr()?, grpc = %grpc.addr(), workers, "listening");
     let (reporter, health) = tonic_health::server::health_reporter();
     set_health(&reporter, ServingStatus::NotServing).await;
     tokio::spawn(follow_phase(agent.watch_phase(), reporter));
@@ -141,7 +140,7 @@ async fn start_servers(
             }
         }
     };
-    let grpc_task = super::workers::start(grpc, serve_grpc)?;
+    let grpc_task = super::workers::start(grpc.into_sockets(), serve_grpc)?;
     Ok(vec![http_task, grpc_task])
 }
 

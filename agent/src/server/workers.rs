@@ -6,38 +6,7 @@
 //! HTTP/1.1 (whose handler runs in the connection's task). On a worker a connection, its
 //! requests and their answers share one thread. The engine keeps its own threads.
 
-use std::net::SocketAddr;
-
 use tokio::net::{TcpListener, TcpSocket};
-
-/// How many workers serve when not told: one per CPU this process may use.
-pub fn default_count() -> usize {
-    std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
-}
-
-/// Binds `count` sockets (at least one) to `addr`, not yet listening; port 0 picks one
-/// port for all. Returns them and the address they share.
-pub fn bind(addr: SocketAddr, count: usize) -> std::io::Result<(Vec<TcpSocket>, SocketAddr)> {
-    let first = reuse_port_socket(addr)?;
-    let addr = first.local_addr()?;
-    let mut sockets = vec![first];
-    for _ in 1..count.max(1) {
-        sockets.push(reuse_port_socket(addr)?);
-    }
-    Ok((sockets, addr))
-}
-
-fn reuse_port_socket(addr: SocketAddr) -> std::io::Result<TcpSocket> {
-    let socket = if addr.is_ipv4() {
-        TcpSocket::new_v4()?
-    } else {
-        TcpSocket::new_v6()?
-    };
-    socket.set_reuseaddr(true)?;
-    socket.set_reuseport(true)?;
-    socket.bind(addr)?;
-    Ok(socket)
-}
 
 /// Runs `serve` on each socket's listener, each on a worker thread of its own; the handle
 /// ends when every worker has.

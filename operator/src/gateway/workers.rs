@@ -8,56 +8,14 @@
 //! pools, their load reports and the metrics stay shared between workers.
 
 use std::cell::RefCell;
-use std::net::SocketAddr;
 
 use axum::Router;
 use axum::serve::ListenerExt as _;
+use inferpool_protocol::listen::WorkerSockets;
 use tokio::net::TcpSocket;
 use tokio::sync::watch;
 
 use super::connection::ConnectionCache;
-
-/// How many workers serve when not told: one per CPU this process may use.
-pub fn default_count() -> usize {
-    std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
-}
-
-/// Sockets bound to one address, one per worker, not yet listening.
-#[derive(Debug)]
-pub struct Bound {
-    sockets: Vec<TcpSocket>,
-    addr: SocketAddr,
-}
-
-impl Bound {
-    /// Binds `count` sockets (at least one) to `addr`; port 0 picks one port for all.
-    pub fn new(addr: SocketAddr, count: usize) -> std::io::Result<Self> {
-        let first = reuse_port_socket(addr)?;
-        let addr = first.local_addr()?;
-        let mut sockets = vec![first];
-        for _ in 1..count.max(1) {
-            sockets.push(reuse_port_socket(addr)?);
-        }
-        Ok(Self { sockets, addr })
-    }
-
-    /// The address they are bound to.
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-}
-
-fn reuse_port_socket(addr: SocketAddr) -> std::io::Result<TcpSocket> {
-    let socket = if addr.is_ipv4() {
-        TcpSocket::new_v4()?
-    } else {
-        TcpSocket::new_v6()?
-    };
-    socket.set_reuseaddr(true)?;
-    socket.set_reuseport(true)?;
-    socket.bind(addr)?;
-    Ok(socket)
-}
 
 /// The running workers.
 #[derive(Debug)]
@@ -68,12 +26,13 @@ pub struct Workers {
 /// Starts one worker per bound socket, serving `app` until `stopped` turns true (each
 /// worker then finishes the requests it holds, as `axum::serve` does).
 pub fn start(
-    bound: Bound,
+    bound: WorkerSockets,
     app: &Router,
     stopped: &watch::Receiver<bool>,
 ) -> std::io::Result<Workers> {
-    let mut threads = Vec::with_capacity(bound.sockets.len());
-    for (i, socket) in bound.sockets.into_iter().enumerate() {
+    let sockets = bound.into_sockets();
+    let mut threads = Vec::with_capacity(sockets.len());
+    for (i, socket) in sockets.into_iter().enumerate() {
         let (app, stopped) = (app.clone(), stopped.clone());
         let thread = std::thread::Builder::new()
             .name(format!("gateway-worker-{i}"))
