@@ -20,6 +20,8 @@ use prost::Message as _;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status};
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
 
 use crate::cache::CacheStats;
 use crate::scheduler::batcher::{FinishReason, Load};
@@ -38,13 +40,22 @@ pub const REPORT_HEARTBEAT: Duration = Duration::from_secs(1);
 #[derive(Debug, Clone)]
 pub struct GrpcAgent {
     agent: Arc<Agent>,
+    health: HealthReporter,
 }
 
 impl GrpcAgent {
-    /// Serves `agent`.
-    pub fn new(agent: Arc<Agent>) -> Self {
-        Self { agent }
+    /// Serves `agent`; `health` is its grpc.health.v1 status.
+    pub fn new(agent: Arc<Agent>, health: HealthReporter) -> Self {
+        Self { agent, health }
     }
+}
+
+/// Sets the grpc.health.v1 status of the server and of the `Agent` service.
+pub async fn set_health(reporter: &HealthReporter, status: ServingStatus) {
+    reporter.set_service_status("", status).await;
+    reporter
+        .set_service_status("inferpool.agent.v1.Agent", status)
+        .await;
 }
 
 /// A refusal as a gRPC status with an `ErrorInfo` detail.
@@ -113,6 +124,9 @@ impl AgentService for GrpcAgent {
 
     async fn drain(&self, _: Request<DrainRequest>) -> Result<Response<DrainResponse>, Status> {
         self.agent.drain();
+        // Health says so before the answer, not when the phase watcher next runs (on
+        // another thread): a caller that drains and then asks sees NOT_SERVING.
+        set_health(&self.health, ServingStatus::NotServing).await;
         let in_flight = u32::try_from(self.agent.in_flight.count()).unwrap_or(u32::MAX);
         Ok(Response::new(DrainResponse { in_flight }))
     }

@@ -19,7 +19,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
-use super::grpc::GrpcAgent;
+use super::grpc::{GrpcAgent, set_health};
 use crate::cache::ResponseCache;
 use crate::config::AgentConfig;
 use crate::engine::embed::Embedder;
@@ -117,7 +117,7 @@ async fn start_servers(
     tracing::info!(http = %http.local_addr()?, grpc = %grpc.addr(), workers, "listening");
     let (reporter, health) = tonic_health::server::health_reporter();
     set_health(&reporter, ServingStatus::NotServing).await;
-    tokio::spawn(follow_phase(agent.watch_phase(), reporter));
+    tokio::spawn(follow_phase(agent.watch_phase(), reporter.clone()));
     let router = super::http::router(agent.clone());
     let http_stop = until_stopped(stopped.clone());
     let http_task = tokio::spawn(async move {
@@ -126,7 +126,7 @@ async fn start_servers(
             tracing::error!(error = %e, "HTTP server failed");
         }
     });
-    let grpc_service = AgentServer::new(GrpcAgent::new(agent.clone()));
+    let grpc_service = AgentServer::new(GrpcAgent::new(agent.clone(), reporter));
     let serve_grpc = move |listener: TcpListener| {
         let (health, service) = (health.clone(), grpc_service.clone());
         let stopped = stopped.clone();
@@ -174,13 +174,6 @@ async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
 
 async fn until_stopped(mut stopped: watch::Receiver<bool>) {
     let _ = stopped.wait_for(|s| *s).await;
-}
-
-async fn set_health(reporter: &HealthReporter, status: ServingStatus) {
-    reporter.set_service_status("", status).await;
-    reporter
-        .set_service_status("inferpool.agent.v1.Agent", status)
-        .await;
 }
 
 /// grpc.health.v1 follows the phase: serving only while ready.
