@@ -19,6 +19,7 @@ use tokio::sync::mpsc;
 use super::agents::Pool;
 use super::forward::ForwardSettings;
 use super::front::{Gateway, PoolRoute};
+use super::metrics::GatewayMetrics;
 use super::pick::{picker, strategy_name};
 use super::pool::{Endpoint, PoolSettings, PoolView};
 use super::retry::RetryBudget;
@@ -80,7 +81,12 @@ fn slice_endpoints(slice: &EndpointSlice) -> Vec<Endpoint> {
 }
 
 /// The route of a pool's routing settings.
-pub fn route_for(model: String, routing: &RoutingSpec, queue_wait: Duration) -> Arc<PoolRoute> {
+pub fn route_for(
+    model: String,
+    routing: &RoutingSpec,
+    queue_wait: Duration,
+    metrics: &GatewayMetrics,
+) -> Arc<PoolRoute> {
     let settings = PoolSettings {
         failure_threshold: u32::try_from(routing.circuit_breaker.failure_threshold).unwrap_or(5),
         cooldown: Duration::from_secs(
@@ -88,7 +94,9 @@ pub fn route_for(model: String, routing: &RoutingSpec, queue_wait: Duration) -> 
         ),
         stale_after: STALE_AFTER,
     };
+    let strategy = strategy_name(routing.strategy);
     Arc::new(PoolRoute {
+        metrics: metrics.pool(&model, strategy),
         pool: Pool::new(model, PoolView::new(picker(routing.strategy), settings)),
         budget: RetryBudget::new(u32::try_from(routing.retry.budget_percent).unwrap_or(20)),
         forward: ForwardSettings {
@@ -97,7 +105,6 @@ pub fn route_for(model: String, routing: &RoutingSpec, queue_wait: Duration) -> 
         },
         timeout: Duration::from_secs(u64::try_from(routing.request_timeout_seconds).unwrap_or(300)),
         session_header: routing.session_header.to_ascii_lowercase(),
-        strategy: strategy_name(routing.strategy),
     })
 }
 
@@ -141,7 +148,12 @@ pub struct StaticDiscovery {
 impl Discovery for StaticDiscovery {
     async fn run(self, gateway: Arc<Gateway>) {
         for (pool, endpoints) in &self.pools {
-            let route = route_for(served_name(pool), &pool.spec.routing, self.queue_wait);
+            let route = route_for(
+                served_name(pool),
+                &pool.spec.routing,
+                self.queue_wait,
+                &gateway.metrics,
+            );
             route.pool.set_endpoints(endpoints);
             gateway.set_route(route);
         }
@@ -231,7 +243,7 @@ impl Routes {
             let routing = &pool.spec.routing;
             let stale = self.routes.get(&model).is_none_or(|(r, _)| r != routing);
             if stale {
-                let route = route_for(model.clone(), routing, wait);
+                let route = route_for(model.clone(), routing, wait, &gateway.metrics);
                 gateway.set_route(route.clone());
                 self.routes.insert(model.clone(), (routing.clone(), route));
             }

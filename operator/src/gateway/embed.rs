@@ -41,7 +41,7 @@ pub async fn embeddings(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     match check(&gateway, &headers, body) {
-        Ok(routed) => answer(&gateway, routed).await,
+        Ok(routed) => answer(routed).await,
         Err(e) => refused_before_routing(&gateway, e),
     }
 }
@@ -65,15 +65,14 @@ fn check(
     })
 }
 
-async fn answer(gateway: &Gateway, routed: Routed) -> Response {
+async fn answer(routed: Routed) -> Response {
     let Routed {
         req,
         route,
         rank,
         traceparent,
     } = routed;
-    let pool_name = route.pool.model.clone();
-    let mut record = gateway.metrics.start(&pool_name);
+    let mut record = route.metrics.start();
     let request = EmbedRequest {
         model: req.model.clone(),
         inputs: req.inputs.clone(),
@@ -95,9 +94,7 @@ async fn answer(gateway: &Gateway, routed: Routed) -> Response {
             retries,
             queue_wait,
         }) => {
-            gateway
-                .metrics
-                .forwarded(&route.pick(agent), retries, queue_wait.as_secs_f64());
+            route.metrics.forwarded(&agent, retries, queue_wait);
             record.first_token();
             record.outcome("ok");
             Json(response(req.model, req.encoding, embedded)).into_response()

@@ -16,14 +16,14 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use inferpool_protocol::agent as pb;
 use inferpool_protocol::openai::{
-    ChatCompletionRequest, CompletionRequest, ErrorBody, Kind, ModelList, ResponseShape,
+    ChatCompletionRequest, CompletionRequest, ErrorBody, Kind, Message, ModelList, ResponseShape,
     ValidChatRequest, ValidCompletionRequest, ValidSampling,
 };
 use serde::de::DeserializeOwned;
 
 use super::agents::Pool;
 use super::forward::{ForwardError, ForwardSettings, Forwarded, forward};
-use super::metrics::{GatewayMetrics, PickLabels};
+use super::metrics::{GatewayMetrics, PoolMetrics};
 use super::pick::RequestKey;
 use super::relay::{Relay, relay};
 use super::retry::RetryBudget;
@@ -48,19 +48,8 @@ pub struct PoolRoute {
     pub timeout: Duration,
     /// The session header for session affinity.
     pub session_header: String,
-    /// The routing strategy's name (a metric label).
-    pub strategy: &'static str,
-}
-
-impl PoolRoute {
-    /// The labels of a request this route sent to `agent`.
-    pub fn pick(&self, agent: String) -> PickLabels {
-        PickLabels {
-            pool: self.pool.model.clone(),
-            agent,
-            strategy: self.strategy,
-        }
-    }
+    /// Its metrics.
+    pub metrics: PoolMetrics,
 }
 
 /// The gateway: pools by served model name.
@@ -263,13 +252,27 @@ fn shape(kind: Kind, gateway: &Gateway, model: &str) -> ResponseShape {
     }
 }
 
-/// The start of `text`, cut on a character boundary.
-fn prefix_of(text: &str) -> &str {
-    let mut end = text.len().min(PREFIX_BYTES);
+/// The first `bytes` of `text` at most, cut on a character boundary.
+fn prefix_of(text: &str, bytes: usize) -> &str {
+    let mut end = text.len().min(bytes);
     while !text.is_char_boundary(end) {
         end -= 1;
     }
     &text[..end]
+}
+
+/// The start of a conversation's text (its messages' contents, joined), as much as keys
+/// prefix affinity.
+fn chat_prefix(messages: &[Message]) -> String {
+    let mut prefix = String::with_capacity(PREFIX_BYTES);
+    for m in messages {
+        let cut = prefix_of(&m.content, PREFIX_BYTES - prefix.len());
+        prefix.push_str(cut);
+        if cut.len() < m.content.len() {
+            break;
+        }
+    }
+    prefix
 }
 
 async fn chat(
@@ -278,15 +281,16 @@ async fn chat(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let checked = async {
-        let req = ValidChatRequest::try_from(parse::<ChatCompletionRequest>(body)?)
+        let mut req = ValidChatRequest::try_from(parse::<ChatCompletionRequest>(body)?)
             .map_err(|e| ApiError::invalid(e.to_string()))?;
         let route = route_for(&gateway, &req.model)?;
-        let messages = req
-            .messages
-            .iter()
+        let prefix = chat_prefix(&req.messages);
+        // The messages move into the agent's request: the gateway needs only the prefix.
+        let messages = std::mem::take(&mut req.messages)
+            .into_iter()
             .map(|m| pb::ChatMessage {
-                role: m.role.clone(),
-                content: m.content.clone(),
+                role: m.role,
+                content: m.content,
             })
             .collect();
         let request = pb::GenerateRequest {
@@ -299,27 +303,19 @@ async fn chat(
             traceparent: traceparent(&headers),
             ..pb::GenerateRequest::default()
         };
-        let text: String = req.messages.iter().map(|m| m.content.as_str()).collect();
-        Ok::<_, ApiError>((req, route, request, text))
+        Ok::<_, ApiError>((req, route, request, prefix))
     };
-    let (req, route, request, text) = match checked.await {
+    let (req, route, request, prefix) = match checked.await {
         Ok(parts) => parts,
         Err(e) => return refused_before_routing(&gateway, e),
     };
     let session = session(&headers, &route, req.user.as_deref());
     let key = RequestKey {
-        prefix: prefix_of(&text),
+        prefix: &prefix,
         session: session.as_deref(),
     };
     let shape = shape(Kind::Chat, &gateway, &req.model);
-    answer(
-        &gateway,
-        &route,
-        &request,
-        &key,
-        Relay::new(shape, &req.sampling),
-    )
-    .await
+    answer(&route, &request, &key, Relay::new(shape, &req.sampling)).await
 }
 
 async fn completions(
@@ -352,18 +348,11 @@ async fn completions(
     };
     let session = session(&headers, &route, req.user.as_deref());
     let key = RequestKey {
-        prefix: prefix_of(&req.prompt),
+        prefix: prefix_of(&req.prompt, PREFIX_BYTES),
         session: session.as_deref(),
     };
     let shape = shape(Kind::Completion, &gateway, &req.model);
-    answer(
-        &gateway,
-        &route,
-        &request,
-        &key,
-        Relay::new(shape, &req.sampling),
-    )
-    .await
+    answer(&route, &request, &key, Relay::new(shape, &req.sampling)).await
 }
 
 fn route_for(gateway: &Gateway, model: &str) -> Result<Arc<PoolRoute>, ApiError> {
@@ -387,19 +376,17 @@ fn session(headers: &HeaderMap, route: &PoolRoute, user: Option<&str>) -> Option
 /// Answers a request refused before it matched a pool (counted under pool `none`, so
 /// that labels never come from unknown model names).
 pub(super) fn refused_before_routing(gateway: &Gateway, e: ApiError) -> Response {
-    gateway.metrics.start("none").outcome(&e.kind);
+    gateway.metrics.unrouted().start().outcome(&e.kind);
     e.into_response()
 }
 
 async fn answer(
-    gateway: &Gateway,
     route: &Arc<PoolRoute>,
     request: &pb::GenerateRequest,
     key: &RequestKey<'_>,
     shape: Relay,
 ) -> Response {
-    let model = &route.pool.model;
-    let mut record = gateway.metrics.start(model);
+    let mut record = route.metrics.start();
     let deadline = tokio::time::Instant::now() + route.timeout;
     let forwarded = tokio::time::timeout_at(
         deadline,
@@ -413,10 +400,9 @@ async fn answer(
             retries,
             queue_wait,
         }) => {
-            let pick = route.pick(committed.agent.clone());
-            gateway
+            route
                 .metrics
-                .forwarded(&pick, retries, queue_wait.as_secs_f64());
+                .forwarded(&committed.agent, retries, queue_wait);
             record.first_token();
             relay(route.pool.clone(), committed, shape, deadline, record).await
         }
@@ -474,6 +460,19 @@ mod tests {
         headers.insert(PRIORITY_HEADER, HeaderValue::from_static("urgent"));
         assert!(priority(&headers).is_err());
         let long = "é".repeat(200);
-        assert!(prefix_of(&long).len() <= PREFIX_BYTES && long.starts_with(prefix_of(&long)));
+        let cut = prefix_of(&long, PREFIX_BYTES);
+        assert!(cut.len() <= PREFIX_BYTES && long.starts_with(cut));
+        let message = |content: &str| Message {
+            role: "user".into(),
+            content: content.into(),
+        };
+        let joined = format!("{long}{long}");
+        let messages = [message(&long), message(&long)];
+        assert_eq!(chat_prefix(&messages), prefix_of(&joined, PREFIX_BYTES));
+        assert_eq!(chat_prefix(&[message("a"), message("b")]), "ab");
+        // A message cut inside a character ends the prefix there, as the joined text would.
+        let odd = format!("{}{}", "a".repeat(PREFIX_BYTES - 1), "é");
+        let cut = chat_prefix(&[message(&odd), message("b")]);
+        assert_eq!(cut, prefix_of(&format!("{odd}b"), PREFIX_BYTES));
     }
 }

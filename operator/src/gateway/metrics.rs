@@ -3,8 +3,9 @@
 //! and each agent's in-flight count, health and circuit state (refreshed at scrape).
 //! Labels are pool and agent names and fixed strings, never error text.
 
-use std::sync::Arc;
-use std::time::Instant;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -13,8 +14,12 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-/// Error types the gateway counts by name; anything else is `upstream_error`.
-const KNOWN_OUTCOMES: [&str; 13] = [
+/// How many outcomes are counted: the named ones and `upstream_error` for the rest.
+const OUTCOMES: usize = 14;
+
+/// Outcomes the gateway counts by name: `ok`, the error types it knows, and last
+/// `upstream_error` for anything else.
+const OUTCOME_NAMES: [&str; OUTCOMES] = [
     "ok",
     "cancelled",
     "invalid_request_error",
@@ -28,6 +33,7 @@ const KNOWN_OUTCOMES: [&str; 13] = [
     "no_healthy_agent",
     "timeout",
     "server_error",
+    "upstream_error",
 ];
 
 /// A request's labels.
@@ -93,6 +99,7 @@ pub struct GatewayMetrics {
     in_flight: Family<AgentLabels, Gauge>,
     healthy: Family<AgentLabels, Gauge>,
     circuit: Family<CircuitLabels, Gauge>,
+    unrouted: OnceLock<PoolMetrics>,
 }
 
 fn latency() -> Histogram {
@@ -113,6 +120,7 @@ impl Default for GatewayMetrics {
             in_flight: Family::default(),
             healthy: Family::default(),
             circuit: Family::default(),
+            unrouted: OnceLock::new(),
         };
         let r = m.registry.sub_registry_with_prefix("inferpool_gateway");
         r.register(
@@ -161,24 +169,30 @@ impl Default for GatewayMetrics {
 }
 
 impl GatewayMetrics {
-    /// Starts recording one request to `pool`.
-    pub fn start(self: &Arc<Self>, pool: &str) -> RequestRecord {
-        RequestRecord {
-            metrics: self.clone(),
+    /// The series of `pool` (routed by `strategy`), created now so that requests find them
+    /// without a label lookup.
+    pub fn pool(&self, pool: &str, strategy: &'static str) -> PoolMetrics {
+        let labels = PoolLabels {
             pool: pool.to_owned(),
-            started: Instant::now(),
-            outcome: "cancelled",
-        }
+        };
+        PoolMetrics(Arc::new(PoolSeries {
+            pool: pool.to_owned(),
+            strategy,
+            duration: self.duration.get_or_create(&labels).clone(),
+            ttft: self.ttft.get_or_create(&labels).clone(),
+            queue_wait: self.queue_wait.get_or_create(&labels).clone(),
+            retries: self.retries.get_or_create(&labels).clone(),
+            requests: self.requests.clone(),
+            outcomes: Default::default(),
+            picks_family: self.picks.clone(),
+            picks: Mutex::default(),
+        }))
     }
 
-    /// Records where a request went and how it got there.
-    pub fn forwarded(&self, pick: &PickLabels, retries: u32, queue_wait: f64) {
-        let p = PoolLabels {
-            pool: pick.pool.clone(),
-        };
-        self.retries.get_or_create(&p).inc_by(u64::from(retries));
-        self.queue_wait.get_or_create(&p).observe(queue_wait);
-        self.picks.get_or_create(pick).inc();
+    /// The series of requests refused before they matched a pool (pool `none`, so that
+    /// labels never come from unknown model names).
+    pub fn unrouted(&self) -> &PoolMetrics {
+        self.unrouted.get_or_init(|| self.pool("none", "none"))
     }
 
     /// Refreshes the per-agent gauges of `pool` from `agents`: (id, in flight, circuit
@@ -203,46 +217,105 @@ impl GatewayMetrics {
     }
 }
 
+/// One pool's series: what a request records, without label lookups (cheap to clone).
+#[derive(Debug, Clone)]
+pub struct PoolMetrics(Arc<PoolSeries>);
+
+#[derive(Debug)]
+struct PoolSeries {
+    pool: String,
+    strategy: &'static str,
+    duration: Histogram,
+    ttft: Histogram,
+    queue_wait: Histogram,
+    retries: Counter,
+    requests: Family<OutcomeLabels, Counter>,
+    /// Each outcome's counter once it was counted (index: `outcome_index`).
+    outcomes: [OnceLock<Counter>; OUTCOMES],
+    picks_family: Family<PickLabels, Counter>,
+    /// Each agent's pick counter once it was picked.
+    picks: Mutex<HashMap<String, Counter>>,
+}
+
+impl PoolMetrics {
+    /// Starts recording one request.
+    pub fn start(&self) -> RequestRecord {
+        RequestRecord {
+            series: self.clone(),
+            started: Instant::now(),
+            outcome: outcome_index("cancelled"),
+        }
+    }
+
+    /// Records where a request went and how it got there.
+    pub fn forwarded(&self, agent: &str, retries: u32, queue_wait: Duration) {
+        let s = &self.0;
+        s.retries.inc_by(u64::from(retries));
+        s.queue_wait.observe(queue_wait.as_secs_f64());
+        let Ok(mut picks) = s.picks.lock() else {
+            return;
+        };
+        if let Some(counter) = picks.get(agent) {
+            counter.inc();
+            return;
+        }
+        let labels = PickLabels {
+            pool: s.pool.clone(),
+            agent: agent.to_owned(),
+            strategy: s.strategy,
+        };
+        let counter = s.picks_family.get_or_create(&labels).clone();
+        counter.inc();
+        picks.insert(agent.to_owned(), counter);
+    }
+
+    fn count(&self, outcome: usize) {
+        let s = &self.0;
+        let counter = s.outcomes[outcome].get_or_init(|| {
+            let labels = OutcomeLabels {
+                pool: s.pool.clone(),
+                outcome: OUTCOME_NAMES[outcome],
+            };
+            s.requests.get_or_create(&labels).clone()
+        });
+        counter.inc();
+    }
+}
+
+/// The index of `outcome` among the counted ones (unknown ones count as `upstream_error`).
+fn outcome_index(outcome: &str) -> usize {
+    OUTCOME_NAMES
+        .iter()
+        .position(|k| *k == outcome)
+        .unwrap_or(OUTCOMES - 1)
+}
+
 /// One request's record; the outcome and duration are counted when it drops.
 #[derive(Debug)]
 pub struct RequestRecord {
-    metrics: Arc<GatewayMetrics>,
-    pool: String,
+    series: PoolMetrics,
     started: Instant,
-    outcome: &'static str,
+    outcome: usize,
 }
 
 impl RequestRecord {
     /// The first token arrived.
     pub fn first_token(&self) {
-        let p = PoolLabels {
-            pool: self.pool.clone(),
-        };
         let seconds = self.started.elapsed().as_secs_f64();
-        self.metrics.ttft.get_or_create(&p).observe(seconds);
+        self.series.0.ttft.observe(seconds);
     }
 
     /// Sets the outcome: `ok` or an error type (unknown ones count as `upstream_error`).
     pub fn outcome(&mut self, outcome: &str) {
-        self.outcome = KNOWN_OUTCOMES
-            .into_iter()
-            .find(|k| *k == outcome)
-            .unwrap_or("upstream_error");
+        self.outcome = outcome_index(outcome);
     }
 }
 
 impl Drop for RequestRecord {
     fn drop(&mut self) {
-        let p = PoolLabels {
-            pool: self.pool.clone(),
-        };
         let seconds = self.started.elapsed().as_secs_f64();
-        self.metrics.duration.get_or_create(&p).observe(seconds);
-        let o = OutcomeLabels {
-            pool: self.pool.clone(),
-            outcome: self.outcome,
-        };
-        self.metrics.requests.get_or_create(&o).inc();
+        self.series.0.duration.observe(seconds);
+        self.series.count(self.outcome);
     }
 }
 
@@ -252,16 +325,14 @@ mod tests {
 
     #[test]
     fn outcomes_are_a_fixed_set_and_agents_show_their_circuit() {
-        let m = Arc::new(GatewayMetrics::default());
-        m.start("p").outcome("ok");
-        m.start("p").outcome("a message an agent made up");
-        drop(m.start("p"));
-        let pick = PickLabels {
-            pool: "p".into(),
-            agent: "a0".into(),
-            strategy: "round_robin",
-        };
-        m.forwarded(&pick, 1, 0.002);
+        let m = GatewayMetrics::default();
+        let p = m.pool("p", "round_robin");
+        p.start().outcome("ok");
+        p.start().outcome("a message an agent made up");
+        drop(p.start());
+        p.forwarded("a0", 1, Duration::from_millis(2));
+        p.forwarded("a0", 0, Duration::ZERO);
+        m.unrouted().start().outcome("model_not_found");
         m.observe_agents("p", &[("a0".into(), 2, "open", false)]);
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &m.registry).unwrap();
@@ -270,7 +341,9 @@ mod tests {
             "inferpool_gateway_requests_total{pool=\"p\",outcome=\"upstream_error\"} 1",
             "inferpool_gateway_requests_total{pool=\"p\",outcome=\"cancelled\"} 1",
             "inferpool_gateway_retries_total{pool=\"p\"} 1",
-            "inferpool_gateway_picks_total{pool=\"p\",agent=\"a0\",strategy=\"round_robin\"} 1",
+            "inferpool_gateway_picks_total{pool=\"p\",agent=\"a0\",strategy=\"round_robin\"} 2",
+            "inferpool_gateway_requests_total{pool=\"none\",outcome=\"model_not_found\"} 1",
+            "inferpool_gateway_queue_wait_seconds_count{pool=\"p\"} 2",
             "inferpool_gateway_agent_in_flight{pool=\"p\",agent=\"a0\"} 2",
             "inferpool_gateway_agent_circuit{pool=\"p\",agent=\"a0\",state=\"open\"} 1",
             "inferpool_gateway_agent_circuit{pool=\"p\",agent=\"a0\",state=\"closed\"} 0",

@@ -8,6 +8,7 @@
 //! pools, their load reports and the metrics stay shared between workers.
 
 use std::cell::RefCell;
+use std::time::Duration;
 
 use axum::Router;
 use axum::serve::ListenerExt as _;
@@ -70,6 +71,7 @@ fn serve_one(
         .build()?;
     WORKER_CONNECTIONS.set(Some(ConnectionCache::default()));
     let served = runtime.block_on(async move {
+        tokio::spawn(tick());
         let listener = socket.listen(1024)?;
         let shutdown = async move {
             let _ = stopped.wait_for(|s| *s).await;
@@ -81,6 +83,21 @@ fn serve_one(
     // The connections' tasks lived on this runtime: drop them with it.
     WORKER_CONNECTIONS.set(None);
     served
+}
+
+/// How often an otherwise idle worker's timer wakes.
+const TICK: Duration = Duration::from_secs(1);
+
+/// A timer that is always due within a second. Tokio wakes its driver (a write to an
+/// eventfd, then one more trip through the event loop) whenever a new timer is due before
+/// every other one; on a worker with no other timer that was every request's timeout.
+/// With this tick due first, deadlines seconds away never move the driver's wake-up.
+async fn tick() {
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+    }
 }
 
 thread_local! {
