@@ -46,6 +46,9 @@ struct Args {
     /// Seconds of the throughput run, per target and workload.
     #[arg(long, default_value_t = 5)]
     seconds: u64,
+    /// Only this workload (both when absent).
+    #[arg(long, value_enum)]
+    workload: Option<Workload>,
 }
 
 const MODEL: &str = "smollm2";
@@ -191,7 +194,7 @@ fn body(workload: Workload) -> Vec<u8> {
     .into_bytes()
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum Workload {
     Cached,
     Generated,
@@ -295,6 +298,8 @@ struct Figures {
     /// CPU per request answered in the throughput run: the proxy's and the agents'.
     proxy_cpu: Duration,
     agents_cpu: Duration,
+    /// The agents' CPU per request one at a time (no batching of wake-ups).
+    agents_cpu_sequential: Duration,
 }
 
 /// Where a path's requests go, and which processes' CPU time they cost.
@@ -323,21 +328,30 @@ fn measure(path: &Target, workload: Workload, args: &Args) -> anyhow::Result<Fig
         Workload::Generated => args.sequential / 10,
     };
     latencies(addr, &body, 50)?; // warm-up: connections, caches
+    let (_, agents_before) = path.cpu_seconds();
     let samples = latencies(addr, &body, sequential)?;
+    let (_, agents_after) = path.cpu_seconds();
+    let agents_cpu_sequential = per_request_cpu(agents_after - agents_before, sequential as f64);
     let q = |p| quantile(&samples, p).unwrap_or_default();
     let (proxy_before, agents_before) = path.cpu_seconds();
     let start = Instant::now();
     let rps = throughput(addr, &body, args.clients, args.seconds)?;
     let answered = rps * start.elapsed().as_secs_f64();
     let (proxy_after, agents_after) = path.cpu_seconds();
-    let per_request = |cpu: f64| Duration::from_secs_f64(cpu.max(0.0) / answered.max(1.0));
+    let per_request = |cpu: f64| per_request_cpu(cpu, answered);
     Ok(Figures {
         p50: q(0.5),
         p99: q(0.99),
         rps,
         proxy_cpu: per_request(proxy_after - proxy_before),
         agents_cpu: per_request(agents_after - agents_before),
+        agents_cpu_sequential,
     })
+}
+
+/// `cpu` seconds spread over `requests`.
+fn per_request_cpu(cpu: f64, requests: f64) -> Duration {
+    Duration::from_secs_f64(cpu.max(0.0) / requests.max(1.0))
 }
 
 fn micros(d: Duration) -> f64 {
@@ -347,12 +361,12 @@ fn micros(d: Duration) -> f64 {
 fn report(workload: Workload, rows: &[(&str, Figures)]) {
     println!("\n{workload:?} requests (max_tokens 1):");
     println!(
-        "| path | p50 µs | p99 µs | added p50 µs | added p99 µs | requests/s | proxy CPU µs/req | agents CPU µs/req |\n|---|---:|---:|---:|---:|---:|---:|---:|"
+        "| path | p50 µs | p99 µs | added p50 µs | added p99 µs | requests/s | proxy CPU µs/req | agents CPU µs/req | agents CPU µs/req, one at a time |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     let (base50, base99) = (micros(rows[0].1.p50), micros(rows[0].1.p99));
     for (name, f) in rows {
         println!(
-            "| {name} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} |",
+            "| {name} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} |",
             micros(f.p50),
             micros(f.p99),
             micros(f.p50) - base50,
@@ -360,6 +374,7 @@ fn report(workload: Workload, rows: &[(&str, Figures)]) {
             f.rps,
             micros(f.proxy_cpu),
             micros(f.agents_cpu),
+            micros(f.agents_cpu_sequential),
         );
     }
 }
@@ -401,19 +416,27 @@ fn main() -> anyhow::Result<()> {
         "gateway overhead: {} sequential requests per path, then {} clients for {} s",
         args.sequential, args.clients, args.seconds
     );
-    for workload in [Workload::Cached, Workload::Generated] {
+    let workloads = match args.workload {
+        Some(one) => vec![one],
+        None => vec![Workload::Cached, Workload::Generated],
+    };
+    for workload in workloads {
         let mut rows = Vec::new();
         for (name, path) in &paths {
             rows.push((*name, measure(path, workload, &args)?));
         }
         report(workload, &rows);
     }
+    let agents_before: f64 = agents.iter().copied().map(tree_cpu_seconds).sum();
     let hop = grpc_latencies(grpc0, args.sequential)?;
+    let agents_after: f64 = agents.iter().copied().map(tree_cpu_seconds).sum();
+    let hop_cpu = per_request_cpu(agents_after - agents_before, (args.sequential + 50) as f64);
     println!(
         "\nThe agent hop alone (cached `Generate` called as the gateway calls it, one at a \
-         time): p50 {:.0} µs, p99 {:.0} µs",
+         time): p50 {:.0} µs, p99 {:.0} µs, agent CPU {:.0} µs/req",
         micros(quantile(&hop, 0.5).unwrap_or_default()),
         micros(quantile(&hop, 0.99).unwrap_or_default()),
+        micros(hop_cpu),
     );
     Ok(())
 }
