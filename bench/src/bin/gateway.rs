@@ -46,6 +46,10 @@ struct Args {
     /// Seconds of the throughput run, per target and workload.
     #[arg(long, default_value_t = 5)]
     seconds: u64,
+    /// Rounds over every path, the paths taking turns (so that the machine's drifts touch
+    /// them alike); each figure is reported as its median over the rounds.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    rounds: u16,
     /// Only this workload (both when absent).
     #[arg(long, value_enum)]
     workload: Option<Workload>,
@@ -302,6 +306,33 @@ struct Figures {
     agents_cpu_sequential: Duration,
 }
 
+impl Figures {
+    /// Each figure's median over `rounds` (figure by figure).
+    fn median(rounds: &[Figures]) -> Figures {
+        let duration = |figure: fn(&Figures) -> Duration| {
+            Duration::from_secs_f64(median_of(rounds, |r| figure(r).as_secs_f64()))
+        };
+        Figures {
+            p50: duration(|r| r.p50),
+            p99: duration(|r| r.p99),
+            rps: median_of(rounds, |r| r.rps),
+            proxy_cpu: duration(|r| r.proxy_cpu),
+            agents_cpu: duration(|r| r.agents_cpu),
+            agents_cpu_sequential: duration(|r| r.agents_cpu_sequential),
+        }
+    }
+}
+
+/// The median of `figure` over `rounds` (the lower one of two middles; 0 when empty).
+fn median_of(rounds: &[Figures], figure: impl Fn(&Figures) -> f64) -> f64 {
+    let mut values: Vec<f64> = rounds.iter().map(figure).collect();
+    values.sort_by(f64::total_cmp);
+    values
+        .get(values.len().saturating_sub(1) / 2)
+        .copied()
+        .unwrap_or_default()
+}
+
 /// Where a path's requests go, and which processes' CPU time they cost.
 struct Target {
     addr: SocketAddr,
@@ -358,13 +389,20 @@ fn micros(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
 }
 
-fn report(workload: Workload, rows: &[(&str, Figures)]) {
-    println!("\n{workload:?} requests (max_tokens 1):");
+/// The medians of each path's rounds, then each round's requests/s.
+fn report(workload: Workload, paths: &[(&str, Target)], rounds: &[Vec<Figures>]) {
+    let rows: Vec<(&str, Figures)> = paths
+        .iter()
+        .zip(rounds)
+        .map(|((name, _), figures)| (*name, Figures::median(figures)))
+        .collect();
+    let n = rounds.first().map_or(0, Vec::len);
+    println!("\n{workload:?} requests (max_tokens 1), median of {n} round(s):");
     println!(
         "| path | p50 µs | p99 µs | added p50 µs | added p99 µs | requests/s | proxy CPU µs/req | agents CPU µs/req | agents CPU µs/req, one at a time |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     let (base50, base99) = (micros(rows[0].1.p50), micros(rows[0].1.p99));
-    for (name, f) in rows {
+    for (name, f) in &rows {
         println!(
             "| {name} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} |",
             micros(f.p50),
@@ -376,6 +414,21 @@ fn report(workload: Workload, rows: &[(&str, Figures)]) {
             micros(f.agents_cpu),
             micros(f.agents_cpu_sequential),
         );
+    }
+    if n > 1 {
+        for ((name, _), figures) in paths.iter().zip(rounds) {
+            let each: Vec<String> = figures.iter().map(|f| format!("{:.0}", f.rps)).collect();
+            let added: Vec<String> = figures
+                .iter()
+                .zip(&rounds[0])
+                .map(|(f, base)| format!("{:.0}", micros(f.p50) - micros(base.p50)))
+                .collect();
+            println!(
+                "{name}: requests/s by round {}; added p50 µs by round {}",
+                each.join(" / "),
+                added.join(" / ")
+            );
+        }
     }
 }
 
@@ -421,11 +474,13 @@ fn main() -> anyhow::Result<()> {
         None => vec![Workload::Cached, Workload::Generated],
     };
     for workload in workloads {
-        let mut rows = Vec::new();
-        for (name, path) in &paths {
-            rows.push((*name, measure(path, workload, &args)?));
+        let mut rounds: Vec<Vec<Figures>> = paths.iter().map(|_| Vec::new()).collect();
+        for _ in 0..args.rounds {
+            for ((_, path), figures) in paths.iter().zip(&mut rounds) {
+                figures.push(measure(path, workload, &args)?);
+            }
         }
-        report(workload, &rows);
+        report(workload, &paths, &rounds);
     }
     let agents_before: f64 = agents.iter().copied().map(tree_cpu_seconds).sum();
     let hop = grpc_latencies(grpc0, args.sequential)?;
