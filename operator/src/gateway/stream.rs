@@ -5,6 +5,9 @@
 //! client. This skips tonic's per-call work (request and metadata wrappers, its default
 //! headers, an 8 KiB encode and decode buffer per call). `Embed` keeps tonic's client.
 
+use base64::Engine as _;
+use base64::alphabet;
+use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use bytes::{Buf as _, Bytes, BytesMut};
 use http::header::{CONTENT_TYPE, TE};
 use http::{HeaderMap, HeaderValue, Method, Request};
@@ -16,6 +19,12 @@ use super::connection::AgentConnection;
 
 const GENERATE: &str = "/inferpool.agent.v1.Agent/Generate";
 const GRPC_STATUS: &str = "grpc-status";
+const GRPC_DETAILS: &str = "grpc-status-details-bin";
+/// Status details as tonic decodes them (standard alphabet, padding optional).
+const DETAILS_BASE64: GeneralPurpose = GeneralPurpose::new(
+    &alphabet::STANDARD,
+    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+);
 /// A gRPC message's prefix: a compression flag and a big-endian length.
 const PREFIX: usize = 5;
 /// The largest answer message accepted (tonic's default limit).
@@ -84,7 +93,18 @@ fn failure(headers: &HeaderMap) -> Option<Status> {
     if code.as_bytes() == b"0" {
         return None;
     }
-    Status::from_header_map(headers).filter(|s| s.code() != Code::Ok)
+    let undecodable = headers
+        .get(GRPC_DETAILS)
+        .is_some_and(|d| DETAILS_BASE64.decode(d.as_bytes()).is_err());
+    let status = if undecodable {
+        // tonic panics on details it cannot decode: drop them, code and message remain.
+        let mut headers = headers.clone();
+        headers.remove(GRPC_DETAILS);
+        Status::from_header_map(&headers)
+    } else {
+        Status::from_header_map(headers)
+    };
+    status.filter(|s| s.code() != Code::Ok)
 }
 
 /// A broken connection or stream reads as the agent being unavailable (retried elsewhere
@@ -227,5 +247,13 @@ mod tests {
             (status.code(), status.message()),
             (Code::ResourceExhausted, "queue full")
         );
+        let details = DETAILS_BASE64.encode(b"typed");
+        headers.insert(GRPC_DETAILS, HeaderValue::from_str(&details).unwrap());
+        assert_eq!(failure(&headers).unwrap().details(), b"typed");
+        // Undecodable details from an agent are dropped rather than taking the worker down.
+        headers.insert(GRPC_DETAILS, HeaderValue::from_static("not base64!"));
+        let status = failure(&headers).unwrap();
+        assert_eq!(status.code(), Code::ResourceExhausted);
+        assert!(status.details().is_empty());
     }
 }
