@@ -138,6 +138,7 @@ async fn start_servers(
             if let Err(e) = served.await {
                 tracing::error!(error = %e, "gRPC server failed");
             }
+            Ok(())
         }
     };
     let grpc_task = super::workers::start(grpc.into_sockets(), serve_grpc)?;

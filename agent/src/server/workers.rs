@@ -6,51 +6,32 @@
 //! HTTP/1.1 (whose handler runs in the connection's task). On a worker a connection, its
 //! requests and their answers share one thread. The engine keeps its own threads.
 
+use inferpool_protocol::listen::spawn_workers;
 use tokio::net::{TcpListener, TcpSocket};
 
-/// Runs `serve` on each socket's listener, each on a worker thread of its own; the handle
-/// ends when every worker has.
+/// Runs `serve` on each socket's listener, each on a worker thread of its own (a worker
+/// that fails is logged when it ends); the handle ends when every worker has.
 pub fn start<F, Fut>(
     sockets: Vec<TcpSocket>,
     serve: F,
 ) -> std::io::Result<tokio::task::JoinHandle<()>>
 where
     F: Fn(TcpListener) -> Fut + Clone + Send + 'static,
-    Fut: Future<Output = ()>,
+    Fut: Future<Output = std::io::Result<()>>,
 {
-    let mut threads = Vec::with_capacity(sockets.len());
-    for (i, socket) in sockets.into_iter().enumerate() {
-        let serve = serve.clone();
-        let thread = std::thread::Builder::new()
-            .name(format!("grpc-worker-{i}"))
-            .spawn(move || serve_one(socket, serve))?;
-        threads.push(thread);
-    }
-    Ok(tokio::task::spawn_blocking(move || {
-        for thread in threads {
-            if thread.join().is_err() {
-                tracing::error!("a gRPC worker panicked");
-            }
+    let joins: Vec<_> = spawn_workers("grpc-worker", sockets, serve)?
+        .into_iter()
+        .map(|thread| {
+            tokio::task::spawn_blocking(move || match thread.join() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::error!(error = %e, "a gRPC worker failed"),
+                Err(_) => tracing::error!("a gRPC worker panicked"),
+            })
+        })
+        .collect();
+    Ok(tokio::spawn(async move {
+        for join in joins {
+            let _ = join.await;
         }
     }))
-}
-
-fn serve_one<F, Fut>(socket: TcpSocket, serve: F)
-where
-    F: Fn(TcpListener) -> Fut,
-    Fut: Future<Output = ()>,
-{
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(e) => return tracing::error!(error = %e, "gRPC worker runtime"),
-    };
-    runtime.block_on(async move {
-        match socket.listen(1024) {
-            Ok(listener) => serve(listener).await,
-            Err(e) => tracing::error!(error = %e, "gRPC worker listen"),
-        }
-    });
 }

@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::serve::ListenerExt as _;
-use inferpool_protocol::listen::WorkerSockets;
-use tokio::net::TcpSocket;
+use inferpool_protocol::listen::{WorkerSockets, spawn_workers};
+use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use super::connection::ConnectionCache;
@@ -31,15 +31,9 @@ pub fn start(
     app: &Router,
     stopped: &watch::Receiver<bool>,
 ) -> std::io::Result<Workers> {
-    let sockets = bound.into_sockets();
-    let mut threads = Vec::with_capacity(sockets.len());
-    for (i, socket) in sockets.into_iter().enumerate() {
-        let (app, stopped) = (app.clone(), stopped.clone());
-        let thread = std::thread::Builder::new()
-            .name(format!("gateway-worker-{i}"))
-            .spawn(move || serve_one(socket, app, stopped))?;
-        threads.push(thread);
-    }
+    let (app, stopped) = (app.clone(), stopped.clone());
+    let serve = move |listener| serve_one(listener, app.clone(), stopped.clone());
+    let threads = spawn_workers("gateway-worker", bound.into_sockets(), serve)?;
     Ok(Workers { threads })
 }
 
@@ -60,29 +54,37 @@ impl Workers {
     }
 }
 
-/// One worker: its runtime, its listener and its own agent connections.
-fn serve_one(
-    socket: TcpSocket,
+/// One worker's serving, on its own thread and runtime, with its own agent connections.
+async fn serve_one(
+    listener: TcpListener,
     app: Router,
     mut stopped: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    WORKER_CONNECTIONS.set(Some(ConnectionCache::default()));
-    let served = runtime.block_on(async move {
-        tokio::spawn(tick());
-        let listener = socket.listen(1024)?;
-        let shutdown = async move {
-            let _ = stopped.wait_for(|s| *s).await;
-        };
-        axum::serve(listener.tap_io(crate::run::no_delay), app)
-            .with_graceful_shutdown(shutdown)
-            .await
-    });
-    // The connections' tasks lived on this runtime: drop them with it.
-    WORKER_CONNECTIONS.set(None);
-    served
+    let _connections = OwnConnections::install();
+    tokio::spawn(tick());
+    let shutdown = async move {
+        let _ = stopped.wait_for(|s| *s).await;
+    };
+    axum::serve(listener.tap_io(crate::run::no_delay), app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// This thread's own connections while it serves. The connections' tasks live on the
+/// worker's runtime: they are dropped when serving ends, before the runtime is.
+struct OwnConnections;
+
+impl OwnConnections {
+    fn install() -> Self {
+        WORKER_CONNECTIONS.set(Some(ConnectionCache::default()));
+        Self
+    }
+}
+
+impl Drop for OwnConnections {
+    fn drop(&mut self) {
+        WORKER_CONNECTIONS.set(None);
+    }
 }
 
 /// How often an otherwise idle worker's timer wakes.
