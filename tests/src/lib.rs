@@ -5,6 +5,7 @@
 pub mod agent;
 pub mod cluster;
 pub mod controller;
+pub mod dashboard;
 pub mod http;
 pub mod local;
 pub mod netns;

@@ -9,6 +9,7 @@ use inferpool_e2e::operator::OperatorProcess;
 use inferpool_e2e::parts::{operator_binary, repo_root};
 use inferpool_e2e::pools::until_ready;
 use inferpool_operator::api::InferencePool;
+use inferpool_operator::controller::names;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use kube::Api;
 use kube::api::ListParams;
@@ -63,6 +64,7 @@ fn the_chart_lints_and_renders_with_every_values_file() -> anyhow::Result<()> {
         "1.37.0",
     ])?;
     assert!(full.contains("kind: ServiceMonitor") && full.contains("grafana_dashboard"));
+    monitors_scrape_what_exists(&full)?;
     let bad = c
         .tool("helm")
         .args([
@@ -79,6 +81,65 @@ fn the_chart_lints_and_renders_with_every_values_file() -> anyhow::Result<()> {
         !bad.status.success(),
         "values.schema.json must refuse replicaCount=0"
     );
+    Ok(())
+}
+
+/// The rendered documents of `kind`.
+fn documents(rendered: &str, kind: &str) -> anyhow::Result<Vec<Value>> {
+    let mut found = Vec::new();
+    for doc in rendered.split("\n---") {
+        if doc.lines().any(|l| l == format!("kind: {kind}")) {
+            found.push(serde_saphyr::from_str(doc)?);
+        }
+    }
+    Ok(found)
+}
+
+/// The ServiceMonitor's endpoints are ports of the chart's Services; the PodMonitor selects
+/// the agent pods the controller makes, scrapes their HTTP port, and labels their series
+/// with the pool's name, as the gateway labels its own.
+fn monitors_scrape_what_exists(rendered: &str) -> anyhow::Result<()> {
+    let service_ports: Vec<Value> = documents(rendered, "Service")?
+        .iter()
+        .flat_map(|s| s["spec"]["ports"].as_array().cloned().unwrap_or_default())
+        .map(|p| p["name"].clone())
+        .collect();
+    let [service_monitor] = &documents(rendered, "ServiceMonitor")?[..] else {
+        anyhow::bail!("one ServiceMonitor expected");
+    };
+    let endpoints = service_monitor["spec"]["endpoints"].as_array().cloned();
+    let endpoints = endpoints.unwrap_or_default();
+    assert_eq!(endpoints.len(), 2, "controller and gateway metrics");
+    for e in endpoints {
+        assert!(
+            service_ports.contains(&e["port"]),
+            "{e}: no such Service port"
+        );
+    }
+    let [pod_monitor] = &documents(rendered, "PodMonitor")?[..] else {
+        anyhow::bail!("one PodMonitor expected");
+    };
+    let pool: InferencePool = serde_saphyr::from_str(&std::fs::read_to_string(
+        repo_root().join("examples/minimal-pool.yaml"),
+    )?)?;
+    let agent_labels = names::selector_labels(&pool);
+    let selector = pod_monitor["spec"]["selector"]["matchLabels"].as_object();
+    for (key, value) in selector.into_iter().flatten() {
+        assert_eq!(
+            agent_labels.get(key).map(String::as_str),
+            value.as_str(),
+            "{key}"
+        );
+    }
+    let endpoint = &pod_monitor["spec"]["podMetricsEndpoints"][0];
+    assert_eq!(endpoint["port"], names::HTTP_PORT_NAME);
+    let pool_label = names::POOL_LABEL.replace(|c: char| !c.is_ascii_alphanumeric(), "_");
+    let relabel = &endpoint["relabelings"][0];
+    assert_eq!(
+        relabel["sourceLabels"][0],
+        format!("__meta_kubernetes_pod_label_{pool_label}")
+    );
+    assert_eq!(relabel["targetLabel"], "pool");
     Ok(())
 }
 

@@ -2,12 +2,14 @@
 //! InferencePool and an EndpointSlice for its agent Service that points at a real agent,
 //! running in a network namespace this test creates (the API refuses loopback addresses).
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use inferpool_e2e::agent::{AgentProcess, MODEL};
 use inferpool_e2e::cluster::cluster;
 use inferpool_e2e::controller::install_crd;
-use inferpool_e2e::http::{free_port, post_json};
+use inferpool_e2e::dashboard;
+use inferpool_e2e::http::{free_port, get, metric, post_json};
 use inferpool_e2e::netns::NetNs;
 use inferpool_e2e::wait::wait_until;
 use inferpool_operator::gateway::discovery::Discovery as _;
@@ -70,6 +72,8 @@ async fn the_gateway_follows_a_pools_endpoint_slices_to_a_real_agent() -> anyhow
     })
     .await?;
 
+    dashboard_queries_what_is_exposed(addr, &agent)?;
+
     // The endpoint turns not-ready: the gateway stops sending to it.
     cluster.kubectl_stdin(
         &["apply", "-f", "-"],
@@ -90,5 +94,33 @@ async fn the_gateway_follows_a_pools_endpoint_slices_to_a_real_agent() -> anyhow
     .await?;
     discovering.abort();
     serving.abort();
+    Ok(())
+}
+
+/// Every metric the chart's dashboard queries is exposed by the gateway or the agent, and
+/// the gateway labels a pool's series with the pool's name (as the chart's PodMonitor
+/// labels its agents' series).
+fn dashboard_queries_what_is_exposed(
+    gateway: SocketAddr,
+    agent: &AgentProcess,
+) -> anyhow::Result<()> {
+    let (status, gateway_text) = get(gateway, "/metrics")?;
+    anyhow::ensure!(status == 200, "the gateway's /metrics answered {status}");
+    let ok = "inferpool_gateway_requests_total{pool=\"kpool\",outcome=\"ok\"}";
+    assert!(
+        metric(&gateway_text, ok).unwrap_or(0.0) >= 1.0,
+        "{gateway_text}"
+    );
+    let agent_text = agent.metrics()?;
+    let mut exposed = dashboard::exposed(&gateway_text);
+    exposed.extend(dashboard::exposed(&agent_text));
+    let missing: Vec<String> = dashboard::metric_names()?
+        .into_iter()
+        .filter(|name| !exposed.contains(name))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "the dashboard queries metrics nobody exposes: {missing:?}"
+    );
     Ok(())
 }

@@ -10,12 +10,14 @@ use inferpool_e2e::wait::wait_until;
 use serde_json::{Value, json};
 
 const MODEL: &str = "smollm2-local";
+/// The pool `manifest` makes (the gateway's metrics are labelled with it).
+const POOL: &str = "gw";
 /// The embedding model every local agent serves (named after its folder).
 const EMBEDDING: &str = "all-minilm-l6-v2";
 
 fn manifest(strategy: &str) -> String {
     format!(
-        "apiVersion: inferpool.dev/v1alpha1\nkind: InferencePool\nmetadata:\n  name: gw\nspec:\n  \
+        "apiVersion: inferpool.dev/v1alpha1\nkind: InferencePool\nmetadata:\n  name: {POOL}\nspec:\n  \
          model:\n    source: bundled\n    servedName: {MODEL}\n  replicas: 2\n  routing:\n    \
          strategy: {strategy}\n"
     )
@@ -112,7 +114,7 @@ async fn the_gateway_answers_like_an_agent_and_refuses_bad_requests_itself() -> 
     assert_eq!(status, 200);
     let count = |key: String| inferpool_e2e::http::metric(&metrics, &key).unwrap_or(0.0);
     let pool_key = |outcome: &str| {
-        format!("inferpool_gateway_requests_total{{pool=\"{MODEL}\",outcome=\"{outcome}\"}}")
+        format!("inferpool_gateway_requests_total{{pool=\"{POOL}\",outcome=\"{outcome}\"}}")
     };
     // Three generations and two embeddings; an unknown model and an unknown embedding
     // model refused before routing.
@@ -122,7 +124,7 @@ async fn the_gateway_answers_like_an_agent_and_refuses_bad_requests_itself() -> 
     assert_eq!(count(none.into()), 2.0);
     for agent in ["gw-0", "gw-1"] {
         let healthy =
-            format!("inferpool_gateway_agent_healthy{{pool=\"{MODEL}\",agent=\"{agent}\"}}");
+            format!("inferpool_gateway_agent_healthy{{pool=\"{POOL}\",agent=\"{agent}\"}}");
         assert_eq!(count(healthy), 1.0, "{metrics}");
     }
     assert_eq!(pool.stop().await?, Some(0));
@@ -213,14 +215,14 @@ fn stream_one(addr: std::net::SocketAddr, i: usize) -> anyhow::Result<(bool, boo
 
 /// Whether the gateway counts `agent` healthy (from its metrics; `None` when unreadable).
 fn healthy(pool: &LocalPool, agent: &str) -> Option<bool> {
-    let key = format!("inferpool_gateway_agent_healthy{{pool=\"{MODEL}\",agent=\"{agent}\"}}");
+    let key = format!("inferpool_gateway_agent_healthy{{pool=\"{POOL}\",agent=\"{agent}\"}}");
     let (status, text) = pool.get("/metrics").ok()?;
     (status == 200).then(|| inferpool_e2e::http::metric(&text, &key) == Some(1.0))
 }
 
 /// Requests the gateway has in flight on `agent`.
 fn in_flight(pool: &LocalPool, agent: &str) -> Option<f64> {
-    let key = format!("inferpool_gateway_agent_in_flight{{pool=\"{MODEL}\",agent=\"{agent}\"}}");
+    let key = format!("inferpool_gateway_agent_in_flight{{pool=\"{POOL}\",agent=\"{agent}\"}}");
     let (_, text) = pool.get("/metrics").ok()?;
     inferpool_e2e::http::metric(&text, &key)
 }

@@ -32,7 +32,7 @@ fn picks(pool: &LocalPool) -> anyhow::Result<[f64; 2]> {
     let (_, text) = pool.get("/metrics")?;
     // Whatever the strategy label says (one strategy per gateway).
     let count = |i: usize| {
-        let key = format!("inferpool_gateway_picks_total{{pool=\"{MODEL}\",agent=\"{POOL}-{i}\",");
+        let key = format!("inferpool_gateway_picks_total{{pool=\"{POOL}\",agent=\"{POOL}-{i}\",");
         text.lines()
             .filter_map(|l| {
                 l.strip_prefix(&key)?

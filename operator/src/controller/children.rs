@@ -11,7 +11,10 @@ use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec}
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use super::names::{CONFIG_FILE, GRPC_PORT, HTTP_PORT, agent_name, labels, selector_labels};
+use super::names::{
+    CONFIG_FILE, GRPC_PORT, GRPC_PORT_NAME, HTTP_PORT, HTTP_PORT_NAME, agent_name, labels,
+    selector_labels,
+};
 use crate::api::InferencePool;
 
 fn meta(pool: &InferencePool) -> ObjectMeta {
@@ -30,7 +33,7 @@ pub fn service(pool: &InferencePool) -> Service {
         target_port: Some(IntOrString::String(name.to_owned())),
         protocol: Some("TCP".to_owned()),
         app_protocol: Some(
-            if name == "grpc" {
+            if name == GRPC_PORT_NAME {
                 "kubernetes.io/h2c"
             } else {
                 "http"
@@ -44,7 +47,10 @@ pub fn service(pool: &InferencePool) -> Service {
         spec: Some(ServiceSpec {
             cluster_ip: Some("None".to_owned()),
             selector: Some(selector_labels(pool)),
-            ports: Some(vec![port("http", HTTP_PORT), port("grpc", GRPC_PORT)]),
+            ports: Some(vec![
+                port(HTTP_PORT_NAME, HTTP_PORT),
+                port(GRPC_PORT_NAME, GRPC_PORT),
+            ]),
             // Gateways track readiness themselves from load reports; they still want to see
             // starting agents early.
             publish_not_ready_addresses: Some(false),

@@ -18,7 +18,8 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::config::{PVC_MOUNT_ROOT, ResolvedSource};
 use super::names::{
-    CONFIG_DIR, CONFIG_FILE, GRPC_PORT, HTTP_PORT, agent_name, labels, selector_labels,
+    CONFIG_DIR, CONFIG_FILE, GRPC_PORT, GRPC_PORT_NAME, HTTP_PORT, HTTP_PORT_NAME, agent_name,
+    labels, selector_labels,
 };
 use crate::api::InferencePool;
 
@@ -146,7 +147,10 @@ fn container(pool: &InferencePool, inputs: &DeploymentInputs<'_>) -> Container {
             "--config".to_owned(),
             format!("{CONFIG_DIR}/{CONFIG_FILE}"),
         ]),
-        ports: Some(vec![port("http", HTTP_PORT), port("grpc", GRPC_PORT)]),
+        ports: Some(vec![
+            port(HTTP_PORT_NAME, HTTP_PORT),
+            port(GRPC_PORT_NAME, GRPC_PORT),
+        ]),
         env: Some(env(pool)),
         resources: Some(resources(pool, inputs.resources)),
         volume_mounts: Some(volume_mounts(pool, inputs.source)),
@@ -155,7 +159,7 @@ fn container(pool: &InferencePool, inputs: &DeploymentInputs<'_>) -> Container {
         liveness_probe: Some(Probe {
             http_get: Some(HTTPGetAction {
                 path: Some("/healthz".to_owned()),
-                port: IntOrString::String("http".to_owned()),
+                port: IntOrString::String(HTTP_PORT_NAME.to_owned()),
                 ..HTTPGetAction::default()
             }),
             period_seconds: Some(10),

@@ -14,6 +14,11 @@ pub const POOL_LABEL: &str = "inferpool.dev/pool";
 pub const HTTP_PORT: i32 = 8080;
 /// The agent's gRPC port (Agent service, grpc.health.v1).
 pub const GRPC_PORT: i32 = 50051;
+/// The names of those ports on the agent's pods and Service (the chart's PodMonitor
+/// scrapes the HTTP one).
+pub const HTTP_PORT_NAME: &str = "http";
+/// See [`HTTP_PORT_NAME`].
+pub const GRPC_PORT_NAME: &str = "grpc";
 /// Where the agent's rendered configuration is mounted.
 pub const CONFIG_DIR: &str = "/etc/inferpool";
 /// File name of the rendered configuration inside the ConfigMap.

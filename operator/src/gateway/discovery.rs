@@ -80,13 +80,14 @@ fn slice_endpoints(slice: &EndpointSlice) -> Vec<Endpoint> {
         .collect()
 }
 
-/// The route of a pool's routing settings.
+/// The route of `pool`: its served model, its routing settings, its metrics (labelled
+/// with the pool's name, as its agents' metrics are by the chart's PodMonitor).
 pub fn route_for(
-    model: String,
-    routing: &RoutingSpec,
+    pool: &InferencePool,
     queue_wait: Duration,
     metrics: &GatewayMetrics,
 ) -> Arc<PoolRoute> {
+    let routing = &pool.spec.routing;
     let settings = PoolSettings {
         failure_threshold: u32::try_from(routing.circuit_breaker.failure_threshold).unwrap_or(5),
         cooldown: Duration::from_secs(
@@ -95,9 +96,14 @@ pub fn route_for(
         stale_after: STALE_AFTER,
     };
     let strategy = strategy_name(routing.strategy);
+    let name = pool.name_any();
     Arc::new(PoolRoute {
-        metrics: metrics.pool(&model, strategy),
-        pool: Pool::new(model, PoolView::new(picker(routing.strategy), settings)),
+        metrics: metrics.pool(&name, strategy),
+        name,
+        pool: Pool::new(
+            served_name(pool),
+            PoolView::new(picker(routing.strategy), settings),
+        ),
         budget: RetryBudget::new(u32::try_from(routing.retry.budget_percent).unwrap_or(20)),
         forward: ForwardSettings {
             max_retries: u32::try_from(routing.retry.max_retries).unwrap_or(2),
@@ -148,12 +154,7 @@ pub struct StaticDiscovery {
 impl Discovery for StaticDiscovery {
     async fn run(self, gateway: Arc<Gateway>) {
         for (pool, endpoints) in &self.pools {
-            let route = route_for(
-                served_name(pool),
-                &pool.spec.routing,
-                self.queue_wait,
-                &gateway.metrics,
-            );
+            let route = route_for(pool, self.queue_wait, &gateway.metrics);
             route.pool.set_endpoints(endpoints);
             gateway.set_route(route);
         }
@@ -243,7 +244,7 @@ impl Routes {
             let routing = &pool.spec.routing;
             let stale = self.routes.get(&model).is_none_or(|(r, _)| r != routing);
             if stale {
-                let route = route_for(model.clone(), routing, wait, &gateway.metrics);
+                let route = route_for(pool, wait, &gateway.metrics);
                 gateway.set_route(route.clone());
                 self.routes.insert(model.clone(), (routing.clone(), route));
             }

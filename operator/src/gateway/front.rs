@@ -38,6 +38,8 @@ const PREFIX_BYTES: usize = 256;
 /// One pool behind the gateway.
 #[derive(Debug)]
 pub struct PoolRoute {
+    /// The InferencePool's name (its metrics' `pool` label).
+    pub name: String,
     /// Its agents.
     pub pool: Arc<Pool>,
     /// Its retry budget.
@@ -419,11 +421,13 @@ async fn metrics(State(gateway): State<Arc<Gateway>>) -> Response {
         .read()
         .map(|r| r.values().cloned().collect())
         .unwrap_or_default();
-    for route in routes {
+    for route in &routes {
         if let Some(agents) = route.pool.with_view(|v| v.snapshot()) {
-            gateway.metrics.observe_agents(&route.pool.model, &agents);
+            gateway.metrics.observe_agents(&route.name, &agents);
         }
     }
+    let names: Vec<&str> = routes.iter().map(|r| r.name.as_str()).collect();
+    gateway.metrics.retain_pools(&names);
     let mut text = String::new();
     if prometheus_client::encoding::text::encode(&mut text, &gateway.metrics.registry).is_err() {
         return StatusCode::INTERNAL_SERVER_ERROR.into_response();

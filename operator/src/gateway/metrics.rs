@@ -1,6 +1,7 @@
-//! The gateway's metrics, per pool (its served model name) and agent: requests by outcome
+//! The gateway's metrics, per pool (the InferencePool's name) and agent: requests by outcome
 //! (a fixed set of error types), latency, time to first token, queue wait, retries, picks,
-//! and each agent's in-flight count, health and circuit state (refreshed at scrape).
+//! the agents known, and each agent's in-flight count, health and circuit state (refreshed
+//! at scrape; an agent that is gone loses its gauges).
 //! Labels are pool and agent names and fixed strings, never error text.
 
 use std::collections::HashMap;
@@ -39,7 +40,7 @@ const OUTCOME_NAMES: [&str; OUTCOMES] = [
 /// A request's labels.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabels {
-    /// The pool (served model name).
+    /// The pool.
     pub pool: String,
     /// `ok` or an error type.
     pub outcome: &'static str,
@@ -96,9 +97,12 @@ pub struct GatewayMetrics {
     queue_wait: Histograms,
     retries: Family<PoolLabels, Counter>,
     picks: Family<PickLabels, Counter>,
+    agents: Family<PoolLabels, Gauge>,
     in_flight: Family<AgentLabels, Gauge>,
     healthy: Family<AgentLabels, Gauge>,
     circuit: Family<CircuitLabels, Gauge>,
+    /// The agents each pool's gauges were last set for.
+    observed: Mutex<HashMap<String, Vec<String>>>,
     unrouted: OnceLock<PoolMetrics>,
 }
 
@@ -117,9 +121,11 @@ impl Default for GatewayMetrics {
             queue_wait: Family::new_with_constructor(latency),
             retries: Family::default(),
             picks: Family::default(),
+            agents: Family::default(),
             in_flight: Family::default(),
             healthy: Family::default(),
             circuit: Family::default(),
+            observed: Mutex::default(),
             unrouted: OnceLock::new(),
         };
         let r = m.registry.sub_registry_with_prefix("inferpool_gateway");
@@ -149,6 +155,11 @@ impl Default for GatewayMetrics {
             m.retries.clone(),
         );
         r.register("picks", "Requests sent to each agent", m.picks.clone());
+        r.register(
+            "agents",
+            "Agents the gateway knows, healthy or not",
+            m.agents.clone(),
+        );
         r.register(
             "agent_in_flight",
             "Requests in flight per agent",
@@ -195,9 +206,14 @@ impl GatewayMetrics {
         self.unrouted.get_or_init(|| self.pool("none", "none"))
     }
 
-    /// Refreshes the per-agent gauges of `pool` from `agents`: (id, in flight, circuit
-    /// state, healthy).
+    /// Refreshes the gauges of `pool` from its `agents`: (id, in flight, circuit state,
+    /// healthy); the gauges of agents no longer there are removed.
     pub fn observe_agents(&self, pool: &str, agents: &[(String, u32, &'static str, bool)]) {
+        let known = i64::try_from(agents.len()).unwrap_or(i64::MAX);
+        let labels = PoolLabels {
+            pool: pool.to_owned(),
+        };
+        self.agents.get_or_create(&labels).set(known);
         for (agent, in_flight, state, healthy) in agents {
             let a = AgentLabels {
                 pool: pool.to_owned(),
@@ -205,7 +221,7 @@ impl GatewayMetrics {
             };
             self.in_flight.get_or_create(&a).set(i64::from(*in_flight));
             self.healthy.get_or_create(&a).set(i64::from(*healthy));
-            for s in ["closed", "open", "half_open"] {
+            for s in CIRCUIT_STATES {
                 let c = CircuitLabels {
                     pool: pool.to_owned(),
                     agent: agent.clone(),
@@ -214,8 +230,56 @@ impl GatewayMetrics {
                 self.circuit.get_or_create(&c).set(i64::from(s == *state));
             }
         }
+        let ids = agents.iter().map(|(id, ..)| id.clone()).collect();
+        self.forget_gone(pool, ids);
+    }
+
+    /// Removes the agent gauges of every pool not in `pools` (pools that went away).
+    pub fn retain_pools(&self, pools: &[&str]) {
+        let gone: Vec<String> = match self.observed.lock() {
+            Ok(observed) => observed
+                .keys()
+                .filter(|p| !pools.contains(&p.as_str()))
+                .cloned()
+                .collect(),
+            Err(_) => return,
+        };
+        for pool in gone {
+            self.forget_gone(&pool, Vec::new());
+            self.agents.remove(&PoolLabels { pool: pool.clone() });
+            if let Ok(mut observed) = self.observed.lock() {
+                observed.remove(&pool);
+            }
+        }
+    }
+
+    /// Removes the gauges of `pool`'s agents that are not among `ids`.
+    fn forget_gone(&self, pool: &str, ids: Vec<String>) {
+        let Ok(mut observed) = self.observed.lock() else {
+            return;
+        };
+        let before = observed.insert(pool.to_owned(), ids);
+        let now = &observed[pool];
+        for gone in before.iter().flatten().filter(|a| !now.contains(a)) {
+            let a = AgentLabels {
+                pool: pool.to_owned(),
+                agent: gone.clone(),
+            };
+            self.in_flight.remove(&a);
+            self.healthy.remove(&a);
+            for state in CIRCUIT_STATES {
+                self.circuit.remove(&CircuitLabels {
+                    pool: pool.to_owned(),
+                    agent: gone.clone(),
+                    state,
+                });
+            }
+        }
     }
 }
+
+/// An agent's circuit states, each a gauge of 0 or 1.
+const CIRCUIT_STATES: [&str; 3] = ["closed", "open", "half_open"];
 
 /// One pool's series: what a request records, without label lookups (cheap to clone).
 #[derive(Debug, Clone)]
@@ -333,6 +397,8 @@ mod tests {
         p.forwarded("a0", 1, Duration::from_millis(2));
         p.forwarded("a0", 0, Duration::ZERO);
         m.unrouted().start().outcome("model_not_found");
+        m.observe_agents("q", &[("b0".into(), 0, "closed", true)]);
+        m.observe_agents("q", &[("b1".into(), 1, "closed", true)]);
         m.observe_agents("p", &[("a0".into(), 2, "open", false)]);
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &m.registry).unwrap();
@@ -347,8 +413,24 @@ mod tests {
             "inferpool_gateway_agent_in_flight{pool=\"p\",agent=\"a0\"} 2",
             "inferpool_gateway_agent_circuit{pool=\"p\",agent=\"a0\",state=\"open\"} 1",
             "inferpool_gateway_agent_circuit{pool=\"p\",agent=\"a0\",state=\"closed\"} 0",
+            "inferpool_gateway_agents{pool=\"p\"} 1",
+            "inferpool_gateway_agents{pool=\"q\"} 1",
+            "inferpool_gateway_agent_healthy{pool=\"q\",agent=\"b1\"} 1",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} missing in\n{text}");
         }
+        // An agent that is gone keeps no gauges, nor does a pool that is gone.
+        assert!(!text.contains("agent=\"b0\""), "{text}");
+        m.retain_pools(&["p"]);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &m.registry).unwrap();
+        assert!(
+            !text.contains("agent=\"b1\"") && text.contains("agent=\"a0\""),
+            "{text}"
+        );
+        assert!(
+            !text.contains("inferpool_gateway_agents{pool=\"q\"}"),
+            "{text}"
+        );
     }
 }
