@@ -54,12 +54,15 @@ fn default_session_header() -> String {
 pub enum RoutingStrategy {
     /// Each agent in turn.
     RoundRobin,
-    /// The agent with the fewest requests in flight from this gateway.
+    /// The agent with the fewest requests in flight from this gateway (in pools of more
+    /// than 8 agents, the less busy of two drawn at random, which spreads gateways apart).
     LeastConnections,
     /// In proportion to each agent's reported capacity.
     Weighted,
     /// The agent with the least reported load (queue, running sequences, KV-cache use),
-    /// corrected by this gateway's requests in flight.
+    /// corrected by this gateway's requests in flight (in pools of more than 8 agents, the
+    /// less loaded of two drawn at random, so that gateways reading the same reports do not
+    /// all send to one agent).
     #[default]
     LeastLoad,
     /// Requests sharing a prompt prefix go to the same agent (consistent hashing with

@@ -7,7 +7,7 @@
 
 use std::hash::{DefaultHasher, Hash, Hasher};
 
-use super::least_load::min_by;
+use super::two_choices::least_of;
 use super::{Candidate, Pick, RequestKey, Rng};
 
 /// How far above the mean an agent may be loaded and still keep its keys.
@@ -45,7 +45,7 @@ fn weight(key: &str, id: &str) -> u64 {
 }
 
 fn bounded(rng: &Rng, c: &[Candidate<'_>], key: Option<&str>) -> Option<usize> {
-    let least = || min_by(rng, c.len(), |i| c[i].load());
+    let least = || least_of(rng, c.len(), |i| c[i].load());
     let Some(key) = key else { return least() };
     let total: u32 = c.iter().map(Candidate::occupancy).sum();
     let bound = (BOUND * f64::from(total + 1) / c.len().max(1) as f64).ceil() as u32;

@@ -1,7 +1,9 @@
 //! Least connections (this gateway's in-flight requests) and least load (the agents'
 //! reports combined with this gateway's in-flight requests, so the choice reacts between
-//! reports). Ties are broken at random so that equal agents share the traffic.
+//! reports). Ties are broken at random so that equal agents share the traffic; a large
+//! pool is picked from by two choices (see `two_choices`).
 
+use super::two_choices::least_of;
 use super::{Candidate, Pick, RequestKey, Rng};
 
 /// The agent with the fewest requests in flight from this gateway.
@@ -29,13 +31,13 @@ pub(crate) fn min_by(rng: &Rng, n: usize, score: impl Fn(usize) -> f64) -> Optio
 
 impl Pick for LeastConnections {
     fn pick(&self, c: &[Candidate<'_>], _: &RequestKey<'_>) -> Option<usize> {
-        min_by(&self.rng, c.len(), |i| f64::from(c[i].in_flight))
+        least_of(&self.rng, c.len(), |i| f64::from(c[i].in_flight))
     }
 }
 
 impl Pick for LeastLoad {
     fn pick(&self, c: &[Candidate<'_>], _: &RequestKey<'_>) -> Option<usize> {
-        min_by(&self.rng, c.len(), |i| c[i].load())
+        least_of(&self.rng, c.len(), |i| c[i].load())
     }
 }
 

@@ -6,6 +6,7 @@
 mod affinity;
 mod least_load;
 mod round_robin;
+mod two_choices;
 mod weighted;
 
 pub use affinity::{PrefixAffinity, SessionAffinity};
