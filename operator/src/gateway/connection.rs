@@ -21,6 +21,8 @@ use http_body::Frame;
 use http_body_util::BodyExt as _;
 use inferpool_protocol::agent::agent_client::AgentClient;
 
+use super::stream::drop_undecodable_details;
+
 /// Longest a connection attempt may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// Flow-control windows: large enough that answers never wait for window updates.
@@ -136,7 +138,9 @@ impl tower_service::Service<http::Request<tonic::body::Body>> for AgentConnectio
             let (response, mut stream) =
                 send.send_request(http::Request::from_parts(parts, ()), false)?;
             stream.send_data(message, true)?;
-            Ok(response.await?.map(AgentBody::new))
+            let mut response = response.await?;
+            drop_undecodable_details(response.headers_mut());
+            Ok(response.map(AgentBody::new))
         })
     }
 }
@@ -146,7 +150,8 @@ fn h2_error(_: tonic::Status) -> h2::Error {
 }
 
 /// An answer's body: DATA frames (their flow-control window given back as they are
-/// read), then the trailers that carry the gRPC status.
+/// read), then the trailers that carry the gRPC status (status details tonic could not
+/// decode are dropped, here and from the headers).
 #[derive(Debug)]
 pub struct AgentBody {
     stream: h2::RecvStream,
@@ -181,7 +186,10 @@ impl http_body::Body for AgentBody {
             }
         }
         match std::task::ready!(self.stream.poll_trailers(cx)) {
-            Ok(Some(trailers)) => Poll::Ready(Some(Ok(Frame::trailers(trailers)))),
+            Ok(Some(mut trailers)) => {
+                drop_undecodable_details(&mut trailers);
+                Poll::Ready(Some(Ok(Frame::trailers(trailers))))
+            }
             Ok(None) => Poll::Ready(None),
             Err(e) => Poll::Ready(Some(Err(e))),
         }
@@ -220,5 +228,67 @@ impl ConnectionCache {
         self.by_addr
             .retain(|_, (c, used)| !c.is_closed() && now.duration_since(*used) < IDLE);
         self.by_addr.insert(addr, (connection, now));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use http::{HeaderMap, HeaderValue};
+    use inferpool_protocol::agent::EmbedRequest;
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    /// An HTTP/2 server on loopback that refuses every call with undecodable status
+    /// details: in trailers for the first call, in a headers-only answer for the next.
+    async fn refusing_server() -> std::io::Result<SocketAddr> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        tokio::spawn(async move {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let Ok(mut connection) = h2::server::handshake(tcp).await else {
+                return;
+            };
+            let mut calls = 0;
+            while let Some(Ok((_, mut respond))) = connection.accept().await {
+                let mut status = HeaderMap::new();
+                status.insert("grpc-status", HeaderValue::from_static("8"));
+                status.insert("grpc-message", HeaderValue::from_static("busy"));
+                status.insert("grpc-status-details-bin", HeaderValue::from_static("?!"));
+                let mut head = http::Response::builder()
+                    .header("content-type", "application/grpc")
+                    .body(())
+                    .unwrap_or_default();
+                calls += 1;
+                if calls == 1 {
+                    if let Ok(mut body) = respond.send_response(head, false) {
+                        let _ = body.send_trailers(status);
+                    }
+                } else {
+                    head.headers_mut().extend(status);
+                    let _ = respond.send_response(head, true);
+                }
+            }
+        });
+        Ok(addr)
+    }
+
+    #[tokio::test]
+    async fn undecodable_status_details_are_dropped_before_tonic_reads_them() {
+        let addr = refusing_server().await.unwrap();
+        let connection = AgentConnection::connect(addr).await.unwrap();
+        for _ in 0..2 {
+            // tonic's client panics on such details; here the call fails with the status.
+            let refused = connection
+                .client()
+                .embed(EmbedRequest::default())
+                .await
+                .unwrap_err();
+            assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+            assert_eq!(refused.message(), "busy");
+            assert!(refused.details().is_empty());
+        }
     }
 }

@@ -93,18 +93,28 @@ fn failure(headers: &HeaderMap) -> Option<Status> {
     if code.as_bytes() == b"0" {
         return None;
     }
-    let undecodable = headers
-        .get(GRPC_DETAILS)
-        .is_some_and(|d| DETAILS_BASE64.decode(d.as_bytes()).is_err());
-    let status = if undecodable {
-        // tonic panics on details it cannot decode: drop them, code and message remain.
+    let status = if undecodable_details(headers) {
         let mut headers = headers.clone();
-        headers.remove(GRPC_DETAILS);
+        drop_undecodable_details(&mut headers);
         Status::from_header_map(&headers)
     } else {
         Status::from_header_map(headers)
     };
     status.filter(|s| s.code() != Code::Ok)
+}
+
+fn undecodable_details(headers: &HeaderMap) -> bool {
+    headers
+        .get(GRPC_DETAILS)
+        .is_some_and(|d| DETAILS_BASE64.decode(d.as_bytes()).is_err())
+}
+
+/// Removes status details that tonic could not decode: `Status::from_header_map` panics on
+/// them (which would take the caller's task down); the code and message remain.
+pub(super) fn drop_undecodable_details(headers: &mut HeaderMap) {
+    if undecodable_details(headers) {
+        headers.remove(GRPC_DETAILS);
+    }
 }
 
 /// A broken connection or stream reads as the agent being unavailable (retried elsewhere
