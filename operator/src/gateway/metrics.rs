@@ -258,9 +258,8 @@ impl GatewayMetrics {
         let Ok(mut observed) = self.observed.lock() else {
             return;
         };
-        let before = observed.insert(pool.to_owned(), ids);
-        let now = &observed[pool];
-        for gone in before.iter().flatten().filter(|a| !now.contains(a)) {
+        let before = observed.remove(pool).unwrap_or_default();
+        for gone in before.iter().filter(|a| !ids.contains(a)) {
             let a = AgentLabels {
                 pool: pool.to_owned(),
                 agent: gone.clone(),
@@ -275,6 +274,7 @@ impl GatewayMetrics {
                 });
             }
         }
+        observed.insert(pool.to_owned(), ids);
     }
 }
 
