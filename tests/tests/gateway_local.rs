@@ -119,6 +119,16 @@ async fn the_gateway_answers_like_an_agent_and_refuses_bad_requests_itself() -> 
     // Three generations and two embeddings; an unknown model and an unknown embedding
     // model refused before routing.
     assert!(count(pool_key("ok")) >= 5.0, "{metrics}");
+    // Each answered request is counted on the agent that answered it too.
+    let on_agents: f64 = ["gw-0", "gw-1"]
+        .iter()
+        .map(|agent| {
+            count(format!(
+                "inferpool_gateway_agent_requests_total{{pool=\"{POOL}\",agent=\"{agent}\",outcome=\"ok\"}}"
+            ))
+        })
+        .sum();
+    assert_eq!(on_agents, count(pool_key("ok")), "{metrics}");
     assert_eq!(count(pool_key("context_length_exceeded")), 1.0);
     let none = "inferpool_gateway_requests_total{pool=\"none\",outcome=\"model_not_found\"}";
     assert_eq!(count(none.into()), 2.0);

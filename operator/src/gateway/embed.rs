@@ -94,7 +94,7 @@ async fn answer(routed: Routed) -> Response {
             retries,
             queue_wait,
         }) => {
-            route.metrics.forwarded(&agent, retries, queue_wait);
+            record.forwarded(&agent, retries, queue_wait);
             record.first_token();
             record.outcome("ok");
             Json(response(req.model, req.encoding, embedded)).into_response()

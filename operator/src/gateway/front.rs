@@ -402,9 +402,7 @@ async fn answer(
             retries,
             queue_wait,
         }) => {
-            route
-                .metrics
-                .forwarded(&committed.agent, retries, queue_wait);
+            record.forwarded(&committed.agent, retries, queue_wait);
             record.first_token();
             relay(route.pool.clone(), committed, shape, deadline, record).await
         }

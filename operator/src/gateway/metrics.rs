@@ -1,7 +1,8 @@
 //! The gateway's metrics, per pool (the InferencePool's name) and agent: requests by outcome
-//! (a fixed set of error types), latency, time to first token, queue wait, retries, picks,
-//! the agents known, and each agent's in-flight count, health and circuit state (refreshed
-//! at scrape; an agent that is gone loses its gauges).
+//! (a fixed set of error types), latency and time to first token (each per pool, and per
+//! agent for requests an agent answered), queue wait, retries, picks, the agents known, and
+//! each agent's in-flight count, health and circuit state (refreshed at scrape; an agent
+//! that is gone loses its gauges).
 //! Labels are pool and agent names and fixed strings, never error text.
 
 use std::collections::HashMap;
@@ -46,6 +47,17 @@ pub struct OutcomeLabels {
     pub outcome: &'static str,
 }
 
+/// A request's labels on the agent that answered it.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AgentOutcomeLabels {
+    /// The pool.
+    pub pool: String,
+    /// The agent.
+    pub agent: String,
+    /// `ok` or an error type.
+    pub outcome: &'static str,
+}
+
 /// A pool's label.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PoolLabels {
@@ -85,6 +97,7 @@ pub struct CircuitLabels {
 }
 
 type Histograms = Family<PoolLabels, Histogram, fn() -> Histogram>;
+type AgentHistograms = Family<AgentLabels, Histogram, fn() -> Histogram>;
 
 /// Every metric of the gateway.
 #[derive(Debug)]
@@ -97,6 +110,9 @@ pub struct GatewayMetrics {
     queue_wait: Histograms,
     retries: Family<PoolLabels, Counter>,
     picks: Family<PickLabels, Counter>,
+    agent_requests: Family<AgentOutcomeLabels, Counter>,
+    agent_duration: AgentHistograms,
+    agent_ttft: AgentHistograms,
     agents: Family<PoolLabels, Gauge>,
     in_flight: Family<AgentLabels, Gauge>,
     healthy: Family<AgentLabels, Gauge>,
@@ -121,6 +137,9 @@ impl Default for GatewayMetrics {
             queue_wait: Family::new_with_constructor(latency),
             retries: Family::default(),
             picks: Family::default(),
+            agent_requests: Family::default(),
+            agent_duration: Family::new_with_constructor(latency),
+            agent_ttft: Family::new_with_constructor(latency),
             agents: Family::default(),
             in_flight: Family::default(),
             healthy: Family::default(),
@@ -155,6 +174,21 @@ impl Default for GatewayMetrics {
             m.retries.clone(),
         );
         r.register("picks", "Requests sent to each agent", m.picks.clone());
+        r.register(
+            "agent_requests",
+            "Requests ended on the agent that answered them, by outcome",
+            m.agent_requests.clone(),
+        );
+        r.register(
+            "agent_request_duration_seconds",
+            "Request duration, by the agent that answered",
+            m.agent_duration.clone(),
+        );
+        r.register(
+            "agent_time_to_first_token_seconds",
+            "Time to first token, by the agent that answered",
+            m.agent_ttft.clone(),
+        );
         r.register(
             "agents",
             "Agents the gateway knows, healthy or not",
@@ -195,8 +229,13 @@ impl GatewayMetrics {
             retries: self.retries.get_or_create(&labels).clone(),
             requests: self.requests.clone(),
             outcomes: Default::default(),
-            picks_family: self.picks.clone(),
-            picks: Mutex::default(),
+            families: AgentFamilies {
+                picks: self.picks.clone(),
+                requests: self.agent_requests.clone(),
+                duration: self.agent_duration.clone(),
+                ttft: self.agent_ttft.clone(),
+            },
+            agents: Mutex::default(),
         }))
     }
 
@@ -296,9 +335,58 @@ struct PoolSeries {
     requests: Family<OutcomeLabels, Counter>,
     /// Each outcome's counter once it was counted (index: `outcome_index`).
     outcomes: [OnceLock<Counter>; OUTCOMES],
-    picks_family: Family<PickLabels, Counter>,
-    /// Each agent's pick counter once it was picked.
-    picks: Mutex<HashMap<String, Counter>>,
+    families: AgentFamilies,
+    /// Each agent's series once it was picked.
+    agents: Mutex<HashMap<String, Arc<AgentSeries>>>,
+}
+
+/// The families per-agent series are made in.
+#[derive(Debug)]
+struct AgentFamilies {
+    picks: Family<PickLabels, Counter>,
+    requests: Family<AgentOutcomeLabels, Counter>,
+    duration: AgentHistograms,
+    ttft: AgentHistograms,
+}
+
+/// One agent's series within a pool.
+#[derive(Debug)]
+struct AgentSeries {
+    labels: AgentLabels,
+    picks: Counter,
+    duration: Histogram,
+    ttft: Histogram,
+    /// Each outcome's counter once it was counted (index: `outcome_index`).
+    outcomes: [OnceLock<Counter>; OUTCOMES],
+}
+
+impl AgentSeries {
+    fn new(labels: AgentLabels, strategy: &'static str, f: &AgentFamilies) -> Self {
+        let picks = PickLabels {
+            pool: labels.pool.clone(),
+            agent: labels.agent.clone(),
+            strategy,
+        };
+        Self {
+            picks: f.picks.get_or_create(&picks).clone(),
+            duration: f.duration.get_or_create(&labels).clone(),
+            ttft: f.ttft.get_or_create(&labels).clone(),
+            outcomes: Default::default(),
+            labels,
+        }
+    }
+
+    fn count(&self, outcome: usize, family: &Family<AgentOutcomeLabels, Counter>) {
+        let counter = self.outcomes[outcome].get_or_init(|| {
+            let labels = AgentOutcomeLabels {
+                pool: self.labels.pool.clone(),
+                agent: self.labels.agent.clone(),
+                outcome: OUTCOME_NAMES[outcome],
+            };
+            family.get_or_create(&labels).clone()
+        });
+        counter.inc();
+    }
 }
 
 impl PoolMetrics {
@@ -306,31 +394,26 @@ impl PoolMetrics {
     pub fn start(&self) -> RequestRecord {
         RequestRecord {
             series: self.clone(),
+            agent: None,
             started: Instant::now(),
             outcome: outcome_index("cancelled"),
         }
     }
 
-    /// Records where a request went and how it got there.
-    pub fn forwarded(&self, agent: &str, retries: u32, queue_wait: Duration) {
+    /// `agent`'s series, made when it is first picked.
+    fn agent(&self, agent: &str) -> Option<Arc<AgentSeries>> {
         let s = &self.0;
-        s.retries.inc_by(u64::from(retries));
-        s.queue_wait.observe(queue_wait.as_secs_f64());
-        let Ok(mut picks) = s.picks.lock() else {
-            return;
-        };
-        if let Some(counter) = picks.get(agent) {
-            counter.inc();
-            return;
+        let mut agents = s.agents.lock().ok()?;
+        if let Some(series) = agents.get(agent) {
+            return Some(series.clone());
         }
-        let labels = PickLabels {
+        let labels = AgentLabels {
             pool: s.pool.clone(),
             agent: agent.to_owned(),
-            strategy: s.strategy,
         };
-        let counter = s.picks_family.get_or_create(&labels).clone();
-        counter.inc();
-        picks.insert(agent.to_owned(), counter);
+        let series = Arc::new(AgentSeries::new(labels, s.strategy, &s.families));
+        agents.insert(agent.to_owned(), series.clone());
+        Some(series)
     }
 
     fn count(&self, outcome: usize) {
@@ -358,15 +441,32 @@ fn outcome_index(outcome: &str) -> usize {
 #[derive(Debug)]
 pub struct RequestRecord {
     series: PoolMetrics,
+    /// The agent that answered, once there is one.
+    agent: Option<Arc<AgentSeries>>,
     started: Instant,
     outcome: usize,
 }
 
 impl RequestRecord {
+    /// The request went to `agent` after `retries` and a wait of `queue_wait`; from now on
+    /// it is counted on that agent too.
+    pub fn forwarded(&mut self, agent: &str, retries: u32, queue_wait: Duration) {
+        let s = &self.series.0;
+        s.retries.inc_by(u64::from(retries));
+        s.queue_wait.observe(queue_wait.as_secs_f64());
+        self.agent = self.series.agent(agent);
+        if let Some(a) = &self.agent {
+            a.picks.inc();
+        }
+    }
+
     /// The first token arrived.
     pub fn first_token(&self) {
         let seconds = self.started.elapsed().as_secs_f64();
         self.series.0.ttft.observe(seconds);
+        if let Some(a) = &self.agent {
+            a.ttft.observe(seconds);
+        }
     }
 
     /// Sets the outcome: `ok` or an error type (unknown ones count as `upstream_error`).
@@ -380,6 +480,10 @@ impl Drop for RequestRecord {
         let seconds = self.started.elapsed().as_secs_f64();
         self.series.0.duration.observe(seconds);
         self.series.count(self.outcome);
+        if let Some(a) = &self.agent {
+            a.duration.observe(seconds);
+            a.count(self.outcome, &self.series.0.families.requests);
+        }
     }
 }
 
@@ -394,8 +498,15 @@ mod tests {
         p.start().outcome("ok");
         p.start().outcome("a message an agent made up");
         drop(p.start());
-        p.forwarded("a0", 1, Duration::from_millis(2));
-        p.forwarded("a0", 0, Duration::ZERO);
+        let mut on_a0 = p.start();
+        on_a0.forwarded("a0", 1, Duration::from_millis(2));
+        on_a0.first_token();
+        on_a0.outcome("ok");
+        drop(on_a0);
+        let mut timed_out = p.start();
+        timed_out.forwarded("a0", 0, Duration::ZERO);
+        timed_out.outcome("timeout");
+        drop(timed_out);
         m.unrouted().start().outcome("model_not_found");
         m.observe_agents("q", &[("b0".into(), 0, "closed", true)]);
         m.observe_agents("q", &[("b1".into(), 1, "closed", true)]);
@@ -403,7 +514,12 @@ mod tests {
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &m.registry).unwrap();
         for line in [
-            "inferpool_gateway_requests_total{pool=\"p\",outcome=\"ok\"} 1",
+            "inferpool_gateway_requests_total{pool=\"p\",outcome=\"ok\"} 2",
+            "inferpool_gateway_requests_total{pool=\"p\",outcome=\"timeout\"} 1",
+            "inferpool_gateway_agent_requests_total{pool=\"p\",agent=\"a0\",outcome=\"ok\"} 1",
+            "inferpool_gateway_agent_requests_total{pool=\"p\",agent=\"a0\",outcome=\"timeout\"} 1",
+            "inferpool_gateway_agent_request_duration_seconds_count{pool=\"p\",agent=\"a0\"} 2",
+            "inferpool_gateway_agent_time_to_first_token_seconds_count{pool=\"p\",agent=\"a0\"} 1",
             "inferpool_gateway_requests_total{pool=\"p\",outcome=\"upstream_error\"} 1",
             "inferpool_gateway_requests_total{pool=\"p\",outcome=\"cancelled\"} 1",
             "inferpool_gateway_retries_total{pool=\"p\"} 1",
