@@ -6,8 +6,7 @@
 //! Labels are pool and agent names and fixed strings, never error text.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::sync::{Mutex, OnceLock};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -15,6 +14,10 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+
+mod record;
+
+pub use record::{PoolMetrics, RequestRecord};
 
 /// How many outcomes are counted: the named ones and `upstream_error` for the rest.
 const OUTCOMES: usize = 14;
@@ -217,26 +220,7 @@ impl GatewayMetrics {
     /// The series of `pool` (routed by `strategy`), created now so that requests find them
     /// without a label lookup.
     pub fn pool(&self, pool: &str, strategy: &'static str) -> PoolMetrics {
-        let labels = PoolLabels {
-            pool: pool.to_owned(),
-        };
-        PoolMetrics(Arc::new(PoolSeries {
-            pool: pool.to_owned(),
-            strategy,
-            duration: self.duration.get_or_create(&labels).clone(),
-            ttft: self.ttft.get_or_create(&labels).clone(),
-            queue_wait: self.queue_wait.get_or_create(&labels).clone(),
-            retries: self.retries.get_or_create(&labels).clone(),
-            requests: self.requests.clone(),
-            outcomes: Default::default(),
-            families: AgentFamilies {
-                picks: self.picks.clone(),
-                requests: self.agent_requests.clone(),
-                duration: self.agent_duration.clone(),
-                ttft: self.agent_ttft.clone(),
-            },
-            agents: Mutex::default(),
-        }))
+        PoolMetrics::new(pool, strategy, self)
     }
 
     /// The series of requests refused before they matched a pool (pool `none`, so that
@@ -320,175 +304,10 @@ impl GatewayMetrics {
 /// An agent's circuit states, each a gauge of 0 or 1.
 const CIRCUIT_STATES: [&str; 3] = ["closed", "open", "half_open"];
 
-/// One pool's series: what a request records, without label lookups (cheap to clone).
-#[derive(Debug, Clone)]
-pub struct PoolMetrics(Arc<PoolSeries>);
-
-#[derive(Debug)]
-struct PoolSeries {
-    pool: String,
-    strategy: &'static str,
-    duration: Histogram,
-    ttft: Histogram,
-    queue_wait: Histogram,
-    retries: Counter,
-    requests: Family<OutcomeLabels, Counter>,
-    /// Each outcome's counter once it was counted (index: `outcome_index`).
-    outcomes: [OnceLock<Counter>; OUTCOMES],
-    families: AgentFamilies,
-    /// Each agent's series once it was picked.
-    agents: Mutex<HashMap<String, Arc<AgentSeries>>>,
-}
-
-/// The families per-agent series are made in.
-#[derive(Debug)]
-struct AgentFamilies {
-    picks: Family<PickLabels, Counter>,
-    requests: Family<AgentOutcomeLabels, Counter>,
-    duration: AgentHistograms,
-    ttft: AgentHistograms,
-}
-
-/// One agent's series within a pool.
-#[derive(Debug)]
-struct AgentSeries {
-    labels: AgentLabels,
-    picks: Counter,
-    duration: Histogram,
-    ttft: Histogram,
-    /// Each outcome's counter once it was counted (index: `outcome_index`).
-    outcomes: [OnceLock<Counter>; OUTCOMES],
-}
-
-impl AgentSeries {
-    fn new(labels: AgentLabels, strategy: &'static str, f: &AgentFamilies) -> Self {
-        let picks = PickLabels {
-            pool: labels.pool.clone(),
-            agent: labels.agent.clone(),
-            strategy,
-        };
-        Self {
-            picks: f.picks.get_or_create(&picks).clone(),
-            duration: f.duration.get_or_create(&labels).clone(),
-            ttft: f.ttft.get_or_create(&labels).clone(),
-            outcomes: Default::default(),
-            labels,
-        }
-    }
-
-    fn count(&self, outcome: usize, family: &Family<AgentOutcomeLabels, Counter>) {
-        let counter = self.outcomes[outcome].get_or_init(|| {
-            let labels = AgentOutcomeLabels {
-                pool: self.labels.pool.clone(),
-                agent: self.labels.agent.clone(),
-                outcome: OUTCOME_NAMES[outcome],
-            };
-            family.get_or_create(&labels).clone()
-        });
-        counter.inc();
-    }
-}
-
-impl PoolMetrics {
-    /// Starts recording one request.
-    pub fn start(&self) -> RequestRecord {
-        RequestRecord {
-            series: self.clone(),
-            agent: None,
-            started: Instant::now(),
-            outcome: outcome_index("cancelled"),
-        }
-    }
-
-    /// `agent`'s series, made when it is first picked.
-    fn agent(&self, agent: &str) -> Option<Arc<AgentSeries>> {
-        let s = &self.0;
-        let mut agents = s.agents.lock().ok()?;
-        if let Some(series) = agents.get(agent) {
-            return Some(series.clone());
-        }
-        let labels = AgentLabels {
-            pool: s.pool.clone(),
-            agent: agent.to_owned(),
-        };
-        let series = Arc::new(AgentSeries::new(labels, s.strategy, &s.families));
-        agents.insert(agent.to_owned(), series.clone());
-        Some(series)
-    }
-
-    fn count(&self, outcome: usize) {
-        let s = &self.0;
-        let counter = s.outcomes[outcome].get_or_init(|| {
-            let labels = OutcomeLabels {
-                pool: s.pool.clone(),
-                outcome: OUTCOME_NAMES[outcome],
-            };
-            s.requests.get_or_create(&labels).clone()
-        });
-        counter.inc();
-    }
-}
-
-/// The index of `outcome` among the counted ones (unknown ones count as `upstream_error`).
-fn outcome_index(outcome: &str) -> usize {
-    OUTCOME_NAMES
-        .iter()
-        .position(|k| *k == outcome)
-        .unwrap_or(OUTCOMES - 1)
-}
-
-/// One request's record; the outcome and duration are counted when it drops.
-#[derive(Debug)]
-pub struct RequestRecord {
-    series: PoolMetrics,
-    /// The agent that answered, once there is one.
-    agent: Option<Arc<AgentSeries>>,
-    started: Instant,
-    outcome: usize,
-}
-
-impl RequestRecord {
-    /// The request went to `agent` after `retries` and a wait of `queue_wait`; from now on
-    /// it is counted on that agent too.
-    pub fn forwarded(&mut self, agent: &str, retries: u32, queue_wait: Duration) {
-        let s = &self.series.0;
-        s.retries.inc_by(u64::from(retries));
-        s.queue_wait.observe(queue_wait.as_secs_f64());
-        self.agent = self.series.agent(agent);
-        if let Some(a) = &self.agent {
-            a.picks.inc();
-        }
-    }
-
-    /// The first token arrived.
-    pub fn first_token(&self) {
-        let seconds = self.started.elapsed().as_secs_f64();
-        self.series.0.ttft.observe(seconds);
-        if let Some(a) = &self.agent {
-            a.ttft.observe(seconds);
-        }
-    }
-
-    /// Sets the outcome: `ok` or an error type (unknown ones count as `upstream_error`).
-    pub fn outcome(&mut self, outcome: &str) {
-        self.outcome = outcome_index(outcome);
-    }
-}
-
-impl Drop for RequestRecord {
-    fn drop(&mut self) {
-        let seconds = self.started.elapsed().as_secs_f64();
-        self.series.0.duration.observe(seconds);
-        self.series.count(self.outcome);
-        if let Some(a) = &self.agent {
-            a.duration.observe(seconds);
-            a.count(self.outcome, &self.series.0.families.requests);
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     #[test]
