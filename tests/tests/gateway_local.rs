@@ -130,7 +130,7 @@ async fn the_gateway_answers_like_an_agent_and_refuses_bad_requests_itself() -> 
         .sum();
     assert_eq!(on_agents, count(pool_key("ok")), "{metrics}");
     assert_eq!(count(pool_key("context_length_exceeded")), 1.0);
-    let none = "inferpool_gateway_requests_total{pool=\"none\",outcome=\"model_not_found\"}";
+    let none = "inferpool_gateway_requests_total{pool=\"_none\",outcome=\"model_not_found\"}";
     assert_eq!(count(none.into()), 2.0);
     for agent in ["gw-0", "gw-1"] {
         let healthy =

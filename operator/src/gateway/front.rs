@@ -375,7 +375,7 @@ fn session(headers: &HeaderMap, route: &PoolRoute, user: Option<&str>) -> Option
         .map(str::to_owned)
 }
 
-/// Answers a request refused before it matched a pool (counted under pool `none`, so
+/// Answers a request refused before it matched a pool (counted under pool `_none`, so
 /// that labels never come from unknown model names).
 pub(super) fn refused_before_routing(gateway: &Gateway, e: ApiError) -> Response {
     gateway.metrics.unrouted().start().outcome(&e.kind);

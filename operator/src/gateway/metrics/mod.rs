@@ -19,6 +19,10 @@ mod record;
 
 pub use record::{PoolMetrics, RequestRecord};
 
+/// The `pool` label of requests refused before they matched a pool: not a valid Kubernetes
+/// name, so no InferencePool's label can be the same.
+pub const UNROUTED: &str = "_none";
+
 /// How many outcomes are counted: the named ones and `upstream_error` for the rest.
 const OUTCOMES: usize = 14;
 
@@ -223,10 +227,10 @@ impl GatewayMetrics {
         PoolMetrics::new(pool, strategy, self)
     }
 
-    /// The series of requests refused before they matched a pool (pool `none`, so that
-    /// labels never come from unknown model names).
+    /// The series of requests refused before they matched a pool (pool [`UNROUTED`], so
+    /// that labels never come from unknown model names).
     pub fn unrouted(&self) -> &PoolMetrics {
-        self.unrouted.get_or_init(|| self.pool("none", "none"))
+        self.unrouted.get_or_init(|| self.pool(UNROUTED, "none"))
     }
 
     /// Refreshes the gauges of `pool` from its `agents`: (id, in flight, circuit state,
@@ -343,7 +347,7 @@ mod tests {
             "inferpool_gateway_requests_total{pool=\"p\",outcome=\"cancelled\"} 1",
             "inferpool_gateway_retries_total{pool=\"p\"} 1",
             "inferpool_gateway_picks_total{pool=\"p\",agent=\"a0\",strategy=\"round_robin\"} 2",
-            "inferpool_gateway_requests_total{pool=\"none\",outcome=\"model_not_found\"} 1",
+            "inferpool_gateway_requests_total{pool=\"_none\",outcome=\"model_not_found\"} 1",
             "inferpool_gateway_queue_wait_seconds_count{pool=\"p\"} 2",
             "inferpool_gateway_agent_in_flight{pool=\"p\",agent=\"a0\"} 2",
             "inferpool_gateway_agent_circuit{pool=\"p\",agent=\"a0\",state=\"open\"} 1",
