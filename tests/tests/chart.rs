@@ -86,9 +86,10 @@ fn the_chart_lints_and_renders_with_every_values_file() -> anyhow::Result<()> {
 
 /// The rendered documents of `kind`.
 fn documents(rendered: &str, kind: &str) -> anyhow::Result<Vec<Value>> {
+    let header = format!("kind: {kind}");
     let mut found = Vec::new();
     for doc in rendered.split("\n---") {
-        if doc.lines().any(|l| l == format!("kind: {kind}")) {
+        if doc.lines().any(|l| l == header) {
             found.push(serde_saphyr::from_str(doc)?);
         }
     }

@@ -261,23 +261,21 @@ impl GatewayMetrics {
         self.forget_gone(pool, ids);
     }
 
-    /// Removes the agent gauges of every pool not in `pools` (pools that went away).
+    /// Removes the gauges of every pool not in `pools` (pools that went away).
     pub fn retain_pools(&self, pools: &[&str]) {
-        let gone: Vec<String> = match self.observed.lock() {
-            Ok(observed) => observed
-                .keys()
-                .filter(|p| !pools.contains(&p.as_str()))
-                .cloned()
-                .collect(),
-            Err(_) => return,
+        let Ok(mut observed) = self.observed.lock() else {
+            return;
         };
-        for pool in gone {
-            self.forget_gone(&pool, Vec::new());
-            self.agents.remove(&PoolLabels { pool: pool.clone() });
-            if let Ok(mut observed) = self.observed.lock() {
-                observed.remove(&pool);
+        observed.retain(|pool, agents| {
+            let keep = pools.contains(&pool.as_str());
+            if !keep {
+                agents
+                    .iter()
+                    .for_each(|a| self.remove_agent_gauges(pool, a));
+                self.agents.remove(&PoolLabels { pool: pool.clone() });
             }
-        }
+            keep
+        });
     }
 
     /// Removes the gauges of `pool`'s agents that are not among `ids`.
@@ -287,21 +285,25 @@ impl GatewayMetrics {
         };
         let before = observed.remove(pool).unwrap_or_default();
         for gone in before.iter().filter(|a| !ids.contains(a)) {
-            let a = AgentLabels {
-                pool: pool.to_owned(),
-                agent: gone.clone(),
-            };
-            self.in_flight.remove(&a);
-            self.healthy.remove(&a);
-            for state in CIRCUIT_STATES {
-                self.circuit.remove(&CircuitLabels {
-                    pool: pool.to_owned(),
-                    agent: gone.clone(),
-                    state,
-                });
-            }
+            self.remove_agent_gauges(pool, gone);
         }
         observed.insert(pool.to_owned(), ids);
+    }
+
+    fn remove_agent_gauges(&self, pool: &str, agent: &str) {
+        let a = AgentLabels {
+            pool: pool.to_owned(),
+            agent: agent.to_owned(),
+        };
+        self.in_flight.remove(&a);
+        self.healthy.remove(&a);
+        for state in CIRCUIT_STATES {
+            self.circuit.remove(&CircuitLabels {
+                pool: pool.to_owned(),
+                agent: agent.to_owned(),
+                state,
+            });
+        }
     }
 }
 

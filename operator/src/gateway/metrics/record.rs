@@ -28,8 +28,7 @@ struct PoolSeries {
     queue_wait: Histogram,
     retries: Counter,
     requests: Family<OutcomeLabels, Counter>,
-    /// Each outcome's counter once it was counted (index: `outcome_index`).
-    outcomes: [OnceLock<Counter>; OUTCOMES],
+    outcomes: OutcomeCounters,
     families: AgentFamilies,
     /// Each agent's series once it was picked.
     agents: Mutex<HashMap<String, Arc<AgentSeries>>>,
@@ -51,8 +50,22 @@ struct AgentSeries {
     picks: Counter,
     duration: Histogram,
     ttft: Histogram,
-    /// Each outcome's counter once it was counted (index: `outcome_index`).
-    outcomes: [OnceLock<Counter>; OUTCOMES],
+    outcomes: OutcomeCounters,
+}
+
+/// Each outcome's counter of one series, resolved when that outcome is first counted
+/// (index: `outcome_index`).
+#[derive(Debug, Default)]
+struct OutcomeCounters([OnceLock<Counter>; OUTCOMES]);
+
+impl OutcomeCounters {
+    /// Counts `outcome`, whose counter `make` resolves (from the outcome's name) the first
+    /// time.
+    fn inc(&self, outcome: usize, make: impl FnOnce(&'static str) -> Counter) {
+        self.0[outcome]
+            .get_or_init(|| make(OUTCOME_NAMES[outcome]))
+            .inc();
+    }
 }
 
 impl AgentSeries {
@@ -72,15 +85,14 @@ impl AgentSeries {
     }
 
     fn count(&self, outcome: usize, family: &Family<AgentOutcomeLabels, Counter>) {
-        let counter = self.outcomes[outcome].get_or_init(|| {
+        self.outcomes.inc(outcome, |name| {
             let labels = AgentOutcomeLabels {
                 pool: self.labels.pool.clone(),
                 agent: self.labels.agent.clone(),
-                outcome: OUTCOME_NAMES[outcome],
+                outcome: name,
             };
             family.get_or_create(&labels).clone()
         });
-        counter.inc();
     }
 }
 
@@ -137,14 +149,13 @@ impl PoolMetrics {
 
     fn count(&self, outcome: usize) {
         let s = &self.0;
-        let counter = s.outcomes[outcome].get_or_init(|| {
+        s.outcomes.inc(outcome, |name| {
             let labels = OutcomeLabels {
                 pool: s.pool.clone(),
-                outcome: OUTCOME_NAMES[outcome],
+                outcome: name,
             };
             s.requests.get_or_create(&labels).clone()
         });
-        counter.inc();
     }
 }
 
