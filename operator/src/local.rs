@@ -41,11 +41,11 @@ pub struct LocalArgs {
     /// `--drain-grace-seconds`).
     #[arg(long, default_value_t = 30)]
     pub drain_grace_seconds: u64,
-    /// Serve the (single) pool with agents already running at these gRPC addresses, named
-    /// `<pool>-0`, `<pool>-1`, ... in this order, instead of starting agents (static
-    /// discovery; loopback only).
-    #[arg(long = "agent", value_name = "ADDR")]
-    pub agents: Vec<SocketAddr>,
+    /// Serve the (single) pool with agents already running at these addresses (each its
+    /// gRPC address, a comma, its HTTP address), named `<pool>-0`, `<pool>-1`, ... in this
+    /// order, instead of starting agents (static discovery; loopback only).
+    #[arg(long = "agent", value_name = "GRPC_ADDR,HTTP_ADDR", value_parser = agent_addrs)]
+    pub agents: Vec<(SocketAddr, SocketAddr)>,
     /// Gateway worker threads (default: one per CPU).
     #[arg(long)]
     pub gateway_workers: Option<usize>,
@@ -82,7 +82,8 @@ pub async fn run_local(args: LocalArgs) -> anyhow::Result<()> {
             for (slot, _) in &mut slots {
                 slot.drain_grace_seconds = args.drain_grace_seconds;
             }
-            routed.push((pool.clone(), endpoints_of(&slots)));
+            let endpoints = slots.iter().map(|(_, e)| e.clone()).collect();
+            routed.push((pool.clone(), endpoints));
             for (slot, _) in slots {
                 supervisors.push(tokio::spawn(supervise(slot, stopped.clone())));
             }
@@ -158,14 +159,26 @@ fn tempdir_for_run() -> anyhow::Result<PathBuf> {
     Ok(dir)
 }
 
-/// Writes each agent's config and returns the slots to supervise with their gRPC
-/// addresses.
+/// `GRPC_ADDR,HTTP_ADDR`.
+fn agent_addrs(text: &str) -> Result<(SocketAddr, SocketAddr), String> {
+    let (grpc, http) = text
+        .split_once(',')
+        .ok_or_else(|| format!("{text:?}: expected GRPC_ADDR,HTTP_ADDR"))?;
+    let parse = |a: &str| {
+        a.trim()
+            .parse::<SocketAddr>()
+            .map_err(|e| format!("{a:?}: {e}"))
+    };
+    Ok((parse(grpc)?, parse(http)?))
+}
+
+/// Writes each agent's config and returns the slots to supervise with their addresses.
 fn prepare_pool(
     pool: &InferencePool,
     models: &Path,
     binary: &Path,
     state: &Path,
-) -> anyhow::Result<Vec<(AgentSlot, SocketAddr)>> {
+) -> anyhow::Result<Vec<(AgentSlot, Endpoint)>> {
     let name = pool
         .metadata
         .name
@@ -189,27 +202,16 @@ fn prepare_pool(
         let id = format!("{name}-{i}");
         slots.push((
             AgentSlot {
-                id,
+                id: id.clone(),
                 binary: binary.to_owned(),
                 config: path,
                 embedding,
                 drain_grace_seconds: 30,
             },
-            grpc,
+            Endpoint { id, grpc, http },
         ));
     }
     Ok(slots)
-}
-
-/// The agents the slots will run, at their gRPC addresses.
-fn endpoints_of(slots: &[(AgentSlot, SocketAddr)]) -> Vec<Endpoint> {
-    slots
-        .iter()
-        .map(|(s, grpc)| Endpoint {
-            id: s.id.clone(),
-            addr: *grpc,
-        })
-        .collect()
 }
 
 /// The one pool and the agents named by `--agent`.
@@ -225,16 +227,19 @@ fn running_agents(
     };
     let name = pool.metadata.name.as_deref().unwrap_or("pool");
     anyhow::ensure!(
-        args.agents.iter().all(|a| a.ip().is_loopback()),
+        args.agents
+            .iter()
+            .all(|(grpc, http)| grpc.ip().is_loopback() && http.ip().is_loopback()),
         "--agent takes loopback addresses only"
     );
     let endpoints: Vec<Endpoint> = args
         .agents
         .iter()
         .enumerate()
-        .map(|(i, addr)| Endpoint {
+        .map(|(i, &(grpc, http))| Endpoint {
             id: format!("{name}-{i}"),
-            addr: *addr,
+            grpc,
+            http,
         })
         .collect();
     Ok((pool.clone(), endpoints))

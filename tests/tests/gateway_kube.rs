@@ -16,13 +16,15 @@ use inferpool_operator::gateway::discovery::Discovery as _;
 use inferpool_operator::gateway::{discovery, front};
 use serde_json::json;
 
-fn slice(ns: &str, ip: &str, port: u16, ready: bool) -> String {
+/// The agent Service's slice: `agent`'s ports at `ip`.
+fn slice(ns: &str, ip: &str, agent: &AgentProcess, ready: bool) -> String {
     json!({
         "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
         "metadata": {"name": "kpool-agent-test", "namespace": ns,
             "labels": {"kubernetes.io/service-name": "kpool-agent"}},
         "addressType": "IPv4",
-        "ports": [{"name": "grpc", "port": port, "protocol": "TCP"}],
+        "ports": [{"name": "grpc", "port": agent.grpc.port(), "protocol": "TCP"},
+            {"name": "http", "port": agent.http.port(), "protocol": "TCP"}],
         "endpoints": [{"addresses": [ip], "conditions": {"ready": ready},
             "targetRef": {"kind": "Pod", "name": "kpool-agent-0", "namespace": ns}}],
     })
@@ -44,10 +46,7 @@ async fn the_gateway_follows_a_pools_endpoint_slices_to_a_real_agent() -> anyhow
     );
     cluster.kubectl_stdin(&["apply", "-f", "-"], &pool)?;
     let ip = netns.inner.to_string();
-    cluster.kubectl_stdin(
-        &["apply", "-f", "-"],
-        &slice(ns.name(), &ip, agent.grpc.port(), true),
-    )?;
+    cluster.kubectl_stdin(&["apply", "-f", "-"], &slice(ns.name(), &ip, &agent, true))?;
 
     let gateway = front::Gateway::new();
     let client = cluster.client().await?;
@@ -73,12 +72,19 @@ async fn the_gateway_follows_a_pools_endpoint_slices_to_a_real_agent() -> anyhow
     .await?;
 
     dashboard_queries_what_is_exposed(addr, &agent)?;
+    // Whole answers came from the agent's own HTTP API (found at the slice's `http` port),
+    // not over gRPC.
+    let agent_text = agent.metrics()?;
+    let answered_on = |endpoint: &str| {
+        let key =
+            format!("inferpool_agent_requests_total{{endpoint=\"{endpoint}\",outcome=\"ok\"}}");
+        metric(&agent_text, &key).unwrap_or(0.0)
+    };
+    assert!(answered_on("chat") >= 1.0, "{agent_text}");
+    assert_eq!(answered_on("grpc_generate"), 0.0, "{agent_text}");
 
     // The endpoint turns not-ready: the gateway stops sending to it.
-    cluster.kubectl_stdin(
-        &["apply", "-f", "-"],
-        &slice(ns.name(), &ip, agent.grpc.port(), false),
-    )?;
+    cluster.kubectl_stdin(&["apply", "-f", "-"], &slice(ns.name(), &ip, &agent, false))?;
     wait_until(Duration::from_secs(30), || async {
         (status() == 503).then_some(())
     })

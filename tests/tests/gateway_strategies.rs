@@ -19,7 +19,10 @@ async fn gateway(strategy: &str, agents: &[&AgentProcess]) -> anyhow::Result<Loc
          spec:\n  model:\n    source: bundled\n    servedName: {MODEL}\n  replicas: 2\n  \
          routing:\n    strategy: {strategy}\n"
     );
-    let addrs: Vec<String> = agents.iter().map(|a| a.grpc.to_string()).collect();
+    let addrs: Vec<String> = agents
+        .iter()
+        .map(|a| format!("{},{}", a.grpc, a.http))
+        .collect();
     let mut args = vec!["--queue-wait-seconds", "120"];
     for addr in &addrs {
         args.extend(["--agent", addr.as_str()]);

@@ -81,11 +81,20 @@ pub fn priority(headers: &HeaderMap) -> Result<Priority, ServeError> {
         .ok_or_else(|| ServeError::Json(format!("{PRIORITY_HEADER}: unknown priority {text:?}")))
 }
 
+/// Logs the caller's W3C trace context (the gateway passes its client's on), as `Generate`
+/// does.
+fn log_trace(headers: &HeaderMap, endpoint: &str) {
+    if let Some(traceparent) = headers.get("traceparent").and_then(|v| v.to_str().ok()) {
+        tracing::debug!(traceparent, endpoint, "request");
+    }
+}
+
 async fn chat(
     State(agent): State<Arc<Agent>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    log_trace(&headers, "chat");
     let mut recorder = Recorder::start(agent.clone(), "chat");
     let started = async {
         let req = ValidChatRequest::try_from(parse::<ChatCompletionRequest>(body)?)?;
@@ -106,6 +115,7 @@ async fn completions(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    log_trace(&headers, "completion");
     let mut recorder = Recorder::start(agent.clone(), "completion");
     let started = async {
         let req = ValidCompletionRequest::try_from(parse::<CompletionRequest>(body)?)?;

@@ -114,8 +114,12 @@ fn start_agent(args: &Args) -> anyhow::Result<(Process, SocketAddr, SocketAddr)>
     Ok((process, http, grpc))
 }
 
-/// The inferpool gateway over the agents at `grpc`, round robin like nginx.
-fn start_gateway(args: &Args, grpc: &[SocketAddr]) -> anyhow::Result<(Process, SocketAddr)> {
+/// The inferpool gateway over the agents at `agents` (gRPC and HTTP addresses), round
+/// robin like nginx.
+fn start_gateway(
+    args: &Args,
+    agents: &[(SocketAddr, SocketAddr)],
+) -> anyhow::Result<(Process, SocketAddr)> {
     let dir = ScratchDir::new("bench-gw")?;
     let manifest = format!(
         "apiVersion: inferpool.dev/v1alpha1\nkind: InferencePool\nmetadata:\n  name: bench\n\
@@ -129,8 +133,8 @@ fn start_gateway(args: &Args, grpc: &[SocketAddr]) -> anyhow::Result<(Process, S
     command
         .args(["local", "--addr", &addr.to_string(), "-f"])
         .arg(&file);
-    for a in grpc {
-        command.args(["--agent", &a.to_string()]);
+    for (grpc, http) in agents {
+        command.args(["--agent", &format!("{grpc},{http}")]);
     }
     let child = command
         .env("RUST_LOG", "warn")
@@ -436,7 +440,7 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let (a0, http0, grpc0) = start_agent(&args)?;
     let (a1, http1, grpc1) = start_agent(&args)?;
-    let (gateway, gateway_addr) = start_gateway(&args, &[grpc0, grpc1])?;
+    let (gateway, gateway_addr) = start_gateway(&args, &[(grpc0, http0), (grpc1, http1)])?;
     let (nginx, nginx_addr) = start_nginx(&args.nginx, &[http0, http1])?;
     let agents = [a0.child.id(), a1.child.id()];
     let paths = [

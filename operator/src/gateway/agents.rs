@@ -104,7 +104,7 @@ impl Pool {
             return;
         };
         links.retain(|id, link| {
-            let keep = endpoints.iter().any(|e| &e.id == id && e.addr == link.addr);
+            let keep = endpoints.iter().any(|e| &e.id == id && e.grpc == link.addr);
             if !keep {
                 link.watch.abort();
             }
@@ -114,7 +114,7 @@ impl Pool {
             if links.contains_key(&e.id) {
                 continue;
             }
-            let Ok(endpoint) = Channel::from_shared(format!("http://{}", e.addr)) else {
+            let Ok(endpoint) = Channel::from_shared(format!("http://{}", e.grpc)) else {
                 continue;
             };
             let channel = endpoint
@@ -122,7 +122,7 @@ impl Pool {
                 .connect_lazy();
             let watch = tokio::spawn(watch_load(self.clone(), e.id.clone(), channel));
             let link = AgentLink {
-                addr: e.addr,
+                addr: e.grpc,
                 watch,
             };
             links.insert(e.id.clone(), link);

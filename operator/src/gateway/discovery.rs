@@ -1,7 +1,7 @@
 //! Discovery: where the gateway learns its pools and their agents, behind one trait with
 //! two sources. Kubernetes: each InferencePool is a route (its served model name, its
 //! routing settings) and its agents are the ready addresses of the EndpointSlices of its
-//! agent Service, at the `grpc` port; two watches feed one recomputation, and the
+//! agent Service, at the `grpc` and `http` ports; two watches feed one recomputation, and the
 //! translation from objects to endpoints is plain code tested with plain objects. Static:
 //! pools with fixed agent addresses (local mode).
 
@@ -24,12 +24,10 @@ use super::pick::{picker, strategy_name};
 use super::pool::{Endpoint, PoolSettings, PoolView};
 use super::retry::RetryBudget;
 use crate::api::{InferencePool, RoutingSpec};
-use crate::controller::names::{agent_name, served_name};
+use crate::controller::names::{GRPC_PORT_NAME, HTTP_PORT_NAME, agent_name, served_name};
 
 /// The label EndpointSlices carry with their Service's name.
 const SERVICE_LABEL: &str = "kubernetes.io/service-name";
-/// The agents' gRPC port name.
-const GRPC_PORT_NAME: &str = "grpc";
 /// A load report older than this makes an agent unhealthy.
 const STALE_AFTER: Duration = Duration::from_secs(2);
 
@@ -46,15 +44,22 @@ pub fn endpoints_of(slices: &[EndpointSlice], namespace: &str, service: &str) ->
     out
 }
 
-fn slice_endpoints(slice: &EndpointSlice) -> Vec<Endpoint> {
-    let port = slice
+/// The slice's port named `name`.
+fn port_named(slice: &EndpointSlice, name: &str) -> Option<u16> {
+    slice
         .ports
         .iter()
         .flatten()
-        .find(|p| p.name.as_deref() == Some(GRPC_PORT_NAME))
+        .find(|p| p.name.as_deref() == Some(name))
         .and_then(|p| p.port)
-        .and_then(|p| u16::try_from(p).ok());
-    let Some(port) = port else { return Vec::new() };
+        .and_then(|p| u16::try_from(p).ok())
+}
+
+fn slice_endpoints(slice: &EndpointSlice) -> Vec<Endpoint> {
+    let ports = port_named(slice, GRPC_PORT_NAME).zip(port_named(slice, HTTP_PORT_NAME));
+    let Some((grpc, http)) = ports else {
+        return Vec::new();
+    };
     slice
         .endpoints
         .iter()
@@ -73,7 +78,8 @@ fn slice_endpoints(slice: &EndpointSlice) -> Vec<Endpoint> {
                 let id = name.clone().unwrap_or_else(|| a.clone());
                 Some(Endpoint {
                     id,
-                    addr: SocketAddr::new(ip, port),
+                    grpc: SocketAddr::new(ip, grpc),
+                    http: SocketAddr::new(ip, http),
                 })
             })
         })
@@ -281,7 +287,7 @@ mod tests {
     }
 
     #[test]
-    fn ready_addresses_of_the_pools_service_at_the_grpc_port() {
+    fn ready_addresses_of_the_pools_service_at_its_grpc_and_http_ports() {
         let slices = [
             slice(
                 "ns",
@@ -308,13 +314,25 @@ mod tests {
         let want = [
             Endpoint {
                 id: "10.0.0.4".into(),
-                addr: "10.0.0.4:50051".parse().unwrap(),
+                grpc: "10.0.0.4:50051".parse().unwrap(),
+                http: "10.0.0.4:8080".parse().unwrap(),
             },
             Endpoint {
                 id: "p-agent-a".into(),
-                addr: "10.0.0.1:50051".parse().unwrap(),
+                grpc: "10.0.0.1:50051".parse().unwrap(),
+                http: "10.0.0.1:8080".parse().unwrap(),
             },
         ];
         assert_eq!(got, want);
+        // A Service without both agent ports names no agents (none could be used whole).
+        let mut grpc_only = slice(
+            "ns",
+            "p-agent",
+            serde_json::json!([{"addresses": ["10.0.0.5"]}]),
+        );
+        grpc_only.ports = Some(vec![
+            serde_json::from_value(serde_json::json!({"name": "grpc", "port": 50051})).unwrap(),
+        ]);
+        assert_eq!(endpoints_of(&[grpc_only], "ns", "p-agent"), []);
     }
 }

@@ -17,12 +17,11 @@ use inferpool_protocol::openai::{
     ValidEmbeddingRequest, Vector,
 };
 
+use super::checks::{ApiError, parse, priority, traceparent};
 use super::forward::{
     Attempt, ForwardError, Tried, classify, connection_to, priority_rank, try_agents,
 };
-use super::front::{
-    ApiError, Gateway, PoolRoute, parse, priority, refused_before_routing, traceparent,
-};
+use super::front::{Gateway, PoolRoute, refused_before_routing};
 use super::pick::RequestKey;
 use super::pool::Outcome;
 
@@ -82,7 +81,7 @@ async fn answer(routed: Routed) -> Response {
     let pool = &route.pool;
     let tried = tokio::time::timeout(
         route.timeout,
-        try_agents(pool, &route.budget, route.forward, rank, &key, |id| {
+        try_agents(pool, &route.budget, route.forward, rank, &key, |id, _| {
             embed_on(pool, id, &request)
         }),
     )

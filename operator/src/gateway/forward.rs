@@ -96,7 +96,7 @@ pub async fn forward(
     key: &RequestKey<'_>,
 ) -> Result<Forwarded, ForwardError> {
     let rank = priority_rank(request.priority());
-    try_agents(pool, budget, settings, rank, key, |id| {
+    try_agents(pool, budget, settings, rank, key, |id, _| {
         attempt(pool, id, request)
     })
     .await
@@ -113,7 +113,8 @@ pub struct Tried<T> {
     pub queue_wait: Duration,
 }
 
-/// Calls `attempt` on agents picked for `key` until one succeeds, retrying on another
+/// Calls `attempt` (with the agent's id and HTTP address) on agents picked for `key` until
+/// one succeeds, retrying on another
 /// agent while the budget allows, waiting for a free agent until the queue deadline.
 pub async fn try_agents<T, F, Fut>(
     pool: &Pool,
@@ -124,7 +125,7 @@ pub async fn try_agents<T, F, Fut>(
     mut attempt: F,
 ) -> Result<Tried<T>, ForwardError>
 where
-    F: FnMut(String) -> Fut,
+    F: FnMut(String, std::net::SocketAddr) -> Fut,
     Fut: Future<Output = Result<T, Attempt>>,
 {
     budget.deposit();
@@ -136,12 +137,12 @@ where
         let waited = Instant::now();
         let chosen = wait_for_agent(pool, key, rank, &failed, deadline).await;
         queue_wait += waited.elapsed();
-        let (id, _) = match chosen {
+        let (id, http) = match chosen {
             Ok(chosen) => chosen,
             Err(e) if failed.is_empty() => return Err(e),
             Err(_) => return Err(last_error),
         };
-        match attempt(id.clone()).await {
+        match attempt(id.clone(), http).await {
             Ok(value) => {
                 let retries = u32::try_from(failed.len()).unwrap_or(u32::MAX);
                 return Ok(Tried {
@@ -310,7 +311,8 @@ mod tests {
         );
         let endpoint = Endpoint {
             id: "a0".into(),
-            addr: std::net::SocketAddr::from(([127, 0, 0, 1], 9)),
+            grpc: std::net::SocketAddr::from(([127, 0, 0, 1], 9)),
+            http: std::net::SocketAddr::from(([127, 0, 0, 1], 9)),
         };
         pool.with_view(|v| {
             v.set_endpoints(&[endpoint]);

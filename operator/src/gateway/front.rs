@@ -1,6 +1,7 @@
 //! The gateway's OpenAI front door (axum): `model` selects the pool; requests are checked
-//! here (malformed ones never reach an agent), forwarded over gRPC, and answered in the
-//! same shape as the agents' own API, streaming token by token.
+//! here (malformed ones never reach an agent), then streamed ones are forwarded over gRPC
+//! and answered in the same shape as the agents' own API, token by token, and whole ones
+//! are passed to the agent's own API and its answer back (see `unary`).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -11,29 +12,30 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use inferpool_protocol::agent as pb;
 use inferpool_protocol::openai::{
-    ChatCompletionRequest, CompletionRequest, ErrorBody, Kind, Message, ModelList, ResponseShape,
-    ValidChatRequest, ValidCompletionRequest, ValidSampling,
+    ChatCompletionRequest, CompletionRequest, Kind, ModelList, ResponseShape, ValidChatRequest,
+    ValidCompletionRequest, ValidSampling,
 };
 use serde::de::DeserializeOwned;
 
 use super::agents::Pool;
+use super::checks::{
+    ApiError, PREFIX_BYTES, bytes_of, chat_prefix, parse_json, prefix_of, priority, session,
+    traceparent,
+};
 use super::forward::{ForwardError, ForwardSettings, Forwarded, forward};
 use super::metrics::{GatewayMetrics, PoolMetrics};
 use super::pick::RequestKey;
 use super::relay::{Relay, relay};
 use super::retry::RetryBudget;
+use super::unary::{Whole, answer_whole};
 
 /// Largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
-/// The priority header, passed on to the agent.
-pub const PRIORITY_HEADER: &str = "x-inferpool-priority";
-/// How much of the prompt keys prefix affinity.
-const PREFIX_BYTES: usize = 256;
 
 /// One pool behind the gateway.
 #[derive(Debug)]
@@ -134,96 +136,6 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .with_state(gateway)
 }
 
-/// An error answered in OpenAI's shape.
-#[derive(Debug)]
-pub struct ApiError {
-    status: u16,
-    kind: String,
-    message: String,
-}
-
-impl ApiError {
-    pub(super) fn new(status: u16, kind: &str, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            kind: kind.to_owned(),
-            message: message.into(),
-        }
-    }
-
-    pub(super) fn invalid(message: impl Into<String>) -> Self {
-        Self::new(400, "invalid_request_error", message)
-    }
-
-    /// The JSON body.
-    pub fn body(&self) -> ErrorBody {
-        ErrorBody::new(&self.kind, &self.message, None)
-    }
-}
-
-impl From<ForwardError> for ApiError {
-    fn from(e: ForwardError) -> Self {
-        Self::new(e.status(), e.error_type(), e.to_string())
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::BAD_GATEWAY);
-        let mut response = (status, axum::Json(self.body())).into_response();
-        if self.status == 429 {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-        }
-        response
-    }
-}
-
-pub(super) fn parse<T: DeserializeOwned>(
-    body: Result<Bytes, BytesRejection>,
-) -> Result<T, ApiError> {
-    let bytes = body.map_err(|r| {
-        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(413, "request_too_large", r.body_text())
-        } else {
-            ApiError::invalid(r.body_text())
-        }
-    })?;
-    serde_json::from_slice(&bytes).map_err(|e| ApiError::invalid(format!("invalid JSON body: {e}")))
-}
-
-pub(super) fn priority(headers: &HeaderMap) -> Result<pb::Priority, ApiError> {
-    let Some(value) = headers.get(PRIORITY_HEADER) else {
-        return Ok(pb::Priority::Normal);
-    };
-    match value
-        .to_str()
-        .unwrap_or_default()
-        .to_ascii_lowercase()
-        .as_str()
-    {
-        "critical" => Ok(pb::Priority::Critical),
-        "high" => Ok(pb::Priority::High),
-        "normal" => Ok(pb::Priority::Normal),
-        "low" => Ok(pb::Priority::Low),
-        other => Err(ApiError::invalid(format!(
-            "{PRIORITY_HEADER}: unknown priority {other:?}"
-        ))),
-    }
-}
-
-/// The caller's W3C trace context, passed on to the agent (empty when absent or not a
-/// plausible `traceparent`).
-pub(super) fn traceparent(headers: &HeaderMap) -> String {
-    headers
-        .get("traceparent")
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| v.len() == 55 && v.split('-').count() == 4)
-        .unwrap_or_default()
-        .to_owned()
-}
-
 fn sampling(s: &ValidSampling) -> pb::SamplingParams {
     pb::SamplingParams {
         temperature: Some(s.temperature),
@@ -254,27 +166,37 @@ fn shape(kind: Kind, gateway: &Gateway, model: &str) -> ResponseShape {
     }
 }
 
-/// The first `bytes` of `text` at most, cut on a character boundary.
-fn prefix_of(text: &str, bytes: usize) -> &str {
-    let mut end = text.len().min(bytes);
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    &text[..end]
+/// A checked request: what the gateway forwards, and where.
+struct Checked<R> {
+    req: R,
+    route: Arc<PoolRoute>,
+    body: Bytes,
+    priority: pb::Priority,
 }
 
-/// The start of a conversation's text (its messages' contents, joined), as much as keys
-/// prefix affinity.
-fn chat_prefix(messages: &[Message]) -> String {
-    let mut prefix = String::with_capacity(PREFIX_BYTES);
-    for m in messages {
-        let cut = prefix_of(&m.content, PREFIX_BYTES - prefix.len());
-        prefix.push_str(cut);
-        if cut.len() < m.content.len() {
-            break;
-        }
-    }
-    prefix
+/// Parses and checks a request of type `R` (from its raw form `Raw`) and finds its pool.
+fn check<Raw, R>(
+    gateway: &Gateway,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+    model: impl FnOnce(&R) -> &str,
+) -> Result<Checked<R>, ApiError>
+where
+    Raw: DeserializeOwned,
+    R: TryFrom<Raw>,
+    R::Error: std::fmt::Display,
+{
+    let body = bytes_of(body)?;
+    let req =
+        R::try_from(parse_json::<Raw>(&body)?).map_err(|e| ApiError::invalid(e.to_string()))?;
+    let route = route_for(gateway, model(&req))?;
+    let priority = priority(headers)?;
+    Ok(Checked {
+        req,
+        route,
+        body,
+        priority,
+    })
 }
 
 async fn chat(
@@ -282,40 +204,38 @@ async fn chat(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let checked = async {
-        let mut req = ValidChatRequest::try_from(parse::<ChatCompletionRequest>(body)?)
-            .map_err(|e| ApiError::invalid(e.to_string()))?;
-        let route = route_for(&gateway, &req.model)?;
-        let prefix = chat_prefix(&req.messages);
-        // The messages move into the agent's request: the gateway needs only the prefix.
-        let messages = std::mem::take(&mut req.messages)
-            .into_iter()
-            .map(|m| pb::ChatMessage {
-                role: m.role,
-                content: m.content,
-            })
-            .collect();
-        let request = pb::GenerateRequest {
-            model: req.model.clone(),
-            prompt: Some(pb::generate_request::Prompt::Chat(pb::ChatMessages {
-                messages,
-            })),
-            sampling: Some(sampling(&req.sampling)),
-            priority: priority(&headers)?.into(),
-            traceparent: traceparent(&headers),
-            ..pb::GenerateRequest::default()
-        };
-        Ok::<_, ApiError>((req, route, request, prefix))
-    };
-    let (req, route, request, prefix) = match checked.await {
-        Ok(parts) => parts,
+    let checked =
+        check::<ChatCompletionRequest, ValidChatRequest>(&gateway, &headers, body, |r| &r.model);
+    let Checked {
+        mut req,
+        route,
+        body,
+        priority,
+    } = match checked {
+        Ok(checked) => checked,
         Err(e) => return refused_before_routing(&gateway, e),
     };
+    let prefix = chat_prefix(&req.messages);
     let session = session(&headers, &route, req.user.as_deref());
     let key = RequestKey {
         prefix: &prefix,
         session: session.as_deref(),
     };
+    let trace = traceparent(&headers);
+    if !req.sampling.stream {
+        let whole = Whole::new("/v1/chat/completions", &body, priority, &trace);
+        return answer_whole(&route, whole, &key).await;
+    }
+    // The messages move into the agent's request: the gateway needs only the prefix.
+    let messages = std::mem::take(&mut req.messages)
+        .into_iter()
+        .map(|m| pb::ChatMessage {
+            role: m.role,
+            content: m.content,
+        })
+        .collect();
+    let prompt = pb::generate_request::Prompt::Chat(pb::ChatMessages { messages });
+    let request = generate_request(&req.model, prompt, &req.sampling, priority, trace);
     let shape = shape(Kind::Chat, &gateway, &req.model);
     answer(&route, &request, &key, Relay::new(shape, &req.sampling)).await
 }
@@ -325,27 +245,23 @@ async fn completions(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let checked = async {
-        let req = ValidCompletionRequest::try_from(parse::<CompletionRequest>(body)?)
-            .map_err(|e| ApiError::invalid(e.to_string()))?;
-        if req.echo {
-            return Err(ApiError::invalid(
-                "echo is not supported through the gateway",
-            ));
-        }
-        let route = route_for(&gateway, &req.model)?;
-        let request = pb::GenerateRequest {
-            model: req.model.clone(),
-            prompt: Some(pb::generate_request::Prompt::Text(req.prompt.clone())),
-            sampling: Some(sampling(&req.sampling)),
-            priority: priority(&headers)?.into(),
-            traceparent: traceparent(&headers),
-            ..pb::GenerateRequest::default()
-        };
-        Ok::<_, ApiError>((req, route, request))
-    };
-    let (req, route, request) = match checked.await {
-        Ok(parts) => parts,
+    let checked =
+        check::<CompletionRequest, ValidCompletionRequest>(&gateway, &headers, body, |r| &r.model)
+            .and_then(|c| {
+                if c.req.echo {
+                    return Err(ApiError::invalid(
+                        "echo is not supported through the gateway",
+                    ));
+                }
+                Ok(c)
+            });
+    let Checked {
+        req,
+        route,
+        body,
+        priority,
+    } = match checked {
+        Ok(checked) => checked,
         Err(e) => return refused_before_routing(&gateway, e),
     };
     let session = session(&headers, &route, req.user.as_deref());
@@ -353,8 +269,32 @@ async fn completions(
         prefix: prefix_of(&req.prompt, PREFIX_BYTES),
         session: session.as_deref(),
     };
+    let trace = traceparent(&headers);
+    if !req.sampling.stream {
+        let whole = Whole::new("/v1/completions", &body, priority, &trace);
+        return answer_whole(&route, whole, &key).await;
+    }
+    let prompt = pb::generate_request::Prompt::Text(req.prompt.clone());
+    let request = generate_request(&req.model, prompt, &req.sampling, priority, trace);
     let shape = shape(Kind::Completion, &gateway, &req.model);
     answer(&route, &request, &key, Relay::new(shape, &req.sampling)).await
+}
+
+fn generate_request(
+    model: &str,
+    prompt: pb::generate_request::Prompt,
+    s: &ValidSampling,
+    priority: pb::Priority,
+    traceparent: String,
+) -> pb::GenerateRequest {
+    pb::GenerateRequest {
+        model: model.to_owned(),
+        prompt: Some(prompt),
+        sampling: Some(sampling(s)),
+        priority: priority.into(),
+        traceparent,
+        ..pb::GenerateRequest::default()
+    }
 }
 
 fn route_for(gateway: &Gateway, model: &str) -> Result<Arc<PoolRoute>, ApiError> {
@@ -365,14 +305,6 @@ fn route_for(gateway: &Gateway, model: &str) -> Result<Arc<PoolRoute>, ApiError>
             format!("the model {model:?} does not exist"),
         )
     })
-}
-
-fn session(headers: &HeaderMap, route: &PoolRoute, user: Option<&str>) -> Option<String> {
-    headers
-        .get(route.session_header.as_str())
-        .and_then(|v| v.to_str().ok())
-        .or(user)
-        .map(str::to_owned)
 }
 
 /// Answers a request refused before it matched a pool (counted under pool `_none`, so
@@ -436,45 +368,4 @@ async fn metrics(State(gateway): State<Arc<Gateway>>) -> Response {
 
 async fn models(State(gateway): State<Arc<Gateway>>) -> Response {
     axum::Json(gateway.models()).into_response()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_plausible_traceparent_is_passed_on_and_junk_is_not() {
-        let mut headers = HeaderMap::new();
-        assert_eq!(traceparent(&headers), "");
-        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-        headers.insert("traceparent", HeaderValue::from_static(tp));
-        assert_eq!(traceparent(&headers), tp);
-        headers.insert("traceparent", HeaderValue::from_static("garbage"));
-        assert_eq!(traceparent(&headers), "");
-    }
-
-    #[test]
-    fn priorities_and_prefixes() {
-        let mut headers = HeaderMap::new();
-        assert_eq!(priority(&headers).ok(), Some(pb::Priority::Normal));
-        headers.insert(PRIORITY_HEADER, HeaderValue::from_static("Critical"));
-        assert_eq!(priority(&headers).ok(), Some(pb::Priority::Critical));
-        headers.insert(PRIORITY_HEADER, HeaderValue::from_static("urgent"));
-        assert!(priority(&headers).is_err());
-        let long = "é".repeat(200);
-        let cut = prefix_of(&long, PREFIX_BYTES);
-        assert!(cut.len() <= PREFIX_BYTES && long.starts_with(cut));
-        let message = |content: &str| Message {
-            role: "user".into(),
-            content: content.into(),
-        };
-        let joined = format!("{long}{long}");
-        let messages = [message(&long), message(&long)];
-        assert_eq!(chat_prefix(&messages), prefix_of(&joined, PREFIX_BYTES));
-        assert_eq!(chat_prefix(&[message("a"), message("b")]), "ab");
-        // A message cut inside a character ends the prefix there, as the joined text would.
-        let odd = format!("{}{}", "a".repeat(PREFIX_BYTES - 1), "é");
-        let cut = chat_prefix(&[message(&odd), message("b")]);
-        assert_eq!(cut, prefix_of(&format!("{odd}b"), PREFIX_BYTES));
-    }
 }

@@ -4,15 +4,18 @@
 
 pub mod agents;
 pub mod breaker;
+pub mod checks;
 pub mod connection;
 pub mod discovery;
 pub mod embed;
 pub mod forward;
 pub mod front;
+pub mod http1;
 pub mod metrics;
 pub mod pick;
 pub mod pool;
 pub mod relay;
 pub mod retry;
 pub mod stream;
+pub mod unary;
 pub mod workers;

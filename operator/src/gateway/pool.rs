@@ -17,8 +17,10 @@ use super::pick::{Candidate, Pick, Reported, RequestKey};
 pub struct Endpoint {
     /// Stable id (pod name, or `local-N`).
     pub id: String,
-    /// Its gRPC address.
-    pub addr: SocketAddr,
+    /// Its gRPC address (load reports, streamed requests).
+    pub grpc: SocketAddr,
+    /// Its HTTP address (whole answers, see `unary`).
+    pub http: SocketAddr,
 }
 
 /// How a request to an agent ended, as the breaker sees it.
@@ -43,7 +45,7 @@ pub struct PoolSettings {
 
 #[derive(Debug)]
 struct AgentEntry {
-    addr: SocketAddr,
+    http: SocketAddr,
     in_flight: u32,
     reported: Reported,
     reported_at: Option<Instant>,
@@ -90,14 +92,14 @@ impl PoolView {
                 .agents
                 .entry(e.id.clone())
                 .or_insert_with(|| AgentEntry {
-                    addr: e.addr,
+                    http: e.http,
                     in_flight: 0,
                     reported: Reported::default(),
                     reported_at: None,
                     draining: false,
                     breaker: Breaker::new(settings.failure_threshold, settings.cooldown),
                 });
-            entry.addr = e.addr;
+            entry.http = e.http;
         }
     }
 
@@ -134,7 +136,7 @@ impl PoolView {
     }
 
     /// Picks an agent for `key`, not one of `exclude` (agents this request already
-    /// failed on), and counts the request in flight there.
+    /// failed on), and counts the request in flight there: its id and HTTP address.
     pub fn choose(
         &mut self,
         key: &RequestKey<'_>,
@@ -170,7 +172,7 @@ impl PoolView {
             return Err(NoAgent::NoneHealthy);
         }
         agent.in_flight += 1;
-        Ok((id, agent.addr))
+        Ok((id, agent.http))
     }
 
     /// A request chosen on `id` ended.
@@ -223,7 +225,8 @@ mod tests {
         (0..n)
             .map(|i| Endpoint {
                 id: format!("a{i}"),
-                addr: SocketAddr::from(([127, 0, 0, 1], 9000 + i)),
+                grpc: SocketAddr::from(([127, 0, 0, 1], 9000 + i)),
+                http: SocketAddr::from(([127, 0, 0, 1], 8000 + i)),
             })
             .collect()
     }

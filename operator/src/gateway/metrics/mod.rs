@@ -167,7 +167,7 @@ impl Default for GatewayMetrics {
         );
         r.register(
             "time_to_first_token_seconds",
-            "Time to first token",
+            "Time to first token of streamed requests (a whole answer's first token is not seen)",
             m.ttft.clone(),
         );
         r.register(
@@ -193,7 +193,7 @@ impl Default for GatewayMetrics {
         );
         r.register(
             "agent_time_to_first_token_seconds",
-            "Time to first token, by the agent that answered",
+            "Time to first token of streamed requests, by the agent that answered",
             m.agent_ttft.clone(),
         );
         r.register(

@@ -1,0 +1,272 @@
+//! Whole (not streamed) completions: the client's checked request goes, as the client sent
+//! it, to the agent's own OpenAI API over HTTP/1.1 (see `http1`), and the agent's answer
+//! comes back as the agent gave it. A streamed answer needs the gateway to see each token
+//! (to commit on the first one, and to end a broken stream with an error event), so streams
+//! use gRPC; a whole answer needs nothing of the kind, and the agent serves HTTP/1.1 for
+//! less than gRPC. Retries, queueing and the breaker are the same as for streams.
+
+use std::sync::Arc;
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse as _, Response};
+use bytes::Bytes;
+use inferpool_protocol::agent::Priority;
+use inferpool_protocol::openai::ErrorBody;
+
+use super::agents::Pool;
+use super::checks::{ApiError, PRIORITY_HEADER};
+use super::forward::{Attempt, ForwardError, ForwardSettings, Tried, try_agents};
+use super::front::PoolRoute;
+use super::http1::{self, Answer, Post};
+use super::pick::RequestKey;
+use super::pool::Outcome;
+use super::retry::RetryBudget;
+
+/// A whole-answer request as the client sent it, checked.
+#[derive(Debug, Clone, Copy)]
+pub struct Whole<'a> {
+    path: &'a str,
+    body: &'a Bytes,
+    priority: Priority,
+    traceparent: &'a str,
+}
+
+impl<'a> Whole<'a> {
+    /// The request at the agent's `path` with the client's `body`, its priority and its
+    /// trace context (empty when none).
+    pub fn new(path: &'a str, body: &'a Bytes, priority: Priority, traceparent: &'a str) -> Self {
+        Self {
+            path,
+            body,
+            priority,
+            traceparent,
+        }
+    }
+}
+
+/// Answers `whole` from the pool of `route`: the answer of the agent that took it, or the
+/// gateway's error.
+pub async fn answer_whole(route: &PoolRoute, whole: Whole<'_>, key: &RequestKey<'_>) -> Response {
+    let mut record = route.metrics.start();
+    let priority = [(PRIORITY_HEADER, priority_name(whole.priority))];
+    let with_trace = [priority[0], ("traceparent", whole.traceparent)];
+    let request = UnaryRequest {
+        path: whole.path,
+        headers: if whole.traceparent.is_empty() {
+            &priority
+        } else {
+            &with_trace
+        },
+        body: whole.body,
+        rank: super::forward::priority_rank(whole.priority),
+    };
+    let deadline = tokio::time::Instant::now() + route.timeout;
+    let sent = forward_unary(&route.pool, &route.budget, route.forward, request, key);
+    let answered = tokio::time::timeout_at(deadline, sent)
+        .await
+        .unwrap_or(Err(ForwardError::Timeout));
+    match answered {
+        Ok(Tried {
+            value,
+            retries,
+            queue_wait,
+        }) => {
+            record.forwarded(&value.agent, retries, queue_wait);
+            record.outcome(&outcome_of(&value.answer));
+            passed_on(value.answer)
+        }
+        Err(e) => {
+            record.outcome(e.error_type());
+            ApiError::from(e).into_response()
+        }
+    }
+}
+
+fn priority_name(priority: Priority) -> &'static str {
+    match priority {
+        Priority::Critical => "critical",
+        Priority::High => "high",
+        Priority::Unspecified | Priority::Normal => "normal",
+        Priority::Low => "low",
+    }
+}
+
+/// The outcome an answer is counted under: `ok`, or the agent's error type.
+fn outcome_of(answer: &Answer) -> String {
+    if (200..300).contains(&answer.status) {
+        return "ok".to_owned();
+    }
+    error_of(&answer.body).map_or_else(|| "upstream_error".to_owned(), |(kind, _)| kind)
+}
+
+/// The agent's answer as the client's.
+fn passed_on(answer: Answer) -> Response {
+    let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::BAD_GATEWAY);
+    let content_type = answer
+        .content_type
+        .and_then(|t| HeaderValue::from_str(&t).ok())
+        .unwrap_or(HeaderValue::from_static("application/json"));
+    (status, [(header::CONTENT_TYPE, content_type)], answer.body).into_response()
+}
+
+/// A checked request on its way to an agent.
+#[derive(Debug, Clone, Copy)]
+pub struct UnaryRequest<'a> {
+    /// The agent's path for it.
+    pub path: &'a str,
+    /// Headers passed on (priority, trace context).
+    pub headers: &'a [(&'a str, &'a str)],
+    /// The client's body.
+    pub body: &'a Bytes,
+    /// Its priority rank (0 = critical .. 3 = low).
+    pub rank: usize,
+}
+
+/// The agent that answered, and its answer.
+#[derive(Debug)]
+pub struct Answered {
+    /// The agent.
+    pub agent: String,
+    /// Its answer: a success, or its verdict on the request (a 4xx other than 429).
+    pub answer: Answer,
+}
+
+/// Sends `request` to the pool's agents until one answers it (or refuses the request
+/// itself).
+pub async fn forward_unary(
+    pool: &Arc<Pool>,
+    budget: &RetryBudget,
+    settings: ForwardSettings,
+    request: UnaryRequest<'_>,
+    key: &RequestKey<'_>,
+) -> Result<Tried<Answered>, ForwardError> {
+    try_agents(pool, budget, settings, request.rank, key, |id, http| {
+        attempt(pool, id, http, request)
+    })
+    .await
+}
+
+/// Ends the request's count on its agent when dropped (also when the request is dropped
+/// at its deadline, which counts as the agent's failure).
+struct InFlight<'a> {
+    pool: &'a Pool,
+    agent: &'a str,
+    outcome: Outcome,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.pool.finished(self.agent, self.outcome);
+    }
+}
+
+async fn attempt(
+    pool: &Pool,
+    id: String,
+    http: std::net::SocketAddr,
+    request: UnaryRequest<'_>,
+) -> Result<Answered, Attempt> {
+    let mut in_flight = InFlight {
+        pool,
+        agent: &id,
+        outcome: Outcome::Failure,
+    };
+    let post = Post {
+        path: request.path,
+        headers: request.headers,
+        body: request.body,
+    };
+    let answer = match http1::post(http, post).await {
+        Ok(answer) => answer,
+        Err(e) => {
+            tracing::debug!(agent = id, error = %e, "no answer");
+            return Err(Attempt::Retryable(ForwardError::Unavailable));
+        }
+    };
+    let verdict = classify(&answer);
+    if !matches!(verdict, Verdict::AgentFailed) {
+        in_flight.outcome = Outcome::Success;
+    }
+    drop(in_flight);
+    match verdict {
+        Verdict::Answer => Ok(Answered { agent: id, answer }),
+        Verdict::Busy(e) => Err(Attempt::Retryable(e)),
+        Verdict::AgentFailed => Err(Attempt::Retryable(ForwardError::Unavailable)),
+    }
+}
+
+/// What an answer means for the request.
+#[derive(Debug, PartialEq, Eq)]
+enum Verdict {
+    /// Passed on to the client: a success, or the agent's verdict on the request.
+    Answer,
+    /// The agent is healthy but cannot take it now (full queue, draining): another may.
+    Busy(ForwardError),
+    /// The agent failed: another may answer, and its breaker learns of it.
+    AgentFailed,
+}
+
+fn classify(answer: &Answer) -> Verdict {
+    match answer.status {
+        200..=299 => Verdict::Answer,
+        429 | 503 => match error_of(&answer.body) {
+            Some((kind, message)) => Verdict::Busy(ForwardError::Refused {
+                status: answer.status,
+                kind,
+                message,
+            }),
+            None => Verdict::AgentFailed,
+        },
+        400..=499 => Verdict::Answer,
+        _ => Verdict::AgentFailed,
+    }
+}
+
+/// The type and message of an error in OpenAI's shape, if it is one.
+pub fn error_of(body: &[u8]) -> Option<(String, String)> {
+    let error: ErrorBody = serde_json::from_slice(body).ok()?;
+    Some((error.error.kind, error.error.message))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(status: u16, body: &str) -> Answer {
+        Answer {
+            status,
+            content_type: Some("application/json".into()),
+            body: Bytes::copy_from_slice(body.as_bytes()),
+        }
+    }
+
+    fn error(kind: &str) -> String {
+        serde_json::to_string(&ErrorBody::new(kind, "m", None)).unwrap()
+    }
+
+    #[test]
+    fn answers_are_passed_on_busy_agents_retried_and_failures_counted() {
+        assert_eq!(classify(&answer(200, "{}")), Verdict::Answer);
+        assert_eq!(
+            classify(&answer(400, &error("invalid_request_error"))),
+            Verdict::Answer,
+            "the request's own fault: passed on, the agent is fine"
+        );
+        let busy = Verdict::Busy(ForwardError::Refused {
+            status: 429,
+            kind: "queue_full".into(),
+            message: "m".into(),
+        });
+        assert_eq!(classify(&answer(429, &error("queue_full"))), busy);
+        assert!(matches!(
+            classify(&answer(503, &error("draining"))),
+            Verdict::Busy(ForwardError::Refused { status: 503, .. })
+        ));
+        assert_eq!(classify(&answer(503, "<html>")), Verdict::AgentFailed);
+        assert_eq!(
+            classify(&answer(500, &error("internal"))),
+            Verdict::AgentFailed
+        );
+        assert_eq!(classify(&answer(502, "")), Verdict::AgentFailed);
+    }
+}
