@@ -230,7 +230,157 @@ pub fn error_of(body: &[u8]) -> Option<(String, String)> {
 
 #[cfg(test)]
 mod tests {
+    use std::net::SocketAddr;
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use tokio::net::TcpListener;
+
     use super::*;
+    use crate::gateway::pick::{Reported, RoundRobin};
+    use crate::gateway::pool::{Endpoint, PoolSettings, PoolView};
+
+    /// A loopback agent that answers every request with `status` and `body`, and counts
+    /// the requests it got.
+    async fn agent(
+        status: &'static str,
+        body: &'static str,
+    ) -> (SocketAddr, Arc<std::sync::atomic::AtomicU32>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let count = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let seen = count.clone();
+        let answer = format!(
+            "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let (answer, seen) = (answer.clone(), seen.clone());
+                tokio::spawn(async move {
+                    let mut buf = vec![0; 4096];
+                    while matches!(socket.read(&mut buf).await, Ok(n) if n > 0) {
+                        seen.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        if socket.write_all(answer.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (addr, count)
+    }
+
+    fn pool_of(agents: &[SocketAddr]) -> Arc<Pool> {
+        let settings = PoolSettings {
+            failure_threshold: 3,
+            cooldown: Duration::from_secs(5),
+            stale_after: Duration::from_secs(60),
+        };
+        let pool = Pool::new(
+            "m".into(),
+            PoolView::new(Box::new(RoundRobin::default()), settings),
+        );
+        let endpoints: Vec<Endpoint> = agents
+            .iter()
+            .enumerate()
+            .map(|(i, &http)| Endpoint {
+                id: format!("a{i}"),
+                grpc: http,
+                http,
+            })
+            .collect();
+        pool.with_view(|v| {
+            v.set_endpoints(&endpoints);
+            for e in &endpoints {
+                let reported = Reported {
+                    max_batch_size: 8,
+                    ..Reported::default()
+                };
+                v.report(&e.id, reported, false);
+            }
+        });
+        pool
+    }
+
+    const KEY: RequestKey<'static> = RequestKey {
+        prefix: "",
+        session: None,
+    };
+    const SETTINGS: ForwardSettings = ForwardSettings {
+        max_retries: 2,
+        queue_wait: Duration::from_secs(1),
+    };
+
+    #[tokio::test]
+    async fn a_busy_agent_is_passed_over_and_a_verdict_passed_on() {
+        let draining =
+            r#"{"error":{"message":"draining","type":"draining","param":null,"code":null}}"#;
+        let (busy, busy_count) = agent("503 Service Unavailable", draining).await;
+        let (fine, _) = agent("200 OK", r#"{"object":"chat.completion"}"#).await;
+        let pool = pool_of(&[busy, fine]);
+        let budget = RetryBudget::new(100);
+        let body = Bytes::from_static(b"{}");
+        let request = UnaryRequest {
+            path: "/v1/chat/completions",
+            headers: &[],
+            body: &body,
+            rank: 2,
+        };
+        let mut retries = 0;
+        // Round robin starts one of the two requests on the busy agent at least.
+        for _ in 0..2 {
+            let sent = forward_unary(&pool, &budget, SETTINGS, request, &KEY);
+            let tried = sent.await.unwrap();
+            assert_eq!(
+                (tried.value.agent.as_str(), tried.value.answer.status),
+                ("a1", 200)
+            );
+            retries += tried.retries;
+        }
+        // Each visit to the busy agent cost one retry, and there was one at least.
+        let visits = busy_count.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(visits >= 1);
+        assert_eq!(retries, visits);
+        // A draining agent is not a failing one: its breaker stays closed.
+        let healthy = pool.with_view(|v| v.healthy_ids()).unwrap();
+        assert_eq!(healthy, ["a0", "a1"]);
+
+        // The agent's verdict on the request itself is the answer: no retry.
+        let invalid = r#"{"error":{"message":"bad","type":"invalid_request_error","param":null,"code":null}}"#;
+        let (refusing, _) = agent("400 Bad Request", invalid).await;
+        let pool = pool_of(&[refusing]);
+        let sent = forward_unary(&pool, &budget, SETTINGS, request, &KEY);
+        let tried = sent.await.unwrap();
+        assert_eq!((tried.value.answer.status, tried.retries), (400, 0));
+        assert_eq!(outcome_of(&tried.value.answer), "invalid_request_error");
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_agent_fails_over_and_counts_against_its_breaker() {
+        let (fine, _) = agent("200 OK", "{}").await;
+        // Nothing listens there once the listener is gone.
+        let gone = TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let pool = pool_of(&[gone, fine]);
+        let budget = RetryBudget::new(100);
+        let body = Bytes::from_static(b"{}");
+        let request = UnaryRequest {
+            path: "/v1/completions",
+            headers: &[],
+            body: &body,
+            rank: 2,
+        };
+        for _ in 0..6 {
+            let sent = forward_unary(&pool, &budget, SETTINGS, request, &KEY);
+            assert_eq!(sent.await.unwrap().value.agent, "a1");
+        }
+        let healthy = pool.with_view(|v| v.healthy_ids()).unwrap();
+        assert_eq!(healthy, ["a1"], "three failures opened a0's circuit");
+    }
 
     fn answer(status: u16, body: &str) -> Answer {
         Answer {
