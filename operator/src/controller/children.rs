@@ -88,9 +88,9 @@ pub fn pod_disruption_budget(pool: &InferencePool) -> Option<PodDisruptionBudget
     })
 }
 
-/// A NetworkPolicy for the pool's agents: gRPC (generation, load reports, drain) only from
-/// the operator's pods, where the gateway runs; the HTTP port (OpenAI API, probes,
-/// metrics) stays open.
+/// A NetworkPolicy for the pool's agents: gRPC (streamed generation, load reports, drain)
+/// only from the operator's pods, where the gateway runs; the HTTP port (OpenAI API, which
+/// the gateway also uses for whole answers; probes, metrics) stays open.
 pub fn network_policy(pool: &InferencePool, operator_namespace: &str) -> NetworkPolicy {
     let from_operator = NetworkPolicyPeer {
         namespace_selector: Some(LabelSelector {

@@ -6,7 +6,7 @@
 //! Labels are pool and agent names and fixed strings, never error text.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Mutex, OnceLock, Weak};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -17,7 +17,10 @@ use prometheus_client::registry::Registry;
 
 mod record;
 
+use record::PoolSeries;
 pub use record::{PoolMetrics, RequestRecord};
+
+use super::pick::STRATEGY_NAMES;
 
 /// The `pool` label of requests refused before they matched a pool: not a valid Kubernetes
 /// name, so no InferencePool's label can be the same.
@@ -126,6 +129,9 @@ pub struct GatewayMetrics {
     circuit: Family<CircuitLabels, Gauge>,
     /// The agents each pool's gauges were last set for.
     observed: Mutex<HashMap<String, Vec<String>>>,
+    /// Every pool's series made (a pool's is made again when its route changes), whose
+    /// agent caches forget agents that are gone.
+    series: Mutex<Vec<Weak<PoolSeries>>>,
     unrouted: OnceLock<PoolMetrics>,
 }
 
@@ -152,6 +158,7 @@ impl Default for GatewayMetrics {
             healthy: Family::default(),
             circuit: Family::default(),
             observed: Mutex::default(),
+            series: Mutex::default(),
             unrouted: OnceLock::new(),
         };
         let r = m.registry.sub_registry_with_prefix("inferpool_gateway");
@@ -271,38 +278,76 @@ impl GatewayMetrics {
             if !keep {
                 agents
                     .iter()
-                    .for_each(|a| self.remove_agent_gauges(pool, a));
+                    .for_each(|a| self.remove_agent_series(pool, a));
                 self.agents.remove(&PoolLabels { pool: pool.clone() });
             }
             keep
         });
     }
 
-    /// Removes the gauges of `pool`'s agents that are not among `ids`.
+    /// Removes the series of `pool`'s agents that are not among `ids`.
     fn forget_gone(&self, pool: &str, ids: Vec<String>) {
         let Ok(mut observed) = self.observed.lock() else {
             return;
         };
         let before = observed.remove(pool).unwrap_or_default();
         for gone in before.iter().filter(|a| !ids.contains(a)) {
-            self.remove_agent_gauges(pool, gone);
+            self.remove_agent_series(pool, gone);
         }
         observed.insert(pool.to_owned(), ids);
     }
 
-    fn remove_agent_gauges(&self, pool: &str, agent: &str) {
+    /// Removes every series of `agent` in `pool`: with pods coming and going, the series
+    /// of agents long gone would otherwise pile up until the operator restarts.
+    fn remove_agent_series(&self, pool: &str, agent: &str) {
         let a = AgentLabels {
             pool: pool.to_owned(),
             agent: agent.to_owned(),
         };
         self.in_flight.remove(&a);
         self.healthy.remove(&a);
+        self.agent_duration.remove(&a);
+        self.agent_ttft.remove(&a);
+        for outcome in OUTCOME_NAMES {
+            self.agent_requests.remove(&AgentOutcomeLabels {
+                pool: pool.to_owned(),
+                agent: agent.to_owned(),
+                outcome,
+            });
+        }
+        for strategy in STRATEGY_NAMES {
+            self.picks.remove(&PickLabels {
+                pool: pool.to_owned(),
+                agent: agent.to_owned(),
+                strategy,
+            });
+        }
+        self.forget_cached(pool, agent);
         for state in CIRCUIT_STATES {
             self.circuit.remove(&CircuitLabels {
                 pool: pool.to_owned(),
                 agent: agent.to_owned(),
                 state,
             });
+        }
+    }
+}
+
+impl GatewayMetrics {
+    /// Keeps `series` to be told of agents that are gone.
+    fn track(&self, series: &std::sync::Arc<PoolSeries>) {
+        if let Ok(mut all) = self.series.lock() {
+            all.retain(|s| s.strong_count() > 0);
+            all.push(std::sync::Arc::downgrade(series));
+        }
+    }
+
+    /// Drops `agent` from the caches of `pool`'s series (were it to come back, its series
+    /// are made anew).
+    fn forget_cached(&self, pool: &str, agent: &str) {
+        let Ok(all) = self.series.lock() else { return };
+        for series in all.iter().filter_map(Weak::upgrade) {
+            series.forget_agent(pool, agent);
         }
     }
 }
@@ -373,5 +418,19 @@ mod tests {
             !text.contains("inferpool_gateway_agents{pool=\"q\"}"),
             "{text}"
         );
+        // An agent that goes away takes its counters and histograms along; were it to come
+        // back, they would start again.
+        m.observe_agents("p", &[]);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &m.registry).unwrap();
+        assert!(!text.contains("agent=\"a0\""), "{text}");
+        let mut again = p.start();
+        again.forwarded("a0", 0, Duration::ZERO);
+        again.outcome("ok");
+        drop(again);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &m.registry).unwrap();
+        let ok = "inferpool_gateway_agent_requests_total{pool=\"p\",agent=\"a0\",outcome=\"ok\"} 1";
+        assert!(text.lines().any(|l| l == ok), "{text}");
     }
 }

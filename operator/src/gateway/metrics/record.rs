@@ -20,7 +20,7 @@ use super::{
 pub struct PoolMetrics(Arc<PoolSeries>);
 
 #[derive(Debug)]
-struct PoolSeries {
+pub(super) struct PoolSeries {
     pool: String,
     strategy: &'static str,
     duration: Histogram,
@@ -102,7 +102,7 @@ impl PoolMetrics {
         let labels = PoolLabels {
             pool: pool.to_owned(),
         };
-        PoolMetrics(Arc::new(PoolSeries {
+        let series = Arc::new(PoolSeries {
             pool: pool.to_owned(),
             strategy,
             duration: metrics.duration.get_or_create(&labels).clone(),
@@ -118,7 +118,9 @@ impl PoolMetrics {
                 ttft: metrics.agent_ttft.clone(),
             },
             agents: Mutex::default(),
-        }))
+        });
+        metrics.track(&series);
+        PoolMetrics(series)
     }
 
     /// Starts recording one request.
@@ -156,6 +158,17 @@ impl PoolMetrics {
             };
             s.requests.get_or_create(&labels).clone()
         });
+    }
+}
+
+impl PoolSeries {
+    /// Forgets `agent`'s series if they are `pool`'s.
+    pub(super) fn forget_agent(&self, pool: &str, agent: &str) {
+        if self.pool == pool
+            && let Ok(mut agents) = self.agents.lock()
+        {
+            agents.remove(agent);
+        }
     }
 }
 

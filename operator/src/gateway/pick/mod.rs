@@ -73,6 +73,16 @@ pub trait Pick: Send + Sync + std::fmt::Debug {
 
 /// The picker for a pool's `routing.strategy`.
 /// The strategy's name as the pool spells it (a metric label).
+/// Every strategy's name (label sets that name one are enumerated from it).
+pub const STRATEGY_NAMES: [&str; 6] = [
+    "round_robin",
+    "least_connections",
+    "weighted",
+    "least_load",
+    "prefix_affinity",
+    "session_affinity",
+];
+
 pub fn strategy_name(strategy: RoutingStrategy) -> &'static str {
     match strategy {
         RoutingStrategy::RoundRobin => "round_robin",
@@ -152,5 +162,34 @@ pub(crate) mod testing {
             max_batch_size: slots,
             ..Reported::default()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_strategy_is_among_the_names() {
+        use RoutingStrategy::{
+            LeastConnections, LeastLoad, PrefixAffinity, RoundRobin, SessionAffinity, Weighted,
+        };
+        let all = [
+            RoundRobin,
+            LeastConnections,
+            Weighted,
+            LeastLoad,
+            PrefixAffinity,
+            SessionAffinity,
+        ];
+        for s in all {
+            // A new strategy fails to compile here first, so that it joins `all` too.
+            match s {
+                RoundRobin | LeastConnections | Weighted | LeastLoad | PrefixAffinity
+                | SessionAffinity => {}
+            }
+            assert!(STRATEGY_NAMES.contains(&strategy_name(s)));
+        }
+        assert_eq!(all.len(), STRATEGY_NAMES.len());
     }
 }
