@@ -223,7 +223,8 @@ fn latencies(addr: SocketAddr, body: &[u8], n: usize) -> anyhow::Result<Vec<Dura
 }
 
 /// Latencies of `n` cached `Generate` calls straight to an agent's gRPC port, one at a
-/// time over one connection, as the gateway calls it: the agent hop alone.
+/// time over one connection, as the gateway sends streamed requests: that agent hop alone
+/// (whole answers, as this benchmark asks for, go to the agent's HTTP port).
 fn grpc_latencies(addr: SocketAddr, n: usize) -> anyhow::Result<Vec<Duration>> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -491,8 +492,8 @@ fn main() -> anyhow::Result<()> {
     let agents_after: f64 = agents.iter().copied().map(tree_cpu_seconds).sum();
     let hop_cpu = per_request_cpu(agents_after - agents_before, (args.sequential + 50) as f64);
     println!(
-        "\nThe agent hop alone (cached `Generate` called as the gateway calls it, one at a \
-         time): p50 {:.0} µs, p99 {:.0} µs, agent CPU {:.0} µs/req",
+        "\nThe gRPC agent hop alone (cached `Generate` as the gateway sends streamed requests, \
+         one at a time): p50 {:.0} µs, p99 {:.0} µs, agent CPU {:.0} µs/req",
         micros(quantile(&hop, 0.5).unwrap_or_default()),
         micros(quantile(&hop, 0.99).unwrap_or_default()),
         micros(hop_cpu),
