@@ -268,7 +268,8 @@ impl GatewayMetrics {
         self.forget_gone(pool, ids);
     }
 
-    /// Removes the gauges of every pool not in `pools` (pools that went away).
+    /// Removes the series of every pool not in `pools` (pools that went away) and of their
+    /// agents.
     pub fn retain_pools(&self, pools: &[&str]) {
         let Ok(mut observed) = self.observed.lock() else {
             return;
@@ -279,10 +280,27 @@ impl GatewayMetrics {
                 agents
                     .iter()
                     .for_each(|a| self.remove_agent_series(pool, a));
-                self.agents.remove(&PoolLabels { pool: pool.clone() });
+                self.remove_pool_series(pool);
             }
             keep
         });
+    }
+
+    fn remove_pool_series(&self, pool: &str) {
+        let labels = PoolLabels {
+            pool: pool.to_owned(),
+        };
+        self.agents.remove(&labels);
+        self.duration.remove(&labels);
+        self.ttft.remove(&labels);
+        self.queue_wait.remove(&labels);
+        self.retries.remove(&labels);
+        for outcome in OUTCOME_NAMES {
+            self.requests.remove(&OutcomeLabels {
+                pool: pool.to_owned(),
+                outcome,
+            });
+        }
     }
 
     /// Removes the series of `pool`'s agents that are not among `ids`.
@@ -378,6 +396,11 @@ mod tests {
         timed_out.outcome("timeout");
         drop(timed_out);
         m.unrouted().start().outcome("model_not_found");
+        let q = m.pool("q", "least_load");
+        let mut on_b1 = q.start();
+        on_b1.forwarded("b1", 1, Duration::ZERO);
+        on_b1.outcome("ok");
+        drop(on_b1);
         m.observe_agents("q", &[("b0".into(), 0, "closed", true)]);
         m.observe_agents("q", &[("b1".into(), 1, "closed", true)]);
         m.observe_agents("p", &[("a0".into(), 2, "open", false)]);
@@ -415,8 +438,8 @@ mod tests {
             "{text}"
         );
         assert!(
-            !text.contains("inferpool_gateway_agents{pool=\"q\"}"),
-            "{text}"
+            !text.contains("pool=\"q\""),
+            "a gone pool keeps no series: {text}"
         );
         // An agent that goes away takes its counters and histograms along; were it to come
         // back, they would start again.
