@@ -49,6 +49,15 @@ pub enum ConnectError {
     Handshake(#[from] h2::Error),
 }
 
+/// A TCP connection to an agent (within `CONNECT_TIMEOUT`), writes sent at once.
+pub async fn connect_tcp(addr: SocketAddr) -> std::io::Result<tokio::net::TcpStream> {
+    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr))
+        .await
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+    tcp.set_nodelay(true)?;
+    Ok(tcp)
+}
+
 /// Sets its flag when dropped: the connection task ended, or its runtime went away.
 struct ClosedOnDrop(Arc<AtomicBool>);
 
@@ -61,10 +70,7 @@ impl Drop for ClosedOnDrop {
 impl AgentConnection {
     /// Connects to `addr` and drives the connection on a task of the current runtime.
     pub async fn connect(addr: SocketAddr) -> Result<Self, ConnectError> {
-        let tcp = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr))
-            .await
-            .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
-        tcp.set_nodelay(true)?;
+        let tcp = connect_tcp(addr).await?;
         let (send, connection) = h2::client::Builder::new()
             .initial_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONNECTION_WINDOW)

@@ -11,11 +11,11 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf as _, Bytes, BytesMut};
+
+use super::connection::connect_tcp;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
-/// Longest a connection attempt may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// Idle connections kept per agent (per worker thread).
 const MAX_IDLE_PER_AGENT: usize = 64;
 /// An idle connection older than this is closed rather than reused.
@@ -72,7 +72,7 @@ pub async fn post(addr: SocketAddr, post: Post<'_>) -> Result<Answer, CallError>
             Ok(answer) => return answer,
         }
     }
-    let connection = connect(addr).await.map_err(CallError::Connect)?;
+    let connection = connect_tcp(addr).await.map_err(CallError::Connect)?;
     match exchange(addr, connection, &request).await {
         Ok(answer) => answer,
         Err(Stale) => Err(CallError::Io(std::io::ErrorKind::UnexpectedEof.into())),
@@ -97,14 +97,6 @@ async fn exchange(
         Ok(_) => {}
     }
     Ok(read_answer(addr, connection, buffer).await)
-}
-
-async fn connect(addr: SocketAddr) -> std::io::Result<TcpStream> {
-    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
-        .await
-        .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
-    tcp.set_nodelay(true)?;
-    Ok(tcp)
 }
 
 /// The request's bytes: head and body in one buffer, so that one write carries both.
@@ -291,7 +283,8 @@ fn next_chunk(buffer: &mut BytesMut, body: &mut BytesMut) -> Result<Chunk, CallE
     let size_text = line.split(';').next().unwrap_or_default().trim();
     let size =
         usize::from_str_radix(size_text, 16).map_err(|_| CallError::Malformed("bad chunk size"))?;
-    if size + body.len() > MAX_BODY_BYTES {
+    // A size near usize::MAX would overflow the sums below.
+    if size.saturating_add(body.len()) > MAX_BODY_BYTES {
         return Err(CallError::Malformed("answer too large"));
     }
     // The last chunk is followed by (no) trailers and an empty line.
@@ -439,6 +432,7 @@ mod tests {
             "HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\n",
             "HTTP/1.1 200 OK\r\ncontent-length: x\r\n\r\n",
             "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n",
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n1\r\na\r\nffffffffffffffff\r\n",
         ];
         for case in cases {
             let (addr, _seen) = server(vec![vec![case]]).await;
