@@ -61,6 +61,24 @@ impl Drop for Waiting<'_> {
     }
 }
 
+/// A request picked onto an agent: ends its count there, with `outcome`, when dropped
+/// (however the request ends, a client leaving and a deadline included).
+#[derive(Debug)]
+pub struct InFlight {
+    /// The agent's pool.
+    pub pool: Arc<Pool>,
+    /// The agent.
+    pub agent: String,
+    /// How the request ended, as the agent's breaker learns it.
+    pub outcome: Outcome,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.pool.finished(&self.agent, self.outcome);
+    }
+}
+
 impl Pool {
     /// A pool serving `model` with no agents yet.
     pub fn new(model: String, view: PoolView) -> Arc<Self> {

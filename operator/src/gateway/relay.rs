@@ -13,7 +13,7 @@ use inferpool_protocol::agent::{self as pb, GenerateResponse};
 use inferpool_protocol::openai::{ErrorBody, Kind, ResponseShape, Usage, ValidSampling};
 use tokio::time::Instant;
 
-use super::agents::Pool;
+use super::agents::{InFlight, Pool};
 use super::forward::{Committed, refused};
 use super::metrics::RequestRecord;
 use super::pool::Outcome;
@@ -35,19 +35,6 @@ impl Relay {
             stream: sampling.stream,
             include_usage: sampling.include_usage,
         }
-    }
-}
-
-/// Ends the agent's in-flight request when dropped.
-struct InFlight {
-    pool: Arc<Pool>,
-    agent: String,
-    outcome: Outcome,
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.pool.finished(&self.agent, self.outcome);
     }
 }
 

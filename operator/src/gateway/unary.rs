@@ -13,7 +13,7 @@ use bytes::Bytes;
 use inferpool_protocol::agent::Priority;
 use inferpool_protocol::openai::ErrorBody;
 
-use super::agents::Pool;
+use super::agents::{InFlight, Pool};
 use super::checks::{ApiError, PRIORITY_HEADER};
 use super::forward::{Attempt, ForwardError, ForwardSettings, Tried, try_agents};
 use super::front::PoolRoute;
@@ -146,29 +146,16 @@ pub async fn forward_unary(
     .await
 }
 
-/// Ends the request's count on its agent when dropped (also when the request is dropped
-/// at its deadline, which counts as the agent's failure).
-struct InFlight<'a> {
-    pool: &'a Pool,
-    agent: &'a str,
-    outcome: Outcome,
-}
-
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        self.pool.finished(self.agent, self.outcome);
-    }
-}
-
 async fn attempt(
-    pool: &Pool,
+    pool: &Arc<Pool>,
     id: String,
     http: std::net::SocketAddr,
     request: UnaryRequest<'_>,
 ) -> Result<Answered, Attempt> {
+    // A request dropped at its deadline counts as the agent's failure.
     let mut in_flight = InFlight {
-        pool,
-        agent: &id,
+        pool: pool.clone(),
+        agent: id.clone(),
         outcome: Outcome::Failure,
     };
     let post = Post {
