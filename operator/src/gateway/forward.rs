@@ -293,13 +293,18 @@ pub fn refused(status: &Status) -> ForwardError {
     }
 }
 
+/// Pools for tests.
 #[cfg(test)]
-mod tests {
+pub(super) mod testing {
+    use std::net::SocketAddr;
+
     use super::*;
     use crate::gateway::pick::{Reported, RoundRobin};
     use crate::gateway::pool::{Endpoint, PoolSettings, PoolView};
 
-    fn saturated_pool() -> Arc<Pool> {
+    /// A round-robin pool of agents `a0`, `a1`, ... at `addrs` (both their gRPC and HTTP
+    /// address), each reporting `max_batch_size` slots.
+    pub fn round_robin_pool(addrs: &[SocketAddr], max_batch_size: u32) -> Arc<Pool> {
         let settings = PoolSettings {
             failure_threshold: 3,
             cooldown: Duration::from_secs(5),
@@ -309,21 +314,37 @@ mod tests {
             "m".into(),
             PoolView::new(Box::new(RoundRobin::default()), settings),
         );
-        let endpoint = Endpoint {
-            id: "a0".into(),
-            grpc: std::net::SocketAddr::from(([127, 0, 0, 1], 9)),
-            http: std::net::SocketAddr::from(([127, 0, 0, 1], 9)),
-        };
+        let endpoints: Vec<Endpoint> = addrs
+            .iter()
+            .enumerate()
+            .map(|(i, &addr)| Endpoint {
+                id: format!("a{i}"),
+                grpc: addr,
+                http: addr,
+            })
+            .collect();
         pool.with_view(|v| {
-            v.set_endpoints(&[endpoint]);
-            v.report(
-                "a0",
-                Reported {
-                    max_batch_size: 1,
+            v.set_endpoints(&endpoints);
+            for e in &endpoints {
+                let reported = Reported {
+                    max_batch_size,
                     ..Reported::default()
-                },
-                false,
-            );
+                };
+                v.report(&e.id, reported, false);
+            }
+        });
+        pool
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::round_robin_pool;
+    use super::*;
+
+    fn saturated_pool() -> Arc<Pool> {
+        let pool = round_robin_pool(&[std::net::SocketAddr::from(([127, 0, 0, 1], 9))], 1);
+        pool.with_view(|v| {
             // Two requests in flight saturate an agent with one slot.
             for _ in 0..2 {
                 assert!(v.choose(&RequestKey::default(), &[]).is_ok());

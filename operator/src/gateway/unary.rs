@@ -224,8 +224,7 @@ mod tests {
     use tokio::net::TcpListener;
 
     use super::*;
-    use crate::gateway::pick::{Reported, RoundRobin};
-    use crate::gateway::pool::{Endpoint, PoolSettings, PoolView};
+    use crate::gateway::forward::testing::round_robin_pool;
 
     /// A loopback agent that answers every request with `status` and `body`, and counts
     /// the requests it got.
@@ -258,38 +257,6 @@ mod tests {
         (addr, count)
     }
 
-    fn pool_of(agents: &[SocketAddr]) -> Arc<Pool> {
-        let settings = PoolSettings {
-            failure_threshold: 3,
-            cooldown: Duration::from_secs(5),
-            stale_after: Duration::from_secs(60),
-        };
-        let pool = Pool::new(
-            "m".into(),
-            PoolView::new(Box::new(RoundRobin::default()), settings),
-        );
-        let endpoints: Vec<Endpoint> = agents
-            .iter()
-            .enumerate()
-            .map(|(i, &http)| Endpoint {
-                id: format!("a{i}"),
-                grpc: http,
-                http,
-            })
-            .collect();
-        pool.with_view(|v| {
-            v.set_endpoints(&endpoints);
-            for e in &endpoints {
-                let reported = Reported {
-                    max_batch_size: 8,
-                    ..Reported::default()
-                };
-                v.report(&e.id, reported, false);
-            }
-        });
-        pool
-    }
-
     const KEY: RequestKey<'static> = RequestKey {
         prefix: "",
         session: None,
@@ -305,7 +272,7 @@ mod tests {
             r#"{"error":{"message":"draining","type":"draining","param":null,"code":null}}"#;
         let (busy, busy_count) = agent("503 Service Unavailable", draining).await;
         let (fine, _) = agent("200 OK", r#"{"object":"chat.completion"}"#).await;
-        let pool = pool_of(&[busy, fine]);
+        let pool = round_robin_pool(&[busy, fine], 8);
         let budget = RetryBudget::new(100);
         let body = Bytes::from_static(b"{}");
         let request = UnaryRequest {
@@ -336,7 +303,7 @@ mod tests {
         // The agent's verdict on the request itself is the answer: no retry.
         let invalid = r#"{"error":{"message":"bad","type":"invalid_request_error","param":null,"code":null}}"#;
         let (refusing, _) = agent("400 Bad Request", invalid).await;
-        let pool = pool_of(&[refusing]);
+        let pool = round_robin_pool(&[refusing], 8);
         let sent = forward_unary(&pool, &budget, SETTINGS, request, &KEY);
         let tried = sent.await.unwrap();
         assert_eq!((tried.value.answer.status, tried.retries), (400, 0));
@@ -352,7 +319,7 @@ mod tests {
             .unwrap()
             .local_addr()
             .unwrap();
-        let pool = pool_of(&[gone, fine]);
+        let pool = round_robin_pool(&[gone, fine], 8);
         let budget = RetryBudget::new(100);
         let body = Bytes::from_static(b"{}");
         let request = UnaryRequest {
