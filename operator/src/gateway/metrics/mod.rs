@@ -2,7 +2,7 @@
 //! (a fixed set of error types), latency and time to first token (each per pool, and per
 //! agent for requests an agent answered), queue wait, retries, picks, the agents known, and
 //! each agent's in-flight count, health and circuit state (refreshed at scrape; an agent
-//! that is gone loses its gauges).
+//! or a pool that is gone loses all its series).
 //! Labels are pool and agent names and fixed strings, never error text.
 
 use std::collections::HashMap;
