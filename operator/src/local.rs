@@ -15,7 +15,7 @@ use tokio::sync::watch;
 use crate::api::InferencePool;
 use crate::controller::config::{ResolvedSource, agent_config, render};
 use crate::gateway::discovery::{Discovery as _, StaticDiscovery};
-use crate::gateway::front::{Gateway, router};
+use crate::gateway::front::Gateway;
 use crate::gateway::pool::Endpoint;
 use crate::gateway::workers;
 
@@ -102,7 +102,7 @@ pub async fn run_local(args: LocalArgs) -> anyhow::Result<()> {
         WorkerSockets::bind(args.addr, count).with_context(|| format!("binding {}", args.addr))?;
     tracing::info!(addr = %bound.addr(), pools = pools.len(), workers = count, "gateway listening");
     let (stop_serving, serving) = watch::channel(false);
-    let workers = workers::start(bound, &router(gateway), &serving)?;
+    let workers = workers::start(bound, &gateway, &serving)?;
     crate::run::wait_for_signal().await;
     let _ = stop_serving.send(true);
     workers.join().await?;

@@ -102,8 +102,7 @@ fn serve_gateway(
     let discovery = KubernetesDiscovery { client, queue_wait };
     tokio::spawn(discovery.run(gateway.clone()));
     tracing::info!(addr = %bound.addr(), "gateway listening");
-    let app = crate::gateway::front::router(gateway);
-    Ok(crate::gateway::workers::start(bound, &app, stopped)?)
+    Ok(crate::gateway::workers::start(bound, &gateway, stopped)?)
 }
 
 async fn lead_while_elected(

@@ -4,7 +4,7 @@
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use inferpool_protocol::agent as pb;
 use inferpool_protocol::openai::{ErrorBody, Message};
@@ -12,6 +12,7 @@ use serde::de::DeserializeOwned;
 
 use super::forward::ForwardError;
 use super::front::PoolRoute;
+use super::reply::Complete;
 
 /// The priority header, passed on to the agent.
 pub const PRIORITY_HEADER: &str = "x-inferpool-priority";
@@ -51,16 +52,22 @@ impl From<ForwardError> for ApiError {
     }
 }
 
+impl ApiError {
+    /// The answer: the error in OpenAI's shape, `retry-after` with a 429.
+    pub fn complete(&self) -> Complete {
+        let body = serde_json::to_vec(&self.body()).unwrap_or_default();
+        Complete {
+            status: StatusCode::from_u16(self.status).unwrap_or(StatusCode::BAD_GATEWAY),
+            content_type: None,
+            body: body.into(),
+            retry_after: self.status == 429,
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::BAD_GATEWAY);
-        let mut response = (status, axum::Json(self.body())).into_response();
-        if self.status == 429 {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-        }
-        response
+        self.complete().into_response()
     }
 }
 
@@ -84,16 +91,24 @@ pub(super) fn parse_json<T: DeserializeOwned>(bytes: &Bytes) -> Result<T, ApiErr
     serde_json::from_slice(bytes).map_err(|e| ApiError::invalid(format!("invalid JSON body: {e}")))
 }
 
-pub(super) fn priority(headers: &HeaderMap) -> Result<pb::Priority, ApiError> {
-    let Some(value) = headers.get(PRIORITY_HEADER) else {
+/// A request's headers, as axum's handlers and the workers' server (see `server`) hold
+/// them.
+pub trait Headers {
+    /// The first value of header `name` (lower case), if it is text.
+    fn text(&self, name: &str) -> Option<&str>;
+}
+
+impl Headers for HeaderMap {
+    fn text(&self, name: &str) -> Option<&str> {
+        self.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+pub(super) fn priority(headers: &impl Headers) -> Result<pb::Priority, ApiError> {
+    let Some(value) = headers.text(PRIORITY_HEADER) else {
         return Ok(pb::Priority::Normal);
     };
-    match value
-        .to_str()
-        .unwrap_or_default()
-        .to_ascii_lowercase()
-        .as_str()
-    {
+    match value.to_ascii_lowercase().as_str() {
         "critical" => Ok(pb::Priority::Critical),
         "high" => Ok(pb::Priority::High),
         "normal" => Ok(pb::Priority::Normal),
@@ -106,10 +121,9 @@ pub(super) fn priority(headers: &HeaderMap) -> Result<pb::Priority, ApiError> {
 
 /// The caller's W3C trace context, passed on to the agent (empty when absent or not a
 /// plausible `traceparent`).
-pub(super) fn traceparent(headers: &HeaderMap) -> String {
+pub(super) fn traceparent(headers: &impl Headers) -> String {
     headers
-        .get("traceparent")
-        .and_then(|v| v.to_str().ok())
+        .text("traceparent")
         .filter(|v| v.len() == 55 && v.split('-').count() == 4)
         .unwrap_or_default()
         .to_owned()
@@ -139,19 +153,20 @@ pub(super) fn chat_prefix(messages: &[Message]) -> String {
 }
 
 pub(super) fn session(
-    headers: &HeaderMap,
+    headers: &impl Headers,
     route: &PoolRoute,
     user: Option<&str>,
 ) -> Option<String> {
     headers
-        .get(route.session_header.as_str())
-        .and_then(|v| v.to_str().ok())
+        .text(route.session_header.as_str())
         .or(user)
         .map(str::to_owned)
 }
 
 #[cfg(test)]
 mod tests {
+    use axum::http::HeaderValue;
+
     use super::*;
 
     #[test]

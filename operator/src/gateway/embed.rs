@@ -41,7 +41,7 @@ pub async fn embeddings(
 ) -> Response {
     match check(&gateway, &headers, body) {
         Ok(routed) => answer(routed).await,
-        Err(e) => refused_before_routing(&gateway, e),
+        Err(e) => refused_before_routing(&gateway, e).into_response(),
     }
 }
 

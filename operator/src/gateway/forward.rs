@@ -14,7 +14,7 @@ use tonic::{Code, Status};
 use super::agents::Pool;
 use super::connection::AgentConnection;
 use super::pick::RequestKey;
-use super::pool::{NoAgent, Outcome};
+use super::pool::{Busy, NoAgent, Outcome};
 use super::retry::RetryBudget;
 use super::stream::{GenerateStream, generate};
 
@@ -114,8 +114,9 @@ pub struct Tried<T> {
 }
 
 /// Calls `attempt` (with the agent's id and HTTP address) on agents picked for `key` until
-/// one succeeds, retrying on another
-/// agent while the budget allows, waiting for a free agent until the queue deadline.
+/// one succeeds: after a failure on another agent while the budget allows, after a busy
+/// agent's refusal on another or once one is free, waiting for a free agent until the
+/// queue deadline.
 pub async fn try_agents<T, F, Fut>(
     pool: &Pool,
     budget: &RetryBudget,
@@ -131,20 +132,17 @@ where
     budget.deposit();
     let mut queue_wait = Duration::ZERO;
     let mut failed: Vec<String> = Vec::new();
-    let mut last_error = ForwardError::Unavailable;
+    let mut turned_away = 0;
+    let mut last_error = None;
     let deadline = Instant::now() + settings.queue_wait;
     loop {
         let waited = Instant::now();
         let chosen = wait_for_agent(pool, key, rank, &failed, deadline).await;
         queue_wait += waited.elapsed();
-        let (id, http) = match chosen {
-            Ok(chosen) => chosen,
-            Err(e) if failed.is_empty() => return Err(e),
-            Err(_) => return Err(last_error),
-        };
-        match attempt(id.clone(), http).await {
+        let (id, http) = chosen.map_err(|e| last_error.take().unwrap_or(e))?;
+        let error = match attempt(id.clone(), http).await {
             Ok(value) => {
-                let retries = u32::try_from(failed.len()).unwrap_or(u32::MAX);
+                let retries = u32::try_from(failed.len()).map_or(u32::MAX, |f| f + turned_away);
                 return Ok(Tried {
                     value,
                     retries,
@@ -152,16 +150,32 @@ where
                 });
             }
             Err(Attempt::Fatal(e)) => return Err(e),
+            // Neither the agent's failure nor load that a retry adds: no budget is spent, and
+            // the agent is passed over until its next report (see `PoolView::turned_away`).
+            Err(Attempt::Busy(busy, e)) => {
+                pool.with_view(|v| v.turned_away(&id, busy));
+                turned_away += 1;
+                if turned_away > TURNED_AWAY_LIMIT {
+                    return Err(e);
+                }
+                e
+            }
             Err(Attempt::Retryable(e)) => {
-                last_error = e;
                 failed.push(id);
                 if failed.len() as u32 > settings.max_retries || !budget.try_withdraw() {
-                    return Err(last_error);
+                    return Err(e);
                 }
+                e
             }
-        }
+        };
+        last_error = Some(error);
     }
 }
+
+/// Most times one request is turned away by busy agents. Each refusal keeps its agent out
+/// until the agent reports again, so this is reached only when reports keep contradicting
+/// refusals.
+const TURNED_AWAY_LIMIT: u32 = 8;
 
 /// Picks an agent, waiting for a report or a finished request to free one, until
 /// `deadline`.
@@ -208,7 +222,9 @@ pub fn priority_rank(priority: Priority) -> usize {
 /// Why one try failed.
 #[derive(Debug)]
 pub enum Attempt {
-    /// The agent could not take it: try another.
+    /// The agent is healthy but turned it away (full queue, draining): another may take it.
+    Busy(Busy, ForwardError),
+    /// The agent failed: try another, within the retry budget.
     Retryable(ForwardError),
     /// The request itself was refused: answer so.
     Fatal(ForwardError),
@@ -254,9 +270,13 @@ pub fn classify(pool: &Pool, id: &str, status: &Status) -> Attempt {
             Attempt::Fatal(error)
         }
         // A full queue or a draining agent is healthy: try another, breaker untouched.
-        Code::ResourceExhausted | Code::Unavailable if is_typed(status) => {
+        Code::ResourceExhausted if is_typed(status) => {
             pool.finished(id, Outcome::Success);
-            Attempt::Retryable(error)
+            Attempt::Busy(Busy::Full, error)
+        }
+        Code::Unavailable if is_typed(status) => {
+            pool.finished(id, Outcome::Success);
+            Attempt::Busy(Busy::Draining, error)
         }
         _ => {
             pool.finished(id, Outcome::Failure);

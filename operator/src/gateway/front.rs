@@ -24,13 +24,14 @@ use serde::de::DeserializeOwned;
 
 use super::agents::Pool;
 use super::checks::{
-    ApiError, PREFIX_BYTES, bytes_of, chat_prefix, parse_json, prefix_of, priority, session,
-    traceparent,
+    ApiError, Headers, PREFIX_BYTES, bytes_of, chat_prefix, parse_json, prefix_of, priority,
+    session, traceparent,
 };
 use super::forward::{ForwardError, ForwardSettings, Forwarded, forward};
 use super::metrics::{GatewayMetrics, PoolMetrics};
 use super::pick::RequestKey;
 use super::relay::{Relay, relay};
+use super::reply::Reply;
 use super::retry::RetryBudget;
 use super::unary::{Whole, answer_whole};
 
@@ -177,8 +178,8 @@ struct Checked<R> {
 /// Parses and checks a request of type `R` (from its raw form `Raw`) and finds its pool.
 fn check<Raw, R>(
     gateway: &Gateway,
-    headers: &HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    headers: &impl Headers,
+    body: Bytes,
     model: impl FnOnce(&R) -> &str,
 ) -> Result<Checked<R>, ApiError>
 where
@@ -186,7 +187,6 @@ where
     R: TryFrom<Raw>,
     R::Error: std::fmt::Display,
 {
-    let body = bytes_of(body)?;
     let req =
         R::try_from(parse_json::<Raw>(&body)?).map_err(|e| ApiError::invalid(e.to_string()))?;
     let route = route_for(gateway, model(&req))?;
@@ -203,9 +203,17 @@ async fn chat(
     State(gateway): State<Arc<Gateway>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Response {
+) -> Reply {
+    match bytes_of(body) {
+        Ok(body) => answer_chat(&gateway, &headers, body).await,
+        Err(e) => refused_before_routing(&gateway, e),
+    }
+}
+
+/// Answers a chat completion request with `headers` and `body`.
+pub async fn answer_chat(gateway: &Gateway, headers: &impl Headers, body: Bytes) -> Reply {
     let checked =
-        check::<ChatCompletionRequest, ValidChatRequest>(&gateway, &headers, body, |r| &r.model);
+        check::<ChatCompletionRequest, ValidChatRequest>(gateway, headers, body, |r| &r.model);
     let Checked {
         mut req,
         route,
@@ -213,18 +221,18 @@ async fn chat(
         priority,
     } = match checked {
         Ok(checked) => checked,
-        Err(e) => return refused_before_routing(&gateway, e),
+        Err(e) => return refused_before_routing(gateway, e),
     };
     let prefix = chat_prefix(&req.messages);
-    let session = session(&headers, &route, req.user.as_deref());
+    let session = session(headers, &route, req.user.as_deref());
     let key = RequestKey {
         prefix: &prefix,
         session: session.as_deref(),
     };
-    let trace = traceparent(&headers);
+    let trace = traceparent(headers);
     if !req.sampling.stream {
         let whole = Whole::new("/v1/chat/completions", &body, priority, &trace);
-        return answer_whole(&route, whole, &key).await;
+        return Reply::Complete(answer_whole(&route, whole, &key).await);
     }
     // The messages move into the agent's request: the gateway needs only the prefix.
     let messages = std::mem::take(&mut req.messages)
@@ -236,7 +244,7 @@ async fn chat(
         .collect();
     let prompt = pb::generate_request::Prompt::Chat(pb::ChatMessages { messages });
     let request = generate_request(&req.model, prompt, &req.sampling, priority, trace);
-    let shape = shape(Kind::Chat, &gateway, &req.model);
+    let shape = shape(Kind::Chat, gateway, &req.model);
     answer(&route, &request, &key, Relay::new(shape, &req.sampling)).await
 }
 
@@ -244,9 +252,17 @@ async fn completions(
     State(gateway): State<Arc<Gateway>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Response {
+) -> Reply {
+    match bytes_of(body) {
+        Ok(body) => answer_completion(&gateway, &headers, body).await,
+        Err(e) => refused_before_routing(&gateway, e),
+    }
+}
+
+/// Answers a text completion request with `headers` and `body`.
+pub async fn answer_completion(gateway: &Gateway, headers: &impl Headers, body: Bytes) -> Reply {
     let checked =
-        check::<CompletionRequest, ValidCompletionRequest>(&gateway, &headers, body, |r| &r.model)
+        check::<CompletionRequest, ValidCompletionRequest>(gateway, headers, body, |r| &r.model)
             .and_then(|c| {
                 if c.req.echo {
                     return Err(ApiError::invalid(
@@ -262,21 +278,21 @@ async fn completions(
         priority,
     } = match checked {
         Ok(checked) => checked,
-        Err(e) => return refused_before_routing(&gateway, e),
+        Err(e) => return refused_before_routing(gateway, e),
     };
-    let session = session(&headers, &route, req.user.as_deref());
+    let session = session(headers, &route, req.user.as_deref());
     let key = RequestKey {
         prefix: prefix_of(&req.prompt, PREFIX_BYTES),
         session: session.as_deref(),
     };
-    let trace = traceparent(&headers);
+    let trace = traceparent(headers);
     if !req.sampling.stream {
         let whole = Whole::new("/v1/completions", &body, priority, &trace);
-        return answer_whole(&route, whole, &key).await;
+        return Reply::Complete(answer_whole(&route, whole, &key).await);
     }
     let prompt = pb::generate_request::Prompt::Text(req.prompt.clone());
     let request = generate_request(&req.model, prompt, &req.sampling, priority, trace);
-    let shape = shape(Kind::Completion, &gateway, &req.model);
+    let shape = shape(Kind::Completion, gateway, &req.model);
     answer(&route, &request, &key, Relay::new(shape, &req.sampling)).await
 }
 
@@ -309,9 +325,9 @@ fn route_for(gateway: &Gateway, model: &str) -> Result<Arc<PoolRoute>, ApiError>
 
 /// Answers a request refused before it matched a pool (counted under pool `_none`, so
 /// that labels never come from unknown model names).
-pub(super) fn refused_before_routing(gateway: &Gateway, e: ApiError) -> Response {
+pub(super) fn refused_before_routing(gateway: &Gateway, e: ApiError) -> Reply {
     gateway.metrics.unrouted().start().outcome(&e.kind);
-    e.into_response()
+    Reply::Complete(e.complete())
 }
 
 async fn answer(
@@ -319,7 +335,7 @@ async fn answer(
     request: &pb::GenerateRequest,
     key: &RequestKey<'_>,
     shape: Relay,
-) -> Response {
+) -> Reply {
     let mut record = route.metrics.start();
     let deadline = tokio::time::Instant::now() + route.timeout;
     let forwarded = tokio::time::timeout_at(
@@ -336,11 +352,11 @@ async fn answer(
         }) => {
             record.forwarded(&committed.agent, retries, queue_wait);
             record.first_token();
-            relay(route.pool.clone(), committed, shape, deadline, record).await
+            Reply::Response(relay(route.pool.clone(), committed, shape, deadline, record).await)
         }
         Err(e) => {
             record.outcome(e.error_type());
-            ApiError::from(e).into_response()
+            Reply::Complete(ApiError::from(e).complete())
         }
     }
 }

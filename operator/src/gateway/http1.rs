@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf as _, Bytes, BytesMut};
 
+use super::chunked::{Chunk, ChunkError, next_chunk};
 use super::connection::connect_tcp;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
@@ -259,45 +260,16 @@ async fn read_chunked(
 ) -> Result<Bytes, CallError> {
     let mut body = BytesMut::new();
     loop {
-        match next_chunk(&mut buffer, &mut body)? {
+        let next = next_chunk(&mut buffer, &mut body, MAX_BODY_BYTES).map_err(|e| match e {
+            ChunkError::TooLarge => CallError::Malformed("answer too large"),
+            ChunkError::Malformed(why) => CallError::Malformed(why),
+        })?;
+        match next {
             Chunk::Done => return Ok(body.freeze()),
             Chunk::More => {}
             Chunk::NeedBytes => read_more(connection, &mut buffer).await?,
         }
     }
-}
-
-#[derive(Debug, PartialEq, Eq)]
-enum Chunk {
-    More,
-    Done,
-    NeedBytes,
-}
-
-/// Moves the next whole chunk of `buffer` into `body`.
-fn next_chunk(buffer: &mut BytesMut, body: &mut BytesMut) -> Result<Chunk, CallError> {
-    let Some(line_end) = buffer.windows(2).position(|w| w == b"\r\n") else {
-        return Ok(Chunk::NeedBytes);
-    };
-    let line = std::str::from_utf8(&buffer[..line_end]).unwrap_or_default();
-    let size_text = line.split(';').next().unwrap_or_default().trim();
-    let size =
-        usize::from_str_radix(size_text, 16).map_err(|_| CallError::Malformed("bad chunk size"))?;
-    // A size near usize::MAX would overflow the sums below.
-    if size.saturating_add(body.len()) > MAX_BODY_BYTES {
-        return Err(CallError::Malformed("answer too large"));
-    }
-    // The last chunk is followed by (no) trailers and an empty line.
-    let whole = line_end + 2 + size + 2;
-    if buffer.len() < whole {
-        return Ok(Chunk::NeedBytes);
-    }
-    if &buffer[whole - 2..whole] != b"\r\n" {
-        return Err(CallError::Malformed("chunk without its line end"));
-    }
-    body.extend_from_slice(&buffer[line_end + 2..line_end + 2 + size]);
-    buffer.advance(whole);
-    Ok(if size == 0 { Chunk::Done } else { Chunk::More })
 }
 
 thread_local! {

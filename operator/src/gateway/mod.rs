@@ -5,6 +5,7 @@
 pub mod agents;
 pub mod breaker;
 pub mod checks;
+pub mod chunked;
 pub mod connection;
 pub mod discovery;
 pub mod embed;
@@ -15,7 +16,9 @@ pub mod metrics;
 pub mod pick;
 pub mod pool;
 pub mod relay;
+pub mod reply;
 pub mod retry;
+pub mod server;
 pub mod stream;
 pub mod unary;
 pub mod workers;

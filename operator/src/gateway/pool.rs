@@ -50,7 +50,19 @@ struct AgentEntry {
     reported: Reported,
     reported_at: Option<Instant>,
     draining: bool,
+    /// It refused a request as full since its last report: taken as saturated until the
+    /// next one says otherwise.
+    full: bool,
     breaker: Breaker,
+}
+
+/// Why an agent turned a request away although it is healthy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Busy {
+    /// Its queue is full.
+    Full,
+    /// It is draining (or not ready): it takes nothing new.
+    Draining,
 }
 
 /// Why no agent was picked.
@@ -97,6 +109,7 @@ impl PoolView {
                     reported: Reported::default(),
                     reported_at: None,
                     draining: false,
+                    full: false,
                     breaker: Breaker::new(settings.failure_threshold, settings.cooldown),
                 });
             entry.http = e.http;
@@ -109,6 +122,19 @@ impl PoolView {
             a.reported = reported;
             a.reported_at = Some(Instant::now());
             a.draining = draining;
+            a.full = false;
+        }
+    }
+
+    /// Learns from an agent's refusal what its next report would say (reports lag by up
+    /// to their interval): a draining agent gets no more requests, a full one is
+    /// saturated, until a report says otherwise.
+    pub fn turned_away(&mut self, id: &str, busy: Busy) {
+        if let Some(a) = self.agents.get_mut(id) {
+            match busy {
+                Busy::Full => a.full = true,
+                Busy::Draining => a.draining = true,
+            }
         }
     }
 
@@ -203,8 +229,12 @@ impl PoolView {
 }
 
 /// Whether an agent has as much work as it can hold: a full batch running and as much
-/// again waiting, counting what this gateway sent since its last report.
+/// again waiting, counting what this gateway sent since its last report (or it said it
+/// was full since).
 fn saturated(a: &AgentEntry) -> bool {
+    if a.full {
+        return true;
+    }
     let slots = a.reported.max_batch_size.max(1);
     let work = a.reported.queued + a.reported.running.max(a.in_flight);
     work >= 2 * slots
@@ -300,5 +330,36 @@ mod tests {
         );
         pool.finished("a0", Outcome::Success);
         assert!(pool.choose(&RequestKey::default(), &[]).is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_agent_that_turned_a_request_away_is_passed_over_until_it_reports() {
+        let mut pool = PoolView::new(Box::new(RoundRobin::default()), SETTINGS);
+        pool.set_endpoints(&endpoints(2));
+        pool.report("a0", idle(), false);
+        pool.report("a1", idle(), false);
+        pool.turned_away("a0", Busy::Full);
+        for _ in 0..2 {
+            let (id, _) = pool.choose(&RequestKey::default(), &[]).unwrap();
+            assert_eq!(id, "a1", "a0 said it is full");
+            pool.finished(&id, Outcome::Success);
+        }
+        pool.turned_away("a1", Busy::Draining);
+        assert_eq!(
+            pool.healthy_ids(),
+            ["a0"],
+            "a draining agent is out of rotation"
+        );
+        assert_eq!(
+            pool.choose(&RequestKey::default(), &[]),
+            Err(NoAgent::Saturated)
+        );
+        pool.report("a0", idle(), false);
+        assert_eq!(
+            pool.choose(&RequestKey::default(), &[]).map(|c| c.0),
+            Ok("a0".into())
+        );
+        pool.report("a1", idle(), false);
+        assert_eq!(pool.healthy_ids(), ["a0", "a1"]);
     }
 }

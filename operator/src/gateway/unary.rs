@@ -5,10 +5,10 @@
 //! use gRPC; a whole answer needs nothing of the kind, and the agent serves HTTP/1.1 for
 //! less than gRPC. Retries, queueing and the breaker are the same as for streams.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
-use axum::http::{HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse as _, Response};
+use axum::http::StatusCode;
 use bytes::Bytes;
 use inferpool_protocol::agent::Priority;
 use inferpool_protocol::openai::ErrorBody;
@@ -19,7 +19,8 @@ use super::forward::{Attempt, ForwardError, ForwardSettings, Tried, try_agents};
 use super::front::PoolRoute;
 use super::http1::{self, Answer, Post};
 use super::pick::RequestKey;
-use super::pool::Outcome;
+use super::pool::{Busy, Outcome};
+use super::reply::Complete;
 use super::retry::RetryBudget;
 
 /// A whole-answer request as the client sent it, checked.
@@ -46,7 +47,7 @@ impl<'a> Whole<'a> {
 
 /// Answers `whole` from the pool of `route`: the answer of the agent that took it, or the
 /// gateway's error.
-pub async fn answer_whole(route: &PoolRoute, whole: Whole<'_>, key: &RequestKey<'_>) -> Response {
+pub async fn answer_whole(route: &PoolRoute, whole: Whole<'_>, key: &RequestKey<'_>) -> Complete {
     let mut record = route.metrics.start();
     let priority = [(PRIORITY_HEADER, priority_name(whole.priority))];
     let with_trace = [priority[0], ("traceparent", whole.traceparent)];
@@ -72,12 +73,12 @@ pub async fn answer_whole(route: &PoolRoute, whole: Whole<'_>, key: &RequestKey<
             queue_wait,
         }) => {
             record.forwarded(&value.agent, retries, queue_wait);
-            record.outcome(&outcome_of(&value.answer));
+            record.outcome(outcome_of(&value.answer).as_ref());
             passed_on(value.answer)
         }
         Err(e) => {
             record.outcome(e.error_type());
-            ApiError::from(e).into_response()
+            ApiError::from(e).complete()
         }
     }
 }
@@ -92,21 +93,21 @@ fn priority_name(priority: Priority) -> &'static str {
 }
 
 /// The outcome an answer is counted under: `ok`, or the agent's error type.
-fn outcome_of(answer: &Answer) -> String {
+fn outcome_of(answer: &Answer) -> Cow<'static, str> {
     if (200..300).contains(&answer.status) {
-        return "ok".to_owned();
+        return Cow::Borrowed("ok");
     }
-    error_of(&answer.body).map_or_else(|| "upstream_error".to_owned(), |(kind, _)| kind)
+    error_of(&answer.body).map_or(Cow::Borrowed("upstream_error"), |(kind, _)| kind.into())
 }
 
 /// The agent's answer as the client's.
-fn passed_on(answer: Answer) -> Response {
-    let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::BAD_GATEWAY);
-    let content_type = answer
-        .content_type
-        .and_then(|t| HeaderValue::from_str(&t).ok())
-        .unwrap_or(HeaderValue::from_static("application/json"));
-    (status, [(header::CONTENT_TYPE, content_type)], answer.body).into_response()
+fn passed_on(answer: Answer) -> Complete {
+    Complete {
+        status: StatusCode::from_u16(answer.status).unwrap_or(StatusCode::BAD_GATEWAY),
+        content_type: answer.content_type,
+        body: answer.body,
+        retry_after: answer.status == 429,
+    }
 }
 
 /// A checked request on its way to an agent.
@@ -177,7 +178,7 @@ async fn attempt(
     drop(in_flight);
     match verdict {
         Verdict::Answer => Ok(Answered { agent: id, answer }),
-        Verdict::Busy(e) => Err(Attempt::Retryable(e)),
+        Verdict::Busy(busy, e) => Err(Attempt::Busy(busy, e)),
         Verdict::AgentFailed => Err(Attempt::Retryable(ForwardError::Unavailable)),
     }
 }
@@ -188,7 +189,7 @@ enum Verdict {
     /// Passed on to the client: a success, or the agent's verdict on the request.
     Answer,
     /// The agent is healthy but cannot take it now (full queue, draining): another may.
-    Busy(ForwardError),
+    Busy(Busy, ForwardError),
     /// The agent failed: another may answer, and its breaker learns of it.
     AgentFailed,
 }
@@ -197,11 +198,22 @@ fn classify(answer: &Answer) -> Verdict {
     match answer.status {
         200..=299 => Verdict::Answer,
         429 | 503 => match error_of(&answer.body) {
-            Some((kind, message)) => Verdict::Busy(ForwardError::Refused {
-                status: answer.status,
-                kind,
-                message,
-            }),
+            Some((kind, message)) => {
+                let busy = if answer.status == 429 {
+                    Busy::Full
+                } else {
+                    Busy::Draining
+                };
+                let status = answer.status;
+                Verdict::Busy(
+                    busy,
+                    ForwardError::Refused {
+                        status,
+                        kind,
+                        message,
+                    },
+                )
+            }
             None => Verdict::AgentFailed,
         },
         400..=499 => Verdict::Answer,
@@ -225,6 +237,7 @@ mod tests {
 
     use super::*;
     use crate::gateway::forward::testing::round_robin_pool;
+    use crate::gateway::pick::Reported;
 
     /// A loopback agent that answers every request with `status` and `body`, and counts
     /// the requests it got.
@@ -282,7 +295,7 @@ mod tests {
             rank: 2,
         };
         let mut retries = 0;
-        // Round robin starts one of the two requests on the busy agent at least.
+        // Round robin starts one of the two requests on the draining agent.
         for _ in 0..2 {
             let sent = forward_unary(&pool, &budget, SETTINGS, request, &KEY);
             let tried = sent.await.unwrap();
@@ -292,11 +305,19 @@ mod tests {
             );
             retries += tried.retries;
         }
-        // Each visit to the busy agent cost one retry, and there was one at least.
+        // It was visited once: its refusal told the gateway it drains, and the visit
+        // counted as a retry.
         let visits = busy_count.load(std::sync::atomic::Ordering::Relaxed);
-        assert!(visits >= 1);
-        assert_eq!(retries, visits);
-        // A draining agent is not a failing one: its breaker stays closed.
+        assert_eq!((visits, retries), (1, 1));
+        // A draining agent is not a failing one: its breaker stays closed, and it takes
+        // requests again once a report says it is back.
+        let states = pool.with_view(|v| v.snapshot()).unwrap();
+        assert_eq!(states[0].2, "closed");
+        let idle = Reported {
+            max_batch_size: 8,
+            ..Reported::default()
+        };
+        pool.with_view(|v| v.report("a0", idle, false));
         let healthy = pool.with_view(|v| v.healthy_ids()).unwrap();
         assert_eq!(healthy, ["a0", "a1"]);
 
@@ -308,6 +329,29 @@ mod tests {
         let tried = sent.await.unwrap();
         assert_eq!((tried.value.answer.status, tried.retries), (400, 0));
         assert_eq!(outcome_of(&tried.value.answer), "invalid_request_error");
+    }
+
+    #[tokio::test]
+    async fn a_full_agent_is_passed_over_without_spending_the_retry_budget() {
+        let full = r#"{"error":{"message":"full","type":"queue_full","param":null,"code":null}}"#;
+        let (busy, busy_count) = agent("429 Too Many Requests", full).await;
+        let (fine, _) = agent("200 OK", "{}").await;
+        let pool = round_robin_pool(&[busy, fine], 8);
+        let budget = RetryBudget::new(0);
+        while budget.try_withdraw() {}
+        let body = Bytes::from_static(b"{}");
+        let request = UnaryRequest {
+            path: "/v1/completions",
+            headers: &[],
+            body: &body,
+            rank: 2,
+        };
+        for _ in 0..3 {
+            let sent = forward_unary(&pool, &budget, SETTINGS, request, &KEY);
+            assert_eq!(sent.await.unwrap().value.agent, "a1");
+        }
+        // Saturated until its next report: one visit, however many requests follow.
+        assert_eq!(busy_count.load(std::sync::atomic::Ordering::Relaxed), 1);
     }
 
     #[tokio::test]
@@ -356,15 +400,16 @@ mod tests {
             Verdict::Answer,
             "the request's own fault: passed on, the agent is fine"
         );
-        let busy = Verdict::Busy(ForwardError::Refused {
+        let full = ForwardError::Refused {
             status: 429,
             kind: "queue_full".into(),
             message: "m".into(),
-        });
-        assert_eq!(classify(&answer(429, &error("queue_full"))), busy);
+        };
+        let verdict = classify(&answer(429, &error("queue_full")));
+        assert_eq!(verdict, Verdict::Busy(Busy::Full, full));
         assert!(matches!(
             classify(&answer(503, &error("draining"))),
-            Verdict::Busy(ForwardError::Refused { status: 503, .. })
+            Verdict::Busy(Busy::Draining, ForwardError::Refused { status: 503, .. })
         ));
         assert_eq!(classify(&answer(503, "<html>")), Verdict::AgentFailed);
         assert_eq!(

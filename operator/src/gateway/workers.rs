@@ -5,18 +5,26 @@
 //! bytes to the agent and back, so it wakes no other thread, and each write carries all
 //! that is ready (on one multi-threaded runtime an agent call's headers and body went out
 //! in two writes from two threads, and each request woke threads several times). The
-//! pools, their load reports and the metrics stay shared between workers.
+//! pools, their load reports and the metrics stay shared between workers. The workers serve
+//! HTTP with the gateway's own server (see `server`): completions go straight to their
+//! handlers, everything else through the axum router.
 
 use std::cell::RefCell;
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use axum::Router;
-use axum::serve::ListenerExt as _;
+use axum::http::Method;
 use inferpool_protocol::listen::{WorkerSockets, spawn_workers};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use super::connection::ConnectionCache;
+use super::front::{Gateway, answer_chat, answer_completion, router};
+use super::reply::Reply;
+use super::server::Handler;
+use super::server::request::RawRequest;
 
 /// The running workers.
 #[derive(Debug)]
@@ -24,15 +32,19 @@ pub struct Workers {
     threads: Vec<std::thread::JoinHandle<std::io::Result<()>>>,
 }
 
-/// Starts one worker per bound socket, serving `app` until `stopped` turns true (each
-/// worker then finishes the requests it holds, as `axum::serve` does).
+/// Starts one worker per bound socket, serving `gateway` until `stopped` turns true (each
+/// worker then finishes the requests it holds).
 pub fn start(
     bound: WorkerSockets,
-    app: &Router,
+    gateway: &Arc<Gateway>,
     stopped: &watch::Receiver<bool>,
 ) -> std::io::Result<Workers> {
-    let (app, stopped) = (app.clone(), stopped.clone());
-    let serve = move |listener| serve_one(listener, app.clone(), stopped.clone());
+    let front = Front {
+        router: router(gateway.clone()),
+        gateway: gateway.clone(),
+    };
+    let stopped = stopped.clone();
+    let serve = move |listener| serve_one(listener, front.clone(), stopped.clone());
     let threads = spawn_workers("gateway-worker", bound.into_sockets(), serve)?;
     Ok(Workers { threads })
 }
@@ -57,17 +69,36 @@ impl Workers {
 /// One worker's serving, on its own thread and runtime, with its own agent connections.
 async fn serve_one(
     listener: TcpListener,
-    app: Router,
-    mut stopped: watch::Receiver<bool>,
+    front: Front,
+    stopped: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     let _connections = OwnConnections::install();
     tokio::spawn(tick());
-    let shutdown = async move {
-        let _ = stopped.wait_for(|s| *s).await;
-    };
-    axum::serve(listener.tap_io(crate::run::no_delay), app)
-        .with_graceful_shutdown(shutdown)
-        .await
+    super::server::serve(listener, front, stopped).await
+}
+
+/// The gateway's front door as the workers serve it: completions straight to their
+/// handlers, the rest through the router.
+#[derive(Clone)]
+struct Front {
+    router: Router,
+    gateway: Arc<Gateway>,
+}
+
+impl Handler for Front {
+    async fn answer(&self, request: RawRequest) -> Reply {
+        if request.method() == Method::POST {
+            let body = request.body.clone();
+            match request.path() {
+                "/v1/chat/completions" => return answer_chat(&self.gateway, &request, body).await,
+                "/v1/completions" => {
+                    return answer_completion(&self.gateway, &request, body).await;
+                }
+                _ => {}
+            }
+        }
+        self.router.answer(request).await
+    }
 }
 
 /// This thread's own connections while it serves. The connections' tasks live on the

@@ -1,0 +1,180 @@
+//! The gateway workers' HTTP/1.1 server: one task per connection reads a request (see
+//! `request`), has a `Handler` answer it and writes the answer (see `response`), the head
+//! and a whole body in one write. Completions, the gateway's traffic, go straight to their
+//! handlers with the request as read and come back as a status, a content type and a body
+//! (`Reply::Complete`): no header map, request, router or response is built for them, which
+//! under hyper and axum cost the gateway more CPU than the rest of its request path (and
+//! kept it behind nginx's requests per second). Every other request goes to the axum
+//! router. HTTP/1.1 only: keep-alive, pipelining (in order), `Expect: 100-continue`, chunked
+//! bodies both ways, `HEAD`; refusals in the API's error shape. A client that closes its
+//! connection while its request runs cancels the request, as with hyper.
+
+pub mod request;
+pub mod response;
+#[cfg(test)]
+mod tests;
+
+use std::time::Duration;
+
+use axum::Router;
+use bytes::BytesMut;
+use tokio::io::AsyncReadExt as _;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use self::request::{BadRequest, RawRequest, ReadError, read_body, read_head};
+use self::response::{Writing, write_reply};
+use super::checks::ApiError;
+use super::front::MAX_BODY_BYTES;
+use super::reply::Reply;
+
+/// What answers a server's requests.
+pub trait Handler: Clone + Send + Sync + 'static {
+    /// The answer to `request`.
+    fn answer(&self, request: RawRequest) -> impl Future<Output = Reply> + Send;
+}
+
+/// Every request through the router.
+impl Handler for Router {
+    async fn answer(&self, request: RawRequest) -> Reply {
+        let request = match request.into_http() {
+            Ok(request) => request,
+            Err(bad) => return Reply::Complete(refusal(bad).complete()),
+        };
+        let call = tower_service::Service::call(&mut self.clone(), request);
+        Reply::Response(call.await.unwrap_or_else(|never| match never {}))
+    }
+}
+
+fn refusal(bad: BadRequest) -> ApiError {
+    ApiError::new(bad.status(), bad.error_type(), bad.to_string())
+}
+
+/// How long a connection may wait for (the rest of) its next request head.
+const IDLE: Duration = Duration::from_secs(120);
+/// How long accepting pauses after it failed.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// Past this much read ahead (pipelined requests) while a request runs, the server stops
+/// reading until it is answered.
+const READ_AHEAD: usize = 64 * 1024;
+
+/// Serves `handler` on `listener` until `stopped` turns true; then stops accepting, lets
+/// each connection finish the request it is on, and returns when all have closed.
+pub async fn serve(
+    listener: TcpListener,
+    handler: impl Handler,
+    mut stopped: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    let mut connections = JoinSet::new();
+    let for_connections = stopped.clone();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((socket, _)) => {
+                    let stopped = for_connections.clone();
+                    connections.spawn(connection(socket, handler.clone(), stopped));
+                }
+                Err(e) => accept_failed(&e).await,
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            () = until_stopped(&mut stopped) => break,
+        }
+    }
+    while connections.join_next().await.is_some() {}
+    Ok(())
+}
+
+/// Returns once `stopped` turns true (or its sender is gone).
+async fn until_stopped(stopped: &mut watch::Receiver<bool>) {
+    // The guard `wait_for` returns must not live across an await (it is not `Send`).
+    let _ = stopped.wait_for(|s| *s).await.is_ok();
+}
+
+/// A connection that failed before it was accepted is the client's affair; any other
+/// failure (out of descriptors, say) pauses accepting while connections close.
+async fn accept_failed(e: &std::io::Error) {
+    use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
+    if matches!(
+        e.kind(),
+        ConnectionAborted | ConnectionRefused | ConnectionReset
+    ) {
+        return;
+    }
+    tracing::warn!(error = %e, "accept failed");
+    tokio::time::sleep(ACCEPT_BACKOFF).await;
+}
+
+/// Serves one connection's requests in order until it closes, fails, or the server stops.
+async fn connection(
+    mut socket: TcpStream,
+    handler: impl Handler,
+    mut stopped: watch::Receiver<bool>,
+) {
+    // Answers go out at once: with Nagle's algorithm a small write after another waits
+    // for the client's (delayed) acknowledgement.
+    if let Err(e) = socket.set_nodelay(true) {
+        tracing::debug!(error = %e, "TCP_NODELAY not set");
+    }
+    let mut buffer = BytesMut::with_capacity(8 * 1024);
+    loop {
+        let head = tokio::select! {
+            head = tokio::time::timeout(IDLE, read_head(&mut socket, &mut buffer)) => head,
+            () = until_stopped(&mut stopped) => return,
+        };
+        let head = match head {
+            Ok(Ok(Some(head))) => head,
+            Ok(Err(ReadError::Bad(bad))) => return refuse(&mut socket, bad).await,
+            Ok(Ok(None) | Err(ReadError::Io(_))) | Err(_) => return,
+        };
+        let (head_only, keep_alive) = (head.method() == axum::http::Method::HEAD, head.keep_alive);
+        let request = match read_body(&mut socket, &mut buffer, head, MAX_BODY_BYTES).await {
+            Ok(request) => request,
+            Err(ReadError::Bad(bad)) => return refuse(&mut socket, bad).await,
+            Err(ReadError::Io(_)) => return,
+        };
+        let Some(reply) = run(&handler, request, &mut socket, &mut buffer).await else {
+            return;
+        };
+        // A server that is stopping says so in the answer it finishes with.
+        let how = Writing {
+            head_only,
+            keep_alive: keep_alive && !*stopped.borrow(),
+        };
+        if write_reply(&mut socket, reply, how).await.is_err() || !how.keep_alive {
+            return;
+        }
+    }
+}
+
+/// The handler's answer to `request`; `None` when the client closed the connection first
+/// (the request is dropped, which cancels it). Bytes of pipelined requests that arrive
+/// meanwhile are kept in `buffer`.
+async fn run(
+    handler: &impl Handler,
+    request: RawRequest,
+    socket: &mut TcpStream,
+    buffer: &mut BytesMut,
+) -> Option<Reply> {
+    let call = handler.answer(request);
+    tokio::pin!(call);
+    loop {
+        tokio::select! {
+            biased;
+            answered = &mut call => return Some(answered),
+            read = socket.read_buf(buffer), if buffer.len() < READ_AHEAD => match read {
+                Ok(0) | Err(_) => return None,
+                Ok(_) => {}
+            },
+        }
+    }
+}
+
+/// Answers a request that could not be read, and closes.
+async fn refuse(socket: &mut TcpStream, bad: BadRequest) {
+    let how = Writing {
+        head_only: false,
+        keep_alive: false,
+    };
+    let _ = write_reply(socket, Reply::Complete(refusal(bad).complete()), how).await;
+}
