@@ -103,16 +103,18 @@ async fn exchange(
 /// The request's bytes: head and body in one buffer, so that one write carries both.
 fn encode(addr: SocketAddr, post: Post<'_>) -> Vec<u8> {
     let mut out = Vec::with_capacity(256 + post.body.len());
+    for part in ["POST ", post.path, " HTTP/1.1\r\nhost: "] {
+        out.extend_from_slice(part.as_bytes());
+    }
     // Writes to a Vec cannot fail.
-    let _ = write!(
-        out,
-        "POST {} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\n\
-         content-length: {}\r\n",
-        post.path,
-        post.body.len()
-    );
+    let _ = write!(out, "{addr}");
+    out.extend_from_slice(b"\r\ncontent-type: application/json\r\ncontent-length: ");
+    out.extend_from_slice(itoa::Buffer::new().format(post.body.len()).as_bytes());
+    out.extend_from_slice(b"\r\n");
     for (name, value) in post.headers {
-        let _ = write!(out, "{name}: {value}\r\n");
+        for part in [*name, ": ", *value, "\r\n"] {
+            out.extend_from_slice(part.as_bytes());
+        }
     }
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(post.body);

@@ -146,9 +146,13 @@ impl PoolView {
     }
 
     fn healthy(&self, a: &AgentEntry) -> bool {
+        self.healthy_at(a, Instant::now())
+    }
+
+    fn healthy_at(&self, a: &AgentEntry, now: Instant) -> bool {
         let fresh = a
             .reported_at
-            .is_some_and(|t| t.elapsed() <= self.settings.stale_after);
+            .is_some_and(|t| now.saturating_duration_since(t) <= self.settings.stale_after);
         fresh && !a.draining && a.breaker.is_available()
     }
 
@@ -168,26 +172,25 @@ impl PoolView {
         key: &RequestKey<'_>,
         exclude: &[String],
     ) -> Result<(String, SocketAddr), NoAgent> {
-        let eligible: Vec<(&String, &AgentEntry)> = self
+        // One pass: the candidates (eligible and not saturated), and whether any agent was
+        // eligible at all (if none, no agent is healthy; if all are saturated, none is free).
+        let now = Instant::now();
+        let mut any_eligible = false;
+        let candidates: Vec<Candidate<'_>> = self
             .agents
             .iter()
-            .filter(|(id, a)| self.healthy(a) && !exclude.contains(id))
-            .collect();
-        if eligible.is_empty() {
-            return Err(NoAgent::NoneHealthy);
-        }
-        let open: Vec<_> = eligible
-            .into_iter()
+            .filter(|(id, a)| self.healthy_at(a, now) && !exclude.contains(id))
+            .inspect(|_| any_eligible = true)
             .filter(|(_, a)| !saturated(a))
-            .collect();
-        let candidates: Vec<Candidate<'_>> = open
-            .iter()
             .map(|(id, a)| Candidate {
                 id: id.as_str(),
                 in_flight: a.in_flight,
                 reported: a.reported,
             })
             .collect();
+        if !any_eligible {
+            return Err(NoAgent::NoneHealthy);
+        }
         let index = self
             .picker
             .pick(&candidates, key)

@@ -14,8 +14,8 @@ pub enum Prompt {
     Many(Vec<String>),
 }
 
-/// `POST /v1/completions`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// `POST /v1/completions` (read field by field: see `wire`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct CompletionRequest {
     /// The served model name.
     pub model: String,

@@ -7,6 +7,7 @@ mod completions;
 mod embeddings;
 mod responses;
 mod shape;
+mod wire;
 
 pub use completions::{CompletionRequest, Prompt, ValidCompletionRequest};
 pub use embeddings::{
@@ -78,8 +79,8 @@ pub struct SamplingFields {
     pub user: Option<String>,
 }
 
-/// `POST /v1/chat/completions`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// `POST /v1/chat/completions` (read field by field: see `wire`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ChatCompletionRequest {
     /// The served model name.
     pub model: String,

@@ -14,6 +14,7 @@ pub mod response;
 #[cfg(test)]
 mod tests;
 
+use std::pin::Pin;
 use std::time::Duration;
 
 use axum::Router;
@@ -22,6 +23,7 @@ use tokio::io::AsyncReadExt as _;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
+use tokio::time::{Instant, Sleep};
 
 use self::request::{BadRequest, RawRequest, ReadError, read_body, read_head};
 use self::response::{Writing, write_reply};
@@ -64,10 +66,11 @@ const READ_AHEAD: usize = 64 * 1024;
 pub async fn serve(
     listener: TcpListener,
     handler: impl Handler,
-    mut stopped: watch::Receiver<bool>,
+    stopped: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     let mut connections = JoinSet::new();
     let for_connections = stopped.clone();
+    let mut stop = std::pin::pin!(until_stopped(stopped));
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -78,7 +81,7 @@ pub async fn serve(
                 Err(e) => accept_failed(&e).await,
             },
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
-            () = until_stopped(&mut stopped) => break,
+            () = &mut stop => break,
         }
     }
     while connections.join_next().await.is_some() {}
@@ -86,7 +89,7 @@ pub async fn serve(
 }
 
 /// Returns once `stopped` turns true (or its sender is gone).
-async fn until_stopped(stopped: &mut watch::Receiver<bool>) {
+async fn until_stopped(mut stopped: watch::Receiver<bool>) {
     // The guard `wait_for` returns must not live across an await (it is not `Send`).
     let _ = stopped.wait_for(|s| *s).await.is_ok();
 }
@@ -106,27 +109,28 @@ async fn accept_failed(e: &std::io::Error) {
 }
 
 /// Serves one connection's requests in order until it closes, fails, or the server stops.
-async fn connection(
-    mut socket: TcpStream,
-    handler: impl Handler,
-    mut stopped: watch::Receiver<bool>,
-) {
+async fn connection(mut socket: TcpStream, handler: impl Handler, stopped: watch::Receiver<bool>) {
     // Answers go out at once: with Nagle's algorithm a small write after another waits
     // for the client's (delayed) acknowledgement.
     if let Err(e) = socket.set_nodelay(true) {
         tracing::debug!(error = %e, "TCP_NODELAY not set");
     }
     let mut buffer = BytesMut::with_capacity(8 * 1024);
+    // Futures made once per connection, not once per request.
+    let mut stop = std::pin::pin!(until_stopped(stopped.clone()));
+    let mut idle = IdleCheck::new();
     loop {
         let head = tokio::select! {
-            head = tokio::time::timeout(IDLE, read_head(&mut socket, &mut buffer)) => head,
-            () = until_stopped(&mut stopped) => return,
+            head = read_head(&mut socket, &mut buffer) => head,
+            () = &mut stop => return,
+            () = idle.expired() => return,
         };
         let head = match head {
-            Ok(Ok(Some(head))) => head,
-            Ok(Err(ReadError::Bad(bad))) => return refuse(&mut socket, bad).await,
-            Ok(Ok(None) | Err(ReadError::Io(_))) | Err(_) => return,
+            Ok(Some(head)) => head,
+            Err(ReadError::Bad(bad)) => return refuse(&mut socket, bad).await,
+            Ok(None) | Err(ReadError::Io(_)) => return,
         };
+        idle.requests += 1;
         let (head_only, keep_alive) = (head.method() == axum::http::Method::HEAD, head.keep_alive);
         let request = match read_body(&mut socket, &mut buffer, head, MAX_BODY_BYTES).await {
             Ok(request) => request,
@@ -143,6 +147,40 @@ async fn connection(
         };
         if write_reply(&mut socket, reply, how).await.is_err() || !how.keep_alive {
             return;
+        }
+    }
+}
+
+/// Closes a connection that waits too long for its next request without a timer per
+/// request: one timer per connection fires every `IDLE`, and the connection closes when no
+/// request head was read since the last time it fired. So a connection closes between one
+/// and two `IDLE`s after its last request (or after it began a head it did not finish).
+struct IdleCheck {
+    timer: Pin<Box<Sleep>>,
+    /// Request heads read so far.
+    requests: u64,
+    /// `requests` when the timer last fired.
+    seen: u64,
+}
+
+impl IdleCheck {
+    fn new() -> Self {
+        Self {
+            timer: Box::pin(tokio::time::sleep(IDLE)),
+            requests: 0,
+            seen: 0,
+        }
+    }
+
+    /// Returns when the connection has been idle too long.
+    async fn expired(&mut self) {
+        loop {
+            self.timer.as_mut().await;
+            if self.requests == self.seen {
+                return;
+            }
+            self.seen = self.requests;
+            self.timer.as_mut().reset(Instant::now() + IDLE);
         }
     }
 }

@@ -43,7 +43,9 @@ fn complete_bytes(complete: &Complete, how: Writing) -> Vec<u8> {
     put_status(&mut out, complete.status);
     out.extend_from_slice(b"content-type: ");
     out.extend_from_slice(complete.content_type().as_bytes());
-    let _ = write!(out, "\r\ncontent-length: {}\r\n", complete.body.len());
+    out.extend_from_slice(b"\r\ncontent-length: ");
+    out.extend_from_slice(itoa::Buffer::new().format(complete.body.len()).as_bytes());
+    out.extend_from_slice(b"\r\n");
     if complete.retry_after {
         out.extend_from_slice(b"retry-after: 1\r\n");
     }
@@ -140,8 +142,11 @@ fn put_head(out: &mut Vec<u8>, status: StatusCode, headers: &HeaderMap, keep_ali
 }
 
 fn put_status(out: &mut Vec<u8>, status: StatusCode) {
-    let reason = status.canonical_reason().unwrap_or("");
-    let _ = write!(out, "HTTP/1.1 {} {reason}\r\n", status.as_u16());
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.extend_from_slice(b" ");
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
 }
 
 thread_local! {

@@ -331,3 +331,19 @@ async fn a_whole_reply_is_written_from_the_request_as_read() {
     assert_eq!(head.header("content-length"), Some("13"));
     assert!(closed(&mut socket).await);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_connection_is_idle_after_one_to_two_periods_without_a_request() {
+    let start = tokio::time::Instant::now();
+    IdleCheck::new().expired().await;
+    assert_eq!(start.elapsed(), IDLE, "no request at all");
+    let mut idle = IdleCheck::new();
+    tokio::time::advance(IDLE / 2).await;
+    idle.requests += 1;
+    idle.expired().await;
+    assert_eq!(
+        start.elapsed(),
+        IDLE * 3,
+        "a request half-way through the first period"
+    );
+}
