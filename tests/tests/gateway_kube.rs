@@ -9,11 +9,12 @@ use inferpool_e2e::agent::{AgentProcess, MODEL};
 use inferpool_e2e::cluster::cluster;
 use inferpool_e2e::controller::install_crd;
 use inferpool_e2e::dashboard;
-use inferpool_e2e::http::{free_port, get, metric, post_json};
+use inferpool_e2e::http::{get, metric, post_json};
 use inferpool_e2e::netns::NetNs;
 use inferpool_e2e::wait::wait_until;
 use inferpool_operator::gateway::discovery::Discovery as _;
-use inferpool_operator::gateway::{discovery, front};
+use inferpool_operator::gateway::{discovery, front, workers};
+use inferpool_protocol::listen::WorkerSockets;
 use serde_json::json;
 
 /// The agent Service's slice: `agent`'s ports at `ip`.
@@ -55,9 +56,11 @@ async fn the_gateway_follows_a_pools_endpoint_slices_to_a_real_agent() -> anyhow
         queue_wait: Duration::from_secs(1),
     };
     let discovering = tokio::spawn(discovery.run(gateway.clone()));
-    let addr = free_port()?;
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    let serving = tokio::spawn(axum::serve(listener, front::router(gateway)).into_future());
+    // Served as `inferpool-operator run` serves it: by the gateway's worker threads.
+    let bound = WorkerSockets::bind(SocketAddr::from(([127, 0, 0, 1], 0)), 2)?;
+    let addr = bound.addr();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let serving = workers::start(bound, &gateway, &stopped)?;
 
     let body =
         json!({"model": MODEL, "max_tokens": 3, "messages": [{"role": "user", "content": "hi"}]});
@@ -99,7 +102,8 @@ async fn the_gateway_follows_a_pools_endpoint_slices_to_a_real_agent() -> anyhow
     })
     .await?;
     discovering.abort();
-    serving.abort();
+    let _ = stop.send(true);
+    serving.join().await?;
     Ok(())
 }
 

@@ -6,7 +6,6 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::io::Write as _;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -106,8 +105,7 @@ fn encode(addr: SocketAddr, post: Post<'_>) -> Vec<u8> {
     for part in ["POST ", post.path, " HTTP/1.1\r\nhost: "] {
         out.extend_from_slice(part.as_bytes());
     }
-    // Writes to a Vec cannot fail.
-    let _ = write!(out, "{addr}");
+    put_host(&mut out, addr);
     out.extend_from_slice(b"\r\ncontent-type: application/json\r\ncontent-length: ");
     out.extend_from_slice(itoa::Buffer::new().format(post.body.len()).as_bytes());
     out.extend_from_slice(b"\r\n");
@@ -119,6 +117,27 @@ fn encode(addr: SocketAddr, post: Post<'_>) -> Vec<u8> {
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(post.body);
     out
+}
+
+/// Appends `addr` as text, formatted once per agent address and thread (formatting an
+/// address is slow next to the rest of a request's head).
+fn put_host(out: &mut Vec<u8>, addr: SocketAddr) {
+    HOSTS.with_borrow_mut(|hosts| {
+        // Agents come and go: start over rather than grow without end.
+        if hosts.len() >= MAX_HOSTS && !hosts.contains_key(&addr) {
+            hosts.clear();
+        }
+        let host = hosts.entry(addr).or_insert_with(|| addr.to_string().into());
+        out.extend_from_slice(host.as_bytes());
+    });
+}
+
+/// Most agent addresses whose text a thread keeps.
+const MAX_HOSTS: usize = 1024;
+
+thread_local! {
+    /// Agent addresses as text (see `put_host`).
+    static HOSTS: RefCell<HashMap<SocketAddr, Box<str>>> = RefCell::new(HashMap::new());
 }
 
 /// How the answer's body is framed.
