@@ -434,7 +434,29 @@ fn report(workload: Workload, paths: &[(&str, Target)], rounds: &[Vec<Figures>])
                 added.join(" / ")
             );
         }
+        paired_ratio(paths, rounds);
     }
+}
+
+/// The gateway's requests/s over nginx's, round by round (each pair ran back to back, so
+/// the machine's drifts touch both alike), and the median of those ratios.
+fn paired_ratio(paths: &[(&str, Target)], rounds: &[Vec<Figures>]) {
+    let [_, (gateway, _), (nginx, _)] = paths else {
+        return;
+    };
+    let mut ratios: Vec<f64> = rounds[1]
+        .iter()
+        .zip(&rounds[2])
+        .map(|(g, n)| g.rps / n.rps.max(1.0))
+        .collect();
+    let each: Vec<String> = ratios.iter().map(|r| format!("{r:.2}")).collect();
+    ratios.sort_by(f64::total_cmp);
+    let median = ratios.get(ratios.len().saturating_sub(1) / 2).copied();
+    println!(
+        "{gateway} / {nginx} requests/s by round: {}; median {:.2}",
+        each.join(" / "),
+        median.unwrap_or_default()
+    );
 }
 
 fn main() -> anyhow::Result<()> {
@@ -480,9 +502,12 @@ fn main() -> anyhow::Result<()> {
     };
     for workload in workloads {
         let mut rounds: Vec<Vec<Figures>> = paths.iter().map(|_| Vec::new()).collect();
-        for _ in 0..args.rounds {
-            for ((_, path), figures) in paths.iter().zip(&mut rounds) {
-                figures.push(measure(path, workload, &args)?);
+        for round in 0..args.rounds {
+            // The two proxies take turns at going first, so that neither always follows
+            // the same path.
+            let order = if round % 2 == 0 { [0, 1, 2] } else { [0, 2, 1] };
+            for i in order {
+                rounds[i].push(measure(&paths[i].1, workload, &args)?);
             }
         }
         report(workload, &paths, &rounds);
