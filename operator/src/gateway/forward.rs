@@ -134,11 +134,19 @@ where
     let mut failed: Vec<String> = Vec::new();
     let mut turned_away = 0;
     let mut last_error = None;
-    let deadline = Instant::now() + settings.queue_wait;
+    // Read the clock only for requests that wait (most find an agent at once).
+    let mut deadline = None;
     loop {
-        let waited = Instant::now();
-        let chosen = wait_for_agent(pool, key, rank, &failed, deadline).await;
-        queue_wait += waited.elapsed();
+        let chosen = match pick_now(pool, key, rank, &failed) {
+            Ok(chosen) => Ok(chosen),
+            Err(_) => {
+                let waited = Instant::now();
+                let until = *deadline.get_or_insert(waited + settings.queue_wait);
+                let chosen = wait_for_agent(pool, key, rank, &failed, until).await;
+                queue_wait += waited.elapsed();
+                chosen
+            }
+        };
         let (id, http) = chosen.map_err(|e| last_error.take().unwrap_or(e))?;
         let error = match attempt(id.clone(), http).await {
             Ok(value) => {
@@ -191,13 +199,7 @@ pub async fn wait_for_agent(
     let mut waiting = None;
     loop {
         let changed = pool.changed.notified();
-        let chosen = if pool.more_urgent_waiting(rank) {
-            Err(NoAgent::Saturated)
-        } else {
-            pool.with_view(|v| v.choose(key, exclude))
-                .unwrap_or(Err(NoAgent::NoneHealthy))
-        };
-        let error = match chosen {
+        let error = match pick_now(pool, key, rank, exclude) {
             Ok(chosen) => return Ok(chosen),
             Err(NoAgent::Saturated) => ForwardError::Saturated,
             Err(NoAgent::NoneHealthy) => ForwardError::Unavailable,
@@ -207,6 +209,20 @@ pub async fn wait_for_agent(
             return Err(error);
         }
     }
+}
+
+/// An agent for `key` now, unless more urgent requests wait or none is free.
+fn pick_now(
+    pool: &Pool,
+    key: &RequestKey<'_>,
+    rank: usize,
+    exclude: &[String],
+) -> Result<(String, std::net::SocketAddr), NoAgent> {
+    if pool.more_urgent_waiting(rank) {
+        return Err(NoAgent::Saturated);
+    }
+    pool.with_view(|v| v.choose(key, exclude))
+        .unwrap_or(Err(NoAgent::NoneHealthy))
 }
 
 /// 0 for critical .. 3 for low (unspecified is normal).

@@ -48,7 +48,9 @@ impl<'a> Whole<'a> {
 /// Answers `whole` from the pool of `route`: the answer of the agent that took it, or the
 /// gateway's error.
 pub async fn answer_whole(route: &PoolRoute, whole: Whole<'_>, key: &RequestKey<'_>) -> Complete {
-    let mut record = route.metrics.start();
+    // One clock reading for the record and the deadline.
+    let now = tokio::time::Instant::now();
+    let mut record = route.metrics.start_at(now.into_std());
     let priority = [(PRIORITY_HEADER, priority_name(whole.priority))];
     let with_trace = [priority[0], ("traceparent", whole.traceparent)];
     let request = UnaryRequest {
@@ -61,7 +63,7 @@ pub async fn answer_whole(route: &PoolRoute, whole: Whole<'_>, key: &RequestKey<
         body: whole.body,
         rank: super::forward::priority_rank(whole.priority),
     };
-    let deadline = tokio::time::Instant::now() + route.timeout;
+    let deadline = now + route.timeout;
     let sent = forward_unary(&route.pool, &route.budget, route.forward, request, key);
     let answered = tokio::time::timeout_at(deadline, sent)
         .await

@@ -125,10 +125,15 @@ impl PoolMetrics {
 
     /// Starts recording one request.
     pub fn start(&self) -> RequestRecord {
+        self.start_at(Instant::now())
+    }
+
+    /// Starts recording one request that arrived at `started`.
+    pub fn start_at(&self, started: Instant) -> RequestRecord {
         RequestRecord {
             series: self.clone(),
             agent: None,
-            started: Instant::now(),
+            started,
             outcome: outcome_index("cancelled"),
         }
     }
