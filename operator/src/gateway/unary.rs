@@ -276,6 +276,18 @@ mod tests {
         prefix: "",
         session: None,
     };
+    static BODY: Bytes = Bytes::from_static(b"{}");
+
+    /// A completion request with `body`, normal priority, no headers.
+    fn request(body: &Bytes) -> UnaryRequest<'_> {
+        UnaryRequest {
+            path: "/v1/completions",
+            headers: &[],
+            body,
+            rank: 2,
+        }
+    }
+
     const SETTINGS: ForwardSettings = ForwardSettings {
         max_retries: 2,
         queue_wait: Duration::from_secs(1),
@@ -289,13 +301,7 @@ mod tests {
         let (fine, _) = agent("200 OK", r#"{"object":"chat.completion"}"#).await;
         let pool = round_robin_pool(&[busy, fine], 8);
         let budget = RetryBudget::new(100);
-        let body = Bytes::from_static(b"{}");
-        let request = UnaryRequest {
-            path: "/v1/chat/completions",
-            headers: &[],
-            body: &body,
-            rank: 2,
-        };
+        let request = request(&BODY);
         let mut retries = 0;
         // Round robin starts one of the two requests on the draining agent.
         for _ in 0..2 {
@@ -341,13 +347,7 @@ mod tests {
         let pool = round_robin_pool(&[busy, fine], 8);
         let budget = RetryBudget::new(0);
         while budget.try_withdraw() {}
-        let body = Bytes::from_static(b"{}");
-        let request = UnaryRequest {
-            path: "/v1/completions",
-            headers: &[],
-            body: &body,
-            rank: 2,
-        };
+        let request = request(&BODY);
         for _ in 0..3 {
             let sent = forward_unary(&pool, &budget, SETTINGS, request, &KEY);
             assert_eq!(sent.await.unwrap().value.agent, "a1");
@@ -367,13 +367,7 @@ mod tests {
             .unwrap();
         let pool = round_robin_pool(&[gone, fine], 8);
         let budget = RetryBudget::new(100);
-        let body = Bytes::from_static(b"{}");
-        let request = UnaryRequest {
-            path: "/v1/completions",
-            headers: &[],
-            body: &body,
-            rank: 2,
-        };
+        let request = request(&BODY);
         for _ in 0..6 {
             let sent = forward_unary(&pool, &budget, SETTINGS, request, &KEY);
             assert_eq!(sent.await.unwrap().value.agent, "a1");
