@@ -42,7 +42,10 @@ impl Complete {
 
 impl IntoResponse for Complete {
     fn into_response(self) -> Response {
-        let content_type = HeaderValue::from_str(self.content_type())
+        let content_type = self
+            .content_type
+            .as_deref()
+            .and_then(|t| HeaderValue::from_str(t).ok())
             .unwrap_or(HeaderValue::from_static("application/json"));
         let mut response = (
             self.status,

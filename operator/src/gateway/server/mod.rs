@@ -110,11 +110,7 @@ async fn accept_failed(e: &std::io::Error) {
 
 /// Serves one connection's requests in order until it closes, fails, or the server stops.
 async fn connection(mut socket: TcpStream, handler: impl Handler, stopped: watch::Receiver<bool>) {
-    // Answers go out at once: with Nagle's algorithm a small write after another waits
-    // for the client's (delayed) acknowledgement.
-    if let Err(e) = socket.set_nodelay(true) {
-        tracing::debug!(error = %e, "TCP_NODELAY not set");
-    }
+    crate::run::no_delay(&mut socket);
     let mut buffer = BytesMut::with_capacity(8 * 1024);
     // Futures made once per connection, not once per request.
     let mut stop = std::pin::pin!(until_stopped(stopped.clone()));

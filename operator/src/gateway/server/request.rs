@@ -83,7 +83,7 @@ impl Head {
     }
 
     /// The values of the header fields named `name` (case-insensitive), in order.
-    fn values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
+    fn values<'a, 'n>(&'a self, name: &'n str) -> impl Iterator<Item = &'a [u8]> + use<'a, 'n> {
         self.fields.iter().filter_map(move |(n, v)| {
             let field = &self.bytes[n.clone()];
             field
@@ -129,13 +129,8 @@ impl RawRequest {
 
     /// The first value of header `name` (case-insensitive), if it is text.
     pub fn header(&self, name: &str) -> Option<&str> {
-        let bytes = &self.head.bytes;
-        let (_, value) = self
-            .head
-            .fields
-            .iter()
-            .find(|(n, _)| bytes[n.clone()].eq_ignore_ascii_case(name.as_bytes()))?;
-        std::str::from_utf8(&bytes[value.clone()]).ok()
+        let value = self.head.values(name).next()?;
+        std::str::from_utf8(value).ok()
     }
 
     /// The request as the router takes it.
