@@ -1,7 +1,9 @@
 //! A Hugging Face safetensors checkpoint loads and answers like the GGUF it came from. The
 //! checkpoint is written by this test from the default GGUF (dequantized weights, q/k rows
 //! put back in Hugging Face's RoPE order, `tokenizer.json`), so both paths see the same
-//! numbers and must agree token for token.
+//! numbers and must give the same next-token logits to within rounding, all along a greedy
+//! answer. (Not the same greedy tokens: the two paths round the weights differently, so a
+//! near-tie may fall one way on one CPU's kernels and the other way on another's.)
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -87,6 +89,41 @@ fn write_checkpoint(gguf: &Path, dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The logits before each token of `path` (the first after the prompt), feeding `path`
+/// back one token at a time.
+fn logits_along(model: &Llama, prompt: &[u32], path: &[u32]) -> anyhow::Result<Vec<Tensor>> {
+    let mut cache = KvCache::default();
+    let mut input = prompt;
+    let mut out = Vec::new();
+    for token in path {
+        let mut step = [SeqStep {
+            tokens: input,
+            cache: &mut cache,
+        }];
+        out.push(model.step(&mut step)?.squeeze(0)?);
+        input = std::slice::from_ref(token);
+    }
+    Ok(out)
+}
+
+/// Total variation distance between the next-token distributions of two logit vectors:
+/// 0 when they are the same, 1 when they share nothing.
+fn total_variation(a: &Tensor, b: &Tensor) -> anyhow::Result<f32> {
+    let (pa, pb) = (
+        candle_nn::ops::softmax_last_dim(a)?,
+        candle_nn::ops::softmax_last_dim(b)?,
+    );
+    Ok((pa - pb)?.abs()?.sum_all()?.to_scalar::<f32>()? / 2.0)
+}
+
+/// How many tokens score higher than `token` in `logits`.
+fn rank_of(logits: &Tensor, token: u32) -> anyhow::Result<usize> {
+    let logits = logits.to_vec1::<f32>()?;
+    let score = logits[token as usize];
+    Ok(logits.iter().filter(|&&l| l > score).count())
+}
+
+/// `n` greedy tokens after `prompt`.
 fn greedy(model: &Llama, prompt: &[u32], n: usize) -> anyhow::Result<Vec<u32>> {
     let mut cache = KvCache::default();
     let mut input = prompt.to_vec();
@@ -111,15 +148,6 @@ fn prompt(m: &LoadedModel) -> anyhow::Result<Vec<u32>> {
     Ok(m.tokenizer.encode(&m.template.render(&messages, true)?)?)
 }
 
-fn logits(model: &Llama, prompt: &[u32]) -> anyhow::Result<Tensor> {
-    let mut cache = KvCache::default();
-    let mut step = [SeqStep {
-        tokens: prompt,
-        cache: &mut cache,
-    }];
-    Ok(model.step(&mut step)?.squeeze(0)?)
-}
-
 #[test]
 fn a_safetensors_checkpoint_answers_like_its_gguf() -> anyhow::Result<()> {
     let gguf = default_model()?;
@@ -134,18 +162,28 @@ fn a_safetensors_checkpoint_answers_like_its_gguf() -> anyhow::Result<()> {
         pa, pb,
         "tokenizer.json must tokenize like the GGUF vocabulary"
     );
-    // Same weights, rounded once more to Q8_0, RoPE in the other layout, activations rounded
-    // per 256 values on the repacked kernels: the logits agree to within several percent,
-    // and the greedy answers start the same.
-    let (la, lb) = (logits(&from_gguf.model, &pa)?, logits(&from_hf.model, &pb)?);
-    let scale = la.abs()?.max_all()?.to_scalar::<f32>()?;
-    let diff = (&la - &lb)?.abs()?.max_all()?.to_scalar::<f32>()?;
-    eprintln!("largest logit difference {diff} of {scale}");
-    assert!(diff / scale < 0.1, "logits differ by {diff} of {scale}");
-    let (a, b) = (
-        greedy(&from_gguf.model, &pa, 6)?,
-        greedy(&from_hf.model, &pb, 6)?,
-    );
-    assert_eq!(a, b, "{:?}", from_hf.tokenizer.decode(&b, false));
+    // Same weights, rounded to Q8_0 alike, RoPE in the other layout: the sums run in another
+    // order, and rounding activations to 8 bits (per 256 values on the repacked kernels)
+    // turns those tiny differences into rounding steps. Along the GGUF's greedy answer the
+    // next-token distributions agree to within that rounding, and each token the GGUF chose is among the
+    // checkpoint's first choices (not always its first: a near-tie may fall either way).
+    // Measured: 0.03-0.06 apart on the generic kernels, up to 0.15 on the repacked ones; a
+    // checkpoint read wrongly (RoPE layout, tensor names) is near 1.
+    let path = greedy(&from_gguf.model, &pa, 6)?;
+    let along_gguf = logits_along(&from_gguf.model, &pa, &path)?;
+    let along_hf = logits_along(&from_hf.model, &pb, &path)?;
+    for (i, (la, lb)) in along_gguf.iter().zip(&along_hf).enumerate() {
+        let distance = total_variation(la, lb)?;
+        let rank = rank_of(lb, path[i])?;
+        eprintln!("token {i}: distributions {distance:.4} apart; GGUF's choice ranks {rank}");
+        assert!(
+            distance < 0.25,
+            "token {i}: next-token distributions {distance} apart"
+        );
+        assert!(
+            rank < 3,
+            "token {i}: the GGUF's choice ranks {rank} in the checkpoint's"
+        );
+    }
     Ok(())
 }

@@ -262,21 +262,37 @@ impl Batcher {
 
     /// Moves waiting sequences into the batch while the strategy allows and there is room,
     /// taking the blocks for their whole input up front; the queue's head waits when blocks
-    /// run short. Returns how long the strategy holds the queue, if it does.
+    /// run short. Preempted sequences at the head resume first, whatever the strategy: it
+    /// decides when new requests join, and a static or dynamic gate would otherwise hold a
+    /// sequence that already streamed tokens for up to its wait limit. Returns how long the
+    /// strategy holds the queue, if it does.
     fn admit(&mut self) -> Option<Duration> {
+        if !self.admit_heads(Sequence::resuming) {
+            return None;
+        }
         match self.gate() {
             Gate::Open => {}
             Gate::Hold(wait) => return Some(wait),
             Gate::Closed => return None,
         }
+        self.admit_heads(|_| true);
+        None
+    }
+
+    /// Admits queue heads while `which` accepts them and slots and blocks allow. False when
+    /// the head waits for blocks (nothing behind it may pass it).
+    fn admit_heads(&mut self, which: fn(&Sequence) -> bool) -> bool {
         while self.running.len() < self.config.max_batch_size {
             let Some(head) = self.queue.peek() else { break };
+            if !which(head) {
+                break;
+            }
             let blocks = head.cache.blocks_missing(head.pending());
             if !self.budget.try_take(blocks) {
                 if self.running.is_empty() {
                     self.refuse_oversized();
                 }
-                break;
+                return false;
             }
             let Some((_, mut sequence)) = self.queue.pop() else {
                 break;
@@ -286,7 +302,7 @@ impl Batcher {
             sequence.admitted = self.admissions;
             self.running.push(sequence);
         }
-        None
+        true
     }
 
     /// The head needs more blocks than the whole budget: it can never run.

@@ -52,6 +52,11 @@ impl Sequence {
         self.events.is_closed()
     }
 
+    /// Whether it ran before and was preempted: it resumes before new requests are gated.
+    pub fn resuming(&self) -> bool {
+        self.admitted != 0
+    }
+
     /// Preemption order: lower priority first, then the most recently admitted.
     pub fn preemption_key(&self) -> (crate::scheduler::queue::Priority, u64) {
         (self.request.priority, self.admitted)
