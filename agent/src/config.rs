@@ -7,8 +7,8 @@ use serde::Deserialize;
 
 use crate::cache::CacheSettings;
 use crate::engine::load::ModelFormat;
+use crate::generation::Priority;
 use crate::scheduler::batcher::BatcherConfig;
-use crate::scheduler::queue::Priority;
 pub use crate::scheduler::strategy::Strategy;
 
 /// The pool's settings for this agent.
@@ -122,6 +122,8 @@ pub struct Batching {
     pub max_wait_milliseconds: u64,
     /// Queue limits per priority.
     pub queue_limits: QueueLimits,
+    /// Seconds after which a waiting request rises one priority class (0: never).
+    pub aging_seconds: u64,
 }
 
 impl Default for Batching {
@@ -132,6 +134,7 @@ impl Default for Batching {
             max_batch_tokens: 4096,
             max_wait_milliseconds: 10,
             queue_limits: QueueLimits::default(),
+            aging_seconds: 30,
         }
     }
 }
@@ -220,6 +223,7 @@ impl AgentConfig {
             kv_blocks,
             strategy: self.batching.strategy,
             max_wait: std::time::Duration::from_millis(self.batching.max_wait_milliseconds),
+            aging: std::time::Duration::from_secs(self.batching.aging_seconds),
         }
     }
 }
@@ -261,7 +265,7 @@ mod tests {
             "servedName": "m", "modelPath": "/d", "modelFormat": "safetensors",
             "chatTemplate": "{{x}}", "gpus": 1, "httpPort": 1, "grpcPort": 2,
             "batching": {"strategy": "dynamic", "maxBatchSize": 4, "maxBatchTokens": 64,
-                "maxWaitMilliseconds": 5, "padding": "none",
+                "maxWaitMilliseconds": 5, "padding": "none", "agingSeconds": 9,
                 "queueLimits": {"critical": 1, "high": 2, "normal": 3, "low": 4}},
             "cache": {"enabled": true}
         }))
@@ -274,5 +278,6 @@ mod tests {
             (4, 64, 7)
         );
         assert_eq!(b.queue_limits, [1, 2, 3, 4]);
+        assert_eq!(b.aging, std::time::Duration::from_secs(9));
     }
 }

@@ -5,6 +5,7 @@
 pub mod cache;
 pub mod config;
 pub mod engine;
+pub mod generation;
 pub mod gpu;
 pub mod scheduler;
 pub mod server;

@@ -9,11 +9,8 @@ use inferpool_agent::engine::kv::{BLOCK_SIZE, BlockBudget};
 use inferpool_agent::engine::model::{Llama, WeightFormat};
 use inferpool_agent::engine::sampling::SamplingParams;
 use inferpool_agent::engine::tokenizer::ModelTokenizer;
-use inferpool_agent::scheduler::batcher::{
-    BatcherConfig, EngineHandle, FinishReason, GenerationEvent, GenerationRequest, Load,
-    SubmitError,
-};
-use inferpool_agent::scheduler::queue::Priority;
+use inferpool_agent::generation::{FinishReason, GenerationEvent, GenerationRequest, Priority};
+use inferpool_agent::scheduler::batcher::{BatcherConfig, EngineHandle, Load, SubmitError};
 use inferpool_agent::scheduler::strategy::Strategy;
 use inferpool_e2e::parts::default_model;
 
@@ -62,6 +59,7 @@ const CONFIG: BatcherConfig = BatcherConfig {
     kv_blocks: 256,
     strategy: Strategy::Continuous,
     max_wait: Duration::ZERO,
+    aging: Duration::from_secs(30),
 };
 
 #[tokio::test]
@@ -111,6 +109,98 @@ async fn a_dropped_receiver_cancels_and_frees_its_slot() -> anyhow::Result<()> {
     // The single slot is free again: a new request runs to its end.
     let (tokens, end) = collect(engine.generate(request(&tok, "Say hi.", 3)?).await?).await;
     assert!(!tokens.is_empty() && matches!(end, Some(GenerationEvent::Finished { .. })));
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_client_that_reads_nothing_holds_up_only_itself_and_still_gets_its_end()
+-> anyhow::Result<()> {
+    let (engine, tok) = engine(CONFIG)?;
+    // Far more tokens than a client may leave unread: with a send that waits on the
+    // client, the whole loop would stop at the slow one's 65th token. No stop tokens, so
+    // that both run to their limit whatever the kernels make of the prompts.
+    let endless = |prompt| -> anyhow::Result<GenerationRequest> {
+        let mut r = request(&tok, prompt, 120)?;
+        r.stop_tokens.clear();
+        Ok(r)
+    };
+    let mut slow = engine
+        .generate(endless("Count from one to one hundred.")?)
+        .await?;
+    let fast = engine
+        .generate(endless("Count from one to fifty.")?)
+        .await?;
+    let (tokens, end) = tokio::time::timeout(Duration::from_secs(300), collect(fast)).await?;
+    assert!(
+        matches!(end, Some(GenerationEvent::Finished { .. })),
+        "{end:?}"
+    );
+    assert_eq!(tokens.len(), 120, "the other stream stopped early");
+    // The slow one is still in the batch, paused, and gets everything once it reads.
+    let mut load = engine.load();
+    tokio::time::timeout(Duration::from_secs(30), load.wait_for(|l| l.running == 1)).await??;
+    let mut streamed = 0;
+    let end = loop {
+        match slow.recv().await {
+            Some(GenerationEvent::Token(_)) => streamed += 1,
+            other => break other,
+        }
+    };
+    let Some(GenerationEvent::Finished {
+        completion_tokens, ..
+    }) = end
+    else {
+        panic!("the slow client lost its end: {end:?}");
+    };
+    assert_eq!((streamed, completion_tokens), (120, 120));
+    Ok(())
+}
+
+#[tokio::test]
+async fn under_load_critical_goes_first_and_low_last() -> anyhow::Result<()> {
+    let (engine, tok) = engine(BatcherConfig {
+        max_batch_size: 1,
+        ..CONFIG
+    })?;
+    let mut load = engine.load();
+    // Runs to its limit (no stop token) while the others queue behind it.
+    let mut story = request(&tok, "Tell a story.", 32)?;
+    story.stop_tokens.clear();
+    let running = engine.generate(story).await?;
+    load.wait_for(|l| l.running == 1).await?;
+    let mut order = Vec::new();
+    for priority in [Priority::Low, Priority::Normal, Priority::Critical] {
+        let mut r = request(&tok, "Say hi.", 2)?;
+        r.priority = priority;
+        order.push((priority, engine.generate(r).await?));
+    }
+    // With one slot they run one after another, in the order they finish.
+    let finished = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let tasks: Vec<_> = order
+        .into_iter()
+        .map(|(priority, events)| {
+            let finished = Arc::clone(&finished);
+            tokio::spawn(async move {
+                let (_, end) = collect(events).await;
+                if let Ok(mut finished) = finished.lock() {
+                    finished.push(priority);
+                }
+                end
+            })
+        })
+        .collect();
+    collect(running).await;
+    for task in tasks {
+        assert!(matches!(
+            task.await?,
+            Some(GenerationEvent::Finished { .. })
+        ));
+    }
+    let finished = finished.lock().map(|f| f.clone()).unwrap_or_default();
+    assert_eq!(
+        finished,
+        [Priority::Critical, Priority::Normal, Priority::Low]
+    );
     Ok(())
 }
 

@@ -5,7 +5,7 @@ use inferpool_agent::engine::chat::ChatTemplate;
 use inferpool_agent::engine::gguf::GgufHeader;
 use inferpool_agent::engine::prepare::{ModelFacts, PrepareError, prepare_chat};
 use inferpool_agent::engine::tokenizer::ModelTokenizer;
-use inferpool_agent::scheduler::queue::Priority;
+use inferpool_agent::generation::Priority;
 use inferpool_e2e::parts::default_model;
 use inferpool_protocol::openai::{ChatCompletionRequest, ValidChatRequest};
 

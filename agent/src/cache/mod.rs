@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use moka::sync::Cache;
 
-use crate::scheduler::batcher::{FinishReason, GenerationRequest};
+use crate::generation::{FinishReason, GenerationRequest};
 
 /// How big and how fresh.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -146,7 +146,7 @@ impl ResponseCache {
 mod tests {
     use super::*;
     use crate::engine::sampling::SamplingParams;
-    use crate::scheduler::queue::Priority;
+    use crate::generation::Priority;
 
     fn generation(prompt: Vec<u32>, temperature: f32, seed: Option<u64>) -> GenerationRequest {
         GenerationRequest {

@@ -1,15 +1,16 @@
 //! Loading a model for serving: weights, tokenizer and chat template, from a GGUF file (or,
 //! see `safetensors`, a Hugging Face checkpoint directory).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use candle_core::Device;
 
-use super::chat::{ChatTemplate, TemplateError};
-use super::gguf::{GgufHeader, ModelFileError};
-use super::model::{Llama, ModelError, WeightFormat};
-use super::tokenizer::{ModelTokenizer, TokenizerError};
+use super::gguf::GgufHeader;
+use super::loaded::template_for;
+pub use super::loaded::{LoadError, LoadedModel};
+use super::model::{Llama, WeightFormat};
+use super::tokenizer::ModelTokenizer;
 
 /// How the model is stored.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
@@ -23,40 +24,6 @@ pub enum ModelFormat {
     /// A directory with `config.json`, `*.safetensors` and `tokenizer.json`.
     Safetensors,
 }
-
-/// Why a model could not be loaded.
-#[derive(Debug, thiserror::Error)]
-pub enum LoadError {
-    /// Weights or metadata.
-    #[error(transparent)]
-    Model(#[from] ModelError),
-    /// The model file.
-    #[error(transparent)]
-    File(#[from] ModelFileError),
-    /// The tokenizer.
-    #[error(transparent)]
-    Tokenizer(#[from] TokenizerError),
-    /// The chat template does not compile.
-    #[error(transparent)]
-    Template(#[from] TemplateError),
-    /// The path is neither a GGUF file nor a safetensors directory.
-    #[error("{0}: not a GGUF file or a safetensors directory")]
-    UnknownFormat(PathBuf),
-}
-
-/// Everything needed to serve a model.
-#[derive(Debug)]
-pub struct LoadedModel {
-    /// The weights.
-    pub model: Arc<Llama>,
-    /// Its tokenizer.
-    pub tokenizer: ModelTokenizer,
-    /// The chat template (the pool's override, else the model's own, else ChatML).
-    pub template: ChatTemplate,
-}
-
-/// ChatML, for models that ship no template.
-const CHATML: &str = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
 
 /// Loads the model at `path` onto `device`.
 pub fn load(
@@ -98,18 +65,4 @@ fn load_gguf(
         tokenizer,
         template,
     })
-}
-
-/// The template to use: the override, else the model's, else ChatML.
-pub(crate) fn template_for(
-    tokenizer: &ModelTokenizer,
-    template_override: Option<&str>,
-) -> Result<ChatTemplate, TemplateError> {
-    let source = template_override
-        .or(tokenizer.chat_template.as_deref())
-        .unwrap_or(CHATML);
-    let eos = tokenizer
-        .decode(&[tokenizer.eos], false)
-        .unwrap_or_default();
-    ChatTemplate::new(source, "", &eos)
 }

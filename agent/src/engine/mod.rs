@@ -5,6 +5,7 @@ pub mod embed;
 pub mod gguf;
 pub mod kv;
 pub mod load;
+pub mod loaded;
 pub mod model;
 pub mod prepare;
 pub mod safetensors;

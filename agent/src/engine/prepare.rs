@@ -6,8 +6,7 @@ use inferpool_protocol::openai::ValidChatRequest;
 use super::chat::{ChatMessage, ChatTemplate, TemplateError};
 use super::sampling::SamplingParams;
 use super::tokenizer::{ModelTokenizer, TokenizerError};
-use crate::scheduler::batcher::GenerationRequest;
-use crate::scheduler::queue::Priority;
+use crate::generation::{GenerationRequest, Priority};
 
 /// Why a valid request still cannot run on this model.
 #[derive(Debug, thiserror::Error)]

@@ -12,7 +12,7 @@ use candle_core::{DType, Device, Tensor};
 use serde::Deserialize;
 
 use super::gguf::ModelFileError;
-use super::load::{LoadError, LoadedModel, template_for};
+use super::loaded::{LoadError, LoadedModel, template_for};
 use super::model::{Layer, Llama, LlamaConfig, ModelError, Weights};
 use super::tokenizer::ModelTokenizer;
 

@@ -6,61 +6,21 @@
 //! sequences, giving their blocks back (a request whose receiver was dropped is cancelled
 //! at once). When a decoding sequence needs a block and none is free, the newest
 //! lowest-priority sequence is preempted: it returns its blocks and goes back to the head of
-//! the queue, to recompute its cache when blocks free up.
+//! the queue, to recompute its cache when blocks free up. A sequence whose client has
+//! `sequence::EVENT_BUFFER` tokens unread sits out steps until the client reads (keeping its
+//! blocks), so a slow reader delays only itself; its terminal event always has room.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::queue::{AdmissionQueue, Priority, QueueFull};
+use super::queue::{AdmissionQueue, QueueFull};
 use super::sequence::Sequence;
 use super::strategy::{BatchState, Gate, Strategy};
 use crate::engine::kv::BlockBudget;
 use crate::engine::model::{Llama, ModelError, SeqStep};
-use crate::engine::sampling::SamplingParams;
-
-/// A request the engine can run: tokens, limits and sampling, already validated.
-#[derive(Debug, Clone)]
-pub struct GenerationRequest {
-    /// Prompt token ids (chat template applied).
-    pub prompt: Vec<u32>,
-    /// Most tokens to generate.
-    pub max_tokens: usize,
-    /// Tokens that end generation (end-of-turn, end-of-text).
-    pub stop_tokens: Vec<u32>,
-    /// How tokens are drawn.
-    pub sampling: SamplingParams,
-    /// Queue priority.
-    pub priority: Priority,
-}
-
-/// Why generation ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FinishReason {
-    /// A stop token was generated.
-    Stop,
-    /// `max_tokens` was reached.
-    Length,
-}
-
-/// What the engine streams back for one request.
-#[derive(Debug, Clone, PartialEq)]
-pub enum GenerationEvent {
-    /// One generated token.
-    Token(u32),
-    /// The end, with token counts.
-    Finished {
-        /// Why.
-        reason: FinishReason,
-        /// Prompt tokens processed.
-        prompt_tokens: usize,
-        /// Tokens generated.
-        completion_tokens: usize,
-    },
-    /// The engine failed on this request's step.
-    Failed(String),
-}
+use crate::generation::{FinishReason, GenerationEvent, GenerationRequest};
 
 /// Limits of the loop.
 #[derive(Debug, Clone, Copy)]
@@ -77,6 +37,8 @@ pub struct BatcherConfig {
     pub strategy: Strategy,
     /// The strategy's wait limit.
     pub max_wait: Duration,
+    /// Wait after which a queued request rises one priority class (zero: never).
+    pub aging: Duration,
 }
 
 /// The engine's load, published after every iteration.
@@ -132,10 +94,6 @@ pub struct EngineHandle {
     load: watch::Receiver<Load>,
 }
 
-/// Room for events in flight per request. A client this many tokens behind pauses the
-/// loop until it reads (the gateway reads continuously, so this bounds memory, not speed).
-const EVENT_BUFFER: usize = 64;
-
 impl EngineHandle {
     /// Starts the loop on a thread of its own, owning `model`.
     pub fn start(model: Arc<Llama>, config: BatcherConfig) -> Self {
@@ -154,7 +112,7 @@ impl EngineHandle {
         &self,
         request: GenerationRequest,
     ) -> Result<mpsc::Receiver<GenerationEvent>, SubmitError> {
-        let (events, receiver) = mpsc::channel(EVENT_BUFFER);
+        let (events, receiver) = Sequence::event_channel();
         let (admitted, admission) = oneshot::channel();
         let submission = Submission {
             request,
@@ -190,7 +148,7 @@ impl Batcher {
     fn new(model: Arc<Llama>, config: BatcherConfig, publish: watch::Sender<Load>) -> Self {
         Self {
             model,
-            queue: AdmissionQueue::new(config.queue_limits),
+            queue: AdmissionQueue::new(config.queue_limits, config.aging),
             budget: BlockBudget::new(config.kv_blocks),
             config,
             running: Vec::new(),
@@ -223,8 +181,15 @@ impl Batcher {
             self.drop_cancelled();
             hold = self.admit();
             self.reserve_decode_blocks();
-            self.iterate();
+            let stepped = self.iterate();
             self.publish_load();
+            if !stepped && !self.running.is_empty() {
+                // Every running sequence waits for its client to read.
+                let wake = room_or_submission(&self.running, &mut submissions, hold);
+                if let Some(s) = clock.block_on(wake) {
+                    self.accept(s);
+                }
+            }
         }
     }
 
@@ -346,23 +311,24 @@ impl Batcher {
         let mut s = self.running.remove(i);
         self.budget.give_back(s.cache.release());
         self.preemptions += 1;
-        self.queue.push_front(s.request.priority, s);
+        let since = s.queued_at;
+        self.queue.push_front(s.request.priority, s, since);
     }
 
     /// Tokens each running sequence feeds this step: one per decoding sequence first, then
-    /// prompt chunks from what is left of the budget.
+    /// prompt chunks from what is left of the budget; none for a paused sequence.
     fn plan(&self) -> Vec<usize> {
         let mut plan: Vec<usize> = self
             .running
             .iter()
-            .map(|r| usize::from(r.decoding()))
+            .map(|r| usize::from(r.decoding() && !r.paused()))
             .collect();
         let mut budget = self
             .config
             .max_batch_tokens
             .saturating_sub(plan.iter().sum());
         for (slot, r) in plan.iter_mut().zip(&self.running) {
-            if !r.decoding() {
+            if !r.decoding() && !r.paused() {
                 *slot = r.pending().min(budget);
                 budget -= *slot;
             }
@@ -370,7 +336,8 @@ impl Batcher {
         plan
     }
 
-    fn iterate(&mut self) {
+    /// Runs one step over the planned sequences; false when none could step.
+    fn iterate(&mut self) -> bool {
         let plan = self.plan();
         let mut steps = Vec::new();
         let mut members = Vec::new();
@@ -386,7 +353,7 @@ impl Batcher {
             members.push(i);
         }
         if steps.is_empty() {
-            return;
+            return false;
         }
         let logits = self.model.step(&mut steps);
         drop(steps);
@@ -394,6 +361,7 @@ impl Batcher {
             Ok(logits) => self.advance(&members, &logits),
             Err(e) => self.fail(&members, &e),
         }
+        true
     }
 
     fn advance(&mut self, members: &[usize], logits: &candle_core::Tensor) {
@@ -443,6 +411,33 @@ impl Batcher {
     }
 }
 
+/// Waits until a paused sequence's client reads (or leaves), a submission arrives (which it
+/// returns) or `limit` passes.
+async fn room_or_submission(
+    running: &[Sequence],
+    submissions: &mut mpsc::Receiver<Submission>,
+    limit: Option<Duration>,
+) -> Option<Submission> {
+    let room = futures::future::select_all(running.iter().map(|r| Box::pin(r.room())));
+    let submission = async {
+        match submissions.is_closed() {
+            true => std::future::pending().await,
+            false => submissions.recv().await,
+        }
+    };
+    let limit = async {
+        match limit {
+            Some(limit) => tokio::time::sleep(limit).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        s = submission => s,
+        _ = room => None,
+        () = limit => None,
+    }
+}
+
 /// The next submission, waiting at most `limit` (forever when `None`).
 async fn next_submission(
     submissions: &mut mpsc::Receiver<Submission>,
@@ -462,10 +457,9 @@ fn emit(r: &mut Sequence, logits: &[f32]) -> Option<FinishReason> {
     if r.request.stop_tokens.contains(&token) {
         return Some(FinishReason::Stop);
     }
-    if r.events
-        .blocking_send(GenerationEvent::Token(token))
-        .is_err()
-    {
+    // Never full: a sequence steps only with two free slots (`Sequence::paused`), so the
+    // only failure is a client that left.
+    if r.events.try_send(GenerationEvent::Token(token)).is_err() {
         return Some(FinishReason::Stop);
     }
     (r.generated >= r.request.max_tokens).then_some(FinishReason::Length)

@@ -5,9 +5,12 @@
 
 use tokio::sync::mpsc;
 
-use super::batcher::{GenerationEvent, GenerationRequest};
 use crate::engine::kv::KvCache;
 use crate::engine::sampling::Sampler;
+use crate::generation::{GenerationEvent, GenerationRequest, Priority};
+
+/// Tokens a client may leave unread before its sequence pauses.
+pub const EVENT_BUFFER: usize = 64;
 
 pub(super) struct Sequence {
     pub request: GenerationRequest,
@@ -37,6 +40,28 @@ impl Sequence {
         }
     }
 
+    /// The channel for one request's events: room for `EVENT_BUFFER` tokens and, always,
+    /// the terminal event.
+    pub fn event_channel() -> (
+        mpsc::Sender<GenerationEvent>,
+        mpsc::Receiver<GenerationEvent>,
+    ) {
+        mpsc::channel(EVENT_BUFFER + 1)
+    }
+
+    /// Whether its client is `EVENT_BUFFER` tokens behind: it sits out steps, keeping its
+    /// blocks, until the client reads, so that a slow reader never holds up the batch.
+    /// Stepping only with two free slots leaves one for the terminal event, whatever
+    /// happens in the step.
+    pub fn paused(&self) -> bool {
+        self.events.capacity() < 2
+    }
+
+    /// Resolves once the client has made room to step again, or left.
+    pub async fn room(&self) {
+        let _room = self.events.reserve_many(2).await;
+    }
+
     /// Tokens not yet in the cache.
     pub fn pending(&self) -> usize {
         self.tokens.len() - self.cache.len()
@@ -58,7 +83,7 @@ impl Sequence {
     }
 
     /// Preemption order: lower priority first, then the most recently admitted.
-    pub fn preemption_key(&self) -> (crate::scheduler::queue::Priority, u64) {
+    pub fn preemption_key(&self) -> (Priority, u64) {
         (self.request.priority, self.admitted)
     }
 }

@@ -24,8 +24,8 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 use crate::cache::CacheStats;
-use crate::scheduler::batcher::{FinishReason, Load};
-use crate::scheduler::queue::Priority;
+use crate::generation::{FinishReason, Priority};
+use crate::scheduler::batcher::Load;
 use crate::serving::error::ServeError;
 use crate::serving::record::Recorder;
 use crate::serving::text::{TextEvent, TextStream};

@@ -19,8 +19,8 @@ use serde::de::DeserializeOwned;
 
 use inferpool_protocol::openai::Kind;
 
-use super::respond;
-use crate::scheduler::queue::Priority;
+use super::respond::{self, refuse};
+use crate::generation::Priority;
 use crate::serving::error::ServeError;
 use crate::serving::record::Recorder;
 use crate::serving::{Agent, Phase};
@@ -44,18 +44,6 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .fallback(|| async { (StatusCode::NOT_FOUND, "no such endpoint") })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(agent)
-}
-
-/// A refusal as an HTTP response.
-#[derive(Debug)]
-pub struct ApiError(pub ServeError);
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let status =
-            StatusCode::from_u16(self.0.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        (status, axum::Json(self.0.body())).into_response()
-    }
 }
 
 fn parse<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, ServeError> {
@@ -148,12 +136,6 @@ async fn embeddings(
         }
         Err(e) => refuse(&mut recorder, e),
     }
-}
-
-/// Answers with `e`, counting it under its type.
-pub fn refuse(recorder: &mut Recorder, e: ServeError) -> Response {
-    recorder.outcome(e.error_type());
-    ApiError(e).into_response()
 }
 
 async fn models(State(agent): State<Arc<Agent>>) -> Response {

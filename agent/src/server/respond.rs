@@ -7,12 +7,12 @@ use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use axum::http::StatusCode;
 use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::Stream;
 use inferpool_protocol::openai::{Kind, ResponseShape, ValidSampling};
 
-use super::http::refuse;
 use crate::serving::Agent;
 use crate::serving::error::ServeError;
 use crate::serving::record::Recorder;
@@ -176,4 +176,22 @@ impl Events {
         self.queued.push_back("[DONE]".to_owned());
         self.ended = true;
     }
+}
+
+/// A refusal as an HTTP response.
+#[derive(Debug)]
+pub struct ApiError(pub ServeError);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status =
+            StatusCode::from_u16(self.0.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        (status, axum::Json(self.0.body())).into_response()
+    }
+}
+
+/// Answers with `e`, counting it under its type.
+pub fn refuse(recorder: &mut Recorder, e: ServeError) -> Response {
+    recorder.outcome(e.error_type());
+    ApiError(e).into_response()
 }

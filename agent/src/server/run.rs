@@ -26,9 +26,9 @@ use crate::engine::embed::Embedder;
 use crate::engine::kv::BlockBudget;
 use crate::engine::load::{LoadedModel, load};
 use crate::engine::sampling::SamplingParams;
+use crate::generation::{GenerationEvent, GenerationRequest, Priority};
 use crate::gpu::Inventory;
-use crate::scheduler::batcher::{EngineHandle, GenerationEvent, GenerationRequest};
-use crate::scheduler::queue::Priority;
+use crate::scheduler::batcher::EngineHandle;
 use crate::serving::{Agent, Phase, Served};
 
 /// Settings of the process that the pool's config does not carry.

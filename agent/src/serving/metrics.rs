@@ -13,8 +13,8 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::cache::CacheStats;
+use crate::generation::Priority;
 use crate::scheduler::batcher::Load;
-use crate::scheduler::queue::Priority;
 
 /// Labels of finished requests.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

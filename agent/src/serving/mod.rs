@@ -27,9 +27,9 @@ use crate::engine::chat::ChatTemplate;
 use crate::engine::embed::Embedder;
 use crate::engine::prepare::{ModelFacts, prepare_chat, prepare_completion};
 use crate::engine::tokenizer::ModelTokenizer;
+use crate::generation::{GenerationRequest, Priority};
 use crate::gpu::Inventory;
-use crate::scheduler::batcher::{EngineHandle, GenerationRequest, Load};
-use crate::scheduler::queue::Priority;
+use crate::scheduler::batcher::{EngineHandle, Load};
 
 /// Where the agent is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -12,7 +12,7 @@ use super::inflight::InFlightGuard;
 use crate::cache::{CacheKey, CachedAnswer, ResponseCache};
 use crate::engine::sampling::StopMatcher;
 use crate::engine::tokenizer::ModelTokenizer;
-use crate::scheduler::batcher::{FinishReason, GenerationEvent};
+use crate::generation::{FinishReason, GenerationEvent};
 
 /// Turns token ids into text deltas, decoding a short window each time.
 #[derive(Debug, Default)]

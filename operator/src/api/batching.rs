@@ -37,6 +37,13 @@ pub struct BatchingSpec {
     /// 429 and the gateway tries another agent.
     #[serde(default)]
     pub queue_limits: QueueLimits,
+
+    /// Seconds after which a waiting request rises one priority class, so that steady
+    /// urgent traffic delays `low` requests by at most three such periods; 0 turns aging
+    /// off (strict priority).
+    #[serde(default = "default_aging_seconds")]
+    #[schemars(range(min = 0, max = 3600))]
+    pub aging_seconds: i32,
 }
 
 impl Default for BatchingSpec {
@@ -48,8 +55,13 @@ impl Default for BatchingSpec {
             max_wait_milliseconds: default_max_wait_ms(),
             padding: PaddingStrategy::default(),
             queue_limits: QueueLimits::default(),
+            aging_seconds: default_aging_seconds(),
         }
     }
+}
+
+fn default_aging_seconds() -> i32 {
+    30
 }
 
 fn default_max_batch_size() -> i32 {

@@ -1,0 +1,81 @@
+//! What a generation is, as the engine, the scheduler and serving all see it: the request,
+//! the events streamed back, why it finished and its priority. Near the bottom of the
+//! crate (it names only the sampling settings), so that every layer can use these types
+//! without importing another layer.
+
+use crate::engine::sampling::SamplingParams;
+
+/// Request priority (`x-inferpool-priority`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Priority {
+    /// Served before everything else.
+    Critical,
+    /// Before normal traffic.
+    High,
+    /// The default.
+    Normal,
+    /// Background work.
+    Low,
+}
+
+impl Priority {
+    /// Every priority, most urgent first.
+    pub const ALL: [Priority; 4] = [Self::Critical, Self::High, Self::Normal, Self::Low];
+
+    /// Position in `ALL` (0 is the most urgent).
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// The header spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Critical => "critical",
+            Self::High => "high",
+            Self::Normal => "normal",
+            Self::Low => "low",
+        }
+    }
+}
+
+/// A request the engine can run: tokens, limits and sampling, already validated.
+#[derive(Debug, Clone)]
+pub struct GenerationRequest {
+    /// Prompt token ids (chat template applied).
+    pub prompt: Vec<u32>,
+    /// Most tokens to generate.
+    pub max_tokens: usize,
+    /// Tokens that end generation (end-of-turn, end-of-text).
+    pub stop_tokens: Vec<u32>,
+    /// How tokens are drawn.
+    pub sampling: SamplingParams,
+    /// Queue priority.
+    pub priority: Priority,
+}
+
+/// Why generation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinishReason {
+    /// A stop token was generated.
+    Stop,
+    /// `max_tokens` was reached.
+    Length,
+}
+
+/// What the engine streams back for one request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum GenerationEvent {
+    /// One generated token.
+    Token(u32),
+    /// The end, with token counts.
+    Finished {
+        /// Why.
+        reason: FinishReason,
+        /// Prompt tokens processed.
+        prompt_tokens: usize,
+        /// Tokens generated.
+        completion_tokens: usize,
+    },
+    /// The engine failed on this request's step.
+    Failed(String),
+}
