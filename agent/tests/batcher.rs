@@ -205,6 +205,28 @@ async fn under_load_critical_goes_first_and_low_last() -> anyhow::Result<()> {
 }
 
 #[tokio::test]
+async fn a_request_that_could_never_fit_the_kv_cache_is_refused_at_once() -> anyhow::Result<()> {
+    let (engine, tok) = engine(BatcherConfig {
+        kv_blocks: 4,
+        ..CONFIG
+    })?;
+    let fits = request(&tok, "Hi.", 64 - 20)?;
+    assert!(fits.prompt.len() <= 20);
+    let too_long = request(&tok, "Hi.", 64)?;
+    let refused = engine.generate(too_long.clone()).await.unwrap_err();
+    assert_eq!(
+        refused,
+        SubmitError::TooLarge {
+            tokens: too_long.prompt.len() + 64,
+            capacity: 64
+        }
+    );
+    let (_, end) = collect(engine.generate(fits).await?).await;
+    assert!(matches!(end, Some(GenerationEvent::Finished { .. })));
+    Ok(())
+}
+
+#[tokio::test]
 async fn a_full_queue_refuses_at_once() -> anyhow::Result<()> {
     let (engine, tok) = engine(BatcherConfig {
         max_batch_size: 1,

@@ -74,6 +74,15 @@ pub enum SubmitError {
     /// Its priority's queue is full.
     #[error(transparent)]
     QueueFull(#[from] QueueFull),
+    /// Its prompt and `max_tokens` together need more KV-cache blocks than the engine has,
+    /// so it could never finish, however long it waited.
+    #[error("{tokens} tokens (prompt and max_tokens) exceed the KV cache of {capacity} tokens")]
+    TooLarge {
+        /// Prompt plus `max_tokens`.
+        tokens: usize,
+        /// Tokens the whole KV budget holds.
+        capacity: usize,
+    },
     /// The engine loop has stopped.
     #[error("the engine has stopped")]
     Stopped,
@@ -112,6 +121,12 @@ impl EngineHandle {
         &self,
         request: GenerationRequest,
     ) -> Result<mpsc::Receiver<GenerationEvent>, SubmitError> {
+        let tokens = request.prompt.len() + request.max_tokens;
+        let total = self.load.borrow().kv_blocks_total;
+        if BlockBudget::blocks_for(tokens) > total {
+            let capacity = total * crate::engine::kv::BLOCK_SIZE;
+            return Err(SubmitError::TooLarge { tokens, capacity });
+        }
         let (events, receiver) = Sequence::event_channel();
         let (admitted, admission) = oneshot::channel();
         let submission = Submission {

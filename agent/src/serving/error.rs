@@ -29,6 +29,9 @@ pub enum ServeError {
     /// The priority's queue is full.
     #[error(transparent)]
     QueueFull(#[from] QueueFull),
+    /// The request could never fit the engine's KV cache.
+    #[error("{0}")]
+    TooLargeForCache(String),
     /// The agent is shutting down.
     #[error("the agent is draining and takes no new requests")]
     Draining,
@@ -47,6 +50,7 @@ impl From<SubmitError> for ServeError {
     fn from(e: SubmitError) -> Self {
         match e {
             SubmitError::QueueFull(q) => Self::QueueFull(q),
+            e @ SubmitError::TooLarge { .. } => Self::TooLargeForCache(e.to_string()),
             SubmitError::Stopped => Self::Engine("the engine has stopped".into()),
         }
     }
@@ -60,6 +64,7 @@ impl ServeError {
             Self::BodyTooLarge(_) => "request_too_large",
             Self::ModelNotFound(_) => "model_not_found",
             Self::Prepare(p) => p.error_type(),
+            Self::TooLargeForCache(_) => "context_length_exceeded",
             Self::QueueFull(_) => "queue_full",
             Self::Draining => "draining",
             Self::NotReady => "not_ready",
@@ -72,7 +77,7 @@ impl ServeError {
         match self {
             Self::Invalid(_) | Self::Json(_) => 400,
             Self::ModelNotFound(_) => 404,
-            Self::BodyTooLarge(_) => 413,
+            Self::BodyTooLarge(_) | Self::TooLargeForCache(_) => 413,
             Self::Prepare(p) => p.status(),
             Self::QueueFull(_) => 429,
             Self::Draining | Self::NotReady => 503,
