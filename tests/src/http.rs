@@ -119,6 +119,30 @@ pub fn post(
     Ok(Reply { status, head, body })
 }
 
+/// Sends a POST of the JSON `body` and returns the connection without reading from it (a
+/// client that may leave before its answer: dropping the stream closes it).
+pub fn send_request(
+    addr: SocketAddr,
+    path: &str,
+    body: &serde_json::Value,
+) -> anyhow::Result<TcpStream> {
+    let mut stream = connect(addr)?;
+    send_post(&mut stream, addr, path, &[], body.to_string().as_bytes())?;
+    Ok(stream)
+}
+
+/// Whether any byte of an answer has arrived on `stream` (without consuming it).
+pub fn has_answer(stream: &TcpStream) -> anyhow::Result<bool> {
+    stream.set_nonblocking(true)?;
+    let peeked = stream.peek(&mut [0; 1]);
+    stream.set_nonblocking(false)?;
+    match peeked {
+        Ok(n) => Ok(n > 0),
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// POSTs a JSON value.
 pub fn post_json(addr: SocketAddr, path: &str, body: &serde_json::Value) -> anyhow::Result<Reply> {
     post(addr, path, &[], body.to_string().as_bytes())
@@ -183,6 +207,14 @@ impl EventStream {
                 return Ok(Some(data.to_owned()));
             }
         }
+    }
+
+    /// The rest of the body as text (for a refusal, which is not a stream of events).
+    pub fn rest(&mut self) -> String {
+        use std::io::Read as _;
+        let mut rest = String::new();
+        let _ = self.reader.read_to_string(&mut rest);
+        rest
     }
 
     /// Every remaining event's data, parsed as JSON, up to `[DONE]`.

@@ -12,4 +12,5 @@ pub mod netns;
 pub mod operator;
 pub mod parts;
 pub mod pools;
+pub mod streams;
 pub mod wait;

@@ -90,6 +90,48 @@ impl LocalPool {
         })
     }
 
+    /// The HTTP address of agent `id` (its API and `/metrics`), from the config file it
+    /// was started with.
+    pub fn agent_http(&self, id: &str) -> anyhow::Result<SocketAddr> {
+        let pid = self
+            .agent_pid(id)
+            .ok_or_else(|| anyhow::anyhow!("no agent {id}"))?;
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline"))?;
+        let config = cmdline
+            .split(|&b| b == 0)
+            .find(|arg| arg.ends_with(format!("/{id}.json").as_bytes()))
+            .ok_or_else(|| anyhow::anyhow!("agent {id} has no config argument"))?;
+        let config: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(String::from_utf8_lossy(config).as_ref())?)?;
+        let port = config["httpPort"]
+            .as_u64()
+            .and_then(|p| u16::try_from(p).ok())
+            .ok_or_else(|| anyhow::anyhow!("agent {id}'s config has no httpPort"))?;
+        Ok(SocketAddr::from(([127, 0, 0, 1], port)))
+    }
+
+    /// Agent `id`'s `/metrics` text.
+    pub fn agent_metrics(&self, id: &str) -> anyhow::Result<String> {
+        let (status, text) = get(self.agent_http(id)?, "/metrics")?;
+        anyhow::ensure!(status == 200, "agent {id}'s /metrics answered {status}");
+        Ok(text)
+    }
+
+    /// Waits until agent `id` runs as a process other than `old` (local mode restarts an
+    /// agent that died) and the gateway counts it healthy again; its new pid.
+    pub async fn restarted(&self, id: &str, old: u32, limit: Duration) -> anyhow::Result<u32> {
+        let pool = id.rsplit_once('-').map_or(id, |(pool, _)| pool);
+        let key = format!("inferpool_gateway_agent_healthy{{pool=\"{pool}\",agent=\"{id}\"}}");
+        wait_until(limit, || {
+            let pid = self.agent_pid(id).filter(|&p| p != old);
+            let healthy = self
+                .get("/metrics")
+                .is_ok_and(|(_, text)| crate::http::metric(&text, &key) == Some(1.0));
+            async move { pid.filter(|_| healthy) }
+        })
+        .await
+    }
+
     /// Sends `signal` (e.g. `-KILL`) to `pid`.
     pub fn signal(pid: u32, signal: &str) -> anyhow::Result<()> {
         let status = Command::new("kill")

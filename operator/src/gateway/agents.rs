@@ -15,8 +15,8 @@ use tokio::task::JoinHandle;
 use tonic::transport::Channel;
 
 use super::connection::{AgentConnection, ConnectionCache};
-use super::pick::Reported;
-use super::pool::{Endpoint, Outcome, PoolView};
+use super::pick::{Reported, RequestKey};
+use super::pool::{Endpoint, NoAgent, Outcome, PoolView};
 use super::workers::with_worker_connections;
 
 /// One pool: its view of the agents, their addresses and load subscriptions, and the
@@ -61,16 +61,39 @@ impl Drop for Waiting<'_> {
     }
 }
 
-/// A request picked onto an agent: ends its count there, with `outcome`, when dropped
-/// (however the request ends, a client leaving and a deadline included).
+/// A request picked onto an agent: its slot there, held from the pick until the request
+/// ends however it ends (an answer, a failure, a client that leaves, a deadline). Dropping
+/// it gives the slot back and tells the agent's breaker the outcome; until an outcome is
+/// set it is `Cancelled`, which counts for nothing.
 #[derive(Debug)]
 pub struct InFlight {
-    /// The agent's pool.
-    pub pool: Arc<Pool>,
-    /// The agent.
-    pub agent: String,
-    /// How the request ended, as the agent's breaker learns it.
-    pub outcome: Outcome,
+    pool: Arc<Pool>,
+    agent: String,
+    outcome: Outcome,
+}
+
+impl InFlight {
+    /// The agent it is on.
+    pub fn agent(&self) -> &str {
+        &self.agent
+    }
+
+    /// Its pool.
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    /// How the request ended, as the breaker will learn it when this is dropped.
+    pub fn set_outcome(&mut self, outcome: Outcome) {
+        self.outcome = outcome;
+    }
+
+    /// The agent answered (its first message): the breaker learns it now, and the request
+    /// counts as a success unless it fails later.
+    pub fn answered(&mut self) {
+        self.pool.with_view(|v| v.answered(&self.agent));
+        self.outcome = Outcome::Success;
+    }
 }
 
 impl Drop for InFlight {
@@ -148,6 +171,24 @@ impl Pool {
         self.changed.notify_waiters();
     }
 
+    /// Picks an agent for `key`, not one of `exclude`: its slot (held until dropped) and
+    /// its HTTP address.
+    pub fn pick(
+        self: &Arc<Self>,
+        key: &RequestKey<'_>,
+        exclude: &[String],
+    ) -> Result<(InFlight, SocketAddr), NoAgent> {
+        let (agent, http) = self
+            .with_view(|v| v.choose(key, exclude))
+            .unwrap_or(Err(NoAgent::NoneHealthy))?;
+        let slot = InFlight {
+            pool: self.clone(),
+            agent,
+            outcome: Outcome::Cancelled,
+        };
+        Ok((slot, http))
+    }
+
     /// Registers a request of priority `rank` as waiting for an agent.
     pub fn wait_at(&self, rank: usize) -> Waiting<'_> {
         let rank = rank.min(3);
@@ -211,11 +252,17 @@ async fn watch_load(pool: Arc<Pool>, id: String, channel: Channel) {
         let mut client = AgentClient::new(channel.clone());
         if let Ok(response) = client.watch_load(WatchLoadRequest {}).await {
             let mut reports = response.into_inner();
+            let mut first = true;
             while let Ok(Some(report)) = reports.message().await {
                 backoff = BACKOFF_MIN;
                 pool.learn_embedding_model(&report.embedding_model);
                 let (reported, draining) = reported(&report);
-                pool.with_view(|v| v.report(&id, reported, draining));
+                pool.with_view(|v| {
+                    if std::mem::take(&mut first) {
+                        v.rejoined(&id);
+                    }
+                    v.report(&id, reported, draining);
+                });
                 pool.changed.notify_waiters();
             }
         }

@@ -74,6 +74,20 @@ impl Breaker {
         };
     }
 
+    /// A request that went to the agent ended without a verdict on it (its client left):
+    /// nothing is counted, and a probe it was lets the next request probe instead.
+    pub fn record_cancelled(&mut self) {
+        if let State::HalfOpen { probing: true } = self.state {
+            self.state = State::HalfOpen { probing: false };
+        }
+    }
+
+    /// Forgets every failure (the agent came back as a new process: what its predecessor
+    /// did says nothing about it).
+    pub fn reset(&mut self) {
+        self.state = State::Closed { failures: 0 };
+    }
+
     /// `closed`, `open` or `half_open`, for metrics.
     pub fn state_name(&self) -> &'static str {
         match self.state {
@@ -112,5 +126,29 @@ mod tests {
         b.record_success();
         assert_eq!(b.state_name(), "closed");
         assert!(b.try_acquire() && b.try_acquire());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_cancelled_probe_lets_another_probe_and_a_reset_closes() {
+        let mut b = Breaker::new(1, Duration::from_secs(10));
+        b.record_failure();
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert!(b.try_acquire(), "the probe goes through");
+        b.record_cancelled();
+        assert!(
+            b.is_available(),
+            "its client left: the agent is not stuck probing"
+        );
+        assert!(b.try_acquire() && !b.try_acquire(), "one probe again");
+        b.record_failure();
+        assert!(!b.is_available());
+        b.reset();
+        assert_eq!(b.state_name(), "closed");
+        b.record_cancelled();
+        assert_eq!(
+            b.state_name(),
+            "closed",
+            "a cancellation counts for nothing"
+        );
     }
 }

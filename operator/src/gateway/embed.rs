@@ -17,9 +17,10 @@ use inferpool_protocol::openai::{
     ValidEmbeddingRequest, Vector,
 };
 
+use super::agents::InFlight;
 use super::checks::{ApiError, parse, priority, traceparent};
 use super::forward::{
-    Attempt, ForwardError, Tried, classify, connection_to, priority_rank, try_agents,
+    Ask, Attempt, ForwardError, Tried, classify, connection_to, priority_rank, try_agents,
 };
 use super::front::{Gateway, PoolRoute, refused_before_routing};
 use super::pick::RequestKey;
@@ -78,11 +79,16 @@ async fn answer(routed: Routed) -> Response {
         traceparent,
     };
     let key = RequestKey::default();
-    let pool = &route.pool;
-    let tried = tokio::time::timeout(
-        route.timeout,
-        try_agents(pool, &route.budget, route.forward, rank, &key, |id, _| {
-            embed_on(pool, id, &request)
+    let deadline = tokio::time::Instant::now() + route.timeout;
+    let ask = Ask {
+        rank,
+        key: &key,
+        deadline,
+    };
+    let tried = tokio::time::timeout_at(
+        deadline,
+        try_agents(&route.pool, &route.budget, route.forward, ask, |slot, _| {
+            embed_on(slot, &request)
         }),
     )
     .await
@@ -105,19 +111,18 @@ async fn answer(routed: Routed) -> Response {
     }
 }
 
-/// One try on agent `id`; the agent is done with it when the call returns.
+/// One try on the agent of `slot`; the agent is done with it when the call returns.
 async fn embed_on(
-    pool: &super::agents::Pool,
-    id: String,
+    mut slot: InFlight,
     request: &EmbedRequest,
 ) -> Result<(String, EmbedResponse), Attempt> {
-    let mut client = connection_to(pool, &id).await?.client();
+    let mut client = connection_to(&mut slot).await?.client();
     match client.embed(request.clone()).await {
         Ok(response) => {
-            pool.finished(&id, Outcome::Success);
-            Ok((id, response.into_inner()))
+            slot.set_outcome(Outcome::Success);
+            Ok((slot.agent().to_owned(), response.into_inner()))
         }
-        Err(status) => Err(classify(pool, &id, &status)),
+        Err(status) => Err(classify(slot, &status)),
     }
 }
 

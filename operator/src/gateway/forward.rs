@@ -1,8 +1,17 @@
 //! Sending one request to a pool: pick an agent, call `Generate`, and retry on another
-//! agent while nothing has been streamed (within the retry budget); when every agent is
-//! saturated or unavailable, wait for one in a bounded queue until the deadline. Once the
-//! first message arrived the request is committed to its agent and never duplicated.
+//! agent while nothing has been streamed; when every agent is saturated or unavailable,
+//! wait for one in a bounded queue. Once the first message arrived the request is
+//! committed to its agent and never duplicated.
+//!
+//! Two kinds of failure are told apart. An agent that was lost (unreachable, or its
+//! connection broke: it died) leaves its requests to the others: moving them adds no load,
+//! so they are retried whatever the retry budget, and wait for a free agent until their
+//! own deadline rather than the queue's. An agent that answered with an error is the kind
+//! of failure that retries multiply: those retries are bounded per request
+//! (`max_retries`, never twice on one agent) and across the pool (the retry budget), and
+//! the agent's breaker opens.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,7 +20,7 @@ use prost::Message as _;
 use tokio::time::Instant;
 use tonic::{Code, Status};
 
-use super::agents::Pool;
+use super::agents::{InFlight, Pool};
 use super::connection::AgentConnection;
 use super::pick::RequestKey;
 use super::pool::{Busy, NoAgent, Outcome};
@@ -67,8 +76,8 @@ impl ForwardError {
 /// A committed stream: the agent's first message and the rest.
 #[derive(Debug)]
 pub struct Committed {
-    /// The agent it runs on.
-    pub agent: String,
+    /// Its slot on the agent it runs on (held until the stream ends).
+    pub in_flight: InFlight,
     /// Its first message.
     pub first: GenerateResponse,
     /// The rest of the stream.
@@ -81,10 +90,21 @@ pub type Forwarded = Tried<Committed>;
 /// How one pool forwards.
 #[derive(Debug, Clone, Copy)]
 pub struct ForwardSettings {
-    /// Most retries of one request.
+    /// Most retries of one request after agents answered errors.
     pub max_retries: u32,
-    /// Longest a request waits for a free agent.
+    /// Longest a request waits for a free agent (before it was taken by one).
     pub queue_wait: Duration,
+}
+
+/// What a request asks of its pool besides its body.
+#[derive(Debug, Clone, Copy)]
+pub struct Ask<'a> {
+    /// Its priority rank (0 = critical .. 3 = low).
+    pub rank: usize,
+    /// What the pickers may use.
+    pub key: &'a RequestKey<'a>,
+    /// When the request times out.
+    pub deadline: Instant,
 }
 
 /// Sends `request` to the pool until an agent streams its first message.
@@ -94,10 +114,16 @@ pub async fn forward(
     settings: ForwardSettings,
     request: &GenerateRequest,
     key: &RequestKey<'_>,
+    deadline: Instant,
 ) -> Result<Forwarded, ForwardError> {
     let rank = priority_rank(request.priority());
-    try_agents(pool, budget, settings, rank, key, |id, _| {
-        attempt(pool, id, request)
+    let ask = Ask {
+        rank,
+        key,
+        deadline,
+    };
+    try_agents(pool, budget, settings, ask, |slot, _| {
+        attempt(slot, request)
     })
     .await
 }
@@ -113,70 +139,127 @@ pub struct Tried<T> {
     pub queue_wait: Duration,
 }
 
-/// Calls `attempt` (with the agent's id and HTTP address) on agents picked for `key` until
-/// one succeeds: after a failure on another agent while the budget allows, after a busy
-/// agent's refusal on another or once one is free, waiting for a free agent until the
-/// queue deadline.
+/// Calls `attempt` (with the request's slot on a picked agent and the agent's HTTP
+/// address) until one succeeds: after a lost agent on another, after an agent's error on
+/// another while the request's retries and the budget allow, after a busy agent's refusal
+/// on another or once one is free; waiting for a free agent until the queue deadline, or
+/// once an agent was lost under the request, until its own deadline.
 pub async fn try_agents<T, F, Fut>(
-    pool: &Pool,
+    pool: &Arc<Pool>,
     budget: &RetryBudget,
     settings: ForwardSettings,
-    rank: usize,
-    key: &RequestKey<'_>,
+    ask: Ask<'_>,
     mut attempt: F,
 ) -> Result<Tried<T>, ForwardError>
 where
-    F: FnMut(String, std::net::SocketAddr) -> Fut,
+    F: FnMut(InFlight, SocketAddr) -> Fut,
     Fut: Future<Output = Result<T, Attempt>>,
 {
     budget.deposit();
-    let mut queue_wait = Duration::ZERO;
-    let mut failed: Vec<String> = Vec::new();
-    let mut turned_away = 0;
-    let mut last_error = None;
-    // Read the clock only for requests that wait (most find an agent at once).
-    let mut deadline = None;
+    let mut tries = Tries::default();
     loop {
-        let chosen = match pick_now(pool, key, rank, &failed) {
+        let (slot, http) = tries.next_agent(pool, settings, ask).await?;
+        let id = slot.agent().to_owned();
+        match attempt(slot, http).await {
+            Ok(value) => return Ok(tries.done(value)),
+            Err(failed) => tries.learn(pool, budget, settings, id, failed)?,
+        }
+    }
+}
+
+/// What one request went through so far.
+#[derive(Debug, Default)]
+struct Tries {
+    /// Agents that answered it with an error (never tried again).
+    failed: Vec<String>,
+    /// Agents lost under it.
+    lost: u32,
+    /// Busy agents' refusals.
+    turned_away: u32,
+    last_error: Option<ForwardError>,
+    queue_wait: Duration,
+    /// When its wait in the queue ends (read from the clock only once it waits: most
+    /// requests find an agent at once).
+    queue_until: Option<Instant>,
+}
+
+impl Tries {
+    /// The next agent's slot, waiting for one if none is free.
+    async fn next_agent(
+        &mut self,
+        pool: &Arc<Pool>,
+        settings: ForwardSettings,
+        ask: Ask<'_>,
+    ) -> Result<(InFlight, SocketAddr), ForwardError> {
+        let chosen = match pick_now(pool, ask.key, ask.rank, &self.failed) {
             Ok(chosen) => Ok(chosen),
             Err(_) => {
                 let waited = Instant::now();
-                let until = *deadline.get_or_insert(waited + settings.queue_wait);
-                let chosen = wait_for_agent(pool, key, rank, &failed, until).await;
-                queue_wait += waited.elapsed();
+                let queue_until = *self.queue_until.get_or_insert(waited + settings.queue_wait);
+                // An agent already took it and was lost: it is the pool's to finish.
+                let until = if self.lost > 0 {
+                    ask.deadline
+                } else {
+                    queue_until
+                };
+                let chosen = wait_for_agent(pool, ask.key, ask.rank, &self.failed, until).await;
+                self.queue_wait += waited.elapsed();
                 chosen
             }
         };
-        let (id, http) = chosen.map_err(|e| last_error.take().unwrap_or(e))?;
-        let error = match attempt(id.clone(), http).await {
-            Ok(value) => {
-                let retries = u32::try_from(failed.len()).map_or(u32::MAX, |f| f + turned_away);
-                return Ok(Tried {
-                    value,
-                    retries,
-                    queue_wait,
-                });
-            }
-            Err(Attempt::Fatal(e)) => return Err(e),
+        chosen.map_err(|e| self.last_error.take().unwrap_or(e))
+    }
+
+    fn done<T>(self, value: T) -> Tried<T> {
+        let tried = self.failed.len() as u64 + u64::from(self.lost + self.turned_away);
+        Tried {
+            value,
+            retries: u32::try_from(tried).unwrap_or(u32::MAX),
+            queue_wait: self.queue_wait,
+        }
+    }
+
+    /// Learns from a failed try on agent `id`: the error to answer with now, or `Ok` to try
+    /// again.
+    fn learn(
+        &mut self,
+        pool: &Pool,
+        budget: &RetryBudget,
+        settings: ForwardSettings,
+        id: String,
+        failed: Attempt,
+    ) -> Result<(), ForwardError> {
+        let error = match failed {
+            Attempt::Fatal(e) => return Err(e),
             // Neither the agent's failure nor load that a retry adds: no budget is spent, and
             // the agent is passed over until its next report (see `PoolView::turned_away`).
-            Err(Attempt::Busy(busy, e)) => {
+            Attempt::Busy(busy, e) => {
                 pool.with_view(|v| v.turned_away(&id, busy));
-                turned_away += 1;
-                if turned_away > TURNED_AWAY_LIMIT {
+                self.turned_away += 1;
+                if self.turned_away > TURNED_AWAY_LIMIT {
                     return Err(e);
                 }
                 e
             }
-            Err(Attempt::Retryable(e)) => {
-                failed.push(id);
-                if failed.len() as u32 > settings.max_retries || !budget.try_withdraw() {
+            // Out of rotation until it reports again (see `Outcome::Lost`).
+            Attempt::Lost(e) => {
+                self.lost += 1;
+                if self.lost > LOST_LIMIT {
+                    return Err(e);
+                }
+                e
+            }
+            Attempt::Retryable(e) => {
+                self.failed.push(id);
+                let retries = self.failed.len() as u64;
+                if retries > u64::from(settings.max_retries) || !budget.try_withdraw() {
                     return Err(e);
                 }
                 e
             }
         };
-        last_error = Some(error);
+        self.last_error = Some(error);
+        Ok(())
     }
 }
 
@@ -185,17 +268,22 @@ where
 /// refusals.
 const TURNED_AWAY_LIMIT: u32 = 8;
 
+/// Most agents lost under one request before it fails: agents die and are replaced, and
+/// a request moves off each one that dies under it, but one that every agent it reaches
+/// dies of is not sent on to kill more.
+const LOST_LIMIT: u32 = 3;
+
 /// Picks an agent, waiting for a report or a finished request to free one, until
-/// `deadline`.
+/// `deadline`; fails at once when the request failed on every healthy agent.
 /// (The wait is ordered by priority: while more urgent requests wait, less urgent ones
 /// keep waiting.)
 pub async fn wait_for_agent(
-    pool: &Pool,
+    pool: &Arc<Pool>,
     key: &RequestKey<'_>,
     rank: usize,
     exclude: &[String],
     deadline: Instant,
-) -> Result<(String, std::net::SocketAddr), ForwardError> {
+) -> Result<(InFlight, SocketAddr), ForwardError> {
     let mut waiting = None;
     loop {
         let changed = pool.changed.notified();
@@ -203,6 +291,7 @@ pub async fn wait_for_agent(
             Ok(chosen) => return Ok(chosen),
             Err(NoAgent::Saturated) => ForwardError::Saturated,
             Err(NoAgent::NoneHealthy) => ForwardError::Unavailable,
+            Err(NoAgent::Exhausted) => return Err(ForwardError::Unavailable),
         };
         waiting.get_or_insert_with(|| pool.wait_at(rank));
         if tokio::time::timeout_at(deadline, changed).await.is_err() {
@@ -213,16 +302,15 @@ pub async fn wait_for_agent(
 
 /// An agent for `key` now, unless more urgent requests wait or none is free.
 fn pick_now(
-    pool: &Pool,
+    pool: &Arc<Pool>,
     key: &RequestKey<'_>,
     rank: usize,
     exclude: &[String],
-) -> Result<(String, std::net::SocketAddr), NoAgent> {
+) -> Result<(InFlight, SocketAddr), NoAgent> {
     if pool.more_urgent_waiting(rank) {
         return Err(NoAgent::Saturated);
     }
-    pool.with_view(|v| v.choose(key, exclude))
-        .unwrap_or(Err(NoAgent::NoneHealthy))
+    pool.pick(key, exclude)
 }
 
 /// 0 for critical .. 3 for low (unspecified is normal).
@@ -240,65 +328,69 @@ pub fn priority_rank(priority: Priority) -> usize {
 pub enum Attempt {
     /// The agent is healthy but turned it away (full queue, draining): another may take it.
     Busy(Busy, ForwardError),
-    /// The agent failed: try another, within the retry budget.
+    /// The agent is gone (unreachable, or its connection broke): another takes it.
+    Lost(ForwardError),
+    /// The agent failed: try another, within the request's retries and the budget.
     Retryable(ForwardError),
     /// The request itself was refused: answer so.
     Fatal(ForwardError),
 }
 
-/// A connection to agent `id`, or a retryable failure.
-pub async fn connection_to(pool: &Pool, id: &str) -> Result<AgentConnection, Attempt> {
-    pool.connection(id).await.ok_or_else(|| {
-        pool.finished(id, Outcome::Failure);
-        Attempt::Retryable(ForwardError::Unavailable)
+/// A connection to the agent of `slot`, or the agent is lost.
+pub async fn connection_to(slot: &mut InFlight) -> Result<AgentConnection, Attempt> {
+    let connection = slot.pool().connection(slot.agent()).await;
+    connection.ok_or_else(|| {
+        slot.set_outcome(Outcome::Lost);
+        Attempt::Lost(ForwardError::Unavailable)
     })
 }
 
-/// One try on agent `id`: the call and its first message.
-async fn attempt(pool: &Pool, id: String, request: &GenerateRequest) -> Result<Committed, Attempt> {
-    let id = id.as_str();
-    let connection = connection_to(pool, id).await?;
+/// One try on the agent of `slot`: the call and its first message.
+async fn attempt(mut slot: InFlight, request: &GenerateRequest) -> Result<Committed, Attempt> {
+    let connection = connection_to(&mut slot).await?;
     let first = match generate(&connection, request).await {
         Ok(mut rest) => rest.message().await.map(|m| (m, rest)),
         Err(status) => Err(status),
     };
     match first {
-        Ok((Some(first), rest)) => Ok(Committed {
-            agent: id.to_owned(),
-            first,
-            rest,
-        }),
+        Ok((Some(first), rest)) => {
+            slot.answered();
+            Ok(Committed {
+                in_flight: slot,
+                first,
+                rest,
+            })
+        }
         Ok((None, _)) => {
-            pool.finished(id, Outcome::Failure);
+            slot.set_outcome(Outcome::Failure);
             Err(Attempt::Retryable(ForwardError::Unavailable))
         }
-        Err(status) => Err(classify(pool, id, &status)),
+        Err(status) => Err(classify(slot, &status)),
     }
 }
 
-/// Whether a refusal is the agent's verdict on the request (returned as is) or the
-/// agent's own trouble (retried elsewhere).
-pub fn classify(pool: &Pool, id: &str, status: &Status) -> Attempt {
+/// Whether a refusal is the agent's verdict on the request (returned as is), the agent's
+/// own trouble (retried elsewhere), or the agent gone; its slot learns which.
+pub fn classify(mut slot: InFlight, status: &Status) -> Attempt {
     let error = refused(status);
-    match status.code() {
+    let typed = is_typed(status);
+    let (outcome, attempt) = match status.code() {
         Code::InvalidArgument | Code::NotFound | Code::OutOfRange => {
-            pool.finished(id, Outcome::Success);
-            Attempt::Fatal(error)
+            (Outcome::Success, Attempt::Fatal(error))
         }
         // A full queue or a draining agent is healthy: try another, breaker untouched.
-        Code::ResourceExhausted if is_typed(status) => {
-            pool.finished(id, Outcome::Success);
-            Attempt::Busy(Busy::Full, error)
-        }
-        Code::Unavailable if is_typed(status) => {
-            pool.finished(id, Outcome::Success);
-            Attempt::Busy(Busy::Draining, error)
-        }
-        _ => {
-            pool.finished(id, Outcome::Failure);
-            Attempt::Retryable(ForwardError::Unavailable)
-        }
-    }
+        Code::ResourceExhausted if typed => (Outcome::Success, Attempt::Busy(Busy::Full, error)),
+        Code::Unavailable if typed => (Outcome::Success, Attempt::Busy(Busy::Draining, error)),
+        // The agent types every status it sends: an untyped "unavailable" is the
+        // connection's (refused, reset, closed under the call).
+        Code::Unavailable => (Outcome::Lost, Attempt::Lost(ForwardError::Unavailable)),
+        _ => (
+            Outcome::Failure,
+            Attempt::Retryable(ForwardError::Unavailable),
+        ),
+    };
+    slot.set_outcome(outcome);
+    attempt
 }
 
 fn is_typed(status: &Status) -> bool {
@@ -370,60 +462,5 @@ pub(super) mod testing {
             }
         });
         pool
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::testing::round_robin_pool;
-    use super::*;
-
-    fn saturated_pool() -> Arc<Pool> {
-        let pool = round_robin_pool(&[std::net::SocketAddr::from(([127, 0, 0, 1], 9))], 1);
-        pool.with_view(|v| {
-            // Two requests in flight saturate an agent with one slot.
-            for _ in 0..2 {
-                assert!(v.choose(&RequestKey::default(), &[]).is_ok());
-            }
-        });
-        pool
-    }
-
-    #[tokio::test]
-    async fn a_saturated_pool_serves_waiting_requests_most_urgent_first() {
-        let pool = saturated_pool();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let low = {
-            let pool = pool.clone();
-            tokio::spawn(async move {
-                wait_for_agent(&pool, &RequestKey::default(), 3, &[], deadline).await
-            })
-        };
-        while !pool.more_urgent_waiting(4) {
-            tokio::task::yield_now().await;
-        }
-        let critical = {
-            let pool = pool.clone();
-            tokio::spawn(async move {
-                wait_for_agent(&pool, &RequestKey::default(), 0, &[], deadline).await
-            })
-        };
-        while !pool.more_urgent_waiting(1) {
-            tokio::task::yield_now().await;
-        }
-        pool.finished("a0", Outcome::Success);
-        assert!(
-            critical.await.unwrap().is_ok(),
-            "the critical request got the free slot"
-        );
-        assert!(!low.is_finished(), "the low one still waits");
-        pool.finished("a0", Outcome::Success);
-        assert!(low.await.unwrap().is_ok());
-        let expired = wait_for_agent(&pool, &RequestKey::default(), 2, &[], Instant::now()).await;
-        assert_eq!(
-            expired,
-            Err(ForwardError::Saturated),
-            "then 429 at the deadline"
-        );
     }
 }

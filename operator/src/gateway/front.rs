@@ -338,21 +338,26 @@ async fn answer(
 ) -> Reply {
     let mut record = route.metrics.start();
     let deadline = tokio::time::Instant::now() + route.timeout;
-    let forwarded = tokio::time::timeout_at(
+    let sent = forward(
+        &route.pool,
+        &route.budget,
+        route.forward,
+        request,
+        key,
         deadline,
-        forward(&route.pool, &route.budget, route.forward, request, key),
-    )
-    .await
-    .unwrap_or(Err(ForwardError::Timeout));
+    );
+    let forwarded = tokio::time::timeout_at(deadline, sent)
+        .await
+        .unwrap_or(Err(ForwardError::Timeout));
     match forwarded {
         Ok(Forwarded {
             value: committed,
             retries,
             queue_wait,
         }) => {
-            record.forwarded(&committed.agent, retries, queue_wait);
+            record.forwarded(committed.in_flight.agent(), retries, queue_wait);
             record.first_token();
-            Reply::Response(relay(route.pool.clone(), committed, shape, deadline, record).await)
+            Reply::Response(relay(committed, shape, deadline, record).await)
         }
         Err(e) => {
             record.outcome(e.error_type());

@@ -9,6 +9,8 @@ pub mod chunked;
 pub mod connection;
 pub mod discovery;
 pub mod embed;
+#[cfg(test)]
+mod failover;
 pub mod forward;
 pub mod front;
 pub mod http1;

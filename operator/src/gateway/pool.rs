@@ -28,8 +28,14 @@ pub struct Endpoint {
 pub enum Outcome {
     /// Answered (a client error such as 400 counts: the agent is fine).
     Success,
-    /// Unreachable, or a server-side failure.
+    /// A server-side failure.
     Failure,
+    /// The agent could not be reached, or its connection broke: a failure, and the agent
+    /// is out of rotation until it reports again (a dead agent's load stream breaks too,
+    /// so it stays out until it is back).
+    Lost,
+    /// Ended without a verdict on the agent (the client left, or the deadline came).
+    Cancelled,
 }
 
 /// Settings of a pool's routing.
@@ -74,6 +80,9 @@ pub enum NoAgent {
     /// Every healthy agent is saturated.
     #[error("every agent is saturated")]
     Saturated,
+    /// This request already failed on every healthy agent.
+    #[error("the request failed on every healthy agent")]
+    Exhausted,
 }
 
 /// The agents of one pool.
@@ -145,6 +154,26 @@ impl PoolView {
         }
     }
 
+    /// An agent's load stream (re)connected: a new process, or the same one reachable
+    /// again. Its breaker starts afresh, so that an agent restarted after it died is
+    /// readmitted at once and whole, not held out by the failures of its death (which
+    /// would leave it one half-open probe at a time when the other agents die next).
+    /// An agent that keeps answering errors while its stream stays up keeps its breaker.
+    pub fn rejoined(&mut self, id: &str) {
+        if let Some(a) = self.agents.get_mut(id) {
+            a.breaker.reset();
+        }
+    }
+
+    /// An agent answered a request (its first message): its breaker learns the success
+    /// now, so that a half-open probe resolves at its first token rather than at the end
+    /// of a long stream. The request stays in flight.
+    pub fn answered(&mut self, id: &str) {
+        if let Some(a) = self.agents.get_mut(id) {
+            a.breaker.record_success();
+        }
+    }
+
     fn healthy(&self, a: &AgentEntry) -> bool {
         self.healthy_at(a, Instant::now())
     }
@@ -175,11 +204,13 @@ impl PoolView {
         // One pass: the candidates (eligible and not saturated), and whether any agent was
         // eligible at all (if none, no agent is healthy; if all are saturated, none is free).
         let now = Instant::now();
-        let mut any_eligible = false;
+        let (mut any_healthy, mut any_eligible) = (false, false);
         let candidates: Vec<Candidate<'_>> = self
             .agents
             .iter()
-            .filter(|(id, a)| self.healthy_at(a, now) && !exclude.contains(id))
+            .filter(|(_, a)| self.healthy_at(a, now))
+            .inspect(|_| any_healthy = true)
+            .filter(|(id, _)| !exclude.contains(id))
             .inspect(|_| any_eligible = true)
             .filter(|(_, a)| !saturated(a))
             .map(|(id, a)| Candidate {
@@ -189,7 +220,11 @@ impl PoolView {
             })
             .collect();
         if !any_eligible {
-            return Err(NoAgent::NoneHealthy);
+            return Err(if any_healthy {
+                NoAgent::Exhausted
+            } else {
+                NoAgent::NoneHealthy
+            });
         }
         let index = self
             .picker
@@ -211,6 +246,11 @@ impl PoolView {
             match outcome {
                 Outcome::Success => a.breaker.record_success(),
                 Outcome::Failure => a.breaker.record_failure(),
+                Outcome::Lost => {
+                    a.breaker.record_failure();
+                    a.reported_at = None;
+                }
+                Outcome::Cancelled => a.breaker.record_cancelled(),
             }
         }
     }
@@ -317,6 +357,55 @@ mod tests {
         pool.report(&first, idle(), false);
         pool.report(&retry, idle(), false);
         assert_eq!(pool.healthy_ids().len(), 2, "half-open after the cool-down");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lost_agent_is_out_until_it_reports_and_a_rejoined_one_is_whole() {
+        let mut pool = PoolView::new(Box::new(RoundRobin::default()), SETTINGS);
+        pool.set_endpoints(&endpoints(2));
+        pool.report("a1", idle(), false);
+        let key = RequestKey::default();
+        let not_a1 = ["a1".to_owned()];
+        let on_a0 = |pool: &mut PoolView, outcome| {
+            let (id, _) = pool.choose(&key, &not_a1).unwrap();
+            pool.finished(&id, outcome);
+        };
+        for _ in 0..2 {
+            pool.report("a0", idle(), false);
+            on_a0(&mut pool, Outcome::Lost);
+            assert_eq!(pool.healthy_ids(), ["a1"], "a0 is out until it reports");
+        }
+        pool.report("a0", idle(), false);
+        assert_eq!(pool.healthy_ids(), ["a1"], "two losses opened a0's breaker");
+        pool.rejoined("a0");
+        assert_eq!(
+            pool.healthy_ids(),
+            ["a0", "a1"],
+            "its load stream reconnected"
+        );
+        let both = ["a0".to_owned(), "a1".to_owned()];
+        assert_eq!(
+            pool.choose(&key, &both),
+            Err(NoAgent::Exhausted),
+            "failed on every healthy agent"
+        );
+        // A probe whose client left frees the probe; a first answer closes the breaker.
+        on_a0(&mut pool, Outcome::Failure);
+        on_a0(&mut pool, Outcome::Failure);
+        tokio::time::advance(SETTINGS.cooldown).await;
+        pool.report("a0", idle(), false);
+        pool.report("a1", idle(), false);
+        let (probe, _) = pool.choose(&key, &not_a1).unwrap();
+        assert_eq!(pool.healthy_ids(), ["a1"], "one probe at a time");
+        pool.finished(&probe, Outcome::Cancelled);
+        assert_eq!(pool.healthy_ids(), ["a0", "a1"]);
+        let (probe, _) = pool.choose(&key, &not_a1).unwrap();
+        pool.answered(&probe);
+        assert_eq!(
+            pool.healthy_ids(),
+            ["a0", "a1"],
+            "closed at its first answer"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -5,7 +5,6 @@
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
-use std::sync::Arc;
 
 use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
@@ -13,7 +12,7 @@ use inferpool_protocol::agent::{self as pb, GenerateResponse};
 use inferpool_protocol::openai::{ErrorBody, Kind, ResponseShape, Usage, ValidSampling};
 use tokio::time::Instant;
 
-use super::agents::{InFlight, Pool};
+use super::agents::InFlight;
 use super::forward::{Committed, refused};
 use super::metrics::RequestRecord;
 use super::pool::Outcome;
@@ -40,22 +39,16 @@ impl Relay {
 
 /// Relays `committed` as `how` asks, until `deadline`.
 pub async fn relay(
-    pool: Arc<Pool>,
     committed: Committed,
     how: Relay,
     deadline: Instant,
     record: RequestRecord,
 ) -> Response {
-    let in_flight = InFlight {
-        pool,
-        agent: committed.agent,
-        outcome: Outcome::Success,
-    };
     let source = Source {
         first: Some(committed.first),
         rest: committed.rest,
         deadline,
-        in_flight,
+        in_flight: committed.in_flight,
         record,
     };
     if how.stream {
@@ -104,7 +97,7 @@ impl Source {
             Ok(None) => self.failed("upstream_error", "the agent ended the stream early"),
             Err(status) => {
                 let e = refused(&status);
-                self.in_flight.outcome = Outcome::Failure;
+                self.in_flight.set_outcome(Outcome::Failure);
                 self.record.outcome(e.error_type());
                 Piece::Failed(ErrorBody::new(e.error_type(), &e.to_string(), None))
             }
@@ -112,7 +105,7 @@ impl Source {
     }
 
     fn failed(&mut self, kind: &str, message: &str) -> Piece {
-        self.in_flight.outcome = Outcome::Failure;
+        self.in_flight.set_outcome(Outcome::Failure);
         self.record.outcome(kind);
         Piece::Failed(ErrorBody::new(kind, message, None))
     }

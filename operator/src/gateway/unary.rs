@@ -12,12 +12,13 @@ use axum::http::StatusCode;
 use bytes::Bytes;
 use inferpool_protocol::agent::Priority;
 use inferpool_protocol::openai::ErrorBody;
+use tokio::time::Instant;
 
 use super::agents::{InFlight, Pool};
 use super::checks::{ApiError, PRIORITY_HEADER};
-use super::forward::{Attempt, ForwardError, ForwardSettings, Tried, try_agents};
+use super::forward::{Ask, Attempt, ForwardError, ForwardSettings, Tried, try_agents};
 use super::front::PoolRoute;
-use super::http1::{self, Answer, Post};
+use super::http1::{self, Answer, CallError, Post};
 use super::pick::RequestKey;
 use super::pool::{Busy, Outcome};
 use super::reply::Complete;
@@ -64,7 +65,7 @@ pub async fn answer_whole(route: &PoolRoute, whole: Whole<'_>, key: &RequestKey<
         rank: super::forward::priority_rank(whole.priority),
     };
     let deadline = now + route.timeout;
-    let sent = forward_unary(&route.pool, &route.budget, route.forward, request, key);
+    let sent = forward_unary(route, request, key, deadline);
     let answered = tokio::time::timeout_at(deadline, sent)
         .await
         .unwrap_or(Err(ForwardError::Timeout));
@@ -134,33 +135,41 @@ pub struct Answered {
     pub answer: Answer,
 }
 
-/// Sends `request` to the pool's agents until one answers it (or refuses the request
-/// itself).
+/// Sends `request` to the pool of `route` until an agent answers it (or refuses the
+/// request itself), or `deadline`.
 pub async fn forward_unary(
+    route: &PoolRoute,
+    request: UnaryRequest<'_>,
+    key: &RequestKey<'_>,
+    deadline: Instant,
+) -> Result<Tried<Answered>, ForwardError> {
+    let ask = Ask {
+        rank: request.rank,
+        key,
+        deadline,
+    };
+    forward_unary_to(&route.pool, &route.budget, route.forward, request, ask).await
+}
+
+/// The same, to `pool` with its `budget` and `settings`.
+pub async fn forward_unary_to(
     pool: &Arc<Pool>,
     budget: &RetryBudget,
     settings: ForwardSettings,
     request: UnaryRequest<'_>,
-    key: &RequestKey<'_>,
+    ask: Ask<'_>,
 ) -> Result<Tried<Answered>, ForwardError> {
-    try_agents(pool, budget, settings, request.rank, key, |id, http| {
-        attempt(pool, id, http, request)
+    try_agents(pool, budget, settings, ask, |slot, http| {
+        attempt(slot, http, request)
     })
     .await
 }
 
 async fn attempt(
-    pool: &Arc<Pool>,
-    id: String,
+    mut slot: InFlight,
     http: std::net::SocketAddr,
     request: UnaryRequest<'_>,
 ) -> Result<Answered, Attempt> {
-    // A request dropped at its deadline counts as the agent's failure.
-    let mut in_flight = InFlight {
-        pool: pool.clone(),
-        agent: id.clone(),
-        outcome: Outcome::Failure,
-    };
     let post = Post {
         path: request.path,
         headers: request.headers,
@@ -169,20 +178,33 @@ async fn attempt(
     let answer = match http1::post(http, post).await {
         Ok(answer) => answer,
         Err(e) => {
-            tracing::debug!(agent = id, error = %e, "no answer");
-            return Err(Attempt::Retryable(ForwardError::Unavailable));
+            tracing::debug!(agent = slot.agent(), error = %e, "no answer");
+            return Err(call_failed(slot, &e));
         }
     };
     let verdict = classify(&answer);
-    if !matches!(verdict, Verdict::AgentFailed) {
-        in_flight.outcome = Outcome::Success;
-    }
-    drop(in_flight);
+    slot.set_outcome(match verdict {
+        Verdict::AgentFailed => Outcome::Failure,
+        Verdict::Answer | Verdict::Busy(..) => Outcome::Success,
+    });
+    let agent = slot.agent().to_owned();
+    drop(slot);
     match verdict {
-        Verdict::Answer => Ok(Answered { agent: id, answer }),
+        Verdict::Answer => Ok(Answered { agent, answer }),
         Verdict::Busy(busy, e) => Err(Attempt::Busy(busy, e)),
         Verdict::AgentFailed => Err(Attempt::Retryable(ForwardError::Unavailable)),
     }
+}
+
+/// A call that got no answer: the agent is lost when its connection failed, and failed
+/// when it answered what is not HTTP.
+fn call_failed(mut slot: InFlight, e: &CallError) -> Attempt {
+    if let CallError::Malformed(_) = e {
+        slot.set_outcome(Outcome::Failure);
+        return Attempt::Retryable(ForwardError::Unavailable);
+    }
+    slot.set_outcome(Outcome::Lost);
+    Attempt::Lost(ForwardError::Unavailable)
 }
 
 /// What an answer means for the request.
@@ -288,6 +310,15 @@ mod tests {
         }
     }
 
+    /// A normal request with a minute to go.
+    fn ask() -> Ask<'static> {
+        Ask {
+            rank: 2,
+            key: &KEY,
+            deadline: Instant::now() + Duration::from_secs(60),
+        }
+    }
+
     const SETTINGS: ForwardSettings = ForwardSettings {
         max_retries: 2,
         queue_wait: Duration::from_secs(1),
@@ -305,7 +336,7 @@ mod tests {
         let mut retries = 0;
         // Round robin starts one of the two requests on the draining agent.
         for _ in 0..2 {
-            let sent = forward_unary(&pool, &budget, SETTINGS, request, &KEY);
+            let sent = forward_unary_to(&pool, &budget, SETTINGS, request, ask());
             let tried = sent.await.unwrap();
             assert_eq!(
                 (tried.value.agent.as_str(), tried.value.answer.status),
@@ -333,7 +364,7 @@ mod tests {
         let invalid = r#"{"error":{"message":"bad","type":"invalid_request_error","param":null,"code":null}}"#;
         let (refusing, _) = agent("400 Bad Request", invalid).await;
         let pool = round_robin_pool(&[refusing], 8);
-        let sent = forward_unary(&pool, &budget, SETTINGS, request, &KEY);
+        let sent = forward_unary_to(&pool, &budget, SETTINGS, request, ask());
         let tried = sent.await.unwrap();
         assert_eq!((tried.value.answer.status, tried.retries), (400, 0));
         assert_eq!(outcome_of(&tried.value.answer), "invalid_request_error");
@@ -349,7 +380,7 @@ mod tests {
         while budget.try_withdraw() {}
         let request = request(&BODY);
         for _ in 0..3 {
-            let sent = forward_unary(&pool, &budget, SETTINGS, request, &KEY);
+            let sent = forward_unary_to(&pool, &budget, SETTINGS, request, ask());
             assert_eq!(sent.await.unwrap().value.agent, "a1");
         }
         // Saturated until its next report: one visit, however many requests follow.
@@ -369,11 +400,17 @@ mod tests {
         let budget = RetryBudget::new(100);
         let request = request(&BODY);
         for _ in 0..6 {
-            let sent = forward_unary(&pool, &budget, SETTINGS, request, &KEY);
+            let sent = forward_unary_to(&pool, &budget, SETTINGS, request, ask());
             assert_eq!(sent.await.unwrap().value.agent, "a1");
         }
         let healthy = pool.with_view(|v| v.healthy_ids()).unwrap();
-        assert_eq!(healthy, ["a1"], "three failures opened a0's circuit");
+        assert_eq!(
+            healthy,
+            ["a1"],
+            "a0 is out of rotation until it reports again"
+        );
+        let states = pool.with_view(|v| v.snapshot()).unwrap();
+        assert_eq!(states[0].1, 0, "its slot came back");
     }
 
     fn answer(status: u16, body: &str) -> Answer {
