@@ -2,8 +2,9 @@
 //! checkpoint is written by this test from the default GGUF (dequantized weights, q/k rows
 //! put back in Hugging Face's RoPE order, `tokenizer.json`), so both paths see the same
 //! numbers and must give the same next-token logits to within rounding, all along a greedy
-//! answer. (Not the same greedy tokens: the two paths round the weights differently, so a
-//! near-tie may fall one way on one CPU's kernels and the other way on another's.)
+//! answer. (Not the same greedy tokens: the two paths sum in another order, which 8-bit
+//! activation rounding turns into rounding steps, so a near-tie may fall one way on one
+//! CPU's kernels and the other way on another's.)
 
 use std::collections::HashMap;
 use std::path::Path;

@@ -7,8 +7,9 @@
 //! at once). When a decoding sequence needs a block and none is free, the newest
 //! lowest-priority sequence is preempted: it returns its blocks and goes back to the head of
 //! the queue, to recompute its cache when blocks free up. A sequence whose client has
-//! `sequence::EVENT_BUFFER` tokens unread sits out steps until the client reads (keeping its
-//! blocks), so a slow reader delays only itself; its terminal event always has room.
+//! `sequence::EVENT_BUFFER` tokens unread sits out steps until the client reads, so a slow
+//! reader never stalls the others' steps; it keeps its batch slot and blocks meanwhile
+//! (until its client reads or leaves), and its terminal event always has room.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -227,8 +228,8 @@ impl Batcher {
     }
 
     /// What the batching strategy says about admitting now.
-    fn gate(&self) -> Gate {
-        let Some(head) = self.queue.peek() else {
+    fn gate(&self, now: std::time::Instant) -> Gate {
+        let Some(head) = self.queue.peek_at(now) else {
             return Gate::Open;
         };
         let state = BatchState {
@@ -247,34 +248,39 @@ impl Batcher {
     /// sequence that already streamed tokens for up to its wait limit. Returns how long the
     /// strategy holds the queue, if it does.
     fn admit(&mut self) -> Option<Duration> {
-        if !self.admit_heads(Sequence::resuming) {
+        // One clock reading for the pass: with aging, the queue's head may change as time
+        // passes, and the head whose blocks were counted must be the one popped.
+        let now = std::time::Instant::now();
+        if !self.admit_heads(Sequence::resuming, now) {
             return None;
         }
-        match self.gate() {
+        match self.gate(now) {
             Gate::Open => {}
             Gate::Hold(wait) => return Some(wait),
             Gate::Closed => return None,
         }
-        self.admit_heads(|_| true);
+        self.admit_heads(|_| true, now);
         None
     }
 
     /// Admits queue heads while `which` accepts them and slots and blocks allow. False when
     /// the head waits for blocks (nothing behind it may pass it).
-    fn admit_heads(&mut self, which: fn(&Sequence) -> bool) -> bool {
+    fn admit_heads(&mut self, which: fn(&Sequence) -> bool, now: std::time::Instant) -> bool {
         while self.running.len() < self.config.max_batch_size {
-            let Some(head) = self.queue.peek() else { break };
+            let Some(head) = self.queue.peek_at(now) else {
+                break;
+            };
             if !which(head) {
                 break;
             }
             let blocks = head.cache.blocks_missing(head.pending());
             if !self.budget.try_take(blocks) {
                 if self.running.is_empty() {
-                    self.refuse_oversized();
+                    self.refuse_oversized(now);
                 }
                 return false;
             }
-            let Some((_, mut sequence)) = self.queue.pop() else {
+            let Some((_, mut sequence)) = self.queue.pop_at(now) else {
                 break;
             };
             sequence.cache.grant(blocks);
@@ -286,8 +292,8 @@ impl Batcher {
     }
 
     /// The head needs more blocks than the whole budget: it can never run.
-    fn refuse_oversized(&mut self) {
-        if let Some((_, s)) = self.queue.pop() {
+    fn refuse_oversized(&mut self, now: std::time::Instant) {
+        if let Some((_, s)) = self.queue.pop_at(now) {
             let message = format!(
                 "{} tokens need more KV-cache blocks than the budget of {}",
                 s.tokens.len(),
@@ -303,7 +309,8 @@ impl Batcher {
         let mut i = 0;
         while i < self.running.len() {
             let r = &mut self.running[i];
-            if !r.decoding() || r.cache.blocks_missing(1) == 0 {
+            // A paused sequence takes no step, so it needs no block until its client reads.
+            if !r.decoding() || r.paused() || r.cache.blocks_missing(1) == 0 {
                 i += 1;
             } else if self.budget.try_take(1) {
                 r.cache.grant(1);
@@ -326,8 +333,8 @@ impl Batcher {
         let mut s = self.running.remove(i);
         self.budget.give_back(s.cache.release());
         self.preemptions += 1;
-        let since = s.queued_at;
-        self.queue.push_front(s.request.priority, s, since);
+        self.queue
+            .push_front(s.request.priority, s, std::time::Instant::now());
     }
 
     /// Tokens each running sequence feeds this step: one per decoding sequence first, then

@@ -101,11 +101,14 @@ impl<T> AdmissionQueue<T> {
         Some((p, waiting.item))
     }
 
-    /// Puts an item back at the head of its priority (a preempted sequence keeps its turn
-    /// and, with `since` its first queueing, its age), even past the limit: it was admitted
-    /// already.
-    pub fn push_front(&mut self, priority: Priority, item: T, since: Instant) {
-        self.queues[priority.index()].push_front(Waiting { since, item });
+    /// Puts an item back at the head of its priority (a preempted sequence keeps its turn),
+    /// even past the limit: it was admitted already. It takes the age of the head it goes
+    /// before (none when alone): its time running must not count as waiting, or a long
+    /// low-priority generation would come back ahead of every urgent request.
+    pub fn push_front(&mut self, priority: Priority, item: T, now: Instant) {
+        let queue = &mut self.queues[priority.index()];
+        let since = queue.front().map_or(now, |w| w.since);
+        queue.push_front(Waiting { since, item });
     }
 
     /// The item `pop` would return, without removing it.
@@ -234,6 +237,28 @@ mod tests {
             }
         }
         panic!("low was never served");
+    }
+
+    #[test]
+    fn time_spent_running_does_not_count_as_waiting() {
+        let aging = Duration::from_secs(10);
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mut q = AdmissionQueue::new([8; 4], aging);
+        q.push_at(Priority::Critical, "critical", at(100)).unwrap();
+        // A low sequence that ran for 100 s comes back preempted: it is low again.
+        q.push_front(Priority::Low, "preempted", at(100));
+        assert_eq!(q.pop_at(at(100)), Some((Priority::Critical, "critical")));
+        // Put before a low request that has waited, it takes that request's age.
+        q.push_at(Priority::Low, "waiting", at(110)).unwrap();
+        q.push_front(Priority::Low, "again", at(140));
+        assert_eq!(q.peek_at(at(140)), Some(&"again"));
+        q.push_at(Priority::High, "high", at(140)).unwrap();
+        assert_eq!(
+            q.pop_at(at(140)),
+            Some((Priority::Low, "again")),
+            "risen to critical"
+        );
     }
 
     #[test]

@@ -61,6 +61,17 @@ impl Breaker {
         self.state = State::Closed { failures: 0 };
     }
 
+    /// A request's first answer came: a half-open probe has shown the agent serves again,
+    /// so the circuit closes without waiting for the whole stream. A closed circuit keeps
+    /// its failure count: a stream that fails after its first token still counts, and
+    /// resetting here would keep an agent that fails every stream midway from ever
+    /// opening.
+    pub fn record_first_answer(&mut self) {
+        if let State::HalfOpen { .. } = self.state {
+            self.state = State::Closed { failures: 0 };
+        }
+    }
+
     /// A request to the agent failed (it could not be reached or answered with a server
     /// error, not a client error).
     pub fn record_failure(&mut self) {
@@ -101,6 +112,20 @@ impl Breaker {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn streams_that_fail_after_their_first_token_still_open_the_circuit() {
+        let mut b = Breaker::new(3, Duration::from_secs(10));
+        for _ in 0..3 {
+            b.record_first_answer();
+            b.record_failure();
+        }
+        assert_eq!(b.state_name(), "open");
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert!(b.try_acquire(), "the probe goes through");
+        b.record_first_answer();
+        assert_eq!(b.state_name(), "closed", "a probe's first token closes it");
+    }
 
     #[tokio::test(start_paused = true)]
     async fn opens_after_consecutive_failures_and_probes_after_the_cooldown() {

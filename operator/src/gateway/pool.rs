@@ -165,12 +165,12 @@ impl PoolView {
         }
     }
 
-    /// An agent answered a request (its first message): its breaker learns the success
-    /// now, so that a half-open probe resolves at its first token rather than at the end
-    /// of a long stream. The request stays in flight.
+    /// An agent answered a request (its first message): a half-open probe resolves now,
+    /// at its first token rather than at the end of a long stream; a closed breaker waits
+    /// for the request's final outcome. The request stays in flight.
     pub fn answered(&mut self, id: &str) {
         if let Some(a) = self.agents.get_mut(id) {
-            a.breaker.record_success();
+            a.breaker.record_first_answer();
         }
     }
 
