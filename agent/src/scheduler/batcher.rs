@@ -12,14 +12,14 @@
 //! (until its client reads or leaves), and its terminal event always has room.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::queue::{AdmissionQueue, QueueFull};
 use super::sequence::Sequence;
 use super::strategy::{BatchState, Gate, Strategy};
-use crate::engine::kv::BlockBudget;
+use crate::engine::kv::{BLOCK_SIZE, BlockBudget};
 use crate::engine::model::{Llama, ModelError, SeqStep};
 use crate::generation::{FinishReason, GenerationEvent, GenerationRequest};
 
@@ -122,10 +122,12 @@ impl EngineHandle {
         &self,
         request: GenerationRequest,
     ) -> Result<mpsc::Receiver<GenerationEvent>, SubmitError> {
+        // Refused here, every queued sequence (whose tokens never pass its prompt plus
+        // max_tokens) fits the whole budget, so a head always fits an empty batch.
         let tokens = request.prompt.len() + request.max_tokens;
         let total = self.load.borrow().kv_blocks_total;
         if BlockBudget::blocks_for(tokens) > total {
-            let capacity = total * crate::engine::kv::BLOCK_SIZE;
+            let capacity = total * BLOCK_SIZE;
             return Err(SubmitError::TooLarge { tokens, capacity });
         }
         let (events, receiver) = Sequence::event_channel();
@@ -228,15 +230,15 @@ impl Batcher {
     }
 
     /// What the batching strategy says about admitting now.
-    fn gate(&self, now: std::time::Instant) -> Gate {
-        let Some(head) = self.queue.peek_at(now) else {
+    fn gate(&self, now: Instant) -> Gate {
+        let Some(oldest_wait) = self.queue.head_waited(now) else {
             return Gate::Open;
         };
         let state = BatchState {
             running: self.running.len(),
             waiting: self.queue.len(),
             max_batch_size: self.config.max_batch_size,
-            oldest_wait: head.queued_at.elapsed(),
+            oldest_wait,
         };
         self.config.strategy.gate(state, self.config.max_wait)
     }
@@ -250,7 +252,7 @@ impl Batcher {
     fn admit(&mut self) -> Option<Duration> {
         // One clock reading for the pass: with aging, the queue's head may change as time
         // passes, and the head whose blocks were counted must be the one popped.
-        let now = std::time::Instant::now();
+        let now = Instant::now();
         if !self.admit_heads(Sequence::resuming, now) {
             return None;
         }
@@ -264,8 +266,8 @@ impl Batcher {
     }
 
     /// Admits queue heads while `which` accepts them and slots and blocks allow. False when
-    /// the head waits for blocks (nothing behind it may pass it).
-    fn admit_heads(&mut self, which: fn(&Sequence) -> bool, now: std::time::Instant) -> bool {
+    /// the head waits for blocks held by running sequences (nothing behind it may pass it).
+    fn admit_heads(&mut self, which: fn(&Sequence) -> bool, now: Instant) -> bool {
         while self.running.len() < self.config.max_batch_size {
             let Some(head) = self.queue.peek_at(now) else {
                 break;
@@ -275,9 +277,6 @@ impl Batcher {
             }
             let blocks = head.cache.blocks_missing(head.pending());
             if !self.budget.try_take(blocks) {
-                if self.running.is_empty() {
-                    self.refuse_oversized(now);
-                }
                 return false;
             }
             let Some((_, mut sequence)) = self.queue.pop_at(now) else {
@@ -289,18 +288,6 @@ impl Batcher {
             self.running.push(sequence);
         }
         true
-    }
-
-    /// The head needs more blocks than the whole budget: it can never run.
-    fn refuse_oversized(&mut self, now: std::time::Instant) {
-        if let Some((_, s)) = self.queue.pop_at(now) {
-            let message = format!(
-                "{} tokens need more KV-cache blocks than the budget of {}",
-                s.tokens.len(),
-                self.budget.total()
-            );
-            let _ = s.events.try_send(GenerationEvent::Failed(message));
-        }
     }
 
     /// Gives every decoding sequence that crossed into a new block one more block,
@@ -333,8 +320,7 @@ impl Batcher {
         let mut s = self.running.remove(i);
         self.budget.give_back(s.cache.release());
         self.preemptions += 1;
-        self.queue
-            .push_front(s.request.priority, s, std::time::Instant::now());
+        self.queue.push_front(s.request.priority, s, Instant::now());
     }
 
     /// Tokens each running sequence feeds this step: one per decoding sequence first, then

@@ -89,12 +89,7 @@ impl<T> AdmissionQueue<T> {
             .map(|(_, p)| p)
     }
 
-    /// The item that goes first, with its own priority.
-    pub fn pop(&mut self) -> Option<(Priority, T)> {
-        self.pop_at(Instant::now())
-    }
-
-    /// `pop` at `now`.
+    /// The item that goes first at `now`, with its own priority.
     pub fn pop_at(&mut self, now: Instant) -> Option<(Priority, T)> {
         let p = self.next_priority(now)?;
         let waiting = self.queues[p.index()].pop_front()?;
@@ -111,15 +106,18 @@ impl<T> AdmissionQueue<T> {
         queue.push_front(Waiting { since, item });
     }
 
-    /// The item `pop` would return, without removing it.
-    pub fn peek(&self) -> Option<&T> {
-        self.peek_at(Instant::now())
-    }
-
-    /// `peek` at `now`.
+    /// The item `pop_at(now)` would return, without removing it.
     pub fn peek_at(&self, now: Instant) -> Option<&T> {
         let p = self.next_priority(now)?;
         self.queues[p.index()].front().map(|w| &w.item)
+    }
+
+    /// How long the item `pop_at(now)` would return has waited (for a preempted item, as
+    /// long as the head it was put before).
+    pub fn head_waited(&self, now: Instant) -> Option<Duration> {
+        let p = self.next_priority(now)?;
+        let head = self.queues[p.index()].front()?;
+        Some(now.saturating_duration_since(head.since))
     }
 
     /// Removes every item for which `drop_it` holds (cancelled requests); returns how many.
@@ -158,7 +156,8 @@ mod tests {
         q.push(Priority::Normal, "n1").unwrap();
         q.push(Priority::Critical, "crit").unwrap();
         q.push(Priority::Normal, "n2").unwrap();
-        let order: Vec<_> = std::iter::from_fn(|| q.pop().map(|(_, x)| x)).collect();
+        let order: Vec<_> =
+            std::iter::from_fn(|| q.pop_at(Instant::now()).map(|(_, x)| x)).collect();
         assert_eq!(order, ["crit", "n1", "n2", "low"]);
     }
 
@@ -196,10 +195,10 @@ mod tests {
         q.push(Priority::Normal, 1).unwrap();
         q.push(Priority::Normal, 2).unwrap();
         q.push_front(Priority::Normal, 0, Instant::now());
-        assert_eq!(q.peek(), Some(&0));
+        assert_eq!(q.peek_at(Instant::now()), Some(&0));
         assert_eq!(q.remove_where(|x| *x == 1), 1);
         assert_eq!(
-            std::iter::from_fn(|| q.pop().map(|(_, x)| x)).collect::<Vec<_>>(),
+            std::iter::from_fn(|| q.pop_at(Instant::now()).map(|(_, x)| x)).collect::<Vec<_>>(),
             [0, 2]
         );
         assert!(q.is_empty());

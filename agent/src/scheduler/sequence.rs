@@ -22,8 +22,6 @@ pub(super) struct Sequence {
     pub generated: usize,
     /// Admission order: the newest running sequence is preempted first.
     pub admitted: u64,
-    /// When it was queued (batching strategies wait on the oldest).
-    pub queued_at: std::time::Instant,
 }
 
 impl Sequence {
@@ -36,7 +34,6 @@ impl Sequence {
             cache: KvCache::default(),
             generated: 0,
             admitted: 0,
-            queued_at: std::time::Instant::now(),
         }
     }
 
