@@ -32,6 +32,18 @@ fn chat(content: &str, extra: Value) -> Value {
     body
 }
 
+/// The pool still answers a chat after what a test put it through, and stops cleanly.
+async fn serves_then_stops(pool: LocalPool) -> anyhow::Result<()> {
+    let after = post_json(
+        pool.addr,
+        "/v1/chat/completions",
+        &chat("hi", json!({"max_tokens": 2})),
+    )?;
+    assert_eq!(after.status, 200, "the pool serves on: {}", after.body);
+    assert_eq!(pool.stop().await?, Some(0));
+    Ok(())
+}
+
 #[tokio::test]
 async fn the_gateway_answers_like_an_agent_and_refuses_bad_requests_itself() -> anyhow::Result<()> {
     let pool = LocalPool::start(&manifest("round_robin"), MODEL).await?;
@@ -310,14 +322,7 @@ async fn killing_agents_under_load_loses_no_request_that_had_no_token() -> anyho
     kill_under_load(&pool, "gw-1").await?;
     pool.restarted("gw-1", gw1, Duration::from_secs(300))
         .await?;
-    let after = post_json(
-        pool.addr,
-        "/v1/chat/completions",
-        &chat("hi", json!({"max_tokens": 2})),
-    )?;
-    assert_eq!(after.status, 200, "{}", after.body);
-    assert_eq!(pool.stop().await?, Some(0));
-    Ok(())
+    serves_then_stops(pool).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -413,15 +418,7 @@ async fn clients_that_leave_before_their_first_token_leave_nothing_in_flight() -
     })
     .await?;
     assert!(agent_cancelled(&pool, agent) >= 4.0);
-    // And the pool serves on.
-    let after = post_json(
-        pool.addr,
-        "/v1/chat/completions",
-        &chat("hi", json!({"max_tokens": 2})),
-    )?;
-    assert_eq!(after.status, 200, "{}", after.body);
-    assert_eq!(pool.stop().await?, Some(0));
-    Ok(())
+    serves_then_stops(pool).await
 }
 
 #[tokio::test]
@@ -472,12 +469,5 @@ async fn a_saturated_pool_answers_429_and_loses_nothing() -> anyhow::Result<()> 
     }
     assert_eq!(ok + refused, 8, "every request got an answer");
     assert!(ok >= 1 && refused >= 1, "{ok} served, {refused} refused");
-    let after = post_json(
-        addr,
-        "/v1/chat/completions",
-        &chat("hi", json!({"max_tokens": 2})),
-    )?;
-    assert_eq!(after.status, 200, "the pool still serves after saturation");
-    assert_eq!(pool.stop().await?, Some(0));
-    Ok(())
+    serves_then_stops(pool).await
 }
