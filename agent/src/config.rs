@@ -124,6 +124,8 @@ pub struct Batching {
     pub queue_limits: QueueLimits,
     /// Seconds after which a waiting request rises one priority class (0: never).
     pub aging_seconds: u64,
+    /// Keep prompts' KV blocks for requests that start with the same tokens.
+    pub prefix_caching: bool,
 }
 
 impl Default for Batching {
@@ -135,6 +137,7 @@ impl Default for Batching {
             max_wait_milliseconds: 10,
             queue_limits: QueueLimits::default(),
             aging_seconds: 30,
+            prefix_caching: true,
         }
     }
 }
@@ -224,6 +227,7 @@ impl AgentConfig {
             strategy: self.batching.strategy,
             max_wait: std::time::Duration::from_millis(self.batching.max_wait_milliseconds),
             aging: std::time::Duration::from_secs(self.batching.aging_seconds),
+            prefix_caching: self.batching.prefix_caching,
         }
     }
 }
@@ -265,7 +269,7 @@ mod tests {
             "servedName": "m", "modelPath": "/d", "modelFormat": "safetensors",
             "chatTemplate": "{{x}}", "gpus": 1, "httpPort": 1, "grpcPort": 2,
             "batching": {"strategy": "dynamic", "maxBatchSize": 4, "maxBatchTokens": 64,
-                "maxWaitMilliseconds": 5, "padding": "none", "agingSeconds": 9,
+                "maxWaitMilliseconds": 5, "padding": "none", "agingSeconds": 9, "prefixCaching": false,
                 "queueLimits": {"critical": 1, "high": 2, "normal": 3, "low": 4}},
             "cache": {"enabled": true}
         }))
@@ -279,5 +283,6 @@ mod tests {
         );
         assert_eq!(b.queue_limits, [1, 2, 3, 4]);
         assert_eq!(b.aging, std::time::Duration::from_secs(9));
+        assert!(!b.prefix_caching);
     }
 }

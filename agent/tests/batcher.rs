@@ -1,66 +1,17 @@
 //! The continuous batching loop on the real default model (CPU).
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
-use candle_core::Device;
-use inferpool_agent::engine::gguf::GgufHeader;
+use common::{CONFIG, collect, engine, load_model, request};
 use inferpool_agent::engine::kv::{BLOCK_SIZE, BlockBudget};
-use inferpool_agent::engine::model::{Llama, WeightFormat};
-use inferpool_agent::engine::sampling::SamplingParams;
+use inferpool_agent::engine::model::Llama;
 use inferpool_agent::engine::tokenizer::ModelTokenizer;
 use inferpool_agent::generation::{FinishReason, GenerationEvent, GenerationRequest, Priority};
 use inferpool_agent::scheduler::batcher::{BatcherConfig, EngineHandle, Load, SubmitError};
 use inferpool_agent::scheduler::strategy::Strategy;
-use inferpool_e2e::parts::default_model;
-
-fn engine(config: BatcherConfig) -> anyhow::Result<(EngineHandle, ModelTokenizer)> {
-    let path = default_model()?;
-    let tok = ModelTokenizer::from_gguf(&GgufHeader::read(&path)?)?;
-    let model = Arc::new(Llama::load(&path, WeightFormat::Q8, &Device::Cpu)?);
-    Ok((EngineHandle::start(model, config), tok))
-}
-
-fn request(
-    tok: &ModelTokenizer,
-    prompt: &str,
-    max_tokens: usize,
-) -> anyhow::Result<GenerationRequest> {
-    let chat = format!("<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n");
-    Ok(GenerationRequest {
-        prompt: tok.encode(&chat)?,
-        max_tokens,
-        stop_tokens: vec![tok.eos],
-        sampling: SamplingParams {
-            temperature: 0.0,
-            ..SamplingParams::default()
-        },
-        priority: Priority::Normal,
-    })
-}
-
-async fn collect(
-    mut rx: tokio::sync::mpsc::Receiver<GenerationEvent>,
-) -> (Vec<u32>, Option<GenerationEvent>) {
-    let mut tokens = Vec::new();
-    while let Some(event) = rx.recv().await {
-        match event {
-            GenerationEvent::Token(t) => tokens.push(t),
-            end => return (tokens, Some(end)),
-        }
-    }
-    (tokens, None)
-}
-
-const CONFIG: BatcherConfig = BatcherConfig {
-    max_batch_size: 4,
-    max_batch_tokens: 16,
-    queue_limits: [8; 4],
-    kv_blocks: 256,
-    strategy: Strategy::Continuous,
-    max_wait: Duration::ZERO,
-    aging: Duration::from_secs(30),
-};
 
 #[tokio::test]
 async fn concurrent_requests_decode_as_they_would_alone() -> anyhow::Result<()> {
@@ -333,9 +284,7 @@ fn slack(len: usize) -> usize {
 
 #[tokio::test]
 async fn running_out_of_blocks_preempts_and_every_sequence_still_completes() -> anyhow::Result<()> {
-    let path = default_model()?;
-    let tok = ModelTokenizer::from_gguf(&GgufHeader::read(&path)?)?;
-    let model = Arc::new(Llama::load(&path, WeightFormat::Q8, &Device::Cpu)?);
+    let (model, tok) = load_model()?;
     let a = request(&tok, "Write a short poem about the sea and the wind.", 32)?;
     let b = request(&tok, "Explain briefly why the sky looks blue.", 32)?;
     let (la, lb) = (a.prompt.len(), b.prompt.len());

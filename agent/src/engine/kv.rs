@@ -5,6 +5,9 @@
 
 use candle_core::{DType, Device, Tensor};
 
+/// One block's keys and values, per layer `[kv_heads, BLOCK_SIZE, head_dim]`.
+pub type BlockLayers = Vec<(Tensor, Tensor)>;
+
 /// Tokens per block.
 pub const BLOCK_SIZE: usize = 16;
 
@@ -143,6 +146,45 @@ impl KvCache {
     /// Marks `n` appended positions as filled, once every layer has them.
     pub(crate) fn advance(&mut self, n: usize) {
         self.len += n;
+    }
+
+    /// Fills an empty cache with `blocks` (from `prefix::PrefixCache::lookup`), in order,
+    /// within the blocks already granted; their tokens count as cached.
+    pub fn load_prefix(&mut self, blocks: &[BlockLayers]) -> candle_core::Result<()> {
+        let Some(first) = blocks.first() else {
+            return Ok(());
+        };
+        let capacity = self.blocks * BLOCK_SIZE;
+        let filled = blocks.len() * BLOCK_SIZE;
+        if !self.layers.is_empty() || filled > capacity {
+            candle_core::bail!("a prefix of {filled} tokens does not fit {capacity}");
+        }
+        for li in 0..first.len() {
+            let ks: Vec<&Tensor> = blocks.iter().map(|b| &b[li].0).collect();
+            let vs: Vec<&Tensor> = blocks.iter().map(|b| &b[li].1).collect();
+            let mut k = Tensor::cat(&ks, 1)?;
+            let mut v = Tensor::cat(&vs, 1)?;
+            grow(&mut k, capacity)?;
+            grow(&mut v, capacity)?;
+            self.layers.push((k, v));
+        }
+        self.len = filled;
+        Ok(())
+    }
+
+    /// A copy of block `index`'s keys and values, for the prefix cache.
+    pub fn copy_block(&self, index: usize) -> candle_core::Result<BlockLayers> {
+        if (index + 1) * BLOCK_SIZE > self.len {
+            candle_core::bail!("block {index} is not filled");
+        }
+        let copy = |t: &Tensor| {
+            t.narrow(1, index * BLOCK_SIZE, BLOCK_SIZE)?
+                .force_contiguous()
+        };
+        self.layers
+            .iter()
+            .map(|(k, v)| Ok((copy(k)?, copy(v)?)))
+            .collect()
     }
 
     /// The device of the cached tensors, if any.

@@ -7,6 +7,7 @@ pub mod kv;
 pub mod load;
 pub mod loaded;
 pub mod model;
+pub mod prefix;
 pub mod prepare;
 pub mod safetensors;
 pub mod sampling;

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, watch};
 
+use super::blocks::{KvBlocks, PrefixStats};
 use super::queue::{AdmissionQueue, QueueFull};
 use super::sequence::Sequence;
 use super::strategy::{BatchState, Gate, Strategy};
@@ -40,6 +41,9 @@ pub struct BatcherConfig {
     pub max_wait: Duration,
     /// Wait after which a queued request rises one priority class (zero: never).
     pub aging: Duration,
+    /// Keep prompts' full KV blocks in the free part of the budget for later requests
+    /// that start with the same tokens (`engine::prefix`).
+    pub prefix_caching: bool,
 }
 
 /// The engine's load, published after every iteration.
@@ -55,6 +59,8 @@ pub struct Load {
     pub kv_blocks_total: usize,
     /// Sequences preempted since start.
     pub preemptions: u64,
+    /// Prefix reuse since start.
+    pub prefix: PrefixStats,
 }
 
 impl Load {
@@ -156,7 +162,7 @@ struct Batcher {
     config: BatcherConfig,
     queue: AdmissionQueue<Sequence>,
     running: Vec<Sequence>,
-    budget: BlockBudget,
+    blocks: KvBlocks,
     admissions: u64,
     preemptions: u64,
     publish: watch::Sender<Load>,
@@ -167,7 +173,7 @@ impl Batcher {
         Self {
             model,
             queue: AdmissionQueue::new(config.queue_limits, config.aging),
-            budget: BlockBudget::new(config.kv_blocks),
+            blocks: KvBlocks::new(config.kv_blocks, config.prefix_caching, PREFIX_ROOT),
             config,
             running: Vec::new(),
             admissions: 0,
@@ -220,10 +226,10 @@ impl Batcher {
 
     fn drop_cancelled(&mut self) {
         self.queue.remove_where(Sequence::cancelled);
-        let budget = &mut self.budget;
+        let blocks = &mut self.blocks;
         self.running.retain_mut(|r| {
             if r.cancelled() {
-                budget.give_back(r.cache.release());
+                blocks.give_back(r.cache.release());
             }
             !r.cancelled()
         });
@@ -275,14 +281,20 @@ impl Batcher {
             if !which(head) {
                 break;
             }
+            // Looked up before blocks are taken: taking may evict cached blocks.
+            let prefix = self.blocks.cached_prefix(head);
             let blocks = head.cache.blocks_missing(head.pending());
-            if !self.budget.try_take(blocks) {
+            if !self.blocks.take(blocks) {
                 return false;
             }
             let Some((_, mut sequence)) = self.queue.pop_at(now) else {
                 break;
             };
             sequence.cache.grant(blocks);
+            let reused = reuse_prefix(&mut sequence, &prefix);
+            if !sequence.resuming() {
+                self.blocks.count_lookup(&sequence, reused);
+            }
             self.admissions += 1;
             sequence.admitted = self.admissions;
             self.running.push(sequence);
@@ -299,7 +311,7 @@ impl Batcher {
             // A paused sequence takes no step, so it needs no block until its client reads.
             if !r.decoding() || r.paused() || r.cache.blocks_missing(1) == 0 {
                 i += 1;
-            } else if self.budget.try_take(1) {
+            } else if self.blocks.take(1) {
                 r.cache.grant(1);
                 i += 1;
             } else {
@@ -318,7 +330,7 @@ impl Batcher {
 
     fn preempt(&mut self, i: usize) {
         let mut s = self.running.remove(i);
-        self.budget.give_back(s.cache.release());
+        self.blocks.give_back(s.cache.release());
         self.preemptions += 1;
         self.queue.push_front(s.request.priority, s, Instant::now());
     }
@@ -379,6 +391,9 @@ impl Batcher {
             if r.pending() > 0 {
                 continue; // a prompt chunk: more to prefill before sampling
             }
+            if r.generated == 0 {
+                self.blocks.remember_prompt(r);
+            }
             let row_logits = logits.get(row).and_then(|t| t.to_vec1::<f32>());
             let Ok(row_logits) = row_logits else { continue };
             if let Some(reason) = emit(r, &row_logits) {
@@ -387,7 +402,7 @@ impl Batcher {
         }
         for (i, reason) in finished.into_iter().rev() {
             let mut r = self.running.remove(i);
-            self.budget.give_back(r.cache.release());
+            self.blocks.give_back(r.cache.release());
             let _ = r.events.try_send(GenerationEvent::Finished {
                 reason,
                 prompt_tokens: r.request.prompt.len(),
@@ -399,7 +414,7 @@ impl Batcher {
     fn fail(&mut self, members: &[usize], error: &ModelError) {
         for &i in members.iter().rev() {
             let mut r = self.running.remove(i);
-            self.budget.give_back(r.cache.release());
+            self.blocks.give_back(r.cache.release());
             let _ = r
                 .events
                 .try_send(GenerationEvent::Failed(error.to_string()));
@@ -410,12 +425,28 @@ impl Batcher {
         let load = Load {
             running: self.running.len(),
             queued: self.queue.depths(),
-            kv_blocks_used: self.budget.used(),
-            kv_blocks_total: self.budget.total(),
+            kv_blocks_used: self.blocks.used_by_sequences(),
+            kv_blocks_total: self.blocks.total(),
             preemptions: self.preemptions,
+            prefix: self.blocks.stats(),
         };
         self.publish
             .send_if_modified(|l| std::mem::replace(l, load) != load);
+    }
+}
+
+/// The root of the prefix cache's hash chains: one engine serves one model.
+const PREFIX_ROOT: u64 = 0x1f3_7001;
+
+/// Copies `prefix` into a just admitted sequence's cache; the tokens reused (none when the
+/// copy fails: the sequence then prefills them).
+fn reuse_prefix(sequence: &mut Sequence, prefix: &[crate::engine::kv::BlockLayers]) -> usize {
+    match sequence.cache.load_prefix(prefix) {
+        Ok(()) => sequence.cache.len(),
+        Err(e) => {
+            tracing::warn!(error = %e, "prefix cache copy failed; prefilling instead");
+            0
+        }
     }
 }
 

@@ -390,6 +390,11 @@ fn load_report(agent: &Agent, load: Option<Load>, cache: Option<CacheStats>) -> 
         draining: agent.phase() == Phase::Draining,
         uptime_ms: agent.uptime_ms(),
         embedding_model: agent.embedding_model().unwrap_or_default(),
+        prefix_cache: Some(pb::PrefixCacheStats {
+            queried_tokens: load.prefix.queried_tokens,
+            hit_tokens: load.prefix.hit_tokens,
+            cached_blocks: count(load.prefix.cached_blocks),
+        }),
     }
 }
 

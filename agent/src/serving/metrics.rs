@@ -15,6 +15,7 @@ use prometheus_client::registry::Registry;
 use crate::cache::CacheStats;
 use crate::generation::Priority;
 use crate::scheduler::batcher::Load;
+use crate::scheduler::blocks::PrefixStats;
 
 /// Labels of finished requests.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -67,6 +68,61 @@ pub struct AgentMetrics {
     vllm_running: Gauge,
     vllm_kv_usage: Gauge<f64, AtomicU64>,
     cache: CacheMetrics,
+    prefix: PrefixMetrics,
+}
+
+/// Prefix reuse in tokens, under our names and vLLM's (the same counters twice, so that
+/// dashboards and routers written for vLLM read them as they are).
+#[derive(Debug, Default)]
+struct PrefixMetrics {
+    queries: Counter,
+    hits: Counter,
+    blocks: Gauge,
+    seen: [AtomicU64; 2],
+}
+
+impl PrefixMetrics {
+    fn register(&self, own: &mut Registry) {
+        own.register(
+            "prefix_cache_queries",
+            "Prompt tokens looked up in the prefix cache",
+            self.queries.clone(),
+        );
+        own.register(
+            "prefix_cache_hits",
+            "Prompt tokens whose KV blocks came from the prefix cache",
+            self.hits.clone(),
+        );
+        own.register(
+            "prefix_cache_blocks",
+            "KV blocks held by the prefix cache (free to take)",
+            self.blocks.clone(),
+        );
+    }
+
+    fn register_vllm(&self, registry: &mut Registry) {
+        registry.register(
+            "vllm:prefix_cache_queries",
+            "Prefix cache queries, in tokens",
+            self.queries.clone(),
+        );
+        registry.register(
+            "vllm:prefix_cache_hits",
+            "Prefix cache hits, in tokens",
+            self.hits.clone(),
+        );
+    }
+
+    fn observe(&self, stats: &PrefixStats) {
+        for ((counter, seen), total) in [&self.queries, &self.hits]
+            .into_iter()
+            .zip(&self.seen)
+            .zip([stats.queried_tokens, stats.hit_tokens])
+        {
+            counter.inc_by(total.saturating_sub(seen.swap(total, Ordering::Relaxed)));
+        }
+        self.blocks.set(gauge_value(stats.cached_blocks));
+    }
 }
 
 /// The response cache's counts.
@@ -143,6 +199,7 @@ impl AgentMetrics {
             draining: Gauge::default(),
             ready: Gauge::default(),
             cache: CacheMetrics::default(),
+            prefix: PrefixMetrics::default(),
             vllm_waiting: Gauge::default(),
             vllm_running: Gauge::default(),
             vllm_kv_usage: Gauge::default(),
@@ -163,6 +220,7 @@ impl AgentMetrics {
             "KV-cache usage, 0..1",
             m.vllm_kv_usage.clone(),
         );
+        m.prefix.register_vllm(registry);
         m
     }
 
@@ -224,6 +282,7 @@ impl AgentMetrics {
         );
         r.register("draining", "1 while draining", self.draining.clone());
         self.cache.register(r);
+        self.prefix.register(r);
         r.register(
             "ready",
             "1 once the model is loaded and warmed up",
@@ -252,6 +311,7 @@ impl AgentMetrics {
             .swap(load.preemptions, Ordering::Relaxed);
         self.preemptions
             .inc_by(load.preemptions.saturating_sub(seen));
+        self.prefix.observe(&load.prefix);
     }
 
     /// Refreshes the response cache's counts (called before each scrape).
@@ -285,6 +345,11 @@ mod tests {
             kv_blocks_used: 5,
             kv_blocks_total: 20,
             preemptions: 2,
+            prefix: PrefixStats {
+                queried_tokens: 100,
+                hit_tokens: 64,
+                cached_blocks: 4,
+            },
         });
         m.request_ended("chat", "ok");
         let mut text = String::new();
@@ -296,6 +361,10 @@ mod tests {
             "inferpool_agent_requests_waiting{priority=\"normal\"} 2",
             "inferpool_agent_kv_cache_blocks_used 5",
             "inferpool_agent_preemptions_total 2",
+            "inferpool_agent_prefix_cache_hits_total 64",
+            "inferpool_agent_prefix_cache_blocks 4",
+            "vllm:prefix_cache_queries_total 100",
+            "vllm:prefix_cache_hits_total 64",
             "inferpool_agent_requests_total{endpoint=\"chat\",outcome=\"ok\"} 1",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} missing in\n{text}");

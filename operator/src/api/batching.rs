@@ -44,6 +44,13 @@ pub struct BatchingSpec {
     #[serde(default = "default_aging_seconds")]
     #[schemars(range(min = 0, max = 3600))]
     pub aging_seconds: i32,
+
+    /// Keep the KV-cache blocks of prompts for later requests that start with the same
+    /// tokens (a shared system prompt, earlier turns of a conversation), so that those
+    /// tokens are not prefilled again. Cached blocks live in the free part of the KV
+    /// budget and are evicted, least recently used first, whenever a request needs room.
+    #[serde(default = "default_prefix_caching")]
+    pub prefix_caching: bool,
 }
 
 impl Default for BatchingSpec {
@@ -56,8 +63,13 @@ impl Default for BatchingSpec {
             padding: PaddingStrategy::default(),
             queue_limits: QueueLimits::default(),
             aging_seconds: default_aging_seconds(),
+            prefix_caching: default_prefix_caching(),
         }
     }
+}
+
+fn default_prefix_caching() -> bool {
+    true
 }
 
 fn default_aging_seconds() -> i32 {
