@@ -51,6 +51,9 @@ pub struct GenerationRequest {
     pub sampling: SamplingParams,
     /// Queue priority.
     pub priority: Priority,
+    /// When the client stops waiting: still queued then, the request leaves the queue
+    /// with `GenerationEvent::Expired` instead of running for nobody.
+    pub deadline: Option<std::time::Instant>,
 }
 
 /// Why generation ended.
@@ -78,4 +81,6 @@ pub enum GenerationEvent {
     },
     /// The engine failed on this request's step.
     Failed(String),
+    /// Its deadline passed while it waited in the queue.
+    Expired,
 }

@@ -2,6 +2,7 @@
 
 use candle_core::Device;
 use inferpool_agent::engine::embed::Embedder;
+use inferpool_agent::scheduler::embed_batcher::EmbedHandle;
 use inferpool_e2e::parts::embedding_model;
 
 fn cosine(a: &[f32], b: &[f32]) -> f32 {
@@ -32,5 +33,33 @@ fn similar_sentences_are_close_and_vectors_are_unit_length() -> anyhow::Result<(
     // Padding inside a batch does not change a text's vector.
     let alone = embedder.embed(&texts[..1])?;
     assert!(cosine(&alone.vectors[0], &out.vectors[0]) > 0.9999);
+    Ok(())
+}
+
+#[tokio::test]
+async fn concurrent_embedding_requests_share_forward_passes() -> anyhow::Result<()> {
+    let dir = embedding_model()?;
+    let alone = Embedder::load(&dir, &Device::Cpu)?;
+    let handle = EmbedHandle::start(Embedder::load(&dir, &Device::Cpu)?);
+    let texts: Vec<String> = (0..16)
+        .map(|i| format!("Request number {i} asks about {} ships.", i * 7))
+        .collect();
+    let requests = texts.iter().map(|t| handle.embed(vec![t.clone()]));
+    let answers = futures::future::join_all(requests).await;
+    assert!(
+        handle.forwards() < 16,
+        "16 concurrent requests took {} forward passes",
+        handle.forwards()
+    );
+    for (text, answer) in texts.iter().zip(answers) {
+        let answer = answer?;
+        let solo = alone.embed(std::slice::from_ref(text))?;
+        // Padded to the batch's longest input and masked: the same vector as alone.
+        assert!(
+            cosine(&answer.vectors[0], &solo.vectors[0]) > 0.9999,
+            "{text}"
+        );
+        assert_eq!(answer.tokens, solo.tokens, "{text}");
+    }
     Ok(())
 }

@@ -153,6 +153,7 @@ mod tests {
             prompt,
             max_tokens: 8,
             stop_tokens: vec![2],
+            deadline: None,
             sampling: SamplingParams {
                 temperature,
                 seed,

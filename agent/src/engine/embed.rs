@@ -28,6 +28,9 @@ pub enum EmbedError {
     /// A tensor operation failed.
     #[error("embedding model: {0}")]
     Tensor(#[from] candle_core::Error),
+    /// The request's batch failed (the message is the batch's error).
+    #[error("embedding model: {0}")]
+    Batch(String),
 }
 
 /// A loaded embedding model.
@@ -50,6 +53,8 @@ pub struct Embeddings {
     pub vectors: Vec<Vec<f32>>,
     /// Tokens read (special tokens included), for usage.
     pub tokens: usize,
+    /// Of those, each input's, in order.
+    pub tokens_per_input: Vec<usize>,
 }
 
 impl Embedder {
@@ -107,9 +112,16 @@ impl Embedder {
         let types = rows(tokenizers::Encoding::get_type_ids)?;
         let mask = rows(tokenizers::Encoding::get_attention_mask)?;
         let hidden = self.model.forward(&ids, &types, Some(&mask))?;
-        let tokens = mask.sum_all()?.to_scalar::<u32>()? as usize;
+        let tokens_per_input: Vec<usize> = (mask.sum(1)?.to_vec1::<u32>()?)
+            .into_iter()
+            .map(|n| n as usize)
+            .collect();
         let vectors = mean_pool_normalised(&hidden, &mask)?.to_vec2::<f32>()?;
-        Ok(Embeddings { vectors, tokens })
+        Ok(Embeddings {
+            vectors,
+            tokens: tokens_per_input.iter().sum(),
+            tokens_per_input,
+        })
     }
 }
 

@@ -101,6 +101,7 @@ fn fit(
         stop_tokens: vec![model.tokenizer.eos],
         sampling,
         priority,
+        deadline: None,
     })
 }
 

@@ -192,7 +192,11 @@ impl Batcher {
         let mut hold = None;
         loop {
             if self.running.is_empty() && (self.queue.is_empty() || hold.is_some()) {
-                let limit = if self.queue.is_empty() { None } else { hold };
+                // The gate's hold, or sooner the first queued deadline.
+                let limit = match self.queue.is_empty() {
+                    true => None,
+                    false => earliest(hold, self.next_expiry()),
+                };
                 match clock.block_on(next_submission(&mut submissions, limit)) {
                     Ok(Some(s)) => self.accept(s),
                     Ok(None) => return,
@@ -209,7 +213,8 @@ impl Batcher {
             self.publish_load();
             if !stepped && !self.running.is_empty() {
                 // Every running sequence waits for its client to read.
-                let wake = room_or_submission(&self.running, &mut submissions, hold);
+                let limit = earliest(hold, self.next_expiry());
+                let wake = room_or_submission(&self.running, &mut submissions, limit);
                 if let Some(s) = clock.block_on(wake) {
                     self.accept(s);
                 }
@@ -224,8 +229,10 @@ impl Batcher {
         self.publish_load();
     }
 
+    /// Drops cancelled sequences, and queued ones whose deadline passed.
     fn drop_cancelled(&mut self) {
-        self.queue.remove_where(Sequence::cancelled);
+        let now = Instant::now();
+        self.queue.remove_where(|s| s.cancelled() || s.expire(now));
         let blocks = &mut self.blocks;
         self.running.retain_mut(|r| {
             if r.cancelled() {
@@ -233,6 +240,13 @@ impl Batcher {
             }
             !r.cancelled()
         });
+    }
+
+    /// How long until the first queued deadline, so that an idle loop wakes for it.
+    fn next_expiry(&self) -> Option<Duration> {
+        let now = Instant::now();
+        let first = self.queue.iter().filter_map(|s| s.request.deadline).min()?;
+        Some(first.saturating_duration_since(now))
     }
 
     /// What the batching strategy says about admitting now.
@@ -432,6 +446,14 @@ impl Batcher {
         };
         self.publish
             .send_if_modified(|l| std::mem::replace(l, load) != load);
+    }
+}
+
+/// The sooner of two optional waits.
+fn earliest(a: Option<Duration>, b: Option<Duration>) -> Option<Duration> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
     }
 }
 

@@ -2,6 +2,7 @@
 
 pub mod batcher;
 pub mod blocks;
+pub mod embed_batcher;
 pub mod queue;
 mod sequence;
 pub mod strategy;

@@ -134,6 +134,11 @@ impl<T> AdmissionQueue<T> {
         [0, 1, 2, 3].map(|i| self.queues[i].len())
     }
 
+    /// Every waiting item, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = &T> {
+        self.queues.iter().flatten().map(|w| &w.item)
+    }
+
     /// Waiting items in all.
     pub fn len(&self) -> usize {
         self.queues.iter().map(VecDeque::len).sum()

@@ -3,6 +3,8 @@
 //! cache from `tokens` (prompt and everything generated), so nothing it streamed is lost
 //! or repeated.
 
+use std::time::Instant;
+
 use tokio::sync::mpsc;
 
 use crate::engine::kv::KvCache;
@@ -72,6 +74,16 @@ impl Sequence {
     /// Whether the client went away.
     pub fn cancelled(&self) -> bool {
         self.events.is_closed()
+    }
+
+    /// Whether its deadline passed by `now`; if so, tells its client (a queued sequence
+    /// leaves the queue with this).
+    pub fn expire(&self, now: Instant) -> bool {
+        let expired = self.request.deadline.is_some_and(|d| d <= now);
+        if expired {
+            let _ = self.events.try_send(GenerationEvent::Expired);
+        }
+        expired
     }
 
     /// Whether it ran before and was preempted: it resumes before new requests are gated.

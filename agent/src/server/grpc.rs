@@ -23,13 +23,14 @@ use tonic::{Code, Request, Response, Status};
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
+use super::deadline::{deadline_of, grpc_timeout};
 use crate::cache::CacheStats;
 use crate::generation::{FinishReason, Priority};
 use crate::scheduler::batcher::Load;
 use crate::serving::error::ServeError;
 use crate::serving::record::Recorder;
 use crate::serving::text::{TextEvent, TextStream};
-use crate::serving::{Agent, Phase};
+use crate::serving::{Admission, Agent, Phase};
 
 /// Load reports are sent at most this often...
 pub const REPORT_MIN_INTERVAL: Duration = Duration::from_millis(50);
@@ -66,6 +67,7 @@ pub fn status(e: &ServeError) -> Status {
         413 => Code::OutOfRange,
         429 => Code::ResourceExhausted,
         503 => Code::Unavailable,
+        504 => Code::DeadlineExceeded,
         _ => Code::Internal,
     };
     let info = ErrorInfo {
@@ -87,7 +89,17 @@ impl AgentService for GrpcAgent {
         request: Request<GenerateRequest>,
     ) -> Result<Response<GenerateStream>, Status> {
         let mut recorder = Recorder::start(self.agent.clone(), "grpc_generate");
-        match self.start(request.into_inner()).await {
+        let timeout = request.metadata().get("grpc-timeout");
+        let deadline = deadline_of(
+            "grpc-timeout",
+            timeout.and_then(|v| v.to_str().ok()),
+            grpc_timeout,
+        );
+        let started = match deadline {
+            Ok(deadline) => self.start(request.into_inner(), deadline).await,
+            Err(e) => Err(e),
+        };
+        match started {
             Ok(text) => Ok(Response::new(Box::pin(responses(text, recorder)))),
             Err(e) => {
                 recorder.outcome(e.error_type());
@@ -158,11 +170,18 @@ impl GrpcAgent {
         })
     }
 
-    async fn start(&self, req: GenerateRequest) -> Result<TextStream, ServeError> {
+    async fn start(
+        &self,
+        req: GenerateRequest,
+        deadline: Option<std::time::Instant>,
+    ) -> Result<TextStream, ServeError> {
         if !req.traceparent.is_empty() {
             tracing::debug!(traceparent = %req.traceparent, model = %req.model, "generate");
         }
-        let priority = priority(req.priority());
+        let admission = Admission {
+            priority: priority(req.priority()),
+            deadline,
+        };
         let sampling = sampling_fields(req.sampling.unwrap_or_default());
         match req.prompt {
             Some(Prompt::Chat(chat)) => {
@@ -180,7 +199,7 @@ impl GrpcAgent {
                     sampling,
                 };
                 self.agent
-                    .chat(&ValidChatRequest::try_from(raw)?, priority)
+                    .chat(ValidChatRequest::try_from(raw)?, admission)
                     .await
             }
             Some(Prompt::Text(text)) => {
@@ -192,7 +211,7 @@ impl GrpcAgent {
                     sampling,
                 };
                 self.agent
-                    .complete(&ValidCompletionRequest::try_from(raw)?, priority)
+                    .complete(ValidCompletionRequest::try_from(raw)?, admission)
                     .await
             }
             None => Err(ServeError::Json(
@@ -304,7 +323,7 @@ impl Responses {
                 self.ended = true;
                 return Ok(());
             }
-            Some(TextEvent::Failed(m)) => ServeError::Engine(m),
+            Some(TextEvent::Failed(failure)) => failure.into_error(),
             None => ServeError::Engine("the generation ended without a result".into()),
         };
         self.recorder.outcome(failed.error_type());

@@ -19,11 +19,12 @@ use serde::de::DeserializeOwned;
 
 use inferpool_protocol::openai::Kind;
 
+use super::deadline::{TIMEOUT_HEADER, deadline_of, millis};
 use super::respond::{self, refuse};
 use crate::generation::Priority;
 use crate::serving::error::ServeError;
 use crate::serving::record::Recorder;
-use crate::serving::{Agent, Phase};
+use crate::serving::{Admission, Agent, Phase};
 
 /// Largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
@@ -58,6 +59,17 @@ fn parse<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, 
 }
 
 /// The request's priority header (`normal` when absent).
+/// The queue `headers` ask for: priority and deadline.
+fn admission(headers: &HeaderMap) -> Result<Admission, ServeError> {
+    let timeout = headers
+        .get(TIMEOUT_HEADER)
+        .map(|v| v.to_str().unwrap_or_default());
+    Ok(Admission {
+        priority: priority(headers)?,
+        deadline: deadline_of(TIMEOUT_HEADER, timeout, millis)?,
+    })
+}
+
 pub fn priority(headers: &HeaderMap) -> Result<Priority, ServeError> {
     let Some(value) = headers.get(PRIORITY_HEADER) else {
         return Ok(Priority::Normal);
@@ -86,12 +98,13 @@ async fn chat(
     let mut recorder = Recorder::start(agent.clone(), "chat");
     let started = async {
         let req = ValidChatRequest::try_from(parse::<ChatCompletionRequest>(body)?)?;
-        let stream = agent.chat(&req, priority(&headers)?).await?;
-        Ok::<_, ServeError>((req, stream))
+        let (model, sampling) = (req.model.clone(), req.sampling.clone());
+        let stream = agent.chat(req, admission(&headers)?).await?;
+        Ok::<_, ServeError>((model, sampling, stream))
     };
     match started.await {
-        Ok((req, stream)) => {
-            let answer = respond::Answer::new(Kind::Chat, &agent, &req.model, &req.sampling);
+        Ok((model, sampling, stream)) => {
+            let answer = respond::Answer::new(Kind::Chat, &agent, &model, &sampling);
             answer.respond(stream, recorder, None).await
         }
         Err(e) => refuse(&mut recorder, e),
@@ -107,13 +120,14 @@ async fn completions(
     let mut recorder = Recorder::start(agent.clone(), "completion");
     let started = async {
         let req = ValidCompletionRequest::try_from(parse::<CompletionRequest>(body)?)?;
-        let stream = agent.complete(&req, priority(&headers)?).await?;
-        Ok::<_, ServeError>((req, stream))
+        let (model, sampling) = (req.model.clone(), req.sampling.clone());
+        let echo = req.echo.then(|| req.prompt.clone());
+        let stream = agent.complete(req, admission(&headers)?).await?;
+        Ok::<_, ServeError>((model, sampling, echo, stream))
     };
     match started.await {
-        Ok((req, stream)) => {
-            let answer = respond::Answer::new(Kind::Completion, &agent, &req.model, &req.sampling);
-            let echo = req.echo.then_some(req.prompt);
+        Ok((model, sampling, echo, stream)) => {
+            let answer = respond::Answer::new(Kind::Completion, &agent, &model, &sampling);
             answer.respond(stream, recorder, echo).await
         }
         Err(e) => refuse(&mut recorder, e),

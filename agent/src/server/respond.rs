@@ -86,8 +86,8 @@ impl Answer {
                     )
                         .into_response();
                 }
-                Some(TextEvent::Failed(message)) => {
-                    return refuse(&mut recorder, ServeError::Engine(message));
+                Some(TextEvent::Failed(failure)) => {
+                    return refuse(&mut recorder, failure.into_error());
                 }
                 None => {
                     let message = "the generation ended without a result".to_owned();
@@ -159,13 +159,14 @@ impl Events {
                 }
                 self.end();
             }
-            Some(TextEvent::Failed(message)) => self.fail(message),
-            None => self.fail("the generation ended without a result".to_owned()),
+            Some(TextEvent::Failed(failure)) => self.fail(failure.into_error()),
+            None => self.fail(ServeError::Engine(
+                "the generation ended without a result".to_owned(),
+            )),
         }
     }
 
-    fn fail(&mut self, message: String) {
-        let error = ServeError::Engine(message);
+    fn fail(&mut self, error: ServeError) {
         self.recorder.outcome(error.error_type());
         self.queued
             .push_back(serde_json::to_string(&error.body()).unwrap_or_default());

@@ -29,6 +29,7 @@ use crate::engine::sampling::SamplingParams;
 use crate::generation::{GenerationEvent, GenerationRequest, Priority};
 use crate::gpu::Inventory;
 use crate::scheduler::batcher::EngineHandle;
+use crate::scheduler::embed_batcher::EmbedHandle;
 use crate::serving::{Agent, Phase, Served};
 
 /// Settings of the process that the pool's config does not carry.
@@ -243,7 +244,7 @@ async fn load_and_warm_inner(
         name: config.served_name.clone(),
         engine,
         tokenizer: Arc::new(loaded.tokenizer),
-        template: loaded.template,
+        template: Arc::new(loaded.template),
         context,
         embedder,
         cache,
@@ -253,7 +254,7 @@ async fn load_and_warm_inner(
 async fn load_embedder(
     args: &ServeArgs,
     device: &Device,
-) -> anyhow::Result<Option<(String, Arc<Embedder>)>> {
+) -> anyhow::Result<Option<(String, EmbedHandle)>> {
     let Some(dir) = args.embedding_model.clone() else {
         return Ok(None);
     };
@@ -264,7 +265,7 @@ async fn load_embedder(
     });
     let dev = device.clone();
     let embedder = tokio::task::spawn_blocking(move || Embedder::load(&dir, &dev)).await??;
-    Ok(Some((name, Arc::new(embedder))))
+    Ok(Some((name, EmbedHandle::start(embedder))))
 }
 
 const DEFAULT_CPU_KV_BYTES: u64 = 1 << 30;
@@ -294,6 +295,7 @@ async fn warm_up(engine: &EngineHandle, loaded: &LoadedModel) -> anyhow::Result<
         prompt: loaded.tokenizer.encode("Hello")?,
         max_tokens: 2,
         stop_tokens: vec![loaded.tokenizer.eos],
+        deadline: None,
         sampling: SamplingParams {
             temperature: 0.0,
             ..SamplingParams::default()
@@ -306,6 +308,7 @@ async fn warm_up(engine: &EngineHandle, loaded: &LoadedModel) -> anyhow::Result<
             GenerationEvent::Token(_) => {}
             GenerationEvent::Finished { .. } => return Ok(()),
             GenerationEvent::Failed(e) => anyhow::bail!("warm-up failed: {e}"),
+            GenerationEvent::Expired => anyhow::bail!("warm-up expired"),
         }
     }
     anyhow::bail!("the engine stopped during warm-up")

@@ -1,11 +1,13 @@
 //! Every way a request can be refused or fail, each with a fixed `error_type()` (used in
 //! the JSON body, the gRPC ErrorInfo and metric labels) and an HTTP status.
 
+use super::blocking::BlockingError;
 use inferpool_protocol::openai::{ErrorBody, InvalidRequest};
 
 use crate::engine::embed::EmbedError;
 use crate::engine::prepare::PrepareError;
 use crate::scheduler::batcher::SubmitError;
+use crate::scheduler::embed_batcher::EmbedSubmitError;
 use crate::scheduler::queue::QueueFull;
 
 /// Why a request was not served.
@@ -44,6 +46,24 @@ pub enum ServeError {
     /// The embedding model failed.
     #[error(transparent)]
     Embed(#[from] EmbedError),
+    /// The request's deadline passed while it was queued.
+    #[error("the request's deadline passed while it waited in the queue")]
+    DeadlineExceeded,
+}
+
+impl From<EmbedSubmitError> for ServeError {
+    fn from(e: EmbedSubmitError) -> Self {
+        match e {
+            EmbedSubmitError::Model(e) => Self::Embed(e),
+            EmbedSubmitError::Stopped => Self::Engine(e.to_string()),
+        }
+    }
+}
+
+impl From<BlockingError> for ServeError {
+    fn from(e: BlockingError) -> Self {
+        Self::Engine(e.to_string())
+    }
 }
 
 impl From<SubmitError> for ServeError {
@@ -69,6 +89,7 @@ impl ServeError {
             Self::Draining => "draining",
             Self::NotReady => "not_ready",
             Self::Engine(_) | Self::Embed(_) => "server_error",
+            Self::DeadlineExceeded => "deadline_exceeded",
         }
     }
 
@@ -82,6 +103,7 @@ impl ServeError {
             Self::QueueFull(_) => 429,
             Self::Draining | Self::NotReady => 503,
             Self::Engine(_) | Self::Embed(_) => 500,
+            Self::DeadlineExceeded => 504,
         }
     }
 

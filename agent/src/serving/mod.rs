@@ -2,6 +2,7 @@
 //! ready, draining), the served model, request admission with the fixed error types, and
 //! the metrics. Neither axum nor tonic appears here.
 
+pub mod blocking;
 pub mod error;
 pub mod inflight;
 pub mod metrics;
@@ -18,18 +19,29 @@ use inferpool_protocol::openai::{
 use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 
+use self::blocking::BlockingWorkers;
 use self::error::ServeError;
 use self::inflight::InFlight;
 use self::metrics::AgentMetrics;
 use self::text::TextStream;
 use crate::cache::{CacheKey, CacheStats, ResponseCache};
 use crate::engine::chat::ChatTemplate;
-use crate::engine::embed::Embedder;
 use crate::engine::prepare::{ModelFacts, prepare_chat, prepare_completion};
 use crate::engine::tokenizer::ModelTokenizer;
 use crate::generation::{GenerationRequest, Priority};
 use crate::gpu::Inventory;
 use crate::scheduler::batcher::{EngineHandle, Load};
+use crate::scheduler::embed_batcher::EmbedHandle;
+
+/// How a request joins the engine's queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Admission {
+    /// Its queue.
+    pub priority: Priority,
+    /// When its client stops waiting: a request still queued then is refused
+    /// (`ServeError::DeadlineExceeded`) rather than run.
+    pub deadline: Option<Instant>,
+}
 
 /// Where the agent is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,11 +64,11 @@ pub struct Served {
     /// The tokenizer.
     pub tokenizer: Arc<ModelTokenizer>,
     /// The chat template.
-    pub template: ChatTemplate,
+    pub template: Arc<ChatTemplate>,
     /// Longest sequence: the model's context, or less when the KV budget is smaller.
     pub context: usize,
-    /// The embedding model and its name, when one is configured.
-    pub embedder: Option<(String, Arc<Embedder>)>,
+    /// The embedding model's name and its batching loop, when one is configured.
+    pub embedder: Option<(String, EmbedHandle)>,
     /// The response cache, when the pool enables it.
     pub cache: Option<Arc<ResponseCache>>,
 }
@@ -76,6 +88,8 @@ pub struct Agent {
     pub inventory: Inventory,
     /// Most sequences per batch (reported to the gateway).
     pub max_batch_size: usize,
+    /// Where templates, tokenizers and embeddings run, off the async threads.
+    blocking: BlockingWorkers,
     started: Instant,
     created_unix: u64,
 }
@@ -96,6 +110,7 @@ impl Agent {
             registry,
             inventory,
             max_batch_size,
+            blocking: BlockingWorkers::per_cpu(),
             started: Instant::now(),
             created_unix,
         })
@@ -166,31 +181,42 @@ impl Agent {
     /// Starts a chat completion.
     pub async fn chat(
         &self,
-        req: &ValidChatRequest,
-        priority: Priority,
+        req: ValidChatRequest,
+        admission: Admission,
     ) -> Result<TextStream, ServeError> {
         let served = self.model_named(&req.model)?;
-        let generation = prepare_chat(req, &served.facts(), priority)?;
-        self.start(served, generation, &req.sampling.stop).await
+        let stops = req.sampling.stop.clone();
+        let facts = served.facts();
+        let priority = admission.priority;
+        let prepare = move || prepare_chat(&req, &facts.borrowed(), priority);
+        let prepared = self.blocking.run(prepare).await??;
+        self.start(served, prepared, admission, &stops).await
     }
 
     /// Starts a text completion.
     pub async fn complete(
         &self,
-        req: &ValidCompletionRequest,
-        priority: Priority,
+        req: ValidCompletionRequest,
+        admission: Admission,
     ) -> Result<TextStream, ServeError> {
         let served = self.model_named(&req.model)?;
-        let generation = prepare_completion(&req.prompt, &req.sampling, &served.facts(), priority)?;
-        self.start(served, generation, &req.sampling.stop).await
+        let stops = req.sampling.stop.clone();
+        let facts = served.facts();
+        let priority = admission.priority;
+        let prepare =
+            move || prepare_completion(&req.prompt, &req.sampling, &facts.borrowed(), priority);
+        let prepared = self.blocking.run(prepare).await??;
+        self.start(served, prepared, admission, &stops).await
     }
 
     async fn start(
         &self,
         served: &Served,
-        generation: GenerationRequest,
+        mut generation: GenerationRequest,
+        admission: Admission,
         stops: &[String],
     ) -> Result<TextStream, ServeError> {
+        generation.deadline = admission.deadline;
         let guard = self.in_flight.enter();
         let prompt_tokens = generation.prompt.len();
         let tokenizer = served.tokenizer.clone();
@@ -234,11 +260,8 @@ impl Agent {
             .filter(|(name, _)| *name == req.model)
             .ok_or_else(|| ServeError::ModelNotFound(req.model.clone()))?;
         let _guard = self.in_flight.enter();
-        let embedder = embedder.clone();
         let encoding = req.encoding;
-        let out = tokio::task::spawn_blocking(move || embedder.embed(&req.inputs))
-            .await
-            .map_err(|e| ServeError::Engine(e.to_string()))??;
+        let out = embedder.embed(req.inputs).await?;
         let tokens = u32::try_from(out.tokens).unwrap_or(u32::MAX);
         let data = out
             .vectors
@@ -280,11 +303,29 @@ impl Agent {
     }
 }
 
-impl Served {
-    fn facts(&self) -> ModelFacts<'_> {
+/// What preparing a request needs of the served model, owned so that it can move to a
+/// blocking worker.
+struct OwnedFacts {
+    tokenizer: Arc<ModelTokenizer>,
+    template: Arc<ChatTemplate>,
+    context: usize,
+}
+
+impl OwnedFacts {
+    fn borrowed(&self) -> ModelFacts<'_> {
         ModelFacts {
             tokenizer: &self.tokenizer,
             template: &self.template,
+            context: self.context,
+        }
+    }
+}
+
+impl Served {
+    fn facts(&self) -> OwnedFacts {
+        OwnedFacts {
+            tokenizer: Arc::clone(&self.tokenizer),
+            template: Arc::clone(&self.template),
             context: self.context,
         }
     }

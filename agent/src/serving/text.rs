@@ -8,6 +8,7 @@ use std::sync::Arc;
 use inferpool_protocol::openai::Usage;
 use tokio::sync::mpsc;
 
+use super::error::ServeError;
 use super::inflight::InFlightGuard;
 use crate::cache::{CacheKey, CachedAnswer, ResponseCache};
 use crate::engine::sampling::StopMatcher;
@@ -70,8 +71,27 @@ pub enum TextEvent {
         /// Token counts.
         usage: Usage,
     },
+    /// The request ended without an answer.
+    Failed(Failure),
+}
+
+/// Why a request ended without an answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
     /// The engine failed; the message is for logs and the client.
-    Failed(String),
+    Engine(String),
+    /// Its deadline passed while it was queued.
+    DeadlineExceeded,
+}
+
+impl Failure {
+    /// The refusal the client gets.
+    pub fn into_error(self) -> ServeError {
+        match self {
+            Self::Engine(message) => ServeError::Engine(message),
+            Self::DeadlineExceeded => ServeError::DeadlineExceeded,
+        }
+    }
 }
 
 /// One request's text, as it is generated.
@@ -215,8 +235,16 @@ impl TextStream {
                 self.generated = completion_tokens;
                 Some(self.finish(reason))
             }
-            Some(GenerationEvent::Failed(message)) => self.close(TextEvent::Failed(message)),
-            None => self.close(TextEvent::Failed("the engine dropped the request".into())),
+            Some(GenerationEvent::Failed(message)) => {
+                self.close(TextEvent::Failed(Failure::Engine(message)))
+            }
+            Some(GenerationEvent::Expired) => {
+                self.close(TextEvent::Failed(Failure::DeadlineExceeded))
+            }
+            None => {
+                let dropped = Failure::Engine("the engine dropped the request".into());
+                self.close(TextEvent::Failed(dropped))
+            }
         }
     }
 

@@ -44,6 +44,7 @@ pub fn request(
             ..SamplingParams::default()
         },
         priority: Priority::Normal,
+        deadline: None,
     })
 }
 
