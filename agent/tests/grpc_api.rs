@@ -174,3 +174,26 @@ async fn load_reports_follow_the_work_and_drain_flips_health() -> anyhow::Result
     assert!(finished);
     Ok(())
 }
+
+#[tokio::test]
+async fn sigterm_with_a_load_stream_open_exits_at_once() -> anyhow::Result<()> {
+    let mut agent = AgentProcess::start(serde_json::json!({})).await?;
+    let mut client = AgentClient::new(channel(&agent).await?);
+    let mut reports = client.watch_load(WatchLoadRequest {}).await?.into_inner();
+    assert!(reports.message().await?.is_some());
+    // Nothing in flight: the drain is over at once, and the open load stream (which never
+    // ends by itself) must not hold the exit. Before, each server waited out a 5 s bound.
+    let asked = std::time::Instant::now();
+    agent.terminate()?;
+    let status = agent.exited(Duration::from_secs(30)).await?;
+    let took = asked.elapsed();
+    assert!(status.success(), "{status:?}");
+    assert!(took < Duration::from_secs(3), "exit took {took:?}");
+    // The stream ended cleanly (its last report said draining), not by a reset.
+    let mut last = None;
+    while let Some(report) = reports.message().await? {
+        last = Some(report.draining);
+    }
+    assert_eq!(last, Some(true));
+    Ok(())
+}

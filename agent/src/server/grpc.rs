@@ -42,12 +42,20 @@ pub const REPORT_HEARTBEAT: Duration = Duration::from_secs(1);
 pub struct GrpcAgent {
     agent: Arc<Agent>,
     health: HealthReporter,
+    stopped: watch::Receiver<bool>,
 }
 
 impl GrpcAgent {
-    /// Serves `agent`; `health` is its grpc.health.v1 status.
-    pub fn new(agent: Arc<Agent>, health: HealthReporter) -> Self {
-        Self { agent, health }
+    /// Serves `agent`; `health` is its grpc.health.v1 status. Load-report streams end when
+    /// `stopped` turns true: they never end on their own, and a server shutting down
+    /// gracefully waits for every open stream, so without this a connected gateway would
+    /// hold a drained agent up until its grace period ran out.
+    pub fn new(agent: Arc<Agent>, health: HealthReporter, stopped: watch::Receiver<bool>) -> Self {
+        Self {
+            agent,
+            health,
+            stopped,
+        }
     }
 }
 
@@ -113,7 +121,7 @@ impl AgentService for GrpcAgent {
         _: Request<WatchLoadRequest>,
     ) -> Result<Response<Self::WatchLoadStream>, Status> {
         let (tx, rx) = mpsc::channel(1);
-        tokio::spawn(report_loop(self.agent.clone(), tx));
+        tokio::spawn(report_loop(self.agent.clone(), tx, self.stopped.clone()));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
@@ -352,17 +360,23 @@ fn finished(
 }
 
 /// Sends a report now, then on every change of load or phase (at most every
-/// `REPORT_MIN_INTERVAL`) and at least every `REPORT_HEARTBEAT`, until the client leaves.
-async fn report_loop(agent: Arc<Agent>, tx: mpsc::Sender<Result<LoadReport, Status>>) {
+/// `REPORT_MIN_INTERVAL`) and at least every `REPORT_HEARTBEAT`, until the client leaves or
+/// the agent stops; then one last report (draining) and the stream ends.
+async fn report_loop(
+    agent: Arc<Agent>,
+    tx: mpsc::Sender<Result<LoadReport, Status>>,
+    mut stopped: watch::Receiver<bool>,
+) {
     let mut phase = agent.watch_phase();
     let mut load = agent.watch_load();
+    let mut last = false;
     loop {
         if load.is_none() {
             load = agent.watch_load();
         }
         let cache = agent.cache_stats();
         let report = load_report(&agent, load.as_mut().map(|l| *l.borrow_and_update()), cache);
-        if tx.send(Ok(report)).await.is_err() {
+        if tx.send(Ok(report)).await.is_err() || last {
             return;
         }
         tokio::time::sleep(REPORT_MIN_INTERVAL).await;
@@ -371,6 +385,7 @@ async fn report_loop(agent: Arc<Agent>, tx: mpsc::Sender<Result<LoadReport, Stat
             _ = phase.changed() => {}
             () = tokio::time::sleep(REPORT_HEARTBEAT - REPORT_MIN_INTERVAL) => {}
             () = tx.closed() => return,
+            _ = stopped.wait_for(|s| *s) => last = true,
         }
     }
 }

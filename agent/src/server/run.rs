@@ -64,6 +64,9 @@ pub struct ServeArgs {
     pub grpc_workers: Option<usize>,
 }
 
+/// How long the servers may take to close their connections once drained.
+const SERVERS_CLOSE: Duration = Duration::from_secs(5);
+
 /// Runs the agent until SIGTERM (or SIGINT) and a drain.
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = AgentConfig::read(&args.config)?;
@@ -84,8 +87,10 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .await;
     tracing::info!(idle, "drained; stopping");
     let _ = stop.send(true);
-    for server in servers {
-        let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
+    // Bounded as a whole: a client that keeps a connection open does not hold the exit.
+    let closed = futures::future::join_all(servers);
+    if tokio::time::timeout(SERVERS_CLOSE, closed).await.is_err() {
+        tracing::warn!("connections still open after {SERVERS_CLOSE:?}; exiting anyway");
     }
     Ok(())
 }
@@ -127,7 +132,8 @@ async fn start_servers(
             tracing::error!(error = %e, "HTTP server failed");
         }
     });
-    let grpc_service = AgentServer::new(GrpcAgent::new(agent.clone(), reporter));
+    let grpc_agent = GrpcAgent::new(agent.clone(), reporter, stopped.clone());
+    let grpc_service = AgentServer::new(grpc_agent);
     let serve_grpc = move |listener: TcpListener| {
         let (health, service) = (health.clone(), grpc_service.clone());
         let stopped = stopped.clone();
