@@ -8,16 +8,17 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use inferpool_protocol::listen::{WorkerSockets, default_workers};
+use inferpool_protocol::listen::WorkerSockets;
 use tokio::process::{Child, Command};
 use tokio::sync::watch;
 
 use crate::api::InferencePool;
 use crate::controller::config::{ResolvedSource, agent_config, render};
+use crate::gateway::core::view::Endpoint;
 use crate::gateway::discovery::{Discovery as _, StaticDiscovery};
-use crate::gateway::front::Gateway;
-use crate::gateway::pool::Endpoint;
-use crate::gateway::workers;
+use crate::gateway::dispatch::gateway::Gateway;
+use crate::gateway::http::limits::HttpSettings;
+use crate::gateway::runtime;
 
 /// Settings of local mode.
 #[derive(Debug, Clone, clap::Args)]
@@ -46,9 +47,24 @@ pub struct LocalArgs {
     /// order, instead of starting agents (static discovery; loopback only).
     #[arg(long = "agent", value_name = "GRPC_ADDR,HTTP_ADDR", value_parser = agent_addrs)]
     pub agents: Vec<(SocketAddr, SocketAddr)>,
-    /// Gateway worker threads (default: one per CPU).
+    /// Gateway listening sockets, one accept loop each (default: one per CPU share).
     #[arg(long)]
     pub gateway_workers: Option<usize>,
+    /// The gateway's HTTP limits and TLS.
+    #[command(flatten)]
+    pub http: HttpSettings,
+}
+
+/// The CPUs each of `agents` agents gets of those this process may use: an equal share,
+/// at least one.
+pub fn cpu_share(agents: usize) -> usize {
+    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+    (cpus / agents.max(1)).max(1)
+}
+
+/// Agents the pools start.
+fn agents_in(pools: &[InferencePool]) -> usize {
+    pools.iter().map(|p| p.spec.replicas.max(1) as usize).sum()
 }
 
 /// The bundled model, relative to the models folder.
@@ -64,6 +80,8 @@ struct AgentSlot {
     config: PathBuf,
     embedding: Option<PathBuf>,
     drain_grace_seconds: u64,
+    /// CPUs this agent may use for its engine and its worker threads (see `cpu_share`).
+    cpus: usize,
 }
 
 /// Runs the pools until Ctrl-C or SIGTERM.
@@ -81,6 +99,7 @@ pub async fn run_local(args: LocalArgs) -> anyhow::Result<()> {
             let mut slots = prepare_pool(pool, &models, &binary, &state)?;
             for (slot, _) in &mut slots {
                 slot.drain_grace_seconds = args.drain_grace_seconds;
+                slot.cpus = cpu_share(agents_in(&pools));
             }
             let endpoints = slots.iter().map(|(_, e)| e.clone()).collect();
             routed.push((pool.clone(), endpoints));
@@ -97,12 +116,14 @@ pub async fn run_local(args: LocalArgs) -> anyhow::Result<()> {
         queue_wait,
     };
     discovery.run(gateway.clone()).await;
-    let count = args.gateway_workers.unwrap_or_else(default_workers);
+    let count = args
+        .gateway_workers
+        .unwrap_or_else(|| cpu_share(agents_in(&pools)));
     let bound =
         WorkerSockets::bind(args.addr, count).with_context(|| format!("binding {}", args.addr))?;
     tracing::info!(addr = %bound.addr(), pools = pools.len(), workers = count, "gateway listening");
     let (stop_serving, serving) = watch::channel(false);
-    let workers = workers::start(bound, &gateway, &serving)?;
+    let workers = runtime::start_with(bound, &gateway, &serving, args.http.clone())?;
     crate::run::wait_for_signal().await;
     let _ = stop_serving.send(true);
     workers.join().await?;
@@ -207,6 +228,7 @@ fn prepare_pool(
                 config: path,
                 embedding,
                 drain_grace_seconds: 30,
+                cpus: 1,
             },
             Endpoint { id, grpc, http },
         ));
@@ -299,6 +321,12 @@ fn spawn(slot: &AgentSlot) -> std::io::Result<Child> {
         .arg(&slot.config)
         .arg("--drain-grace-seconds")
         .arg(slot.drain_grace_seconds.to_string())
+        .arg("--grpc-workers")
+        .arg(slot.cpus.to_string())
+        // candle's matmuls (rayon) and the agent's async threads, as a pod's CPU limit
+        // would bound them: agents sharing a machine each at full width only contend.
+        .env("RAYON_NUM_THREADS", slot.cpus.to_string())
+        .env("TOKIO_WORKER_THREADS", slot.cpus.to_string())
         .kill_on_drop(true);
     if let Some(embedding) = &slot.embedding {
         command.arg("--embedding-model").arg(embedding);
@@ -318,5 +346,19 @@ async fn terminate(child: &mut Child) {
         .is_err()
     {
         let _ = child.kill().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_agent_gets_an_equal_share_of_at_least_one_cpu() {
+        let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+        assert_eq!(cpu_share(1), cpus);
+        assert_eq!(cpu_share(0), cpus);
+        assert_eq!(cpu_share(2), (cpus / 2).max(1));
+        assert_eq!(cpu_share(cpus * 4), 1);
     }
 }

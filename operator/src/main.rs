@@ -34,7 +34,7 @@ enum Command {
     },
     /// Run the pools of a manifest on this machine without Kubernetes: agents on
     /// 127.0.0.1 and the gateway in front of them.
-    Local(inferpool_operator::local::LocalArgs),
+    Local(Box<inferpool_operator::local::LocalArgs>),
     /// Check InferencePool manifests with the schema's rules, without a cluster.
     Validate {
         /// Manifest files (YAML, several documents allowed).
@@ -81,7 +81,8 @@ struct RunArgs {
     /// Longest a request waits at the gateway for a free agent before a 429.
     #[arg(long, default_value_t = 10)]
     gateway_queue_wait_seconds: u64,
-    /// Gateway worker threads (default: one per CPU the operator may use).
+    /// Gateway listening sockets, one accept loop each (default: one per CPU the operator
+    /// may use).
     #[arg(long, env = "INFERPOOL_GATEWAY_WORKERS")]
     gateway_workers: Option<usize>,
     /// Address of /healthz, /readyz and /metrics.
@@ -99,12 +100,14 @@ struct RunArgs {
     /// This replica's identity in the Lease (defaults to the pod name, else host-pid).
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
+    #[command(flatten)]
+    http: inferpool_operator::gateway::http::limits::HttpSettings,
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Run(args) => run(*args)?,
-        Command::Local(args) => local(args)?,
+        Command::Local(args) => local(*args)?,
         Command::Crd => {
             let yaml = inferpool_operator::crd::crd_yaml()?;
             std::io::stdout().lock().write_all(yaml.as_bytes())?;
@@ -201,6 +204,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         gateway_workers: args
             .gateway_workers
             .unwrap_or_else(inferpool_protocol::listen::default_workers),
+        gateway_http: args.http,
     };
     inferpool_operator::run::run(client, config).await
 }

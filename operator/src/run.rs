@@ -30,8 +30,10 @@ pub struct RunConfig {
     pub gateway_addr: Option<SocketAddr>,
     /// Longest a request waits at the gateway for a free agent.
     pub gateway_queue_wait: std::time::Duration,
-    /// Gateway worker threads.
+    /// Gateway listening sockets (one accept loop each).
     pub gateway_workers: usize,
+    /// The gateway's HTTP limits and TLS.
+    pub gateway_http: crate::gateway::http::limits::HttpSettings,
 }
 
 /// Runs until SIGTERM or Ctrl-C.
@@ -59,12 +61,7 @@ pub async fn run(client: kube::Client, config: RunConfig) -> anyhow::Result<()> 
             let bound =
                 inferpool_protocol::listen::WorkerSockets::bind(addr, config.gateway_workers)
                     .with_context(|| format!("binding {addr}"))?;
-            Some(serve_gateway(
-                client.clone(),
-                bound,
-                config.gateway_queue_wait,
-                &stopped,
-            )?)
+            Some(serve_gateway(client.clone(), bound, &config, &stopped)?)
         }
         None => None,
     };
@@ -90,19 +87,23 @@ pub async fn run(client: kube::Client, config: RunConfig) -> anyhow::Result<()> 
     Ok(())
 }
 
-/// Serves the gateway on its workers, its routes following the cluster, until `stopped`
-/// (the workers then finish their requests on their own threads).
+/// Serves the gateway, its routes following the cluster, until `stopped` (it then
+/// finishes its requests within its shutdown grace).
 fn serve_gateway(
     client: kube::Client,
     bound: inferpool_protocol::listen::WorkerSockets,
-    queue_wait: std::time::Duration,
+    config: &RunConfig,
     stopped: &watch::Receiver<bool>,
-) -> anyhow::Result<crate::gateway::workers::Workers> {
-    let gateway = crate::gateway::front::Gateway::new();
+) -> anyhow::Result<crate::gateway::runtime::Workers> {
+    let gateway = crate::gateway::dispatch::gateway::Gateway::new();
+    let queue_wait = config.gateway_queue_wait;
     let discovery = KubernetesDiscovery { client, queue_wait };
     tokio::spawn(discovery.run(gateway.clone()));
     tracing::info!(addr = %bound.addr(), "gateway listening");
-    Ok(crate::gateway::workers::start(bound, &gateway, stopped)?)
+    let http = config.gateway_http.clone();
+    Ok(crate::gateway::runtime::start_with(
+        bound, &gateway, stopped, http,
+    )?)
 }
 
 async fn lead_while_elected(
@@ -155,12 +156,4 @@ pub(crate) async fn wait_for_signal() {
     }
     #[cfg(not(unix))]
     drop(ctrl_c.await);
-}
-
-/// Answers go out at once: with Nagle's algorithm a small write after another waits for
-/// the client's (delayed) acknowledgement.
-pub fn no_delay(stream: &mut tokio::net::TcpStream) {
-    if let Err(e) = stream.set_nodelay(true) {
-        tracing::debug!(error = %e, "TCP_NODELAY not set");
-    }
 }

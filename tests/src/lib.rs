@@ -3,8 +3,10 @@
 //! loopback with a namespace per test.
 
 pub mod agent;
+pub mod certs;
 pub mod cluster;
 pub mod controller;
+pub mod curl;
 pub mod dashboard;
 pub mod http;
 pub mod local;

@@ -26,6 +26,21 @@ impl LocalPool {
 
     /// The same, with more arguments for `inferpool-operator local`.
     pub async fn start_with(manifest: &str, model: &str, args: &[&str]) -> anyhow::Result<Self> {
+        let body = serde_json::json!({"model": model, "max_tokens": 1,
+            "messages": [{"role": "user", "content": "hi"}]});
+        Self::start_probed(manifest, args, move |addr| {
+            post_json(addr, "/v1/chat/completions", &body).is_ok_and(|r| r.status == 200)
+        })
+        .await
+    }
+
+    /// The same, ready once `answers` (called with the gateway's address) holds: for a
+    /// gateway that a plain HTTP/1.1 request cannot reach (TLS).
+    pub async fn start_probed(
+        manifest: &str,
+        args: &[&str],
+        answers: impl Fn(SocketAddr) -> bool,
+    ) -> anyhow::Result<Self> {
         let dir = ScratchDir::new("local")?;
         let file = dir.path().join("pool.yaml");
         std::fs::write(&file, manifest)?;
@@ -41,11 +56,8 @@ impl LocalPool {
             .stderr(log)
             .spawn()?;
         let pool = Self { child, addr, dir };
-        let body = serde_json::json!({"model": model, "max_tokens": 1,
-            "messages": [{"role": "user", "content": "hi"}]});
         let ready = wait_until(Duration::from_secs(180), || {
-            let answered =
-                post_json(addr, "/v1/chat/completions", &body).is_ok_and(|r| r.status == 200);
+            let answered = answers(addr);
             async move { answered.then_some(()) }
         })
         .await;

@@ -13,7 +13,8 @@ use inferpool_e2e::http::{get, metric, post_json};
 use inferpool_e2e::netns::NetNs;
 use inferpool_e2e::wait::wait_until;
 use inferpool_operator::gateway::discovery::Discovery as _;
-use inferpool_operator::gateway::{discovery, front, workers};
+use inferpool_operator::gateway::dispatch::gateway::Gateway;
+use inferpool_operator::gateway::{discovery, runtime};
 use inferpool_protocol::listen::WorkerSockets;
 use serde_json::json;
 
@@ -49,7 +50,7 @@ async fn the_gateway_follows_a_pools_endpoint_slices_to_a_real_agent() -> anyhow
     let ip = netns.inner.to_string();
     cluster.kubectl_stdin(&["apply", "-f", "-"], &slice(ns.name(), &ip, &agent, true))?;
 
-    let gateway = front::Gateway::new();
+    let gateway = Gateway::new();
     let client = cluster.client().await?;
     let discovery = discovery::KubernetesDiscovery {
         client,
@@ -60,7 +61,7 @@ async fn the_gateway_follows_a_pools_endpoint_slices_to_a_real_agent() -> anyhow
     let bound = WorkerSockets::bind(SocketAddr::from(([127, 0, 0, 1], 0)), 2)?;
     let addr = bound.addr();
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let serving = workers::start(bound, &gateway, &stopped)?;
+    let serving = runtime::start_with(bound, &gateway, &stopped, Default::default())?;
 
     let body =
         json!({"model": MODEL, "max_tokens": 3, "messages": [{"role": "user", "content": "hi"}]});

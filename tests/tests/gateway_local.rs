@@ -16,11 +16,14 @@ const POOL: &str = "gw";
 /// The embedding model every local agent serves (named after its folder).
 const EMBEDDING: &str = "all-minilm-l6-v2";
 
+/// Without prefix caching: the first test compares answers that round robin sends to two
+/// agents, one of which has cached the probe's prompt blocks (which share the default
+/// system prompt), and a reused prefix rounds like a chunked prefill on 8-bit weights.
 fn manifest(strategy: &str) -> String {
     format!(
         "apiVersion: inferpool.dev/v1alpha1\nkind: InferencePool\nmetadata:\n  name: {POOL}\nspec:\n  \
          model:\n    source: bundled\n    servedName: {MODEL}\n  replicas: 2\n  routing:\n    \
-         strategy: {strategy}\n"
+         strategy: {strategy}\n  batching:\n    prefixCaching: false\n"
     )
 }
 

@@ -18,8 +18,8 @@ use inferpool_bench::keepalive::Connection;
 use inferpool_bench::{quantile, tree_cpu_seconds};
 use inferpool_e2e::http::{free_port, get};
 use inferpool_e2e::parts::ScratchDir;
-use inferpool_operator::gateway::connection::AgentConnection;
-use inferpool_operator::gateway::stream::generate;
+use inferpool_operator::gateway::upstream::channel::{UpstreamSettings, agent_channel};
+use inferpool_operator::gateway::upstream::generate::generate;
 use inferpool_protocol::agent as pb;
 use serde_json::json;
 
@@ -223,19 +223,20 @@ fn latencies(addr: SocketAddr, body: &[u8], n: usize) -> anyhow::Result<Vec<Dura
 }
 
 /// Latencies of `n` cached `Generate` calls straight to an agent's gRPC port, one at a
-/// time over one connection, as the gateway sends streamed requests: that agent hop alone
+/// time over one channel, as the gateway sends streamed requests: that agent hop alone
 /// (whole answers, as this benchmark asks for, go to the agent's HTTP port).
 fn grpc_latencies(addr: SocketAddr, n: usize) -> anyhow::Result<Vec<Duration>> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let connection = AgentConnection::connect(addr).await?;
+        let channel = agent_channel(addr, &UpstreamSettings::default())?;
         let request = generate_request();
         let mut samples = Vec::with_capacity(n);
         for i in 0..n + 50 {
             let start = Instant::now();
-            let mut stream = generate(&connection, &request).await?;
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+            let mut stream = generate(&channel, request.clone(), deadline).await?;
             while stream.message().await?.is_some() {}
             // The first 50 warm up the connection and fill the agent's cache.
             if i >= 50 {

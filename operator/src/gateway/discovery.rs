@@ -16,13 +16,9 @@ use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client, ResourceExt as _};
 use tokio::sync::mpsc;
 
-use super::agents::Pool;
-use super::forward::ForwardSettings;
-use super::front::{Gateway, PoolRoute};
-use super::metrics::GatewayMetrics;
-use super::pick::{picker, strategy_name};
-use super::pool::{Endpoint, PoolSettings, PoolView};
-use super::retry::RetryBudget;
+use super::core::policy::ForwardSettings;
+use super::core::routes::{RouteSpec, RouteTable};
+use super::core::view::{Endpoint, PoolSettings};
 use crate::api::{InferencePool, RoutingSpec};
 use crate::controller::names::{GRPC_PORT_NAME, HTTP_PORT_NAME, agent_name, served_name};
 
@@ -86,38 +82,30 @@ fn slice_endpoints(slice: &EndpointSlice) -> Vec<Endpoint> {
         .collect()
 }
 
-/// The route of `pool`: its served model, its routing settings, its metrics (labelled
-/// with the pool's name, as its agents' metrics are by the chart's PodMonitor).
-pub fn route_for(
-    pool: &InferencePool,
-    queue_wait: Duration,
-    metrics: &GatewayMetrics,
-) -> Arc<PoolRoute> {
+/// The route of `pool`: its served model and its routing settings (its metrics are
+/// labelled with the pool's name, as its agents' metrics are by the chart's PodMonitor).
+pub fn route_for(pool: &InferencePool, queue_wait: Duration) -> RouteSpec {
     let routing = &pool.spec.routing;
-    let settings = PoolSettings {
+    let view = PoolSettings {
         failure_threshold: u32::try_from(routing.circuit_breaker.failure_threshold).unwrap_or(5),
         cooldown: Duration::from_secs(
             u64::try_from(routing.circuit_breaker.cooldown_seconds).unwrap_or(10),
         ),
         stale_after: STALE_AFTER,
     };
-    let strategy = strategy_name(routing.strategy);
-    let name = pool.name_any();
-    Arc::new(PoolRoute {
-        metrics: metrics.pool(&name, strategy),
-        name,
-        pool: Pool::new(
-            served_name(pool),
-            PoolView::new(picker(routing.strategy), settings),
-        ),
-        budget: RetryBudget::new(u32::try_from(routing.retry.budget_percent).unwrap_or(20)),
+    RouteSpec {
+        name: pool.name_any(),
+        model: served_name(pool),
+        strategy: routing.strategy,
+        view,
+        budget_percent: u32::try_from(routing.retry.budget_percent).unwrap_or(20),
         forward: ForwardSettings {
             max_retries: u32::try_from(routing.retry.max_retries).unwrap_or(2),
             queue_wait,
         },
         timeout: Duration::from_secs(u64::try_from(routing.request_timeout_seconds).unwrap_or(300)),
         session_header: routing.session_header.to_ascii_lowercase(),
-    })
+    }
 }
 
 enum Change {
@@ -127,9 +115,9 @@ enum Change {
 
 /// A source of pools and their agents for the gateway.
 pub trait Discovery {
-    /// Puts the source's pools into `gateway` and keeps them in step for as long as the
+    /// Puts the source's pools into `table` and keeps them in step for as long as the
     /// source changes (a static source returns once they are in).
-    fn run(self, gateway: Arc<Gateway>) -> impl Future<Output = ()> + Send;
+    fn run<T: RouteTable>(self, table: Arc<T>) -> impl Future<Output = ()> + Send;
 }
 
 /// InferencePools and EndpointSlices of a cluster.
@@ -143,8 +131,8 @@ pub struct KubernetesDiscovery {
 }
 
 impl Discovery for KubernetesDiscovery {
-    fn run(self, gateway: Arc<Gateway>) -> impl Future<Output = ()> + Send {
-        discover(self.client, gateway, self.queue_wait)
+    fn run<T: RouteTable>(self, table: Arc<T>) -> impl Future<Output = ()> + Send {
+        discover(self.client, table, self.queue_wait)
     }
 }
 
@@ -158,17 +146,18 @@ pub struct StaticDiscovery {
 }
 
 impl Discovery for StaticDiscovery {
-    async fn run(self, gateway: Arc<Gateway>) {
+    async fn run<T: RouteTable>(self, table: Arc<T>) {
         for (pool, endpoints) in &self.pools {
-            let route = route_for(pool, self.queue_wait, &gateway.metrics);
-            route.pool.set_endpoints(endpoints);
-            gateway.set_route(route);
+            let spec = route_for(pool, self.queue_wait);
+            let model = spec.model.clone();
+            table.set_route(spec);
+            table.set_endpoints(&model, endpoints);
         }
     }
 }
 
-/// Keeps `gateway`'s routes in step with the cluster until the watches end.
-async fn discover(client: Client, gateway: Arc<Gateway>, queue_wait: Duration) {
+/// Keeps `table`'s routes in step with the cluster until the watches end.
+async fn discover<T: RouteTable>(client: Client, table: Arc<T>, queue_wait: Duration) {
     let (tx, mut rx) = mpsc::channel(16);
     tokio::spawn(follow(
         Api::<InferencePool>::all(client.clone()),
@@ -187,7 +176,7 @@ async fn discover(client: Client, gateway: Arc<Gateway>, queue_wait: Duration) {
             Change::Pools(p) => pools = p,
             Change::Slices(s) => slices = s,
         }
-        state.sync(&gateway, &pools, &slices, queue_wait);
+        state.sync(&*table, &pools, &slices, queue_wait);
     }
 }
 
@@ -233,13 +222,13 @@ where
 /// The routes discovery made, by served model name, with what they were made from.
 #[derive(Debug, Default)]
 struct Routes {
-    routes: HashMap<String, (RoutingSpec, Arc<PoolRoute>)>,
+    routes: HashMap<String, RoutingSpec>,
 }
 
 impl Routes {
     fn sync(
         &mut self,
-        gateway: &Gateway,
+        table: &impl RouteTable,
         pools: &[InferencePool],
         slices: &[EndpointSlice],
         wait: Duration,
@@ -248,23 +237,18 @@ impl Routes {
         for pool in pools {
             let model = served_name(pool);
             let routing = &pool.spec.routing;
-            let stale = self.routes.get(&model).is_none_or(|(r, _)| r != routing);
-            if stale {
-                let route = route_for(pool, wait, &gateway.metrics);
-                gateway.set_route(route.clone());
-                self.routes.insert(model.clone(), (routing.clone(), route));
+            if self.routes.get(&model) != Some(routing) {
+                table.set_route(route_for(pool, wait));
+                self.routes.insert(model.clone(), routing.clone());
             }
             let namespace = pool.namespace().unwrap_or_default();
-            let endpoints = endpoints_of(slices, &namespace, &agent_name(pool));
-            if let Some((_, route)) = self.routes.get(&model) {
-                route.pool.set_endpoints(&endpoints);
-            }
+            table.set_endpoints(&model, &endpoints_of(slices, &namespace, &agent_name(pool)));
             seen.push(model);
         }
         self.routes.retain(|model, _| {
             let keep = seen.contains(model);
             if !keep {
-                gateway.remove_route(model);
+                table.remove_route(model);
             }
             keep
         });

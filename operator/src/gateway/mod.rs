@@ -1,26 +1,22 @@
-//! The gateway: the pools' OpenAI front door. The core (breaker, pickers, the pool's view
-//! of its agents) is plain Rust tested with plain values; discovery, gRPC and HTTP are thin
-//! adapters around it.
+//! The gateway: the pools' OpenAI front door, in layers that import only downwards:
+//!
+//! - `core`: no I/O; the pool view, breakers, pickers, retry budget and policy, and the
+//!   route table's contract (tested with plain values);
+//! - `metrics`: the gateway's series (plain data, on the core's names);
+//! - `upstream`: the agent clients (tonic channels, hyper's pooled client), with their
+//!   timeouts and keep-alive;
+//! - `dispatch`: pools at run time; pick, hold, retry before the first token;
+//! - `api`: the OpenAI handlers and the SSE relay (an axum router);
+//! - `http`: the hyper server, its limits, timeouts and TLS;
+//! - `runtime`: the router on the server on the bound sockets.
+//!
+//! `discovery` feeds the route table and depends on the core alone.
 
-pub mod agents;
-pub mod breaker;
-pub mod checks;
-pub mod chunked;
-pub mod connection;
+pub mod api;
+pub mod core;
 pub mod discovery;
-pub mod embed;
-#[cfg(test)]
-mod failover;
-pub mod forward;
-pub mod front;
-pub mod http1;
+pub mod dispatch;
+pub mod http;
 pub mod metrics;
-pub mod pick;
-pub mod pool;
-pub mod relay;
-pub mod reply;
-pub mod retry;
-pub mod server;
-pub mod stream;
-pub mod unary;
-pub mod workers;
+pub mod runtime;
+pub mod upstream;

@@ -20,7 +20,7 @@ mod record;
 use record::PoolSeries;
 pub use record::{PoolMetrics, RequestRecord};
 
-use super::pick::STRATEGY_NAMES;
+use super::core::pick::STRATEGY_NAMES;
 
 /// The `pool` label of requests refused before they matched a pool: not a valid Kubernetes
 /// name, so no InferencePool's label can be the same.

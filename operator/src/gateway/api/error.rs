@@ -1,0 +1,61 @@
+//! The gateway's errors as clients see them: OpenAI's error shape with a stable `type`,
+//! whichever layer refused (a check here, or the pool through `ForwardError`).
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use inferpool_protocol::openai::ErrorBody;
+
+use super::reply::Complete;
+use crate::gateway::core::policy::ForwardError;
+
+/// An error answered in OpenAI's shape.
+#[derive(Debug)]
+pub struct ApiError {
+    status: u16,
+    pub(super) kind: String,
+    message: String,
+}
+
+impl ApiError {
+    pub(super) fn new(status: u16, kind: &str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            kind: kind.to_owned(),
+            message: message.into(),
+        }
+    }
+
+    pub(super) fn invalid(message: impl Into<String>) -> Self {
+        Self::new(400, "invalid_request_error", message)
+    }
+
+    /// The JSON body.
+    pub fn body(&self) -> ErrorBody {
+        ErrorBody::new(&self.kind, &self.message, None)
+    }
+}
+
+impl From<ForwardError> for ApiError {
+    fn from(e: ForwardError) -> Self {
+        Self::new(e.status(), e.error_type(), e.to_string())
+    }
+}
+
+impl ApiError {
+    /// The answer: the error in OpenAI's shape, `retry-after` with a 429.
+    pub fn complete(&self) -> Complete {
+        let body = serde_json::to_vec(&self.body()).unwrap_or_default();
+        Complete {
+            status: StatusCode::from_u16(self.status).unwrap_or(StatusCode::BAD_GATEWAY),
+            content_type: None,
+            body: body.into(),
+            retry_after: self.status == 429,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        self.complete().into_response()
+    }
+}

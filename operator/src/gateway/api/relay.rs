@@ -1,0 +1,222 @@
+//! Relaying a committed agent stream to the client: server-sent events token by token (an
+//! error after the first token ends the stream with an explicit error event), or one JSON
+//! body. The agent's in-flight count and breaker learn the outcome when the relay ends,
+//! however it ends (a client that leaves drops the stream, which cancels it at the agent).
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+
+use axum::response::sse::{Event, Sse};
+use axum::response::{IntoResponse, Response};
+use inferpool_protocol::agent::{self as pb, GenerateResponse};
+use inferpool_protocol::openai::{ErrorBody, Kind, ResponseShape, Usage, ValidSampling};
+use tokio::time::Instant;
+
+use crate::gateway::core::view::Outcome;
+use crate::gateway::dispatch::pool::InFlight;
+use crate::gateway::dispatch::stream::Committed;
+use crate::gateway::dispatch::verdict::refused;
+use crate::gateway::metrics::RequestRecord;
+use crate::gateway::upstream::generate::GenerateStream;
+
+/// How to answer.
+#[derive(Debug, Clone)]
+pub struct Relay {
+    shape: ResponseShape,
+    stream: bool,
+    include_usage: bool,
+}
+
+impl Relay {
+    /// The answer of `shape`, streamed when `sampling` asks.
+    pub fn new(shape: ResponseShape, sampling: &ValidSampling) -> Self {
+        Self {
+            shape,
+            stream: sampling.stream,
+            include_usage: sampling.include_usage,
+        }
+    }
+}
+
+/// Relays `committed` as `how` asks, until `deadline`.
+pub async fn relay(
+    committed: Committed,
+    how: Relay,
+    deadline: Instant,
+    record: RequestRecord,
+) -> Response {
+    let source = Source {
+        first: Some(committed.first),
+        rest: committed.rest,
+        deadline,
+        in_flight: committed.in_flight,
+        record,
+    };
+    if how.stream {
+        Sse::new(Events::new(how, source).into_stream()).into_response()
+    } else {
+        whole(how, source).await
+    }
+}
+
+struct Source {
+    first: Option<GenerateResponse>,
+    rest: GenerateStream,
+    deadline: Instant,
+    in_flight: InFlight,
+    record: RequestRecord,
+}
+
+enum Piece {
+    Text(String),
+    /// The last text (agents send it with the finish when it is ready at once).
+    End {
+        text: String,
+        finish: &'static str,
+        usage: Usage,
+    },
+    Failed(ErrorBody),
+}
+
+impl Source {
+    async fn next(&mut self) -> Piece {
+        let message = match self.first.take() {
+            Some(m) => Ok(Some(m)),
+            None => match tokio::time::timeout_at(self.deadline, self.rest.message()).await {
+                Ok(m) => m,
+                Err(_) => return self.failed("timeout", "the request timed out"),
+            },
+        };
+        match message {
+            Ok(Some(m)) => {
+                let piece = piece(m);
+                if matches!(piece, Piece::End { .. }) {
+                    self.record.outcome("ok");
+                }
+                piece
+            }
+            Ok(None) => self.failed("upstream_error", "the agent ended the stream early"),
+            Err(status) => {
+                let e = refused(&status);
+                self.in_flight.set_outcome(Outcome::Failure);
+                self.record.outcome(e.error_type());
+                Piece::Failed(ErrorBody::new(e.error_type(), &e.to_string(), None))
+            }
+        }
+    }
+
+    fn failed(&mut self, kind: &str, message: &str) -> Piece {
+        self.in_flight.set_outcome(Outcome::Failure);
+        self.record.outcome(kind);
+        Piece::Failed(ErrorBody::new(kind, message, None))
+    }
+}
+
+fn piece(m: GenerateResponse) -> Piece {
+    let Some(finish) = m.finish else {
+        return Piece::Text(m.text);
+    };
+    let finish = match pb::FinishReason::try_from(finish) {
+        Ok(pb::FinishReason::Length) => "length",
+        _ => "stop",
+    };
+    let u = m.usage.unwrap_or_default();
+    let usage = Usage::new(u.prompt_tokens as usize, u.completion_tokens as usize);
+    Piece::End {
+        text: m.text,
+        finish,
+        usage,
+    }
+}
+
+async fn whole(how: Relay, mut source: Source) -> Response {
+    let mut text = String::new();
+    loop {
+        match source.next().await {
+            Piece::Text(t) => text.push_str(&t),
+            Piece::End {
+                text: last,
+                finish,
+                usage,
+            } => {
+                text.push_str(&last);
+                let json = how.shape.whole(text, finish, usage);
+                return (
+                    [(axum::http::header::CONTENT_TYPE, "application/json")],
+                    json,
+                )
+                    .into_response();
+            }
+            Piece::Failed(body) => {
+                return (axum::http::StatusCode::BAD_GATEWAY, axum::Json(body)).into_response();
+            }
+        }
+    }
+}
+
+struct Events {
+    how: Relay,
+    source: Source,
+    queued: VecDeque<String>,
+    ended: bool,
+}
+
+impl Events {
+    fn new(how: Relay, source: Source) -> Self {
+        let mut queued = VecDeque::new();
+        if how.shape.kind == Kind::Chat {
+            queued.push_back(how.shape.chunk(Some(String::new()), true, None));
+        }
+        Self {
+            how,
+            source,
+            queued,
+            ended: false,
+        }
+    }
+
+    fn into_stream(self) -> impl futures::Stream<Item = Result<Event, Infallible>> {
+        futures::stream::unfold(self, |mut s| async move {
+            while s.queued.is_empty() && !s.ended {
+                s.pull().await;
+            }
+            let data = s.queued.pop_front()?;
+            Some((Ok(Event::default().data(data)), s))
+        })
+    }
+
+    async fn pull(&mut self) {
+        match self.source.next().await {
+            Piece::Text(t) if t.is_empty() => {}
+            Piece::Text(t) => self
+                .queued
+                .push_back(self.how.shape.chunk(Some(t), false, None)),
+            Piece::End {
+                text,
+                finish,
+                usage,
+            } => {
+                if !text.is_empty() {
+                    self.queued
+                        .push_back(self.how.shape.chunk(Some(text), false, None));
+                }
+                self.queued
+                    .push_back(self.how.shape.chunk(None, false, Some(finish)));
+                if self.how.include_usage {
+                    self.queued.push_back(self.how.shape.usage_chunk(usage));
+                }
+                self.end();
+            }
+            Piece::Failed(body) => {
+                self.queued
+                    .push_back(serde_json::to_string(&body).unwrap_or_default());
+                self.end();
+            }
+        }
+    }
+
+    fn end(&mut self) {
+        self.queued.push_back("[DONE]".to_owned());
+        self.ended = true;
+    }
+}

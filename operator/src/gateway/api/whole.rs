@@ -1,0 +1,109 @@
+//! Whole (not streamed) completions as the client sees them: the checked request goes to
+//! the pool as the client sent it (see `dispatch::whole`), and the agent's answer comes
+//! back as the agent gave it, counted under its outcome.
+
+use std::borrow::Cow;
+
+use axum::http::StatusCode;
+use bytes::Bytes;
+use inferpool_protocol::agent::Priority;
+
+use super::checks::PRIORITY_HEADER;
+use super::error::ApiError;
+use super::reply::Complete;
+use crate::gateway::core::pick::RequestKey;
+use crate::gateway::core::policy::{ForwardError, Tried};
+use crate::gateway::dispatch::gateway::PoolRoute;
+use crate::gateway::dispatch::tries::priority_rank;
+use crate::gateway::dispatch::verdict::error_of;
+use crate::gateway::dispatch::whole::{UnaryRequest, forward_unary};
+use crate::gateway::upstream::whole::Answer;
+
+/// A whole-answer request as the client sent it, checked.
+#[derive(Debug, Clone, Copy)]
+pub struct Whole<'a> {
+    path: &'a str,
+    body: &'a Bytes,
+    priority: Priority,
+    traceparent: &'a str,
+}
+
+impl<'a> Whole<'a> {
+    /// The request at the agent's `path` with the client's `body`, its priority and its
+    /// trace context (empty when none).
+    pub fn new(path: &'a str, body: &'a Bytes, priority: Priority, traceparent: &'a str) -> Self {
+        Self {
+            path,
+            body,
+            priority,
+            traceparent,
+        }
+    }
+}
+
+/// Answers `whole` from the pool of `route`: the answer of the agent that took it, or the
+/// gateway's error.
+pub async fn answer_whole(route: &PoolRoute, whole: Whole<'_>, key: &RequestKey<'_>) -> Complete {
+    // One clock reading for the record and the deadline.
+    let now = tokio::time::Instant::now();
+    let mut record = route.metrics.start_at(now.into_std());
+    let priority = [(PRIORITY_HEADER, priority_name(whole.priority))];
+    let with_trace = [priority[0], ("traceparent", whole.traceparent)];
+    let request = UnaryRequest {
+        path: whole.path,
+        headers: if whole.traceparent.is_empty() {
+            &priority
+        } else {
+            &with_trace
+        },
+        body: whole.body,
+        rank: priority_rank(whole.priority),
+    };
+    let deadline = now + route.timeout;
+    let sent = forward_unary(route, request, key, deadline);
+    let answered = tokio::time::timeout_at(deadline, sent)
+        .await
+        .unwrap_or(Err(ForwardError::Timeout));
+    match answered {
+        Ok(Tried {
+            value,
+            retries,
+            queue_wait,
+        }) => {
+            record.forwarded(&value.agent, retries, queue_wait);
+            record.outcome(outcome_of(&value.answer).as_ref());
+            passed_on(value.answer)
+        }
+        Err(e) => {
+            record.outcome(e.error_type());
+            ApiError::from(e).complete()
+        }
+    }
+}
+
+fn priority_name(priority: Priority) -> &'static str {
+    match priority {
+        Priority::Critical => "critical",
+        Priority::High => "high",
+        Priority::Unspecified | Priority::Normal => "normal",
+        Priority::Low => "low",
+    }
+}
+
+/// The outcome an answer is counted under: `ok`, or the agent's error type.
+fn outcome_of(answer: &Answer) -> Cow<'static, str> {
+    if (200..300).contains(&answer.status) {
+        return Cow::Borrowed("ok");
+    }
+    error_of(&answer.body).map_or(Cow::Borrowed("upstream_error"), |(kind, _)| kind.into())
+}
+
+/// The agent's answer as the client's.
+fn passed_on(answer: Answer) -> Complete {
+    Complete {
+        status: StatusCode::from_u16(answer.status).unwrap_or(StatusCode::BAD_GATEWAY),
+        content_type: answer.content_type,
+        body: answer.body,
+        retry_after: answer.status == 429,
+    }
+}
