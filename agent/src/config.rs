@@ -8,6 +8,7 @@ use serde::Deserialize;
 use crate::cache::CacheSettings;
 use crate::engine::load::ModelFormat;
 use crate::generation::Priority;
+use crate::scheduler::adaptive::SloTargets;
 use crate::scheduler::batcher::BatcherConfig;
 pub use crate::scheduler::strategy::Strategy;
 
@@ -126,6 +127,20 @@ pub struct Batching {
     pub aging_seconds: u64,
     /// Keep prompts' KV blocks for requests that start with the same tokens.
     pub prefix_caching: bool,
+    /// `adaptive`'s time-to-first-token target (0: none).
+    pub target_time_to_first_token_milliseconds: u64,
+    /// `adaptive`'s time-per-output-token target (0: none).
+    pub target_time_per_token_milliseconds: u64,
+}
+
+impl Batching {
+    fn slo_targets(&self) -> SloTargets {
+        let target = |ms: u64| (ms > 0).then(|| std::time::Duration::from_millis(ms));
+        SloTargets {
+            ttft: target(self.target_time_to_first_token_milliseconds),
+            time_per_token: target(self.target_time_per_token_milliseconds),
+        }
+    }
 }
 
 impl Default for Batching {
@@ -138,6 +153,8 @@ impl Default for Batching {
             queue_limits: QueueLimits::default(),
             aging_seconds: 30,
             prefix_caching: true,
+            target_time_to_first_token_milliseconds: 0,
+            target_time_per_token_milliseconds: 0,
         }
     }
 }
@@ -228,6 +245,7 @@ impl AgentConfig {
             max_wait: std::time::Duration::from_millis(self.batching.max_wait_milliseconds),
             aging: std::time::Duration::from_secs(self.batching.aging_seconds),
             prefix_caching: self.batching.prefix_caching,
+            slo: self.batching.slo_targets(),
         }
     }
 }
@@ -270,6 +288,7 @@ mod tests {
             "chatTemplate": "{{x}}", "gpus": 1, "httpPort": 1, "grpcPort": 2,
             "batching": {"strategy": "dynamic", "maxBatchSize": 4, "maxBatchTokens": 64,
                 "maxWaitMilliseconds": 5, "padding": "none", "agingSeconds": 9, "prefixCaching": false,
+                "targetTimeToFirstTokenMilliseconds": 500, "targetTimePerTokenMilliseconds": 40,
                 "queueLimits": {"critical": 1, "high": 2, "normal": 3, "low": 4}},
             "cache": {"enabled": true}
         }))
@@ -284,5 +303,10 @@ mod tests {
         assert_eq!(b.queue_limits, [1, 2, 3, 4]);
         assert_eq!(b.aging, std::time::Duration::from_secs(9));
         assert!(!b.prefix_caching);
+        assert_eq!(
+            b.slo.time_per_token,
+            Some(std::time::Duration::from_millis(40))
+        );
+        assert_eq!(b.slo.ttft, Some(std::time::Duration::from_millis(500)));
     }
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 use common::{CONFIG, collect, engine, request};
 use inferpool_agent::engine::tokenizer::ModelTokenizer;
 use inferpool_agent::generation::{GenerationEvent, GenerationRequest};
+use inferpool_agent::scheduler::adaptive::SloTargets;
 use inferpool_agent::scheduler::batcher::{BatcherConfig, EngineHandle, Load};
 use inferpool_agent::scheduler::strategy::Strategy;
 use tokio::sync::mpsc::Receiver;
@@ -101,5 +102,47 @@ async fn dynamic_holds_until_the_free_slots_fill_and_then_joins_the_running_batc
     .await?;
     let (b, c, d) = tokio::join!(finished(b), finished(c), finished(d));
     assert!(b && c && d);
+    Ok(())
+}
+
+#[tokio::test]
+async fn adaptive_admits_fewer_sequences_when_steps_miss_the_time_per_token_target()
+-> anyhow::Result<()> {
+    // The controller's convergence is tested on a modelled machine (scheduler/adaptive.rs,
+    // plain values); here the real engine feeds it real step times. A target no step can
+    // meet (1 ms) must bring the admitted batch down to one sequence, which continuous
+    // batching at full size never does; timing noise cannot make a step that fast.
+    const FULL: usize = 8;
+    let config = BatcherConfig {
+        max_batch_size: FULL,
+        max_batch_tokens: 1024,
+        queue_limits: [64; 4],
+        strategy: Strategy::Adaptive,
+        max_wait: Duration::ZERO,
+        slo: SloTargets {
+            time_per_token: Some(Duration::from_millis(1)),
+            ttft: None,
+        },
+        ..CONFIG
+    };
+    let (engine, tok) = engine(config)?;
+    let mut streams = Vec::new();
+    for _ in 0..3 * FULL {
+        streams.push(engine.generate(exactly(&tok, 12)?).await?);
+    }
+    reach(&engine, "a full first batch", |l| l.running == FULL).await?;
+    reach(&engine, "the limit down to one", |l| l.batch_limit == 1).await?;
+    // Running sequences are never cut; once they are done, one runs at a time.
+    reach(&engine, "one running, the rest held", |l| {
+        l.running == 1 && l.waiting() > 0
+    })
+    .await?;
+    let done = futures::future::join_all(streams.into_iter().map(finished)).await;
+    assert!(done.into_iter().all(|f| f), "every stream finishes");
+    let load = *engine.load().borrow();
+    assert!(
+        load.time_per_token > Some(Duration::from_millis(1)),
+        "{load:?}"
+    );
     Ok(())
 }

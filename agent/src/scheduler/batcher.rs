@@ -16,84 +16,15 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::blocks::{KvBlocks, PrefixStats};
+use super::adaptive::SloController;
+use super::blocks::KvBlocks;
+pub use super::config::{BatcherConfig, Load, SubmitError};
 use super::queue::{AdmissionQueue, QueueFull};
 use super::sequence::Sequence;
 use super::strategy::{BatchState, Gate, Strategy};
 use crate::engine::kv::{BLOCK_SIZE, BlockBudget};
 use crate::engine::model::{Llama, ModelError, SeqStep};
 use crate::generation::{FinishReason, GenerationEvent, GenerationRequest};
-
-/// Limits of the loop.
-#[derive(Debug, Clone, Copy)]
-pub struct BatcherConfig {
-    /// Most sequences decoded together.
-    pub max_batch_size: usize,
-    /// Most tokens per step across the batch.
-    pub max_batch_tokens: usize,
-    /// Queue limit per priority, in `Priority::ALL` order.
-    pub queue_limits: [usize; 4],
-    /// KV-cache blocks (of `kv::BLOCK_SIZE` tokens) the engine may hold.
-    pub kv_blocks: usize,
-    /// When waiting requests join the batch.
-    pub strategy: Strategy,
-    /// The strategy's wait limit.
-    pub max_wait: Duration,
-    /// Wait after which a queued request rises one priority class (zero: never).
-    pub aging: Duration,
-    /// Keep prompts' full KV blocks in the free part of the budget for later requests
-    /// that start with the same tokens (`engine::prefix`).
-    pub prefix_caching: bool,
-}
-
-/// The engine's load, published after every iteration.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Load {
-    /// Sequences in the running batch.
-    pub running: usize,
-    /// Waiting requests per priority.
-    pub queued: [usize; 4],
-    /// KV-cache blocks held by sequences.
-    pub kv_blocks_used: usize,
-    /// KV-cache blocks in the budget.
-    pub kv_blocks_total: usize,
-    /// Sequences preempted since start.
-    pub preemptions: u64,
-    /// Prefix reuse since start.
-    pub prefix: PrefixStats,
-}
-
-impl Load {
-    /// Requests waiting, all priorities.
-    pub fn waiting(&self) -> usize {
-        self.queued.iter().sum()
-    }
-
-    /// Fraction of the KV budget in use, 0..=1.
-    pub fn kv_usage(&self) -> f64 {
-        self.kv_blocks_used as f64 / self.kv_blocks_total.max(1) as f64
-    }
-}
-
-/// Why a request was not admitted.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum SubmitError {
-    /// Its priority's queue is full.
-    #[error(transparent)]
-    QueueFull(#[from] QueueFull),
-    /// Its prompt and `max_tokens` together need more KV-cache blocks than the engine has,
-    /// so it could never finish, however long it waited.
-    #[error("{tokens} tokens (prompt and max_tokens) exceed the KV cache of {capacity} tokens")]
-    TooLarge {
-        /// Prompt plus `max_tokens`.
-        tokens: usize,
-        /// Tokens the whole KV budget holds.
-        capacity: usize,
-    },
-    /// The engine loop has stopped.
-    #[error("the engine has stopped")]
-    Stopped,
-}
 
 type Admission = oneshot::Sender<Result<(), QueueFull>>;
 
@@ -116,6 +47,7 @@ impl EngineHandle {
         let (submit, submissions) = mpsc::channel(256);
         let (publish, load) = watch::channel(Load {
             kv_blocks_total: config.kv_blocks,
+            batch_limit: config.max_batch_size,
             ..Load::default()
         });
         std::thread::spawn(move || Batcher::new(model, config, publish).run(submissions));
@@ -163,6 +95,8 @@ struct Batcher {
     queue: AdmissionQueue<Sequence>,
     running: Vec<Sequence>,
     blocks: KvBlocks,
+    /// The `adaptive` strategy's controller (none for the others).
+    slo: Option<SloController>,
     admissions: u64,
     preemptions: u64,
     publish: watch::Sender<Load>,
@@ -174,6 +108,8 @@ impl Batcher {
             model,
             queue: AdmissionQueue::new(config.queue_limits, config.aging),
             blocks: KvBlocks::new(config.kv_blocks, config.prefix_caching, PREFIX_ROOT),
+            slo: (config.strategy == Strategy::Adaptive)
+                .then(|| SloController::new(config.slo, config.max_batch_size, config.max_wait)),
             config,
             running: Vec::new(),
             admissions: 0,
@@ -257,10 +193,21 @@ impl Batcher {
         let state = BatchState {
             running: self.running.len(),
             waiting: self.queue.len(),
-            max_batch_size: self.config.max_batch_size,
+            max_batch_size: self.batch_limit(),
             oldest_wait,
         };
-        self.config.strategy.gate(state, self.config.max_wait)
+        let wait = self
+            .slo
+            .as_ref()
+            .map_or(self.config.max_wait, SloController::wait);
+        self.config.strategy.gate(state, wait)
+    }
+
+    /// Sequences that may run together now.
+    fn batch_limit(&self) -> usize {
+        self.slo
+            .as_ref()
+            .map_or(self.config.max_batch_size, SloController::limit)
     }
 
     /// Moves waiting sequences into the batch while the strategy allows and there is room,
@@ -288,7 +235,7 @@ impl Batcher {
     /// Admits queue heads while `which` accepts them and slots and blocks allow. False when
     /// the head waits for blocks held by running sequences (nothing behind it may pass it).
     fn admit_heads(&mut self, which: fn(&Sequence) -> bool, now: Instant) -> bool {
-        while self.running.len() < self.config.max_batch_size {
+        while self.running.len() < self.batch_limit() {
             let Some(head) = self.queue.peek_at(now) else {
                 break;
             };
@@ -373,6 +320,9 @@ impl Batcher {
     /// Runs one step over the planned sequences; false when none could step.
     fn iterate(&mut self) -> bool {
         let plan = self.plan();
+        let decoding = (self.running.iter().zip(&plan))
+            .filter(|(r, n)| **n > 0 && r.decoding())
+            .count();
         let mut steps = Vec::new();
         let mut members = Vec::new();
         for (i, (r, &n)) in self.running.iter_mut().zip(&plan).enumerate() {
@@ -389,8 +339,12 @@ impl Batcher {
         if steps.is_empty() {
             return false;
         }
+        let started = Instant::now();
         let logits = self.model.step(&mut steps);
         drop(steps);
+        if let Some(slo) = &mut self.slo {
+            slo.step(decoding, started.elapsed());
+        }
         match logits {
             Ok(logits) => self.advance(&members, &logits),
             Err(e) => self.fail(&members, &e),
@@ -410,7 +364,13 @@ impl Batcher {
             }
             let row_logits = logits.get(row).and_then(|t| t.to_vec1::<f32>());
             let Ok(row_logits) = row_logits else { continue };
-            if let Some(reason) = emit(r, &row_logits) {
+            let end = emit(r, &row_logits);
+            if r.generated == 1
+                && let Some(slo) = &mut self.slo
+            {
+                slo.first_token(r.arrived.elapsed());
+            }
+            if let Some(reason) = end {
                 finished.push((i, reason));
             }
         }
@@ -443,6 +403,8 @@ impl Batcher {
             kv_blocks_total: self.blocks.total(),
             preemptions: self.preemptions,
             prefix: self.blocks.stats(),
+            batch_limit: self.batch_limit(),
+            time_per_token: self.slo.as_ref().and_then(SloController::time_per_token),
         };
         self.publish
             .send_if_modified(|l| std::mem::replace(l, load) != load);

@@ -24,6 +24,8 @@ pub(super) struct Sequence {
     pub generated: usize,
     /// Admission order: the newest running sequence is preempted first.
     pub admitted: u64,
+    /// When it was submitted, for its time to first token.
+    pub arrived: Instant,
 }
 
 impl Sequence {
@@ -36,6 +38,7 @@ impl Sequence {
             cache: KvCache::default(),
             generated: 0,
             admitted: 0,
+            arrived: Instant::now(),
         }
     }
 

@@ -5,8 +5,9 @@
 //!   only when it is full or its oldest request waited `max_wait`;
 //! - `dynamic`: requests join as slots free up, but only when they fill every free slot or
 //!   the oldest waited `max_wait`;
-//! - `adaptive`: dynamic, with the wait scaled by the share of free slots, so that it
-//!   shrinks as the batch gets busy and is the whole `max_wait` when idle.
+//! - `adaptive`: dynamic over a batch size and a wait that `adaptive::SloController` moves
+//!   online towards the pool's latency targets; the wait is further scaled by the share of
+//!   free slots, so that it shrinks as the batch gets busy.
 
 use std::time::Duration;
 

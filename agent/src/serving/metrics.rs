@@ -54,6 +54,7 @@ pub struct AgentMetrics {
     /// Whole request duration.
     pub duration: Family<EndpointLabels, Histogram, fn() -> Histogram>,
     running: Gauge,
+    batch_limit: Gauge,
     waiting: Family<PriorityLabels, Gauge>,
     kv_used: Gauge,
     kv_total: Gauge,
@@ -190,6 +191,7 @@ impl AgentMetrics {
             ttft: Family::new_with_constructor(latency_histogram),
             duration: Family::new_with_constructor(latency_histogram),
             running: Gauge::default(),
+            batch_limit: Gauge::default(),
             waiting: Family::default(),
             kv_used: Gauge::default(),
             kv_total: Gauge::default(),
@@ -256,6 +258,11 @@ impl AgentMetrics {
             self.running.clone(),
         );
         r.register(
+            "batch_limit",
+            "Sequences that may run together now (the adaptive strategy moves it)",
+            self.batch_limit.clone(),
+        );
+        r.register(
             "requests_waiting",
             "Requests queued, by priority",
             self.waiting.clone(),
@@ -294,6 +301,7 @@ impl AgentMetrics {
     pub fn observe_load(&self, load: &Load) {
         let running = gauge_value(load.running);
         self.running.set(running);
+        self.batch_limit.set(gauge_value(load.batch_limit));
         self.vllm_running.set(running);
         self.vllm_waiting.set(gauge_value(load.waiting()));
         for (p, depth) in Priority::ALL.iter().zip(load.queued) {
@@ -350,6 +358,8 @@ mod tests {
                 hit_tokens: 64,
                 cached_blocks: 4,
             },
+            batch_limit: 6,
+            time_per_token: None,
         });
         m.request_ended("chat", "ok");
         let mut text = String::new();
@@ -363,6 +373,7 @@ mod tests {
             "inferpool_agent_preemptions_total 2",
             "inferpool_agent_prefix_cache_hits_total 64",
             "inferpool_agent_prefix_cache_blocks 4",
+            "inferpool_agent_batch_limit 6",
             "vllm:prefix_cache_queries_total 100",
             "vllm:prefix_cache_hits_total 64",
             "inferpool_agent_requests_total{endpoint=\"chat\",outcome=\"ok\"} 1",

@@ -10,6 +10,7 @@ use inferpool_agent::engine::model::{Llama, WeightFormat};
 use inferpool_agent::engine::sampling::SamplingParams;
 use inferpool_agent::engine::tokenizer::ModelTokenizer;
 use inferpool_agent::generation::{GenerationEvent, GenerationRequest, Priority};
+use inferpool_agent::scheduler::adaptive::SloTargets;
 use inferpool_agent::scheduler::batcher::{BatcherConfig, EngineHandle};
 use inferpool_agent::scheduler::strategy::Strategy;
 use inferpool_e2e::parts::default_model;
@@ -72,4 +73,8 @@ pub const CONFIG: BatcherConfig = BatcherConfig {
     max_wait: Duration::ZERO,
     aging: Duration::from_secs(30),
     prefix_caching: true,
+    slo: SloTargets {
+        ttft: None,
+        time_per_token: None,
+    },
 };

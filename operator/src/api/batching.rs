@@ -7,8 +7,9 @@ use serde::{Deserialize, Serialize};
 pub struct BatchingSpec {
     /// `continuous` admits and retires sequences at every decode step (best for chat);
     /// `static` waits for a full batch; `dynamic` runs a batch when it is full or
-    /// `maxWaitMilliseconds` passed; `adaptive` is dynamic with a wait that shrinks under load
-    /// and grows when idle.
+    /// `maxWaitMilliseconds` passed; `adaptive` is dynamic with the batch size and the wait
+    /// steered online towards `targetTimePerTokenMilliseconds` and
+    /// `targetTimeToFirstTokenMilliseconds` from what the agent measures.
     #[serde(default)]
     pub strategy: BatchingStrategy,
 
@@ -51,6 +52,20 @@ pub struct BatchingSpec {
     /// budget and are evicted, least recently used first, whenever a request needs room.
     #[serde(default = "default_prefix_caching")]
     pub prefix_caching: bool,
+
+    /// `adaptive` only: the time to first token to keep under, in milliseconds (0: none).
+    /// Over it the batching wait halves; well under it the wait grows back towards
+    /// `maxWaitMilliseconds`.
+    #[serde(default)]
+    #[schemars(range(min = 0, max = 600000))]
+    pub target_time_to_first_token_milliseconds: i32,
+
+    /// `adaptive` only: the time per output token (one decoding step) to keep under, in
+    /// milliseconds (0: none). Over it the admitted batch size halves; well
+    /// under it, with the batch full, it grows by one, up to `maxBatchSize`.
+    #[serde(default)]
+    #[schemars(range(min = 0, max = 60000))]
+    pub target_time_per_token_milliseconds: i32,
 }
 
 impl Default for BatchingSpec {
@@ -64,6 +79,8 @@ impl Default for BatchingSpec {
             queue_limits: QueueLimits::default(),
             aging_seconds: default_aging_seconds(),
             prefix_caching: default_prefix_caching(),
+            target_time_to_first_token_milliseconds: 0,
+            target_time_per_token_milliseconds: 0,
         }
     }
 }
