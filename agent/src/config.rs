@@ -7,6 +7,7 @@ use serde::Deserialize;
 
 use crate::cache::CacheSettings;
 use crate::engine::load::ModelFormat;
+use crate::engine::rows::Padding;
 use crate::generation::Priority;
 use crate::scheduler::adaptive::SloTargets;
 use crate::scheduler::batcher::BatcherConfig;
@@ -127,6 +128,8 @@ pub struct Batching {
     pub aging_seconds: u64,
     /// Keep prompts' KV blocks for requests that start with the same tokens.
     pub prefix_caching: bool,
+    /// How the rows of a step are padded.
+    pub padding: Padding,
     /// `adaptive`'s time-to-first-token target (0: none).
     pub target_time_to_first_token_milliseconds: u64,
     /// `adaptive`'s time-per-output-token target (0: none).
@@ -153,6 +156,7 @@ impl Default for Batching {
             queue_limits: QueueLimits::default(),
             aging_seconds: 30,
             prefix_caching: true,
+            padding: Padding::None,
             target_time_to_first_token_milliseconds: 0,
             target_time_per_token_milliseconds: 0,
         }
@@ -246,6 +250,7 @@ impl AgentConfig {
             aging: std::time::Duration::from_secs(self.batching.aging_seconds),
             prefix_caching: self.batching.prefix_caching,
             slo: self.batching.slo_targets(),
+            padding: self.batching.padding,
         }
     }
 }
@@ -287,7 +292,7 @@ mod tests {
             "servedName": "m", "modelPath": "/d", "modelFormat": "safetensors",
             "chatTemplate": "{{x}}", "gpus": 1, "httpPort": 1, "grpcPort": 2,
             "batching": {"strategy": "dynamic", "maxBatchSize": 4, "maxBatchTokens": 64,
-                "maxWaitMilliseconds": 5, "padding": "none", "agingSeconds": 9, "prefixCaching": false,
+                "maxWaitMilliseconds": 5, "padding": "bucket", "agingSeconds": 9, "prefixCaching": false,
                 "targetTimeToFirstTokenMilliseconds": 500, "targetTimePerTokenMilliseconds": 40,
                 "queueLimits": {"critical": 1, "high": 2, "normal": 3, "low": 4}},
             "cache": {"enabled": true}
@@ -303,6 +308,7 @@ mod tests {
         assert_eq!(b.queue_limits, [1, 2, 3, 4]);
         assert_eq!(b.aging, std::time::Duration::from_secs(9));
         assert!(!b.prefix_caching);
+        assert_eq!(b.padding, Padding::Bucket);
         assert_eq!(
             b.slo.time_per_token,
             Some(std::time::Duration::from_millis(40))

@@ -2,6 +2,7 @@
 
 use candle_core::Device;
 use inferpool_agent::engine::embed::Embedder;
+use inferpool_agent::engine::rows::Padding;
 use inferpool_agent::scheduler::embed_batcher::EmbedHandle;
 use inferpool_e2e::parts::embedding_model;
 
@@ -40,7 +41,7 @@ fn similar_sentences_are_close_and_vectors_are_unit_length() -> anyhow::Result<(
 async fn concurrent_embedding_requests_share_forward_passes() -> anyhow::Result<()> {
     let dir = embedding_model()?;
     let alone = Embedder::load(&dir, &Device::Cpu)?;
-    let handle = EmbedHandle::start(Embedder::load(&dir, &Device::Cpu)?);
+    let handle = EmbedHandle::start(Embedder::load(&dir, &Device::Cpu)?, Padding::Longest);
     let texts: Vec<String> = (0..16)
         .map(|i| format!("Request number {i} asks about {} ships.", i * 7))
         .collect();
@@ -60,6 +61,37 @@ async fn concurrent_embedding_requests_share_forward_passes() -> anyhow::Result<
             "{text}"
         );
         assert_eq!(answer.tokens, solo.tokens, "{text}");
+    }
+    Ok(())
+}
+
+#[test]
+fn every_padding_gives_each_text_its_own_vector() -> anyhow::Result<()> {
+    let embedder = Embedder::load(&embedding_model()?, &Device::Cpu)?;
+    let texts = [
+        "A man is playing a guitar.",
+        "Hi",
+        "The stock market fell sharply today, after a long week of losses.",
+    ]
+    .map(String::from);
+    let alone: Vec<Vec<f32>> = texts
+        .iter()
+        .map(|t| {
+            embedder
+                .embed(std::slice::from_ref(t))
+                .map(|e| e.vectors[0].clone())
+        })
+        .collect::<Result<_, _>>()?;
+    for padding in [Padding::None, Padding::Longest, Padding::Bucket] {
+        let out = embedder.embed_padded(&texts, padding)?;
+        let solo_tokens: usize = texts
+            .iter()
+            .map(|t| embedder.embed(std::slice::from_ref(t)).map(|e| e.tokens))
+            .sum::<Result<usize, _>>()?;
+        assert_eq!(out.tokens, solo_tokens, "{padding:?}: pads are not tokens");
+        for (v, solo) in out.vectors.iter().zip(&alone) {
+            assert!(cosine(v, solo) > 0.9999, "{padding:?}");
+        }
     }
     Ok(())
 }

@@ -5,7 +5,7 @@
 use candle_core::{Device, Tensor};
 use inferpool_agent::engine::gguf::GgufHeader;
 use inferpool_agent::engine::kv::{BLOCK_SIZE, BlockBudget};
-use inferpool_agent::engine::model::{KvCache, Llama, SeqStep, WeightFormat, argmax};
+use inferpool_agent::engine::model::{KvCache, Llama, Padding, SeqStep, WeightFormat, argmax};
 use inferpool_agent::engine::tokenizer::ModelTokenizer;
 use inferpool_e2e::parts::default_model;
 
@@ -188,5 +188,39 @@ fn a_reused_prefix_gives_the_logits_of_prefilling_it() -> anyhow::Result<()> {
     let diff = relative_difference(&whole, &reused)?;
     eprintln!("f32 weights: reused prefix against whole prompt, {diff:e}");
     assert!(diff < 1e-4, "prefix reuse changed the logits by {diff:e}");
+    Ok(())
+}
+
+/// The logits of one step over two prompts of different lengths, padded as `padding` says.
+fn two_prompts(model: &Llama, a: &[u32], b: &[u32], padding: Padding) -> anyhow::Result<Tensor> {
+    let (mut ca, mut cb) = (KvCache::default(), KvCache::default());
+    let mut batch = [
+        SeqStep {
+            tokens: a,
+            cache: &mut ca,
+        },
+        SeqStep {
+            tokens: b,
+            cache: &mut cb,
+        },
+    ];
+    Ok(model.step_padded(&mut batch, padding)?)
+}
+
+#[test]
+fn padded_steps_give_the_logits_of_ragged_ones() -> anyhow::Result<()> {
+    let (model, tok) = load()?;
+    let a = tok.encode("<|im_start|>user\nWrite one sentence about the sea.<|im_end|>\n")?;
+    let b = tok.encode("<|im_start|>user\nHi<|im_end|>\n")?;
+    assert_ne!(a.len(), b.len());
+    let ragged = two_prompts(&model, &a, &b, Padding::None)?;
+    // Rows of a matrix product are computed independently and pad rows attend to nothing,
+    // so the real rows come out the same to the last bit.
+    for padding in [Padding::Longest, Padding::Bucket] {
+        let padded = two_prompts(&model, &a, &b, padding)?;
+        assert_eq!(padded.dims(), ragged.dims());
+        let diff = relative_difference(&ragged, &padded)?;
+        assert_eq!(diff, 0.0, "{padding:?} changed the logits");
+    }
     Ok(())
 }

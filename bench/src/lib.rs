@@ -100,6 +100,53 @@ pub fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1024.0 * 1024.0)
 }
 
+/// The CPU and the kernel path a benchmark ran on, for its header: the model name, the
+/// vector extensions candle's kernels pick from, and the switches that override them.
+pub fn cpu_header() -> String {
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".to_owned());
+    let threads = std::thread::available_parallelism().map_or(1, usize::from);
+    let switch = |name: &str| {
+        std::env::var(name)
+            .map(|v| format!(" {name}={v}"))
+            .unwrap_or_default()
+    };
+    format!(
+        "cpu: {model}, {threads} threads, {}{}{}",
+        vector_extensions(),
+        switch("INFERPOOL_NO_REPACK"),
+        switch("MISTRALRS_FORCE_AVX2"),
+    )
+}
+
+#[cfg(target_arch = "x86_64")]
+fn vector_extensions() -> String {
+    let found: Vec<&str> = [
+        ("avx2", std::arch::is_x86_feature_detected!("avx2")),
+        ("avx512f", std::arch::is_x86_feature_detected!("avx512f")),
+        (
+            "avx512vnni",
+            std::arch::is_x86_feature_detected!("avx512vnni"),
+        ),
+    ]
+    .into_iter()
+    .filter_map(|(name, on)| on.then_some(name))
+    .collect();
+    format!("x86-64 with {}", found.join(" "))
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn vector_extensions() -> String {
+    std::env::consts::ARCH.to_owned()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,7 +6,9 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::models::bert::{BertModel, Config};
-use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
+use tokenizers::{Tokenizer, TruncationParams};
+
+use super::rows::Padding;
 
 /// Longest input in tokens; longer texts are truncated (the model was trained on 256).
 pub const MAX_TOKENS: usize = 256;
@@ -47,7 +49,7 @@ impl std::fmt::Debug for Embedder {
 }
 
 /// Vectors and the number of tokens read.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Embeddings {
     /// One unit vector per input, in order.
     pub vectors: Vec<Vec<f32>>,
@@ -77,10 +79,8 @@ impl Embedder {
         let tokenizer_path = dir.join("tokenizer.json");
         let mut tokenizer =
             Tokenizer::from_file(&tokenizer_path).map_err(|e| file_error(&tokenizer_path, &e))?;
-        tokenizer.with_padding(Some(PaddingParams {
-            strategy: PaddingStrategy::BatchLongest,
-            ..PaddingParams::default()
-        }));
+        // Rows are padded here (see `embed_padded`), not by the tokenizer file's settings.
+        tokenizer.with_padding(None);
         let truncation = TruncationParams {
             max_length: MAX_TOKENS,
             ..TruncationParams::default()
@@ -95,33 +95,85 @@ impl Embedder {
         })
     }
 
-    /// Embeds `texts` in one batch.
+    /// Embeds `texts` in one batch, each padded to the longest.
     pub fn embed(&self, texts: &[String]) -> Result<Embeddings, EmbedError> {
+        self.embed_padded(texts, Padding::Longest)
+    }
+
+    /// Embeds `texts` with `padding`: `none` runs each text alone (no pad token, one
+    /// forward each), `longest` pads to the longest text, `bucket` to the next power of two
+    /// of it (a few shapes only). Pad positions are masked, so a text's vector is the same.
+    pub fn embed_padded(
+        &self,
+        texts: &[String],
+        padding: Padding,
+    ) -> Result<Embeddings, EmbedError> {
         let encodings = self
             .tokenizer
             .encode_batch(texts.to_vec(), true)
             .map_err(|e| EmbedError::Tokenizer(e.to_string()))?;
-        let rows = |f: fn(&tokenizers::Encoding) -> &[u32]| -> Result<Tensor, EmbedError> {
-            let rows: Vec<Tensor> = encodings
-                .iter()
-                .map(|e| Tensor::new(f(e), &self.device))
-                .collect::<Result<_, _>>()?;
-            Ok(Tensor::stack(&rows, 0)?)
+        let rows: Vec<Row> = encodings.iter().map(Row::of).collect();
+        if padding != Padding::None {
+            return self.forward(&rows, padding);
+        }
+        let mut all = Embeddings::default();
+        for row in rows {
+            let one = self.forward(std::slice::from_ref(&row), Padding::Longest)?;
+            all.vectors.extend(one.vectors);
+            all.tokens_per_input.extend(one.tokens_per_input);
+        }
+        all.tokens = all.tokens_per_input.iter().sum();
+        Ok(all)
+    }
+
+    /// One forward over `rows`, padded to a common length.
+    fn forward(&self, rows: &[Row], padding: Padding) -> Result<Embeddings, EmbedError> {
+        let longest = rows.iter().map(|r| r.ids.len()).max().unwrap_or(0);
+        let len = match padding {
+            Padding::Bucket => longest.next_power_of_two().min(MAX_TOKENS.max(longest)),
+            Padding::None | Padding::Longest => longest,
         };
-        let ids = rows(tokenizers::Encoding::get_ids)?;
-        let types = rows(tokenizers::Encoding::get_type_ids)?;
-        let mask = rows(tokenizers::Encoding::get_attention_mask)?;
+        let stack = |f: fn(&Row) -> &[u32]| -> Result<Tensor, EmbedError> {
+            let padded: Vec<Tensor> = rows
+                .iter()
+                .map(|r| {
+                    let mut v = f(r).to_vec();
+                    v.resize(len, 0);
+                    Tensor::new(v.as_slice(), &self.device)
+                })
+                .collect::<Result<_, _>>()?;
+            Ok(Tensor::stack(&padded, 0)?)
+        };
+        let (ids, types, mask) = (
+            stack(|r| &r.ids)?,
+            stack(|r| &r.types)?,
+            stack(|r| &r.mask)?,
+        );
         let hidden = self.model.forward(&ids, &types, Some(&mask))?;
-        let tokens_per_input: Vec<usize> = (mask.sum(1)?.to_vec1::<u32>()?)
-            .into_iter()
-            .map(|n| n as usize)
-            .collect();
+        let tokens_per_input: Vec<usize> = rows.iter().map(|r| r.ids.len()).collect();
         let vectors = mean_pool_normalised(&hidden, &mask)?.to_vec2::<f32>()?;
         Ok(Embeddings {
             vectors,
             tokens: tokens_per_input.iter().sum(),
             tokens_per_input,
         })
+    }
+}
+
+/// One text's tokens, type ids and attention mask (all ones: no padding yet).
+struct Row {
+    ids: Vec<u32>,
+    types: Vec<u32>,
+    mask: Vec<u32>,
+}
+
+impl Row {
+    fn of(e: &tokenizers::Encoding) -> Self {
+        Self {
+            ids: e.get_ids().to_vec(),
+            types: e.get_type_ids().to_vec(),
+            mask: e.get_attention_mask().to_vec(),
+        }
     }
 }
 

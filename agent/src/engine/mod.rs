@@ -9,6 +9,7 @@ pub mod loaded;
 pub mod model;
 pub mod prefix;
 pub mod prepare;
+pub mod rows;
 pub mod safetensors;
 pub mod sampling;
 pub mod tokenizer;

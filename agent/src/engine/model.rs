@@ -10,6 +10,8 @@ use candle_core::{D, DType, Device, Module, Tensor};
 
 use super::gguf::{GgufHeader, ModelFileError};
 pub use super::kv::KvCache;
+pub use super::rows::{Padding, SeqStep};
+use super::rows::{Rows, Segment};
 
 /// Shape of a llama model, from the GGUF metadata.
 #[derive(Debug, Clone, PartialEq)]
@@ -200,15 +202,6 @@ impl std::fmt::Debug for Llama {
     }
 }
 
-/// One sequence's part of a step: new tokens, appended after what its cache holds.
-#[derive(Debug)]
-pub struct SeqStep<'a> {
-    /// Tokens to process (a prompt chunk, or the last sampled token).
-    pub tokens: &'a [u32],
-    /// The sequence's cache, extended by this step.
-    pub cache: &'a mut KvCache,
-}
-
 /// How weights are held in memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WeightFormat {
@@ -299,7 +292,24 @@ impl Llama {
     /// Runs one step for every sequence in `batch` and returns each one's logits for its
     /// next token, `[batch, vocab]`.
     pub fn step(&self, batch: &mut [SeqStep<'_>]) -> Result<Tensor, ModelError> {
-        let rows = Rows::of(batch, self.config.context, &self.device)?;
+        self.step_padded(batch, Padding::None)
+    }
+
+    /// `step` with the step's rows padded as `padding` says: the pad rows run through the
+    /// projections and the MLP (fixed shapes for the matrix products) but attend to
+    /// nothing, are never cached and give no logits.
+    pub fn step_padded(
+        &self,
+        batch: &mut [SeqStep<'_>],
+        padding: Padding,
+    ) -> Result<Tensor, ModelError> {
+        for seq in batch.iter() {
+            let total = seq.cache.len() + seq.tokens.len();
+            if total > self.config.context {
+                return Err(ModelError::TooLong(total, self.config.context));
+            }
+        }
+        let rows = Rows::of(batch, padding, &self.device)?;
         let ids = Tensor::new(rows.ids.as_slice(), &self.device)?;
         let positions = Tensor::new(rows.positions.as_slice(), &self.device)?;
         let cos = self.cos.index_select(&positions, 0)?;
@@ -363,13 +373,20 @@ impl Llama {
         let q = rope(&heads(0, c.heads)?)?;
         let k = rope(&heads(c.heads, c.kv_heads)?)?;
         let v = heads(c.heads + c.kv_heads, c.kv_heads)?;
-        let mut outputs = Vec::with_capacity(batch.len());
-        for ((seq, &(start, len)), mask) in batch.iter_mut().zip(&rows.spans).zip(&rows.masks) {
+        let mut outputs = Vec::with_capacity(rows.layout.len());
+        for segment in &rows.layout {
+            let (i, start, len) = match *segment {
+                Segment::Pad(n) => {
+                    outputs.push(Tensor::zeros((n, c.heads * hd), h.dtype(), h.device())?);
+                    continue;
+                }
+                Segment::Sequence(i) => (i, rows.spans[i].0, rows.spans[i].1),
+            };
             let q = q.narrow(2, start, len)?.squeeze(0)?;
             let k_new = k.narrow(2, start, len)?.squeeze(0)?;
             let v_new = v.narrow(2, start, len)?.squeeze(0)?;
-            let (k_all, v_all) = seq.cache.append(li, &k_new, &v_new)?;
-            outputs.push(self.attend(&q, &k_all, &v_all, mask.as_ref())?);
+            let (k_all, v_all) = batch[i].cache.append(li, &k_new, &v_new)?;
+            outputs.push(self.attend(&q, &k_all, &v_all, rows.masks[i].as_ref())?);
         }
         Ok(Tensor::cat(&outputs, 0)?)
     }
@@ -401,56 +418,6 @@ impl Llama {
         let y = probs.matmul(v)?.reshape((c.heads, len, hd))?;
         Ok(y.transpose(0, 1)?.reshape((len, c.heads * hd))?)
     }
-}
-
-/// The flattened rows of a step.
-struct Rows {
-    ids: Vec<u32>,
-    positions: Vec<u32>,
-    /// Per sequence: first row and number of rows.
-    spans: Vec<(usize, usize)>,
-    /// Per sequence: its causal mask when it feeds more than one row (built once per step,
-    /// shared by every layer).
-    masks: Vec<Option<Tensor>>,
-    last_rows: Vec<u32>,
-}
-
-impl Rows {
-    fn of(batch: &[SeqStep<'_>], context: usize, device: &Device) -> Result<Self, ModelError> {
-        let mut rows = Rows {
-            ids: Vec::new(),
-            positions: Vec::new(),
-            spans: Vec::new(),
-            masks: Vec::new(),
-            last_rows: Vec::new(),
-        };
-        for seq in batch {
-            let (start, past, len) = (rows.ids.len(), seq.cache.len(), seq.tokens.len());
-            if past + len > context {
-                return Err(ModelError::TooLong(past + len, context));
-            }
-            rows.ids.extend_from_slice(seq.tokens);
-            rows.positions.extend((past..past + len).map(|p| p as u32));
-            rows.spans.push((start, len));
-            rows.masks.push(if len > 1 {
-                Some(causal_mask(len, past, device)?)
-            } else {
-                None
-            });
-            rows.last_rows.push((start + len).saturating_sub(1) as u32);
-        }
-        Ok(rows)
-    }
-}
-
-/// `-inf` where a query row may not see a key column: row j (position past+j) sees keys
-/// 0..=past+j.
-fn causal_mask(len: usize, past: usize, device: &Device) -> Result<Tensor, ModelError> {
-    let total = past + len;
-    let mask: Vec<f32> = (0..len)
-        .flat_map(|j| (0..total).map(move |l| if l > past + j { f32::NEG_INFINITY } else { 0.0 }))
-        .collect();
-    Ok(Tensor::from_vec(mask, (len, total), device)?)
 }
 
 fn rope_tables(c: &LlamaConfig, device: &Device) -> Result<(Tensor, Tensor), ModelError> {

@@ -340,7 +340,7 @@ impl Batcher {
             return false;
         }
         let started = Instant::now();
-        let logits = self.model.step(&mut steps);
+        let logits = self.model.step_padded(&mut steps, self.config.padding);
         drop(steps);
         if let Some(slo) = &mut self.slo {
             slo.step(decoding, started.elapsed());

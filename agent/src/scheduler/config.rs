@@ -7,6 +7,7 @@ use super::adaptive::SloTargets;
 use super::blocks::PrefixStats;
 use super::queue::QueueFull;
 use super::strategy::Strategy;
+use crate::engine::rows::Padding;
 
 /// Limits of the loop.
 #[derive(Debug, Clone, Copy)]
@@ -30,6 +31,8 @@ pub struct BatcherConfig {
     pub prefix_caching: bool,
     /// What `adaptive` steers the batch size and the wait towards.
     pub slo: SloTargets,
+    /// How the rows of a step are padded.
+    pub padding: Padding,
 }
 
 /// The engine's load, published after every iteration.

@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::engine::embed::{EmbedError, Embedder, Embeddings};
+use crate::engine::rows::Padding;
 
 /// Most inputs in one forward pass.
 pub const MAX_BATCH_INPUTS: usize = 64;
@@ -41,11 +42,12 @@ pub enum EmbedSubmitError {
 
 impl EmbedHandle {
     /// Starts the loop on a thread of its own, owning `embedder`.
-    pub fn start(embedder: Embedder) -> Self {
+    pub fn start(embedder: Embedder, padding: Padding) -> Self {
         let (submit, jobs) = mpsc::channel(QUEUE);
         let forwards = Arc::new(AtomicU64::new(0));
         let counted = Arc::clone(&forwards);
-        std::thread::spawn(move || run(&embedder, jobs, &counted));
+        let model = Model { embedder, padding };
+        std::thread::spawn(move || run(&model, jobs, &counted));
         Self { submit, forwards }
     }
 
@@ -66,7 +68,19 @@ impl EmbedHandle {
     }
 }
 
-fn run(embedder: &Embedder, mut jobs: mpsc::Receiver<Job>, forwards: &AtomicU64) {
+/// The embedding model and how its batches are padded.
+struct Model {
+    embedder: Embedder,
+    padding: Padding,
+}
+
+impl Model {
+    fn embed(&self, texts: &[String]) -> Result<Embeddings, EmbedError> {
+        self.embedder.embed_padded(texts, self.padding)
+    }
+}
+
+fn run(embedder: &Model, mut jobs: mpsc::Receiver<Job>, forwards: &AtomicU64) {
     while let Some(first) = jobs.blocking_recv() {
         let mut batch = vec![first];
         let mut inputs = batch[0].texts.len();

@@ -25,6 +25,7 @@ use crate::config::AgentConfig;
 use crate::engine::embed::Embedder;
 use crate::engine::kv::BlockBudget;
 use crate::engine::load::{LoadedModel, load};
+use crate::engine::rows::Padding;
 use crate::engine::sampling::SamplingParams;
 use crate::generation::{GenerationEvent, GenerationRequest, Priority};
 use crate::gpu::Inventory;
@@ -240,7 +241,7 @@ async fn load_and_warm_inner(
     let loaded: LoadedModel =
         tokio::task::spawn_blocking(move || load(&path, format, template.as_deref(), &dev))
             .await??;
-    let embedder = load_embedder(args, &device).await?;
+    let embedder = load_embedder(args, &device, config.batching.padding).await?;
     let budget = kv_budget(&loaded, args, &device);
     let engine = EngineHandle::start(loaded.model.clone(), config.batcher(budget.total()));
     let context = loaded.model.config.context.min(budget.capacity_tokens());
@@ -260,6 +261,7 @@ async fn load_and_warm_inner(
 async fn load_embedder(
     args: &ServeArgs,
     device: &Device,
+    padding: Padding,
 ) -> anyhow::Result<Option<(String, EmbedHandle)>> {
     let Some(dir) = args.embedding_model.clone() else {
         return Ok(None);
@@ -271,7 +273,7 @@ async fn load_embedder(
     });
     let dev = device.clone();
     let embedder = tokio::task::spawn_blocking(move || Embedder::load(&dir, &dev)).await??;
-    Ok(Some((name, EmbedHandle::start(embedder))))
+    Ok(Some((name, EmbedHandle::start(embedder, padding))))
 }
 
 const DEFAULT_CPU_KV_BYTES: u64 = 1 << 30;

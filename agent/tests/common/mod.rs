@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use candle_core::Device;
 use inferpool_agent::engine::gguf::GgufHeader;
-use inferpool_agent::engine::model::{Llama, WeightFormat};
+use inferpool_agent::engine::model::{Llama, Padding, WeightFormat};
 use inferpool_agent::engine::sampling::SamplingParams;
 use inferpool_agent::engine::tokenizer::ModelTokenizer;
 use inferpool_agent::generation::{GenerationEvent, GenerationRequest, Priority};
@@ -77,4 +77,5 @@ pub const CONFIG: BatcherConfig = BatcherConfig {
         ttft: None,
         time_per_token: None,
     },
+    padding: Padding::None,
 };
