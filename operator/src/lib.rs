@@ -5,6 +5,7 @@ pub mod api;
 pub mod controller;
 pub mod crd;
 pub mod gateway;
+pub mod gateway_run;
 pub mod leader;
 pub mod local;
 pub mod manifest;

@@ -21,15 +21,21 @@ struct Cli {
 enum Command {
     /// Print the InferencePool CustomResourceDefinition as YAML.
     Crd,
-    /// Run the operator against the cluster of the current kubeconfig or service account.
+    /// Run the controller against the cluster of the current kubeconfig or service account
+    /// (one replica leads through a Lease and reconciles; the others stand by).
     Run(Box<RunArgs>),
-    /// Print the operator's ClusterRole and (leader Lease) Role as YAML.
+    /// Serve the gateway (the pools' OpenAI endpoint) for the pools of the cluster: the
+    /// data plane alone, every replica serving, no lease.
+    Gateway(Box<GatewayArgs>),
+    /// Print the controller's ClusterRole and (leader Lease) Role and the gateway's
+    /// ClusterRole as YAML.
     Rbac {
         /// The operator's namespace, for the Role.
         #[arg(long, default_value = "inferpool-system")]
         namespace: String,
-        /// Print only the rules of one role (`cluster` or `lease`), as the chart includes them.
-        #[arg(long, value_parser = ["cluster", "lease"])]
+        /// Print only the rules of one role (`cluster` or `lease` of the controller,
+        /// `gateway`), as the chart includes them.
+        #[arg(long, value_parser = ["cluster", "lease", "gateway"])]
         rules_of: Option<String>,
     },
     /// Run the pools of a manifest on this machine without Kubernetes: agents on
@@ -45,9 +51,6 @@ enum Command {
 
 #[derive(Debug, clap::Args)]
 struct RunArgs {
-    /// Run the controller (reconcile InferencePools into agents) while this replica leads.
-    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, env = "INFERPOOL_CONTROLLER")]
-    controller: bool,
     /// Agent image for CPU pools.
     #[arg(
         long,
@@ -68,23 +71,13 @@ struct RunArgs {
     /// Memory for agents of pools that set none (e.g. `4Gi`).
     #[arg(long, env = "INFERPOOL_AGENT_DEFAULT_MEMORY")]
     agent_default_memory: Option<String>,
-    /// Give each pool's agents a NetworkPolicy that admits gRPC only from the operator's
-    /// pods (in the lease namespace, i.e. the operator's own).
+    /// Give each pool's agents a NetworkPolicy that admits gRPC only from the gateway's
+    /// pods (in the lease namespace, i.e. the release's own).
     #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
     agent_network_policy: bool,
     /// Base URL of the gateway that serves the pools, written to `status.endpoint`.
     #[arg(long, env = "INFERPOOL_GATEWAY_URL")]
     gateway_url: Option<String>,
-    /// Address of the gateway (the pools' OpenAI endpoint), served by every replica.
-    #[arg(long, env = "INFERPOOL_GATEWAY_ADDR", default_value = "0.0.0.0:8000")]
-    gateway_addr: std::net::SocketAddr,
-    /// Longest a request waits at the gateway for a free agent before a 429.
-    #[arg(long, default_value_t = 10)]
-    gateway_queue_wait_seconds: u64,
-    /// Gateway listening sockets, one accept loop each (default: one per CPU the operator
-    /// may use).
-    #[arg(long, env = "INFERPOOL_GATEWAY_WORKERS")]
-    gateway_workers: Option<usize>,
     /// Address of /healthz, /readyz and /metrics.
     #[arg(long, env = "INFERPOOL_HEALTH_ADDR", default_value = "0.0.0.0:8081")]
     health_addr: std::net::SocketAddr,
@@ -100,6 +93,23 @@ struct RunArgs {
     /// This replica's identity in the Lease (defaults to the pod name, else host-pid).
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
+struct GatewayArgs {
+    /// Address of the gateway (the pools' OpenAI endpoint and the gateway's /metrics).
+    #[arg(long, env = "INFERPOOL_GATEWAY_ADDR", default_value = "0.0.0.0:8000")]
+    gateway_addr: std::net::SocketAddr,
+    /// Address of /healthz and /readyz (ready once the pools and agents are listed).
+    #[arg(long, env = "INFERPOOL_HEALTH_ADDR", default_value = "0.0.0.0:8081")]
+    health_addr: std::net::SocketAddr,
+    /// Longest a request waits at the gateway for a free agent before a 429.
+    #[arg(long, default_value_t = 10)]
+    gateway_queue_wait_seconds: u64,
+    /// Gateway listening sockets, one accept loop each (default: one per CPU the process
+    /// may use).
+    #[arg(long, env = "INFERPOOL_GATEWAY_WORKERS")]
+    gateway_workers: Option<usize>,
     #[command(flatten)]
     http: inferpool_operator::gateway::http::limits::HttpSettings,
 }
@@ -107,6 +117,7 @@ struct RunArgs {
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Run(args) => run(*args)?,
+        Command::Gateway(args) => gateway(*args)?,
         Command::Local(args) => local(*args)?,
         Command::Crd => {
             let yaml = inferpool_operator::crd::crd_yaml()?;
@@ -122,10 +133,11 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn print_rbac(namespace: &str, rules_of: Option<&str>) -> anyhow::Result<()> {
-    use inferpool_operator::rbac::{rbac_yaml, rules_yaml};
+    use inferpool_operator::rbac::{Rules, rbac_yaml, rules_yaml};
     let text = match rules_of {
-        Some("cluster") => rules_yaml()?.0,
-        Some(_) => rules_yaml()?.1,
+        Some("cluster") => rules_yaml(Rules::Controller)?,
+        Some("lease") => rules_yaml(Rules::Lease)?,
+        Some(_) => rules_yaml(Rules::Gateway)?,
         None => rbac_yaml(namespace)?,
     };
     print!("{text}");
@@ -146,16 +158,42 @@ fn validate(files: &[PathBuf]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Logs to stderr, filtered by RUST_LOG (default info); JSON lines in a cluster.
+fn init_tracing(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        logs.json().init();
+    } else {
+        logs.init();
+    }
+}
+
 #[tokio::main]
 async fn local(args: inferpool_operator::local::LocalArgs) -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    init_tracing(false);
     inferpool_operator::local::run_local(args).await
+}
+
+#[tokio::main]
+async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
+    init_tracing(true);
+    let client = kube::Client::try_default()
+        .await
+        .context("connecting to the API server")?;
+    let config = inferpool_operator::gateway_run::GatewayConfig {
+        addr: args.gateway_addr,
+        health_addr: args.health_addr,
+        queue_wait: std::time::Duration::from_secs(args.gateway_queue_wait_seconds),
+        workers: args
+            .gateway_workers
+            .unwrap_or_else(inferpool_protocol::listen::default_workers),
+        http: args.http,
+    };
+    inferpool_operator::gateway_run::serve(client, config).await
 }
 
 #[tokio::main]
@@ -164,20 +202,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     use inferpool_operator::controller::run::ControllerSettings;
     use inferpool_operator::leader::LeaseSettings;
     use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .json()
-        .with_writer(std::io::stderr)
-        .init();
+    init_tracing(true);
     let client = kube::Client::try_default()
         .await
         .context("connecting to the API server")?;
     let identity = args.identity.unwrap_or_else(default_identity);
     let config = inferpool_operator::run::RunConfig {
-        controller: args.controller,
         settings: ControllerSettings {
             images: AgentImages {
                 cpu: args.agent_image,
@@ -199,12 +229,6 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             duration: std::time::Duration::from_secs(args.lease_duration_seconds),
         },
         health_addr: args.health_addr,
-        gateway_addr: Some(args.gateway_addr),
-        gateway_queue_wait: std::time::Duration::from_secs(args.gateway_queue_wait_seconds),
-        gateway_workers: args
-            .gateway_workers
-            .unwrap_or_else(inferpool_protocol::listen::default_workers),
-        gateway_http: args.http,
     };
     inferpool_operator::run::run(client, config).await
 }

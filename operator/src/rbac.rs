@@ -1,11 +1,16 @@
-//! The exact permissions the operator needs, written once: `inferpool-operator rbac` prints
-//! them, the chart ships them, and an e2e test runs the operator with nothing more.
+//! The exact permissions the controller and the gateway need, written once:
+//! `inferpool-operator rbac` prints them, the chart ships them (one ServiceAccount per
+//! Deployment), and e2e tests run each with nothing more.
 
 use k8s_openapi::api::rbac::v1::{ClusterRole, PolicyRule, Role};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
-/// Name of the operator's ClusterRole, Role and ServiceAccount.
+/// Name of the controller's ClusterRole, Role and ServiceAccount.
 pub const NAME: &str = "inferpool-operator";
+/// Name of the gateway's ClusterRole and ServiceAccount.
+pub const GATEWAY_NAME: &str = "inferpool-gateway";
+
+const WATCH: [&str; 3] = ["get", "list", "watch"];
 
 fn rule(group: &str, resources: &[&str], verbs: &[&str]) -> PolicyRule {
     PolicyRule {
@@ -16,9 +21,8 @@ fn rule(group: &str, resources: &[&str], verbs: &[&str]) -> PolicyRule {
     }
 }
 
-/// Cluster-wide rules: pools in every namespace and the children the controller owns.
+/// The controller's cluster-wide rules: pools in every namespace and the children it owns.
 pub fn cluster_role() -> ClusterRole {
-    const WATCH: [&str; 3] = ["get", "list", "watch"];
     const APPLY: [&str; 5] = ["get", "list", "watch", "create", "patch"];
     ClusterRole {
         metadata: ObjectMeta {
@@ -44,15 +48,29 @@ pub fn cluster_role() -> ClusterRole {
             ),
             rule("networking.k8s.io", &["networkpolicies"], &APPLY),
             rule("", &["pods"], &WATCH),
-            // The gateway finds each pool's agents through their Service's EndpointSlices.
-            rule("discovery.k8s.io", &["endpointslices"], &WATCH),
             rule("events.k8s.io", &["events"], &["create", "patch"]),
         ]),
         ..ClusterRole::default()
     }
 }
 
-/// Rules in the operator's own namespace: the leader Lease.
+/// The gateway's rules: it only reads pools and the EndpointSlices of their agents, in
+/// every namespace (it serves the pools of all of them).
+pub fn gateway_role() -> ClusterRole {
+    ClusterRole {
+        metadata: ObjectMeta {
+            name: Some(GATEWAY_NAME.to_owned()),
+            ..ObjectMeta::default()
+        },
+        rules: Some(vec![
+            rule("inferpool.dev", &["inferencepools"], &WATCH),
+            rule("discovery.k8s.io", &["endpointslices"], &WATCH),
+        ]),
+        ..ClusterRole::default()
+    }
+}
+
+/// Rules in the controller's own namespace: the leader Lease.
 pub fn lease_role(namespace: &str) -> Role {
     Role {
         metadata: ObjectMeta {
@@ -68,19 +86,34 @@ pub fn lease_role(namespace: &str) -> Role {
     }
 }
 
-/// Just the rules of the ClusterRole and of the Role, as YAML lists (the chart includes
-/// them into its own templated roles).
-pub fn rules_yaml() -> Result<(String, String), serde_saphyr::SerializeError> {
-    let cluster = serde_saphyr::to_string(&cluster_role().rules.unwrap_or_default())?;
-    let lease = serde_saphyr::to_string(&lease_role("").rules.unwrap_or_default())?;
-    Ok((cluster, lease))
+/// One role's set of rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rules {
+    /// The controller's ClusterRole.
+    Controller,
+    /// The controller's Role (leader Lease).
+    Lease,
+    /// The gateway's ClusterRole.
+    Gateway,
 }
 
-/// Both roles as one YAML stream.
+/// Just the rules of one role, as a YAML list (the chart includes them into its own
+/// templated roles).
+pub fn rules_yaml(of: Rules) -> Result<String, serde_saphyr::SerializeError> {
+    let rules = match of {
+        Rules::Controller => cluster_role().rules,
+        Rules::Lease => lease_role("").rules,
+        Rules::Gateway => gateway_role().rules,
+    };
+    serde_saphyr::to_string(&rules.unwrap_or_default())
+}
+
+/// Every role as one YAML stream.
 pub fn rbac_yaml(namespace: &str) -> Result<String, serde_saphyr::SerializeError> {
     let cluster = serde_saphyr::to_string(&with_kind(cluster_role(), "ClusterRole"))?;
     let role = serde_saphyr::to_string(&with_kind(lease_role(namespace), "Role"))?;
-    Ok(format!("---\n{cluster}---\n{role}"))
+    let gateway = serde_saphyr::to_string(&with_kind(gateway_role(), "ClusterRole"))?;
+    Ok(format!("---\n{cluster}---\n{role}---\n{gateway}"))
 }
 
 fn with_kind<T: serde::Serialize>(object: T, kind: &str) -> serde_json::Value {
@@ -96,8 +129,8 @@ mod tests {
 
     #[test]
     fn no_wildcards_and_no_secrets() {
-        let role = cluster_role();
-        for rule in role.rules.unwrap_or_default() {
+        let rules = [cluster_role().rules, gateway_role().rules];
+        for rule in rules.into_iter().flatten().flatten() {
             assert!(!rule.verbs.iter().any(|v| v == "*"));
             let resources = rule.resources.unwrap_or_default();
             assert!(!resources.iter().any(|r| r == "*" || r == "secrets"));
@@ -109,5 +142,13 @@ mod tests {
         let yaml = rbac_yaml("ops").unwrap();
         assert!(yaml.contains("kind: ClusterRole") && yaml.contains("kind: Role"));
         assert!(yaml.contains("namespace: ops"));
+        assert!(yaml.contains(&format!("name: {GATEWAY_NAME}")));
+    }
+
+    #[test]
+    fn the_gateway_only_reads() {
+        for rule in gateway_role().rules.unwrap_or_default() {
+            assert_eq!(rule.verbs, WATCH);
+        }
     }
 }

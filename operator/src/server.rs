@@ -1,8 +1,10 @@
 //! The operator's own HTTP endpoints: `/healthz`, `/readyz` and `/metrics`.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use anyhow::Context as _;
 use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
@@ -15,8 +17,24 @@ use prometheus_client::registry::Registry;
 pub struct HealthState {
     /// Prometheus registry of every metric of the process.
     pub registry: Registry,
-    /// Set once the process is initialised (connected, lease loop running).
-    pub ready: AtomicBool,
+    /// Set once the process is initialised (controller: connected, lease loop running;
+    /// gateway: pools and agents listed).
+    pub ready: Arc<AtomicBool>,
+}
+
+/// Serves `/healthz`, `/readyz` (as `ready` says) and `/metrics` of `registry` on `addr`.
+pub async fn serve_health(
+    addr: SocketAddr,
+    registry: Registry,
+    ready: Arc<AtomicBool>,
+) -> anyhow::Result<()> {
+    let health = Arc::new(HealthState { registry, ready });
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding {addr}"))?;
+    tracing::info!(addr = %listener.local_addr()?, "health and metrics endpoints listening");
+    tokio::spawn(axum::serve(listener, router(health)).into_future());
+    Ok(())
 }
 
 /// The router for the health and metrics endpoints.

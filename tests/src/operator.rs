@@ -1,4 +1,5 @@
-//! A real `inferpool-operator run` process for tests, killed when dropped.
+//! Real `inferpool-operator run` (controller) and `inferpool-operator gateway` processes
+//! for tests, killed when dropped.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -28,7 +29,8 @@ impl Drop for OperatorProcess {
 }
 
 impl OperatorProcess {
-    /// Starts the controller only (no gateway), competing for a 5 s lease in `lease_ns`.
+    /// Starts the controller (`run` serves no gateway), competing for a 5 s lease in
+    /// `lease_ns`.
     pub fn spawn(kubeconfig: &Path, identity: &str, lease_ns: &str) -> anyhow::Result<Self> {
         let health = free_port()?;
         let log =
@@ -42,7 +44,6 @@ impl OperatorProcess {
                 lease_ns,
             ])
             .args(["--lease-duration-seconds", "5", "--identity", identity])
-            .args(["--gateway-addr", "127.0.0.1:0"])
             .arg("--agent-network-policy=true")
             .args(["--agent-image", "registry.invalid/agent:cpu"])
             .args(["--agent-cuda-image", "registry.invalid/agent:cuda"])
@@ -77,6 +78,63 @@ impl OperatorProcess {
     pub fn refused_as(&self, user: &str) -> bool {
         self.log_text()
             .contains(&format!("User \\\"{user}\\\" cannot"))
+    }
+
+    /// Its log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// A running `inferpool-operator gateway` process on loopback.
+#[derive(Debug)]
+pub struct GatewayProcess {
+    /// The process.
+    pub child: Child,
+    /// Its gateway address (OpenAI API, /metrics).
+    pub addr: SocketAddr,
+    /// Its /healthz and /readyz address.
+    pub health: SocketAddr,
+    /// Its log file (JSON lines on stderr).
+    pub log: PathBuf,
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl GatewayProcess {
+    /// Starts a gateway of the pools of the cluster of `kubeconfig`.
+    pub fn spawn(kubeconfig: &Path, name: &str) -> anyhow::Result<Self> {
+        let (addr, health) = (free_port()?, free_port()?);
+        let log = std::env::temp_dir().join(format!("inferpool-{name}-{}.log", std::process::id()));
+        let child = Command::new(operator_binary()?)
+            .args(["gateway", "--gateway-addr", &addr.to_string()])
+            .args([
+                "--health-addr",
+                &health.to_string(),
+                "--gateway-workers",
+                "1",
+            ])
+            .env("KUBECONFIG", kubeconfig)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log)?)
+            .spawn()?;
+        Ok(Self {
+            child,
+            addr,
+            health,
+            log,
+        })
+    }
+
+    /// Whether /readyz says it has listed the pools and their agents.
+    pub fn ready(&self) -> bool {
+        get(self.health, "/readyz").is_ok_and(|(code, _)| code == 200)
     }
 
     /// Its log so far.

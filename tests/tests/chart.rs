@@ -1,13 +1,19 @@
 //! The Helm chart against the real test control plane: lint and render with every values
-//! file, server-side validation, install, an operator running with exactly the chart's
-//! RBAC, upgrade, uninstall; and the images it names match the Dockerfiles.
+//! file, server-side validation, install of both Deployments, a gateway and a controller
+//! each running with exactly the chart's RBAC for its own ServiceAccount (the gateway
+//! reaching a real agent), upgrade, uninstall; and the images it names match the
+//! Dockerfiles.
 
 use std::time::Duration;
 
+use inferpool_e2e::agent::{AgentProcess, MODEL};
 use inferpool_e2e::cluster::cluster;
-use inferpool_e2e::operator::OperatorProcess;
+use inferpool_e2e::http::post_json;
+use inferpool_e2e::netns::NetNs;
+use inferpool_e2e::operator::{GatewayProcess, OperatorProcess};
 use inferpool_e2e::parts::{operator_binary, repo_root};
 use inferpool_e2e::pools::until_ready;
+use inferpool_e2e::wait::wait_until;
 use inferpool_operator::api::InferencePool;
 use inferpool_operator::controller::names;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
@@ -197,9 +203,16 @@ async fn install_reconcile_upgrade_and_uninstall() -> anyhow::Result<()> {
     ])?;
     let client = c.client().await?;
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns.name());
-    let d = deployments.get(&name).await?;
-    assert_eq!(d.status.and_then(|s| s.ready_replicas), Some(2));
+    for deployment in [name.clone(), format!("{name}-gateway")] {
+        let d = deployments.get(&deployment).await?;
+        assert_eq!(
+            d.status.and_then(|s| s.ready_replicas),
+            Some(2),
+            "{deployment}"
+        );
+    }
     c.kubectl(&["get", "crd", "inferencepools.inferpool.dev"])?;
+    gateway_with_the_charts_rbac_reaches_a_pool(c, ns.name(), &format!("{name}-gateway")).await?;
 
     // An operator with exactly the chart's RBAC reconciles the minimal example.
     let user = format!("system:serviceaccount:{}:{name}", ns.name());
@@ -253,14 +266,17 @@ async fn install_reconcile_upgrade_and_uninstall() -> anyhow::Result<()> {
         "--timeout",
         "90s",
     ])?;
-    let sets = Api::<ReplicaSet>::namespaced(client.clone(), ns.name())
-        .list(&ListParams::default().labels(&format!("app.kubernetes.io/instance={release}")))
-        .await?;
-    assert_eq!(
-        sets.items.len(),
-        2,
-        "an upgrade with new values makes a new ReplicaSet"
-    );
+    for app in ["inferpool-operator", "inferpool-gateway"] {
+        let selector = format!("app.kubernetes.io/instance={release},app.kubernetes.io/name={app}");
+        let sets = Api::<ReplicaSet>::namespaced(client.clone(), ns.name())
+            .list(&ListParams::default().labels(&selector))
+            .await?;
+        assert_eq!(
+            sets.items.len(),
+            2,
+            "an upgrade with new values makes a new ReplicaSet of {app}"
+        );
+    }
 
     // Uninstall leaves no operator object behind; the CRD stays, as Helm does.
     c.helm(&["uninstall", &release, "-n", ns.name(), "--wait"])?;
@@ -290,6 +306,57 @@ async fn install_reconcile_upgrade_and_uninstall() -> anyhow::Result<()> {
     );
     c.kubectl(&["get", "crd", "inferencepools.inferpool.dev"])?;
     std::fs::remove_file(kubeconfig)?;
+    Ok(())
+}
+
+/// A gateway process acting as the chart's gateway ServiceAccount serves a pool whose
+/// agent Service's slice points at a real agent (in a network namespace of this test: no
+/// controller runs yet, so no fake agents exist that it could try to dial).
+async fn gateway_with_the_charts_rbac_reaches_a_pool(
+    c: &'static inferpool_e2e::cluster::Cluster,
+    release_ns: &str,
+    account: &str,
+) -> anyhow::Result<()> {
+    let netns = NetNs::create()?;
+    let agent = AgentProcess::start_in(&netns, serde_json::json!({})).await?;
+    let ns = c.namespace("helm-gateway")?;
+    let pool = format!(
+        "apiVersion: inferpool.dev/v1alpha1\nkind: InferencePool\nmetadata: {{name: gpool}}\n\
+         spec: {{model: {{servedName: {MODEL}}}}}\n"
+    );
+    c.kubectl_stdin(&["apply", "-n", ns.name(), "-f", "-"], &pool)?;
+    let slice = serde_json::json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": "gpool-agent-test", "labels": {
+            "kubernetes.io/service-name": "gpool-agent", "app.kubernetes.io/name": "inferpool-agent"}},
+        "addressType": "IPv4",
+        "ports": [{"name": "grpc", "port": agent.grpc.port()}, {"name": "http", "port": agent.http.port()}],
+        "endpoints": [{"addresses": [netns.inner.to_string()], "conditions": {"ready": true}}],
+    });
+    c.kubectl_stdin(&["apply", "-n", ns.name(), "-f", "-"], &slice.to_string())?;
+    let user = format!("system:serviceaccount:{release_ns}:{account}");
+    let kubeconfig = c.impersonating(
+        &user,
+        &format!("{account}-{}.kubeconfig", std::process::id()),
+    )?;
+    let gateway = GatewayProcess::spawn(&kubeconfig, account)?;
+    let body = serde_json::json!({"model": MODEL, "max_tokens": 3,
+        "messages": [{"role": "user", "content": "hi"}]});
+    let answered = wait_until(Duration::from_secs(60), || async {
+        let ok =
+            post_json(gateway.addr, "/v1/chat/completions", &body).is_ok_and(|r| r.status == 200);
+        (ok && gateway.ready()).then_some(())
+    })
+    .await;
+    let log = gateway.log_text();
+    drop(gateway);
+    std::fs::remove_file(kubeconfig)?;
+    answered.map_err(|e| anyhow::anyhow!("{e}; gateway log:\n{log}"))?;
+    assert!(
+        !log.contains("forbidden"),
+        "the chart's RBAC refused the gateway:\n{log}"
+    );
+    c.kubectl(&["delete", "inferencepool", "gpool", "-n", ns.name()])?;
     Ok(())
 }
 

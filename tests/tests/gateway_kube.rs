@@ -23,7 +23,10 @@ fn slice(ns: &str, ip: &str, agent: &AgentProcess, ready: bool) -> String {
     json!({
         "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
         "metadata": {"name": "kpool-agent-test", "namespace": ns,
-            "labels": {"kubernetes.io/service-name": "kpool-agent"}},
+            // The EndpointSlice controller copies the Service's labels, the agent label
+            // among them: discovery watches only slices that carry it.
+            "labels": {"kubernetes.io/service-name": "kpool-agent",
+                "app.kubernetes.io/name": "inferpool-agent"}},
         "addressType": "IPv4",
         "ports": [{"name": "grpc", "port": agent.grpc.port(), "protocol": "TCP"},
             {"name": "http", "port": agent.http.port(), "protocol": "TCP"}],
@@ -52,11 +55,20 @@ async fn the_gateway_follows_a_pools_endpoint_slices_to_a_real_agent() -> anyhow
 
     let gateway = Gateway::new();
     let client = cluster.client().await?;
+    let synced = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let discovery = discovery::KubernetesDiscovery {
         client,
         queue_wait: Duration::from_secs(1),
+        synced: synced.clone(),
     };
     let discovering = tokio::spawn(discovery.run(gateway.clone()));
+    // Readiness of a gateway replica: both kinds listed.
+    wait_until(Duration::from_secs(60), || async {
+        synced
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .then_some(())
+    })
+    .await?;
     // Served as `inferpool-operator run` serves it: by the gateway's worker threads.
     let bound = WorkerSockets::bind(SocketAddr::from(([127, 0, 0, 1], 0)), 2)?;
     let addr = bound.addr();

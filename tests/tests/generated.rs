@@ -22,15 +22,17 @@ fn the_chart_carries_the_generated_crd_and_rbac_rules() -> anyhow::Result<()> {
         read("crds/inferencepools.inferpool.dev.yaml")? == crd_yaml()?,
         "chart CRD is stale: run `{REGENERATE}`"
     );
-    let (cluster, lease) = inferpool_operator::rbac::rules_yaml()?;
-    assert!(
-        read("files/clusterrole-rules.yaml")? == cluster,
-        "chart ClusterRole rules are stale: run `{REGENERATE}`"
-    );
-    assert!(
-        read("files/lease-role-rules.yaml")? == lease,
-        "chart Role rules are stale: run `{REGENERATE}`"
-    );
+    use inferpool_operator::rbac::{Rules, rules_yaml};
+    for (file, rules) in [
+        ("files/clusterrole-rules.yaml", Rules::Controller),
+        ("files/lease-role-rules.yaml", Rules::Lease),
+        ("files/gateway-clusterrole-rules.yaml", Rules::Gateway),
+    ] {
+        assert!(
+            read(file)? == rules_yaml(rules)?,
+            "chart {file} is stale: run `{REGENERATE}`"
+        );
+    }
     Ok(())
 }
 

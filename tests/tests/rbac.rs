@@ -1,6 +1,7 @@
 //! The operator runs with exactly the RBAC it declares (`inferpool-operator rbac`): a real
 //! operator process impersonates its ServiceAccount bound to those roles and nothing else,
-//! and still reconciles pools fully (children, status, PDB removal, events, lease).
+//! and still reconciles pools fully (children, status, PDB removal, events, lease). The
+//! gateway's ServiceAccount may read pools and EndpointSlices and nothing else.
 
 use std::time::Duration;
 
@@ -10,7 +11,7 @@ use inferpool_e2e::operator::OperatorProcess;
 use inferpool_e2e::pools::{condition, until_ready};
 use inferpool_e2e::wait::wait_until;
 use inferpool_operator::api::InferencePool;
-use inferpool_operator::rbac::{NAME, rbac_yaml};
+use inferpool_operator::rbac::{GATEWAY_NAME, NAME, rbac_yaml};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::Api;
 
@@ -51,6 +52,7 @@ async fn the_operator_needs_nothing_beyond_its_declared_rbac() -> anyhow::Result
             .trim(),
         ""
     );
+    the_gateway_may_read_pools_and_slices_only(c, op_ns.name())?;
 
     // A kubeconfig that acts as the ServiceAccount.
     let file = format!("inferpool-rbac-{}.kubeconfig", std::process::id());
@@ -107,5 +109,52 @@ async fn the_operator_needs_nothing_beyond_its_declared_rbac() -> anyhow::Result
     );
     c.kubectl(&["delete", "clusterrolebinding", &binding])?;
     std::fs::remove_file(path)?;
+    Ok(())
+}
+
+/// `kubectl auth can-i` as the gateway's ServiceAccount, bound to its declared ClusterRole.
+fn the_gateway_may_read_pools_and_slices_only(
+    c: &'static inferpool_e2e::cluster::Cluster,
+    ns: &str,
+) -> anyhow::Result<()> {
+    c.kubectl(&["create", "serviceaccount", GATEWAY_NAME, "-n", ns])?;
+    let binding = format!("{GATEWAY_NAME}-{ns}");
+    let subject = format!("{ns}:{GATEWAY_NAME}");
+    let args = ["--clusterrole", GATEWAY_NAME, "--serviceaccount", &subject];
+    c.kubectl(&[&["create", "clusterrolebinding", &binding][..], &args[..]].concat())?;
+    let user = format!("system:serviceaccount:{ns}:{GATEWAY_NAME}");
+    // can-i prints yes or no (and exits 1 on no).
+    let can = |verb: &str, resource: &str| -> anyhow::Result<bool> {
+        let out = c
+            .tool("kubectl")
+            .args(["auth", "can-i", verb, resource, "-A", "--as", &user])
+            .output()?;
+        Ok(String::from_utf8_lossy(&out.stdout).trim() == "yes")
+    };
+    for resource in [
+        "endpointslices.discovery.k8s.io",
+        "inferencepools.inferpool.dev",
+    ] {
+        for verb in ["get", "list", "watch"] {
+            assert!(
+                can(verb, resource)?,
+                "the gateway may not {verb} {resource}"
+            );
+        }
+        assert!(
+            !can("create", resource)?,
+            "the gateway may create {resource}"
+        );
+    }
+    for (verb, resource) in [
+        ("create", "deployments.apps"),
+        ("list", "pods"),
+        ("list", "secrets"),
+        ("patch", "inferencepools.inferpool.dev/status"),
+        ("create", "leases.coordination.k8s.io"),
+    ] {
+        assert!(!can(verb, resource)?, "the gateway may {verb} {resource}");
+    }
+    c.kubectl(&["delete", "clusterrolebinding", &binding])?;
     Ok(())
 }

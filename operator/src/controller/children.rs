@@ -89,21 +89,21 @@ pub fn pod_disruption_budget(pool: &InferencePool) -> Option<PodDisruptionBudget
 }
 
 /// A NetworkPolicy for the pool's agents: gRPC (streamed generation, load reports, drain)
-/// only from the operator's pods, where the gateway runs; the HTTP port (OpenAI API, which
+/// only from the gateway's pods (the controller never dials agents); the HTTP port (OpenAI API, which
 /// the gateway also uses for whole answers; probes, metrics) stays open.
-pub fn network_policy(pool: &InferencePool, operator_namespace: &str) -> NetworkPolicy {
-    let from_operator = NetworkPolicyPeer {
+pub fn network_policy(pool: &InferencePool, gateway_namespace: &str) -> NetworkPolicy {
+    let from_gateway = NetworkPolicyPeer {
         namespace_selector: Some(LabelSelector {
             match_labels: Some(BTreeMap::from([(
                 "kubernetes.io/metadata.name".to_owned(),
-                operator_namespace.to_owned(),
+                gateway_namespace.to_owned(),
             )])),
             ..LabelSelector::default()
         }),
         pod_selector: Some(LabelSelector {
             match_labels: Some(BTreeMap::from([(
                 "app.kubernetes.io/name".to_owned(),
-                OPERATOR_NAME_LABEL.to_owned(),
+                GATEWAY_APP.to_owned(),
             )])),
             ..LabelSelector::default()
         }),
@@ -124,7 +124,7 @@ pub fn network_policy(pool: &InferencePool, operator_namespace: &str) -> Network
             policy_types: Some(vec!["Ingress".to_owned()]),
             ingress: Some(vec![
                 NetworkPolicyIngressRule {
-                    from: Some(vec![from_operator]),
+                    from: Some(vec![from_gateway]),
                     ports: Some(vec![port(GRPC_PORT)]),
                 },
                 NetworkPolicyIngressRule {
@@ -137,5 +137,5 @@ pub fn network_policy(pool: &InferencePool, operator_namespace: &str) -> Network
     }
 }
 
-/// `app.kubernetes.io/name` of the operator's pods (set by the chart).
-pub const OPERATOR_NAME_LABEL: &str = "inferpool-operator";
+/// `app.kubernetes.io/name` of the gateway's pods (set by the chart).
+pub const GATEWAY_APP: &str = "inferpool-gateway";

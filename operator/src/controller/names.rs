@@ -10,6 +10,12 @@ use crate::api::InferencePool;
 pub const MANAGER: &str = "inferpool-operator";
 /// Label naming the pool an object belongs to.
 pub const POOL_LABEL: &str = "inferpool.dev/pool";
+/// `app.kubernetes.io/name` of every object made for a pool's agents (and so of the
+/// EndpointSlices of their Service, which carry the Service's labels).
+pub const AGENT_APP: &str = "inferpool-agent";
+/// A label selector for exactly those objects: the controller watches its children and
+/// the gateway its agents' EndpointSlices through it, never every object of a kind.
+pub const AGENT_SELECTOR: &str = "app.kubernetes.io/name=inferpool-agent";
 /// The agent's HTTP port (OpenAI API, /healthz, /readyz, /metrics).
 pub const HTTP_PORT: i32 = 8080;
 /// The agent's gRPC port (Agent service, grpc.health.v1).
@@ -32,10 +38,7 @@ pub fn agent_name(pool: &InferencePool) -> String {
 /// Labels that select the pool's agent pods.
 pub fn selector_labels(pool: &InferencePool) -> BTreeMap<String, String> {
     BTreeMap::from([
-        (
-            "app.kubernetes.io/name".to_owned(),
-            "inferpool-agent".to_owned(),
-        ),
+        ("app.kubernetes.io/name".to_owned(), AGENT_APP.to_owned()),
         (POOL_LABEL.to_owned(), pool.name_any()),
     ])
 }

@@ -17,7 +17,7 @@ use kube::runtime::watcher;
 use super::deployment::{AgentImages, DefaultResources};
 use super::error::Error;
 use super::metrics::ControllerMetrics;
-use super::names::{MANAGER, POOL_LABEL};
+use super::names::{AGENT_SELECTOR, MANAGER, POOL_LABEL};
 use super::reconcile::{Context, lock, pool_key, reconcile};
 use crate::api::InferencePool;
 
@@ -52,32 +52,31 @@ pub async fn run_controller(
         gateway: settings.gateway,
         network_policy_for: settings.network_policy_for,
     });
-    let cfg = watcher::Config::default;
-    Controller::new(Api::<InferencePool>::all(client.clone()), cfg())
-        .owns(Api::<Deployment>::all(client.clone()), cfg())
-        .owns(Api::<Service>::all(client.clone()), cfg())
-        .owns(Api::<ConfigMap>::all(client.clone()), cfg())
-        .owns(Api::<PodDisruptionBudget>::all(client.clone()), cfg())
-        .owns(Api::<NetworkPolicy>::all(client.clone()), cfg())
-        // Agent pods belong to ReplicaSets, not to the pool: map them back by label, so that
-        // scheduling problems show up in the pool's status.
-        .watches(
-            Api::<Pod>::all(client),
-            cfg().labels(AGENT_POD_SELECTOR),
-            pool_of_pod,
-        )
-        .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, ctx)
-        .for_each(|result| async move {
-            match result {
-                Ok((pool, _)) => tracing::debug!(pool = %pool, "reconciled"),
-                Err(e) => tracing::warn!(error = %e, "reconcile failed"),
-            }
-        })
-        .await;
+    // Children carry the agent labels: watching only those keeps every other Deployment,
+    // Service, ConfigMap... of the cluster out of the controller's memory and queue.
+    let children = || watcher::Config::default().labels(AGENT_SELECTOR);
+    Controller::new(
+        Api::<InferencePool>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .owns(Api::<Deployment>::all(client.clone()), children())
+    .owns(Api::<Service>::all(client.clone()), children())
+    .owns(Api::<ConfigMap>::all(client.clone()), children())
+    .owns(Api::<PodDisruptionBudget>::all(client.clone()), children())
+    .owns(Api::<NetworkPolicy>::all(client.clone()), children())
+    // Agent pods belong to ReplicaSets, not to the pool: map them back by label, so that
+    // scheduling problems show up in the pool's status.
+    .watches(Api::<Pod>::all(client), children(), pool_of_pod)
+    .graceful_shutdown_on(shutdown)
+    .run(reconcile, error_policy, ctx)
+    .for_each(|result| async move {
+        match result {
+            Ok((pool, _)) => tracing::debug!(pool = %pool, "reconciled"),
+            Err(e) => tracing::warn!(error = %e, "reconcile failed"),
+        }
+    })
+    .await;
 }
-
-const AGENT_POD_SELECTOR: &str = "app.kubernetes.io/name=inferpool-agent";
 
 fn pool_of_pod(pod: Pod) -> Option<ObjectRef<InferencePool>> {
     let name = pod.metadata.labels.as_ref()?.get(POOL_LABEL)?;

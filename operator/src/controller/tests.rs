@@ -248,7 +248,7 @@ fn agents_admit_grpc_only_from_the_operator() {
     );
     assert_eq!(
         grpc["from"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/name"],
-        "inferpool-operator"
+        "inferpool-gateway"
     );
     let http = &spec["ingress"][1];
     assert!(http.get("from").is_none());
