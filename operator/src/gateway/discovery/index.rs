@@ -21,9 +21,9 @@ use crate::gateway::core::view::Endpoint;
 #[derive(Debug)]
 pub enum Change {
     /// An InferencePool event.
-    Pool(Event<InferencePool>),
+    Pool(Box<Event<InferencePool>>),
     /// An agent EndpointSlice event.
-    Slice(Event<EndpointSlice>),
+    Slice(Box<Event<EndpointSlice>>),
 }
 
 /// What discovery knows of the cluster, and so of the route table.
@@ -60,8 +60,8 @@ impl Index {
     /// Applies one event to `table`.
     pub fn handle(&mut self, table: &impl RouteTable, change: Change) {
         match change {
-            Change::Pool(event) => self.on_pool(table, event),
-            Change::Slice(event) => self.on_slice(table, event),
+            Change::Pool(event) => self.on_pool(table, *event),
+            Change::Slice(event) => self.on_slice(table, *event),
         }
     }
 

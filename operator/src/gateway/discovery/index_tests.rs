@@ -83,11 +83,11 @@ fn served(pool: &str, ips: &[&str]) -> (String, Vec<String>) {
 }
 
 fn apply_pool(index: &mut Index, table: &Table, p: InferencePool) {
-    index.handle(table, Change::Pool(Event::Apply(p)));
+    index.handle(table, Change::Pool(Box::new(Event::Apply(p))));
 }
 
 fn apply_slice(index: &mut Index, table: &Table, s: EndpointSlice) {
-    index.handle(table, Change::Slice(Event::Apply(s)));
+    index.handle(table, Change::Slice(Box::new(Event::Apply(s))));
 }
 
 #[test]
@@ -120,7 +120,7 @@ fn each_event_touches_only_its_own_pool() {
     );
     assert_eq!(table.take_calls(), Vec::<String>::new());
     let removed = slice("ns", "q", "q-1", &[]);
-    index.handle(&table, Change::Slice(Event::Delete(removed)));
+    index.handle(&table, Change::Slice(Box::new(Event::Delete(removed))));
     assert_eq!(table.take_calls(), ["endpoints m-q 1"]);
     let want = BTreeMap::from([
         ("m-p".into(), served("p", &[])),
@@ -142,7 +142,10 @@ fn a_changed_pool_keeps_its_agents_and_a_deleted_one_goes() {
         table.take_calls(),
         ["remove old", "route new", "endpoints new 1"]
     );
-    index.handle(&table, Change::Pool(Event::Delete(pool("ns", "p", "new"))));
+    index.handle(
+        &table,
+        Change::Pool(Box::new(Event::Delete(pool("ns", "p", "new")))),
+    );
     assert_eq!(table.take_calls(), ["remove new"]);
     assert!(table.served().is_empty());
 }
@@ -154,7 +157,10 @@ fn two_pools_of_one_model_hand_it_over_on_delete() {
     apply_slice(&mut index, &table, slice("b", "p", "p-1", &["10.0.0.2"]));
     apply_pool(&mut index, &table, pool("a", "p", "m"));
     apply_pool(&mut index, &table, pool("b", "p", "m"));
-    index.handle(&table, Change::Pool(Event::Delete(pool("b", "p", "m"))));
+    index.handle(
+        &table,
+        Change::Pool(Box::new(Event::Delete(pool("b", "p", "m")))),
+    );
     assert_eq!(table.served()["m"], served("p", &["10.0.0.1"]));
 }
 
@@ -163,28 +169,28 @@ fn a_relist_deletes_what_it_no_longer_lists_and_resends_nothing_else() {
     let (table, mut index) = (Table::default(), Index::new(Duration::from_secs(1)));
     assert!(!index.synced());
     let relist_pools = |index: &mut Index, pools: Vec<InferencePool>| {
-        index.handle(&table, Change::Pool(Event::Init));
+        index.handle(&table, Change::Pool(Box::new(Event::Init)));
         for p in pools {
-            index.handle(&table, Change::Pool(Event::InitApply(p)));
+            index.handle(&table, Change::Pool(Box::new(Event::InitApply(p))));
         }
-        index.handle(&table, Change::Pool(Event::InitDone));
+        index.handle(&table, Change::Pool(Box::new(Event::InitDone)));
     };
     relist_pools(
         &mut index,
         vec![pool("ns", "p", "m-p"), pool("ns", "q", "m-q")],
     );
     assert!(!index.synced(), "slices were not listed yet");
-    index.handle(&table, Change::Slice(Event::Init));
+    index.handle(&table, Change::Slice(Box::new(Event::Init)));
     let s = slice("ns", "q", "q-1", &["10.0.0.1"]);
-    index.handle(&table, Change::Slice(Event::InitApply(s.clone())));
-    index.handle(&table, Change::Slice(Event::InitDone));
+    index.handle(&table, Change::Slice(Box::new(Event::InitApply(s.clone()))));
+    index.handle(&table, Change::Slice(Box::new(Event::InitDone)));
     assert!(index.synced());
     // The watch restarts: p is gone, q unchanged, q's slice too.
     table.take_calls();
     relist_pools(&mut index, vec![pool("ns", "q", "m-q")]);
     assert_eq!(table.take_calls(), ["remove m-p"]);
-    index.handle(&table, Change::Slice(Event::Init));
-    index.handle(&table, Change::Slice(Event::InitDone));
+    index.handle(&table, Change::Slice(Box::new(Event::Init)));
+    index.handle(&table, Change::Slice(Box::new(Event::InitDone)));
     assert_eq!(table.take_calls(), ["endpoints m-q 0"]);
     assert_eq!(table.served()["m-q"], served("q", &[]));
 }

@@ -79,11 +79,11 @@ async fn discover<T: RouteTable>(source: KubernetesDiscovery, table: Arc<T>) {
         watcher::Config::default(),
     )
     .default_backoff()
-    .map_ok(Change::Pool);
+    .map_ok(|event| Change::Pool(Box::new(event)));
     let agents = watcher::Config::default().labels(AGENT_SELECTOR);
     let slices = watcher(Api::<EndpointSlice>::all(source.client), agents)
         .default_backoff()
-        .map_ok(Change::Slice);
+        .map_ok(|event| Change::Slice(Box::new(event)));
     let mut events = std::pin::pin!(futures::stream::select(pools, slices));
     let mut index = Index::new(source.queue_wait);
     while let Some(event) = events.next().await {
