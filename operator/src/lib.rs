@@ -4,6 +4,8 @@
 pub mod api;
 pub mod controller;
 pub mod crd;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod gateway;
 pub mod gateway_run;
 pub mod leader;

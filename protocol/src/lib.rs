@@ -1,6 +1,8 @@
 //! Wire contracts shared by the gateway and the agent: the gRPC `Agent` service and the
 //! OpenAI-compatible JSON types with their validation, and how both listen (`listen`).
 
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod listen;
 pub mod openai;
 

@@ -34,19 +34,39 @@ impl<'de> de::Deserialize<'de> for Key<'de> {
     }
 }
 
+/// A 32-bit float field. A JSON number beyond `f32`'s range is refused: read as infinity
+/// it would slip past nothing (validation refuses it) but would be written back as
+/// `null`, so a request forwarded as read would change meaning (found by fuzzing).
+struct F32(Option<f32>);
+
+impl<'de> de::Deserialize<'de> for F32 {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let Some(wide) = Option::<f64>::deserialize(deserializer)? else {
+            return Ok(Self(None));
+        };
+        let narrow = wide as f32;
+        if narrow.is_infinite() {
+            return Err(de::Error::custom(format!(
+                "{wide} is out of range for a 32-bit float"
+            )));
+        }
+        Ok(Self(Some(narrow)))
+    }
+}
+
 impl SamplingFields {
     /// Reads the value of field `key` when it is a sampling field; `false` when not.
     fn read<'de, A: MapAccess<'de>>(&mut self, key: &str, map: &mut A) -> Result<bool, A::Error> {
         match key {
-            "temperature" => self.temperature = map.next_value()?,
-            "top_p" => self.top_p = map.next_value()?,
+            "temperature" => self.temperature = map.next_value::<F32>()?.0,
+            "top_p" => self.top_p = map.next_value::<F32>()?.0,
             "top_k" => self.top_k = map.next_value()?,
             "seed" => self.seed = map.next_value()?,
             "max_tokens" => self.max_tokens = map.next_value()?,
             "max_completion_tokens" => self.max_completion_tokens = map.next_value()?,
             "stop" => self.stop = map.next_value()?,
-            "presence_penalty" => self.presence_penalty = map.next_value()?,
-            "frequency_penalty" => self.frequency_penalty = map.next_value()?,
+            "presence_penalty" => self.presence_penalty = map.next_value::<F32>()?.0,
+            "frequency_penalty" => self.frequency_penalty = map.next_value::<F32>()?.0,
             "n" => self.n = map.next_value()?,
             "stream" => self.stream = map.next_value()?,
             "stream_options" => self.stream_options = map.next_value()?,
@@ -210,6 +230,10 @@ mod tests {
                 "invalid type",
             ),
             (r#"["m"]"#, "invalid type"),
+            (
+                r#"{"model":"m","messages":[],"temperature":1e39}"#,
+                "out of range for a 32-bit float",
+            ),
         ];
         for (text, error) in cases {
             let e = serde_json::from_str::<ChatCompletionRequest>(text).unwrap_err();
