@@ -26,7 +26,7 @@ fn replay(target: &str, check: fn(&[u8])) {
 
 #[test]
 fn gguf_header_corpus_replays() {
-    replay("gguf_header", inferpool_agent::engine::gguf::fuzz_header);
+    replay("gguf_header", inferpool_agent::engine::fuzzing::gguf_header);
 }
 
 #[test]

@@ -2,6 +2,7 @@
 
 pub mod chat;
 pub mod embed;
+pub mod fuzzing;
 pub mod gguf;
 pub mod kv;
 pub mod load;
