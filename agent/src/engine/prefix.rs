@@ -149,8 +149,10 @@ impl PrefixCache {
         true
     }
 
-    /// Marks `hashes` used, the first as the most recent.
-    fn touch(&mut self, hashes: &[u64]) {
+    /// Marks the cached blocks of `hashes` (a chain, root first) used, the root as the most
+    /// recent: a parent is then always newer than its children, so eviction takes leaves
+    /// first and never orphans a chain by taking its root.
+    pub fn touch(&mut self, hashes: &[u64]) {
         for hash in hashes.iter().rev() {
             self.clock += 1;
             if let Some(b) = self.blocks.get_mut(hash) {
@@ -219,6 +221,21 @@ mod tests {
         // Another model's chain (another root) finds nothing.
         let mut elsewhere = PrefixCache::new(8);
         assert!(elsewhere.lookup(&prompt, 2).is_empty());
+    }
+
+    #[test]
+    fn a_chain_just_inserted_loses_its_leaf_first() {
+        let a: Vec<u32> = (0..3 * BLOCK_SIZE as u32).collect();
+        let mut cache = cache_with(&a, 3);
+        let hashes = cache.chain(&a);
+        cache.touch(&hashes);
+        assert!(cache.evict(&[]));
+        assert!(!cache.contains(hashes[2]), "the leaf goes first");
+        assert_eq!(
+            cache.lookup(&a, 3).len(),
+            2,
+            "the rest of the chain still hits"
+        );
     }
 
     #[test]

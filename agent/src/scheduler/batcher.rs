@@ -24,6 +24,7 @@ use super::sequence::Sequence;
 use super::strategy::{BatchState, Gate, Strategy};
 use crate::engine::kv::{BLOCK_SIZE, BlockBudget};
 use crate::engine::model::{Llama, ModelError, SeqStep};
+use crate::engine::rows::Padding;
 use crate::generation::{FinishReason, GenerationEvent, GenerationRequest};
 
 type Admission = oneshot::Sender<Result<(), QueueFull>>;
@@ -308,9 +309,15 @@ impl Batcher {
             .config
             .max_batch_tokens
             .saturating_sub(plan.iter().sum());
+        // Padded to the longest, every member costs the longest chunk's rows: chunks are
+        // capped at an equal share so that the step stays within max_batch_tokens rows.
+        let chunk = match self.config.padding {
+            Padding::Longest => (self.config.max_batch_tokens / self.running.len().max(1)).max(1),
+            Padding::None | Padding::Bucket => usize::MAX,
+        };
         for (slot, r) in plan.iter_mut().zip(&self.running) {
             if !r.decoding() && !r.paused() {
-                *slot = r.pending().min(budget);
+                *slot = r.pending().min(budget).min(chunk);
                 budget -= *slot;
             }
         }
@@ -323,6 +330,9 @@ impl Batcher {
         let decoding = (self.running.iter().zip(&plan))
             .filter(|(r, n)| **n > 0 && r.decoding())
             .count();
+        // Only a step of decoding alone measures the time per token: a prompt chunk in it
+        // is what made it slow, and a smaller batch would not shorten that.
+        let decode_only = plan.iter().sum::<usize>() == decoding;
         let mut steps = Vec::new();
         let mut members = Vec::new();
         for (i, (r, &n)) in self.running.iter_mut().zip(&plan).enumerate() {
@@ -342,7 +352,9 @@ impl Batcher {
         let started = Instant::now();
         let logits = self.model.step_padded(&mut steps, self.config.padding);
         drop(steps);
-        if let Some(slo) = &mut self.slo {
+        if let Some(slo) = &mut self.slo
+            && decode_only
+        {
             slo.step(decoding, started.elapsed());
         }
         match logits {
@@ -353,36 +365,49 @@ impl Batcher {
     }
 
     fn advance(&mut self, members: &[usize], logits: &candle_core::Tensor) {
-        let mut finished = Vec::new();
+        let mut ended = Vec::new();
         for (row, &i) in members.iter().enumerate() {
-            let r = &mut self.running[i];
-            if r.pending() > 0 {
-                continue; // a prompt chunk: more to prefill before sampling
-            }
-            if r.generated == 0 {
-                self.blocks.remember_prompt(r);
-            }
-            let row_logits = logits.get(row).and_then(|t| t.to_vec1::<f32>());
-            let Ok(row_logits) = row_logits else { continue };
-            let end = emit(r, &row_logits);
-            if r.generated == 1
-                && let Some(slo) = &mut self.slo
-            {
-                slo.first_token(r.arrived.elapsed());
-            }
-            if let Some(reason) = end {
-                finished.push((i, reason));
+            if let Some(event) = self.advance_one(i, logits.get(row)) {
+                ended.push((i, event));
             }
         }
-        for (i, reason) in finished.into_iter().rev() {
+        for (i, event) in ended.into_iter().rev() {
             let mut r = self.running.remove(i);
             self.blocks.give_back(r.cache.release());
-            let _ = r.events.try_send(GenerationEvent::Finished {
-                reason,
-                prompt_tokens: r.request.prompt.len(),
-                completion_tokens: r.generated,
-            });
+            let _ = r.events.try_send(event);
         }
+    }
+
+    /// Samples sequence `i`'s next token from its `row` of logits, once its prompt is in;
+    /// the event that ends it, if it ends (a row that cannot be read fails it rather than
+    /// leave it with nothing to feed).
+    fn advance_one(
+        &mut self,
+        i: usize,
+        row: candle_core::Result<candle_core::Tensor>,
+    ) -> Option<GenerationEvent> {
+        let r = &mut self.running[i];
+        if r.pending() > 0 {
+            return None; // a prompt chunk: more to prefill before sampling
+        }
+        if r.generated == 0 {
+            self.blocks.remember_prompt(r);
+        }
+        let row_logits = match row.and_then(|t| t.to_vec1::<f32>()) {
+            Ok(logits) => logits,
+            Err(e) => return Some(GenerationEvent::Failed(format!("reading logits: {e}"))),
+        };
+        let end = emit(r, &row_logits);
+        if r.generated == 1
+            && let Some(slo) = &mut self.slo
+        {
+            slo.first_token(r.arrived.elapsed());
+        }
+        end.map(|reason| GenerationEvent::Finished {
+            reason,
+            prompt_tokens: r.request.prompt.len(),
+            completion_tokens: r.generated,
+        })
     }
 
     fn fail(&mut self, members: &[usize], error: &ModelError) {

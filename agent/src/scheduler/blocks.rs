@@ -115,6 +115,9 @@ impl KvBlocks {
                 prefix.insert(&hashes, index, prompt, layers);
             }
         }
+        if let Some(prefix) = self.prefix.as_mut() {
+            prefix.touch(&hashes);
+        }
     }
 
     /// Reuse so far.
@@ -132,13 +135,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn sequences_take_cached_blocks_before_being_refused() {
+    fn sequences_are_refused_only_past_the_budget_and_nothing_is_taken_then() {
         let mut blocks = KvBlocks::new(4, true, 1);
         assert!(blocks.take(3));
         assert!(!blocks.take(2), "sequences hold 3 of 4");
+        assert_eq!(blocks.used_by_sequences(), 3, "a refusal takes nothing");
         blocks.give_back(3);
         assert_eq!(blocks.used_by_sequences(), 0);
         assert!(blocks.take(4));
-        assert_eq!(blocks.stats().cached_blocks, 0);
     }
 }

@@ -81,11 +81,16 @@ impl Model {
 }
 
 fn run(embedder: &Model, mut jobs: mpsc::Receiver<Job>, forwards: &AtomicU64) {
-    while let Some(first) = jobs.blocking_recv() {
+    let mut carried: Option<Job> = None;
+    while let Some(first) = carried.take().or_else(|| jobs.blocking_recv()) {
+        let mut inputs = first.texts.len();
         let mut batch = vec![first];
-        let mut inputs = batch[0].texts.len();
-        while inputs < MAX_BATCH_INPUTS {
-            let Ok(job) = jobs.try_recv() else { break };
+        // A job that would take the batch past the cap starts the next one instead.
+        while let Ok(job) = jobs.try_recv() {
+            if inputs + job.texts.len() > MAX_BATCH_INPUTS {
+                carried = Some(job);
+                break;
+            }
             inputs += job.texts.len();
             batch.push(job);
         }

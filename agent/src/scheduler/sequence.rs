@@ -81,8 +81,10 @@ impl Sequence {
 
     /// Whether its deadline passed by `now`; if so, tells its client (a queued sequence
     /// leaves the queue with this).
+    /// A preempted sequence (it has streamed tokens) never expires: it finishes what the
+    /// client already has part of.
     pub fn expire(&self, now: Instant) -> bool {
-        let expired = self.request.deadline.is_some_and(|d| d <= now);
+        let expired = !self.resuming() && self.request.deadline.is_some_and(|d| d <= now);
         if expired {
             let _ = self.events.try_send(GenerationEvent::Expired);
         }
