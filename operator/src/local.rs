@@ -212,8 +212,12 @@ fn prepare_pool(
     ));
     let replicas = pool.spec.replicas.max(1);
     let mut slots = Vec::new();
+    // Every listener stays open until the pool's ports are all chosen: a port is free
+    // again once its probe closes, and two agents (or one agent's two servers) given the
+    // same one would fail to start.
+    let mut probes = Vec::new();
     for i in 0..replicas {
-        let (http, grpc) = (free_port()?, free_port()?);
+        let (http, grpc) = (free_port(&mut probes)?, free_port(&mut probes)?);
         let mut config: serde_json::Value = serde_json::from_str(&rendered)?;
         config["httpPort"] = http.port().into();
         config["grpcPort"] = grpc.port().into();
@@ -278,8 +282,12 @@ fn model_path(source: &str, models: &Path) -> anyhow::Result<PathBuf> {
     Ok(PathBuf::from(source))
 }
 
-fn free_port() -> anyhow::Result<SocketAddr> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+/// A port free on loopback, distinct from those of the probes in `held` (kept open).
+fn free_port(held: &mut Vec<std::net::TcpListener>) -> anyhow::Result<SocketAddr> {
+    let probe = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let addr = probe.local_addr()?;
+    held.push(probe);
+    Ok(addr)
 }
 
 /// Keeps one agent running until `stopped`; then SIGTERM and wait for its drain.

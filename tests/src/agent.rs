@@ -5,7 +5,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Duration;
 
-use crate::http::{free_port, get};
+use crate::http::{free_ports, get};
 use crate::netns::NetNs;
 use crate::parts::{ScratchDir, agent_binary, default_model, embedding_model};
 use crate::wait::wait_until;
@@ -42,7 +42,7 @@ impl AgentProcess {
         let dir = ScratchDir::new("agent")?;
         let host: IpAddr = ns.map_or(Ipv4Addr::LOCALHOST, |n| n.inner).into();
         // Ports free on loopback are free inside a fresh namespace too.
-        let (http, grpc) = (free_port()?.port(), free_port()?.port());
+        let [http, grpc] = free_ports::<2>()?.map(|a| a.port());
         let mut config = serde_json::json!({
             "servedName": MODEL,
             "modelPath": default_model()?,

@@ -41,6 +41,19 @@ pub fn free_port() -> anyhow::Result<SocketAddr> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
 }
 
+/// `N` distinct free ports on loopback: each probe stays open until all are chosen (one
+/// closed probe's port may be handed out again at once).
+pub fn free_ports<const N: usize>() -> anyhow::Result<[SocketAddr; N]> {
+    let probes = (0..N)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
+        .collect::<Result<Vec<_>, _>>()?;
+    let addrs = probes
+        .iter()
+        .map(std::net::TcpListener::local_addr)
+        .collect::<Result<Vec<_>, _>>()?;
+    addrs.try_into().map_err(|_| anyhow::anyhow!("{N} ports"))
+}
+
 /// A response read whole: status, head (lower-cased header lines) and body (de-chunked).
 #[derive(Debug, Clone)]
 pub struct Reply {

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
-use crate::http::{free_port, get, metric};
+use crate::http::{free_port, free_ports, get, metric};
 use crate::parts::operator_binary;
 
 /// A running operator process.
@@ -109,7 +109,7 @@ impl Drop for GatewayProcess {
 impl GatewayProcess {
     /// Starts a gateway of the pools of the cluster of `kubeconfig`.
     pub fn spawn(kubeconfig: &Path, name: &str) -> anyhow::Result<Self> {
-        let (addr, health) = (free_port()?, free_port()?);
+        let [addr, health] = free_ports::<2>()?;
         let log = std::env::temp_dir().join(format!("inferpool-{name}-{}.log", std::process::id()));
         let child = Command::new(operator_binary()?)
             .args(["gateway", "--gateway-addr", &addr.to_string()])
