@@ -30,7 +30,7 @@ fn similar_sentences_are_close_and_vectors_are_unit_length() -> anyhow::Result<(
         cosine(&out.vectors[0], &out.vectors[2]),
     );
     assert!(close > 0.6 && far < 0.3, "close {close}, far {far}");
-    assert!(out.tokens > 15, "{} tokens", out.tokens);
+    assert!(out.tokens() > 15, "{} tokens", out.tokens());
     // Padding inside a batch does not change a text's vector.
     let alone = embedder.embed(&texts[..1])?;
     assert!(cosine(&alone.vectors[0], &out.vectors[0]) > 0.9999);
@@ -60,7 +60,7 @@ async fn concurrent_embedding_requests_share_forward_passes() -> anyhow::Result<
             cosine(&answer.vectors[0], &solo.vectors[0]) > 0.9999,
             "{text}"
         );
-        assert_eq!(answer.tokens, solo.tokens, "{text}");
+        assert_eq!(answer.tokens(), solo.tokens(), "{text}");
     }
     Ok(())
 }
@@ -86,9 +86,13 @@ fn every_padding_gives_each_text_its_own_vector() -> anyhow::Result<()> {
         let out = embedder.embed_padded(&texts, padding)?;
         let solo_tokens: usize = texts
             .iter()
-            .map(|t| embedder.embed(std::slice::from_ref(t)).map(|e| e.tokens))
+            .map(|t| embedder.embed(std::slice::from_ref(t)).map(|e| e.tokens()))
             .sum::<Result<usize, _>>()?;
-        assert_eq!(out.tokens, solo_tokens, "{padding:?}: pads are not tokens");
+        assert_eq!(
+            out.tokens(),
+            solo_tokens,
+            "{padding:?}: pads are not tokens"
+        );
         for (v, solo) in out.vectors.iter().zip(&alone) {
             assert!(cosine(v, solo) > 0.9999, "{padding:?}");
         }

@@ -95,11 +95,12 @@ pub async fn run_local(args: LocalArgs) -> anyhow::Result<()> {
     if args.agents.is_empty() {
         let models = args.models.clone().unwrap_or_else(default_models_dir);
         let binary = agent_binary(args.agent_binary.as_deref())?;
+        let cpus = cpu_share(agents_in(&pools));
         for pool in &pools {
             let mut slots = prepare_pool(pool, &models, &binary, &state)?;
             for (slot, _) in &mut slots {
                 slot.drain_grace_seconds = args.drain_grace_seconds;
-                slot.cpus = cpu_share(agents_in(&pools));
+                slot.cpus = cpus;
             }
             let endpoints = slots.iter().map(|(_, e)| e.clone()).collect();
             routed.push((pool.clone(), endpoints));

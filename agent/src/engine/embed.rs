@@ -53,10 +53,15 @@ impl std::fmt::Debug for Embedder {
 pub struct Embeddings {
     /// One unit vector per input, in order.
     pub vectors: Vec<Vec<f32>>,
-    /// Tokens read (special tokens included), for usage.
-    pub tokens: usize,
-    /// Of those, each input's, in order.
+    /// Tokens read per input (special tokens included), in order, for usage.
     pub tokens_per_input: Vec<usize>,
+}
+
+impl Embeddings {
+    /// Tokens read in all.
+    pub fn tokens(&self) -> usize {
+        self.tokens_per_input.iter().sum()
+    }
 }
 
 impl Embedder {
@@ -122,7 +127,6 @@ impl Embedder {
             all.vectors.extend(one.vectors);
             all.tokens_per_input.extend(one.tokens_per_input);
         }
-        all.tokens = all.tokens_per_input.iter().sum();
         Ok(all)
     }
 
@@ -154,7 +158,6 @@ impl Embedder {
         let vectors = mean_pool_normalised(&hidden, &mask)?.to_vec2::<f32>()?;
         Ok(Embeddings {
             vectors,
-            tokens: tokens_per_input.iter().sum(),
             tokens_per_input,
         })
     }

@@ -126,11 +126,9 @@ fn answer(batch: Vec<Job>, mut out: Embeddings) {
     let mut tokens = out.tokens_per_input.into_iter();
     for job in batch {
         let n = job.texts.len();
-        let tokens_per_input: Vec<usize> = tokens.by_ref().take(n).collect();
         let share = Embeddings {
             vectors: vectors.by_ref().take(n).collect(),
-            tokens: tokens_per_input.iter().sum(),
-            tokens_per_input,
+            tokens_per_input: tokens.by_ref().take(n).collect(),
         };
         let _ = job.answer.send(Ok(share));
     }

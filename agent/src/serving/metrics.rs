@@ -59,8 +59,7 @@ pub struct AgentMetrics {
     kv_used: Gauge,
     kv_total: Gauge,
     kv_usage: Gauge<f64, AtomicU64>,
-    preemptions: Counter,
-    preemptions_seen: AtomicU64,
+    preemptions: MirroredCounter,
     /// 1 while draining.
     pub draining: Gauge,
     /// 1 once the model is loaded and warmed up.
@@ -72,14 +71,32 @@ pub struct AgentMetrics {
     prefix: PrefixMetrics,
 }
 
+/// A counter that mirrors a running total kept elsewhere (the engine's, the cache's),
+/// advanced by what the total gained since it was last seen.
+#[derive(Debug, Default)]
+struct MirroredCounter {
+    counter: Counter,
+    seen: AtomicU64,
+}
+
+impl MirroredCounter {
+    fn observe(&self, total: u64) {
+        let seen = self.seen.swap(total, Ordering::Relaxed);
+        self.counter.inc_by(total.saturating_sub(seen));
+    }
+
+    fn counter(&self) -> Counter {
+        self.counter.clone()
+    }
+}
+
 /// Prefix reuse in tokens, under our names and vLLM's (the same counters twice, so that
 /// dashboards and routers written for vLLM read them as they are).
 #[derive(Debug, Default)]
 struct PrefixMetrics {
-    queries: Counter,
-    hits: Counter,
+    queries: MirroredCounter,
+    hits: MirroredCounter,
     blocks: Gauge,
-    seen: [AtomicU64; 2],
 }
 
 impl PrefixMetrics {
@@ -87,12 +104,12 @@ impl PrefixMetrics {
         own.register(
             "prefix_cache_queries",
             "Prompt tokens looked up in the prefix cache",
-            self.queries.clone(),
+            self.queries.counter(),
         );
         own.register(
             "prefix_cache_hits",
             "Prompt tokens whose KV blocks came from the prefix cache",
-            self.hits.clone(),
+            self.hits.counter(),
         );
         own.register(
             "prefix_cache_blocks",
@@ -105,23 +122,18 @@ impl PrefixMetrics {
         registry.register(
             "vllm:prefix_cache_queries",
             "Prefix cache queries, in tokens",
-            self.queries.clone(),
+            self.queries.counter(),
         );
         registry.register(
             "vllm:prefix_cache_hits",
             "Prefix cache hits, in tokens",
-            self.hits.clone(),
+            self.hits.counter(),
         );
     }
 
     fn observe(&self, stats: &PrefixStats) {
-        for ((counter, seen), total) in [&self.queries, &self.hits]
-            .into_iter()
-            .zip(&self.seen)
-            .zip([stats.queried_tokens, stats.hit_tokens])
-        {
-            counter.inc_by(total.saturating_sub(seen.swap(total, Ordering::Relaxed)));
-        }
+        self.queries.observe(stats.queried_tokens);
+        self.hits.observe(stats.hit_tokens);
         self.blocks.set(gauge_value(stats.cached_blocks));
     }
 }
@@ -129,12 +141,10 @@ impl PrefixMetrics {
 /// The response cache's counts.
 #[derive(Debug, Default)]
 struct CacheMetrics {
-    hits: Counter,
-    misses: Counter,
+    hits: MirroredCounter,
+    misses: MirroredCounter,
     entries: Gauge,
     bytes: Gauge,
-    /// What the counters last showed of the cache's own totals.
-    seen: [AtomicU64; 2],
 }
 
 impl CacheMetrics {
@@ -142,12 +152,12 @@ impl CacheMetrics {
         r.register(
             "cache_hits",
             "Requests answered from the response cache",
-            self.hits.clone(),
+            self.hits.counter(),
         );
         r.register(
             "cache_misses",
             "Cacheable requests not in the cache",
-            self.misses.clone(),
+            self.misses.counter(),
         );
         r.register(
             "cache_entries",
@@ -162,13 +172,8 @@ impl CacheMetrics {
     }
 
     fn observe(&self, stats: &CacheStats) {
-        for ((counter, seen), total) in [&self.hits, &self.misses]
-            .into_iter()
-            .zip(&self.seen)
-            .zip([stats.hits, stats.misses])
-        {
-            counter.inc_by(total.saturating_sub(seen.swap(total, Ordering::Relaxed)));
-        }
+        self.hits.observe(stats.hits);
+        self.misses.observe(stats.misses);
         self.entries
             .set(i64::try_from(stats.entries).unwrap_or(i64::MAX));
         self.bytes
@@ -196,8 +201,7 @@ impl AgentMetrics {
             kv_used: Gauge::default(),
             kv_total: Gauge::default(),
             kv_usage: Gauge::default(),
-            preemptions: Counter::default(),
-            preemptions_seen: AtomicU64::new(0),
+            preemptions: MirroredCounter::default(),
             draining: Gauge::default(),
             ready: Gauge::default(),
             cache: CacheMetrics::default(),
@@ -285,7 +289,7 @@ impl AgentMetrics {
         r.register(
             "preemptions",
             "Sequences preempted for KV blocks",
-            self.preemptions.clone(),
+            self.preemptions.counter(),
         );
         r.register("draining", "1 while draining", self.draining.clone());
         self.cache.register(r);
@@ -314,11 +318,7 @@ impl AgentMetrics {
         self.kv_total.set(gauge_value(load.kv_blocks_total));
         self.kv_usage.set(load.kv_usage());
         self.vllm_kv_usage.set(load.kv_usage());
-        let seen = self
-            .preemptions_seen
-            .swap(load.preemptions, Ordering::Relaxed);
-        self.preemptions
-            .inc_by(load.preemptions.saturating_sub(seen));
+        self.preemptions.observe(load.preemptions);
         self.prefix.observe(&load.prefix);
     }
 

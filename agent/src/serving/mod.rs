@@ -262,7 +262,7 @@ impl Agent {
         let _guard = self.in_flight.enter();
         let encoding = req.encoding;
         let out = embedder.embed(req.inputs).await?;
-        let tokens = u32::try_from(out.tokens).unwrap_or(u32::MAX);
+        let tokens = u32::try_from(out.tokens()).unwrap_or(u32::MAX);
         let data = out
             .vectors
             .into_iter()
