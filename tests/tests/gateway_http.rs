@@ -417,6 +417,15 @@ async fn a_frozen_agent_is_noticed_within_the_keep_alive_timeout() -> anyhow::Re
     let victim = pool
         .agent_pid("frozen-0")
         .ok_or_else(|| anyhow::anyhow!("no agent frozen-0"))?;
+    // The pool answers once one agent is ready; round robin spreads the streams only once
+    // the gateway has both.
+    inferpool_e2e::wait::wait_until(Duration::from_secs(300), || {
+        let both = ["frozen-0", "frozen-1"]
+            .iter()
+            .all(|a| healthy(&pool, a) == Some(true));
+        async move { both.then_some(()) }
+    })
+    .await?;
     // Round robin: one stream on each agent.
     let streams = [long_stream(pool.addr, 0)?, long_stream(pool.addr, 1)?];
     LocalPool::signal(victim, "-STOP")?;
