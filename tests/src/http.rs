@@ -115,7 +115,11 @@ pub fn post(
     let mut stream = connect(addr)?;
     send_post(&mut stream, addr, path, headers, body)?;
     let mut raw = Vec::new();
-    let _ = stream.read_to_end(&mut raw);
+    let read = stream.read_to_end(&mut raw);
+    // A reset after the answer is still the answer; a reset before any byte is the error.
+    if raw.is_empty() {
+        read.map_err(|e| anyhow::anyhow!("POST {path}: no answer: {e}"))?;
+    }
     let text = String::from_utf8_lossy(&raw);
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     let head = head.to_ascii_lowercase();

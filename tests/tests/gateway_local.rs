@@ -453,7 +453,8 @@ async fn a_saturated_pool_answers_429_and_loses_nothing() -> anyhow::Result<()> 
     for client in clients {
         let reply = client
             .join()
-            .map_err(|_| anyhow::anyhow!("client panicked"))??;
+            .map_err(|_| anyhow::anyhow!("client panicked"))?
+            .map_err(|e| anyhow::anyhow!("{e}\n{}", pool.log_text()))?;
         match reply.status {
             200 => {
                 assert!(
@@ -470,7 +471,11 @@ async fn a_saturated_pool_answers_429_and_loses_nothing() -> anyhow::Result<()> 
                 assert!(kind == "pool_saturated" || kind == "queue_full", "{kind}");
                 refused += 1;
             }
-            other => panic!("unexpected {other}: {}", reply.body),
+            other => panic!(
+                "unexpected {other}: {}\n{}",
+                reply.body,
+                pool.log_text()
+            ),
         }
     }
     assert_eq!(ok + refused, 8, "every request got an answer");
