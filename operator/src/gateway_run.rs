@@ -16,6 +16,7 @@ use crate::gateway::discovery::{Discovery as _, KubernetesDiscovery};
 use crate::gateway::dispatch::gateway::Gateway;
 use crate::gateway::http::limits::HttpSettings;
 use crate::gateway::runtime;
+use crate::gateway::upstream::channel::UpstreamSettings;
 use crate::run::wait_for_signal;
 use crate::server::serve_health;
 
@@ -32,6 +33,8 @@ pub struct GatewayConfig {
     pub workers: usize,
     /// HTTP limits and TLS.
     pub http: HttpSettings,
+    /// Timeouts of the links to the agents.
+    pub upstream: UpstreamSettings,
 }
 
 /// Serves until SIGTERM or Ctrl-C, then finishes what is in flight within the shutdown
@@ -42,7 +45,7 @@ pub async fn serve(client: kube::Client, config: GatewayConfig) -> anyhow::Resul
     serve_health(config.health_addr, Registry::default(), synced.clone()).await?;
     let bound = WorkerSockets::bind(config.addr, config.workers)
         .with_context(|| format!("binding {}", config.addr))?;
-    let gateway = Gateway::new();
+    let gateway = Gateway::with_upstream(config.upstream);
     let discovery = KubernetesDiscovery {
         client,
         queue_wait: config.queue_wait,

@@ -19,6 +19,7 @@ use crate::gateway::discovery::{Discovery as _, StaticDiscovery};
 use crate::gateway::dispatch::gateway::Gateway;
 use crate::gateway::http::limits::HttpSettings;
 use crate::gateway::runtime;
+use crate::gateway::upstream::channel::UpstreamFlags;
 
 /// Settings of local mode.
 #[derive(Debug, Clone, clap::Args)]
@@ -53,6 +54,9 @@ pub struct LocalArgs {
     /// The gateway's HTTP limits and TLS.
     #[command(flatten)]
     pub http: HttpSettings,
+    /// Timeouts of the gateway's links to the agents.
+    #[command(flatten)]
+    pub upstream: UpstreamFlags,
 }
 
 /// The CPUs each of `agents` agents gets of those this process may use: an equal share,
@@ -88,7 +92,7 @@ struct AgentSlot {
 pub async fn run_local(args: LocalArgs) -> anyhow::Result<()> {
     let pools = read_pools(&args.files)?;
     let state = tempdir_for_run()?;
-    let gateway = Gateway::new();
+    let gateway = Gateway::with_upstream(args.upstream.settings());
     let (stop, stopped) = watch::channel(false);
     let mut supervisors = Vec::new();
     let mut routed = Vec::new();

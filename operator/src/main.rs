@@ -112,6 +112,8 @@ struct GatewayArgs {
     gateway_workers: Option<usize>,
     #[command(flatten)]
     http: inferpool_operator::gateway::http::limits::HttpSettings,
+    #[command(flatten)]
+    upstream: inferpool_operator::gateway::upstream::channel::UpstreamFlags,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -192,6 +194,7 @@ async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
             .gateway_workers
             .unwrap_or_else(inferpool_protocol::listen::default_workers),
         http: args.http,
+        upstream: args.upstream.settings(),
     };
     inferpool_operator::gateway_run::serve(client, config).await
 }

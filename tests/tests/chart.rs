@@ -71,6 +71,7 @@ fn the_chart_lints_and_renders_with_every_values_file() -> anyhow::Result<()> {
     ])?;
     assert!(full.contains("kind: ServiceMonitor") && full.contains("grafana_dashboard"));
     monitors_scrape_what_exists(&full)?;
+    binaries_take_the_charts_args(&full)?;
     let bad = c
         .tool("helm")
         .args([
@@ -87,6 +88,36 @@ fn the_chart_lints_and_renders_with_every_values_file() -> anyhow::Result<()> {
         !bad.status.success(),
         "values.schema.json must refuse replicaCount=0"
     );
+    Ok(())
+}
+
+/// Every container of the chart's Deployments starts with flags its binary accepts: the
+/// args, then `--help`, parse (clap refuses an unknown flag or a bad value before it
+/// reaches `--help`).
+fn binaries_take_the_charts_args(rendered: &str) -> anyhow::Result<()> {
+    let mut checked = 0;
+    for deployment in documents(rendered, "Deployment")? {
+        let containers = deployment["spec"]["template"]["spec"]["containers"].as_array();
+        for container in containers.into_iter().flatten() {
+            let args: Vec<&str> = container["args"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .collect();
+            let out = std::process::Command::new(operator_binary()?)
+                .args(&args)
+                .arg("--help")
+                .output()?;
+            assert!(
+                out.status.success(),
+                "{args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 2, "the controller and the gateway");
     Ok(())
 }
 
