@@ -1,13 +1,19 @@
 """Drives an agent with the official `openai` client: chat, streaming chat, completions,
 models and embeddings. Prints one JSON object with what it saw; exits non-zero on any
-client error. Usage: openai_client.py BASE_URL MODEL EMBEDDING_MODEL"""
+client error. Usage: openai_client.py BASE_URL MODEL EMBEDDING_MODEL
+With INFERPOOL_TEST_CA set, an HTTPS server is trusted by that CA file (and only by it)."""
 import json
+import os
 import sys
 
 import openai
 
 base_url, model, embedding_model = sys.argv[1:4]
-client = openai.OpenAI(base_url=base_url, api_key="unused", max_retries=0, timeout=120)
+ca = os.environ.get("INFERPOOL_TEST_CA")
+http_client = openai.DefaultHttpxClient(verify=ca) if ca else None
+client = openai.OpenAI(
+    base_url=base_url, api_key="unused", max_retries=0, timeout=120, http_client=http_client
+)
 out = {}
 
 chat = client.chat.completions.create(

@@ -11,6 +11,7 @@ pub mod dashboard;
 pub mod http;
 pub mod local;
 pub mod netns;
+pub mod openai;
 pub mod operator;
 pub mod parts;
 pub mod pools;

@@ -1,7 +1,8 @@
 //! The gateway's front door as clients meet it: HTTP/2 with prior knowledge and over TLS
-//! (curl, trusting the test's own CA), HTTP/1.1 over TLS, requests shaped to smuggle or to
-//! exhaust it (refused, nothing reaching an agent), clients that hold connections open
-//! (closed after the configured timeouts while others are served), and the connection cap.
+//! (curl, trusting the test's own CA), HTTP/1.1 over TLS, the official `openai` client over
+//! TLS, requests shaped to smuggle or to exhaust it (refused, nothing reaching an agent),
+//! clients that hold connections open (closed after the configured timeouts while others
+//! are served), and the connection cap.
 //! Real gateway and agent processes with the real model, on loopback.
 
 use std::io::{Read as _, Write as _};
@@ -12,11 +13,14 @@ use inferpool_e2e::certs::certificates;
 use inferpool_e2e::curl::curl;
 use inferpool_e2e::http::{EventStream, metric, post_json};
 use inferpool_e2e::local::LocalPool;
+use inferpool_e2e::openai::{check_openai_client, run_openai_client};
 use inferpool_e2e::parts::ScratchDir;
 use serde_json::{Value, json};
 use tokio::io::AsyncReadExt as _;
 
 const MODEL: &str = "smollm2-http";
+/// The embedding model every local pool serves beside its own.
+const EMBEDDING: &str = "all-minilm-l6-v2";
 
 /// One agent is enough: these tests are about the gateway's HTTP.
 fn manifest(name: &str) -> String {
@@ -368,6 +372,8 @@ async fn tls_serves_http2_and_http1_with_the_clients_ca() -> anyhow::Result<()> 
     let base = format!("https://{}", pool.addr);
     chats_over(&base, &["--cacert", &ca, "--http2"], "2")?;
     chats_over(&base, &["--cacert", &ca, "--http1.1"], "1.1")?;
+    let seen = run_openai_client(&format!("{base}/v1"), MODEL, EMBEDDING, Some(&ca)).await?;
+    check_openai_client(&seen, &[MODEL, EMBEDDING]);
     // A client that does not trust the CA gets no answer; one that speaks plain HTTP to
     // the TLS port gets none either.
     let url = format!("{base}/v1/models");
