@@ -1,6 +1,9 @@
 //! Shared pieces of inferpool's benchmarks: process statistics from /proc and percentiles.
 
+pub mod drivers;
+pub mod grpc_hop;
 pub mod keepalive;
+pub mod process;
 
 use std::time::Duration;
 

@@ -8,19 +8,19 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use inferpool_bench::drivers::{Load, LoadTools, Measured};
+use inferpool_bench::grpc_hop::grpc_latencies;
 use inferpool_bench::keepalive::Connection;
+use inferpool_bench::process::Process;
 use inferpool_bench::{quantile, tree_cpu_seconds};
 use inferpool_e2e::http::{free_port, get};
 use inferpool_e2e::parts::ScratchDir;
-use inferpool_operator::gateway::upstream::channel::{UpstreamSettings, agent_channel};
-use inferpool_operator::gateway::upstream::generate::generate;
-use inferpool_protocol::agent as pb;
 use serde_json::json;
 
 #[derive(Debug, Parser)]
@@ -50,36 +50,16 @@ struct Args {
     /// them alike); each figure is reported as its median over the rounds.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
     rounds: u16,
+    /// The folder of `bench/load-tools-fetch` (wrk and h2load): with it, every path is
+    /// also driven by wrk over HTTP/1.1, and the proxies by h2load over HTTP/2.
+    #[arg(long)]
+    load_tools: Option<PathBuf>,
     /// Only this workload (both when absent).
     #[arg(long, value_enum)]
     workload: Option<Workload>,
 }
 
 const MODEL: &str = "smollm2";
-
-/// A child process, killed when dropped.
-struct Process {
-    child: Child,
-    _dir: ScratchDir,
-}
-
-impl Drop for Process {
-    /// SIGTERM first (nginx's master then stops its workers; SIGKILL would orphan them),
-    /// SIGKILL if it is still there after 5 s.
-    fn drop(&mut self) {
-        let pid = self.child.id().to_string();
-        let _ = Command::new("kill").args(["-TERM", &pid]).status();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if matches!(self.child.try_wait(), Ok(Some(_))) {
-                return;
-            }
-            std::thread::park_timeout(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// Waits until `GET path` on `addr` answers 200.
 fn until_ready(addr: SocketAddr, path: &str, what: &str) -> anyhow::Result<()> {
@@ -109,7 +89,7 @@ fn start_agent(args: &Args) -> anyhow::Result<(Process, SocketAddr, SocketAddr)>
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()?;
-    let process = Process { child, _dir: dir };
+    let process = Process::new(child, dir);
     until_ready(http, "/readyz", "the agent")?;
     Ok((process, http, grpc))
 }
@@ -141,23 +121,27 @@ fn start_gateway(
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()?;
-    let process = Process { child, _dir: dir };
+    let process = Process::new(child, dir);
     until_ready(addr, "/healthz", "the gateway")?;
     until_answers(addr)?;
     Ok((process, addr))
 }
 
-/// nginx as a round-robin proxy with kept-alive upstream connections to the agents' HTTP.
-fn start_nginx(nginx: &Path, http: &[SocketAddr]) -> anyhow::Result<(Process, SocketAddr)> {
+/// nginx as a round-robin proxy with kept-alive upstream connections to the agents' HTTP:
+/// the process, its HTTP/1.1 address and its HTTP/2 (prior knowledge) address.
+fn start_nginx(
+    nginx: &Path,
+    http: &[SocketAddr],
+) -> anyhow::Result<(Process, SocketAddr, SocketAddr)> {
     let dir = ScratchDir::new("bench-nginx")?;
-    let addr = free_port()?;
+    let (addr, h2) = (free_port()?, free_port()?);
     let servers: String = http.iter().map(|a| format!("    server {a};\n")).collect();
     let conf = format!(
         "worker_processes 2;\ndaemon off;\npid nginx.pid;\nerror_log stderr error;\n\
          events {{ worker_connections 4096; }}\nhttp {{\n  access_log off;\n  \
          client_body_temp_path tmp;\n  proxy_temp_path tmp;\n  fastcgi_temp_path tmp;\n  \
          uwsgi_temp_path tmp;\n  scgi_temp_path tmp;\n  upstream agents {{\n{servers}    \
-         keepalive 128;\n  }}\n  server {{\n    listen {addr};\n    location / {{\n      \
+         keepalive 128;\n  }}\n  server {{\n    listen {addr};\n    listen {h2} http2;\n    location / {{\n      \
          proxy_pass http://agents;\n      proxy_http_version 1.1;\n      \
          proxy_set_header Connection \"\";\n      proxy_buffering off;\n    }}\n  }}\n}}\n"
     );
@@ -170,9 +154,9 @@ fn start_nginx(nginx: &Path, http: &[SocketAddr]) -> anyhow::Result<(Process, So
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()?;
-    let process = Process { child, _dir: dir };
+    let process = Process::new(child, dir);
     until_ready(addr, "/healthz", "nginx")?;
-    Ok((process, addr))
+    Ok((process, addr, h2))
 }
 
 /// Waits until a chat request is answered (the gateway has its agents' first reports).
@@ -220,52 +204,6 @@ fn latencies(addr: SocketAddr, body: &[u8], n: usize) -> anyhow::Result<Vec<Dura
     }
     samples.sort_unstable();
     Ok(samples)
-}
-
-/// Latencies of `n` cached `Generate` calls straight to an agent's gRPC port, one at a
-/// time over one channel, as the gateway sends streamed requests: that agent hop alone
-/// (whole answers, as this benchmark asks for, go to the agent's HTTP port).
-fn grpc_latencies(addr: SocketAddr, n: usize) -> anyhow::Result<Vec<Duration>> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(async {
-        let channel = agent_channel(addr, &UpstreamSettings::default())?;
-        let request = generate_request();
-        let mut samples = Vec::with_capacity(n);
-        for i in 0..n + 50 {
-            let start = Instant::now();
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-            let mut stream = generate(&channel, request.clone(), deadline).await?;
-            while stream.message().await?.is_some() {}
-            // The first 50 warm up the connection and fill the agent's cache.
-            if i >= 50 {
-                samples.push(start.elapsed());
-            }
-        }
-        samples.sort_unstable();
-        Ok(samples)
-    })
-}
-
-/// The cached workload's request as the gateway sends it.
-fn generate_request() -> pb::GenerateRequest {
-    let message = pb::ChatMessage {
-        role: "user".into(),
-        content: "Say yes.".into(),
-    };
-    pb::GenerateRequest {
-        model: MODEL.into(),
-        prompt: Some(pb::generate_request::Prompt::Chat(pb::ChatMessages {
-            messages: vec![message],
-        })),
-        sampling: Some(pb::SamplingParams {
-            temperature: Some(0.0),
-            max_tokens: Some(1),
-            ..pb::SamplingParams::default()
-        }),
-        ..pb::GenerateRequest::default()
-    }
 }
 
 /// Requests per second answered 200 with `clients` kept-alive connections for `seconds`.
@@ -460,12 +398,58 @@ fn paired_ratio(paths: &[(&str, Target)], rounds: &[Vec<Figures>]) {
     );
 }
 
+/// Every path driven by wrk (HTTP/1.1) and the proxies in `h2` (name, HTTP/2 address) by
+/// h2load, one after another, with the throughput run's clients and time; one table.
+fn drive_externally(
+    tools: &LoadTools,
+    paths: &[(&str, Target)],
+    h2: &[(&str, SocketAddr)],
+    workload: Workload,
+    args: &Args,
+) -> anyhow::Result<()> {
+    let scratch = ScratchDir::new("bench-gw-load")?;
+    let body = body(workload);
+    let load = |addr| Load {
+        addr,
+        path: "/v1/chat/completions",
+        body: &body,
+        clients: args.clients,
+        seconds: args.seconds,
+    };
+    let mut rows: Vec<(&str, &str, Measured)> = Vec::new();
+    for (name, target) in paths {
+        rows.push((
+            name,
+            "wrk, HTTP/1.1",
+            tools.wrk(load(target.addr), scratch.path())?,
+        ));
+    }
+    for (name, addr) in h2 {
+        rows.push((
+            name,
+            "h2load, HTTP/2",
+            tools.h2load(load(*addr), scratch.path())?,
+        ));
+    }
+    println!(
+        "\n{workload:?} requests driven by wrk and h2load ({} connections, {} s; h2load gives \
+         the mean and the slowest request in place of p50 and p99):",
+        args.clients, args.seconds
+    );
+    println!("| path | driver | requests/s | p50 µs | p99 µs |\n|---|---|---:|---:|---:|");
+    for (name, driver, m) in rows {
+        let (p50, p99) = (micros(m.p50), micros(m.p99));
+        println!("| {name} | {driver} | {:.0} | {p50:.0} | {p99:.0} |", m.rps);
+    }
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let (a0, http0, grpc0) = start_agent(&args)?;
     let (a1, http1, grpc1) = start_agent(&args)?;
     let (gateway, gateway_addr) = start_gateway(&args, &[(grpc0, http0), (grpc1, http1)])?;
-    let (nginx, nginx_addr) = start_nginx(&args.nginx, &[http0, http1])?;
+    let (nginx, nginx_addr, nginx_h2) = start_nginx(&args.nginx, &[http0, http1])?;
     let agents = [a0.child.id(), a1.child.id()];
     let paths = [
         (
@@ -512,9 +496,14 @@ fn main() -> anyhow::Result<()> {
             }
         }
         report(workload, &paths, &rounds);
+        if let Some(tools) = &args.load_tools {
+            let tools = LoadTools::new(tools.clone());
+            let h2 = [("inferpool gateway", paths[1].1.addr), ("nginx", nginx_h2)];
+            drive_externally(&tools, &paths, &h2, workload, &args)?;
+        }
     }
     let agents_before: f64 = agents.iter().copied().map(tree_cpu_seconds).sum();
-    let hop = grpc_latencies(grpc0, args.sequential)?;
+    let hop = grpc_latencies(grpc0, MODEL, args.sequential)?;
     let agents_after: f64 = agents.iter().copied().map(tree_cpu_seconds).sum();
     let hop_cpu = per_request_cpu(agents_after - agents_before, (args.sequential + 50) as f64);
     println!(
