@@ -354,6 +354,26 @@ async fn an_agent_stopped_with_sigterm_under_load_fails_no_request() -> anyhow::
         (40, 0, 0),
         "a drained agent finishes what it took: {tally:?}"
     );
+    // Having finished, it exits at once (the gateway's links do not hold it), and the
+    // gateway connects to its replacement, which then takes requests.
+    wait_until(Duration::from_secs(10), || async {
+        (!std::path::Path::new(&format!("/proc/{gw0}")).exists()).then_some(())
+    })
+    .await?;
+    pool.restarted("gw-0", gw0, Duration::from_secs(300))
+        .await?;
+    let served_by_replacement = || {
+        let addr = pool.agent_http("gw-0").ok()?;
+        let (_, text) = inferpool_e2e::http::get(addr, "/metrics").ok()?;
+        let key = "inferpool_agent_requests_total{endpoint=\"grpc_generate\",outcome=\"ok\"}";
+        inferpool_e2e::http::metric(&text, key)
+    };
+    let tally = Clients::start(pool.addr, MODEL, 8, 4).tally()?;
+    assert_eq!(tally.completed, 8, "{tally:?}");
+    assert!(
+        served_by_replacement().is_some_and(|n| n >= 1.0),
+        "the replacement took none of 8 requests"
+    );
     assert_eq!(pool.stop().await?, Some(0));
     Ok(())
 }
