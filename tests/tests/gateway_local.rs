@@ -471,11 +471,7 @@ async fn a_saturated_pool_answers_429_and_loses_nothing() -> anyhow::Result<()> 
                 assert!(kind == "pool_saturated" || kind == "queue_full", "{kind}");
                 refused += 1;
             }
-            other => panic!(
-                "unexpected {other}: {}\n{}",
-                reply.body,
-                pool.log_text()
-            ),
+            other => panic!("unexpected {other}: {}\n{}", reply.body, pool.log_text()),
         }
     }
     assert_eq!(ok + refused, 8, "every request got an answer");
