@@ -3,6 +3,9 @@
 //! crate (it names only the sampling settings), so that every layer can use these types
 //! without importing another layer.
 
+use inferpool_protocol::agent as pb;
+use inferpool_protocol::priority::priority_name;
+
 use crate::engine::sampling::SamplingParams;
 
 /// Request priority (`x-inferpool-priority`).
@@ -29,11 +32,29 @@ impl Priority {
 
     /// The header spelling.
     pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Critical => "critical",
-            Self::High => "high",
-            Self::Normal => "normal",
-            Self::Low => "low",
+        priority_name(self.into())
+    }
+}
+
+/// The wire's priority (header or `Generate`) as the queue's: unspecified is normal.
+impl From<pb::Priority> for Priority {
+    fn from(p: pb::Priority) -> Self {
+        match p {
+            pb::Priority::Critical => Self::Critical,
+            pb::Priority::High => Self::High,
+            pb::Priority::Unspecified | pb::Priority::Normal => Self::Normal,
+            pb::Priority::Low => Self::Low,
+        }
+    }
+}
+
+impl From<Priority> for pb::Priority {
+    fn from(p: Priority) -> Self {
+        match p {
+            Priority::Critical => Self::Critical,
+            Priority::High => Self::High,
+            Priority::Normal => Self::Normal,
+            Priority::Low => Self::Low,
         }
     }
 }
@@ -83,4 +104,19 @@ pub enum GenerationEvent {
     Failed(String),
     /// Its deadline passed while it waited in the queue.
     Expired,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn priorities_cross_the_wire_unchanged_and_unspecified_is_normal() {
+        for p in Priority::ALL {
+            assert_eq!(Priority::from(pb::Priority::from(p)), p);
+        }
+        assert_eq!(Priority::from(pb::Priority::Unspecified), Priority::Normal);
+        let names = Priority::ALL.map(Priority::as_str);
+        assert_eq!(names, ["critical", "high", "normal", "low"]);
+    }
 }

@@ -54,7 +54,7 @@ fn a_chat_request_becomes_a_templated_prompt_with_fitted_limits() -> anyhow::Res
         PrepareError::PromptTooLong { context: 10, .. }
     ));
     assert_eq!(
-        (err.status(), err.error_type()),
+        (err.kind().status(), err.kind().name()),
         (413, "context_length_exceeded")
     );
     Ok(())

@@ -1,6 +1,7 @@
 //! Turning a checked OpenAI chat request into work for the engine: render the chat
 //! template, tokenize, and fit the prompt and `max_tokens` into the model's context.
 
+use inferpool_protocol::errors::ErrorType;
 use inferpool_protocol::openai::ValidChatRequest;
 
 use super::chat::{ChatMessage, ChatTemplate, TemplateError};
@@ -28,19 +29,11 @@ pub enum PrepareError {
 }
 
 impl PrepareError {
-    /// The stable OpenAI error `type`.
-    pub fn error_type(&self) -> &'static str {
+    /// The stable OpenAI error `type` (and with it the HTTP status).
+    pub fn kind(&self) -> ErrorType {
         match self {
-            Self::Template(_) | Self::Tokenizer(_) => "invalid_request_error",
-            Self::PromptTooLong { .. } => "context_length_exceeded",
-        }
-    }
-
-    /// The HTTP status to answer with.
-    pub fn status(&self) -> u16 {
-        match self {
-            Self::PromptTooLong { .. } => 413,
-            _ => 400,
+            Self::Template(_) | Self::Tokenizer(_) => ErrorType::InvalidRequest,
+            Self::PromptTooLong { .. } => ErrorType::ContextLengthExceeded,
         }
     }
 }

@@ -12,6 +12,7 @@ use inferpool_protocol::agent::{
     self as pb, DrainRequest, DrainResponse, EmbedRequest, EmbedResponse, ErrorInfo,
     GenerateRequest, GenerateResponse, LoadReport, WatchLoadRequest,
 };
+use inferpool_protocol::errors::code_for_status;
 use inferpool_protocol::openai::{
     ChatCompletionRequest, CompletionRequest, EmbeddingInput, EmbeddingRequest, Message,
     SamplingFields, Stop, ValidChatRequest, ValidCompletionRequest, ValidEmbeddingRequest, Vector,
@@ -25,7 +26,7 @@ use tonic_health::server::HealthReporter;
 
 use super::deadline::{deadline_of, grpc_timeout};
 use crate::cache::CacheStats;
-use crate::generation::{FinishReason, Priority};
+use crate::generation::FinishReason;
 use crate::scheduler::batcher::Load;
 use crate::serving::error::ServeError;
 use crate::serving::record::Recorder;
@@ -67,17 +68,10 @@ pub async fn set_health(reporter: &HealthReporter, status: ServingStatus) {
         .await;
 }
 
-/// A refusal as a gRPC status with an `ErrorInfo` detail.
+/// A refusal as a gRPC status with an `ErrorInfo` detail: its HTTP status's code (the
+/// gateway reads the same status back from it), `Internal` for the agent's own failures.
 pub fn status(e: &ServeError) -> Status {
-    let code = match e.status() {
-        400 => Code::InvalidArgument,
-        404 => Code::NotFound,
-        413 => Code::OutOfRange,
-        429 => Code::ResourceExhausted,
-        503 => Code::Unavailable,
-        504 => Code::DeadlineExceeded,
-        _ => Code::Internal,
-    };
+    let code = code_for_status(e.status()).unwrap_or(Code::Internal);
     let info = ErrorInfo {
         r#type: e.error_type().to_owned(),
         message: e.to_string(),
@@ -187,7 +181,7 @@ impl GrpcAgent {
             tracing::debug!(traceparent = %req.traceparent, model = %req.model, "generate");
         }
         let admission = Admission {
-            priority: priority(req.priority()),
+            priority: req.priority().into(),
             deadline,
         };
         let sampling = sampling_fields(req.sampling.unwrap_or_default());
@@ -226,15 +220,6 @@ impl GrpcAgent {
                 "a prompt (text or chat) is required".into(),
             )),
         }
-    }
-}
-
-fn priority(p: pb::Priority) -> Priority {
-    match p {
-        pb::Priority::Critical => Priority::Critical,
-        pb::Priority::High => Priority::High,
-        pb::Priority::Unspecified | pb::Priority::Normal => Priority::Normal,
-        pb::Priority::Low => Priority::Low,
     }
 }
 

@@ -8,16 +8,16 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use inferpool_protocol::limits::MAX_BODY_BYTES;
 use inferpool_protocol::openai::{
-    ChatCompletionRequest, CompletionRequest, EmbeddingRequest, ValidChatRequest,
+    ChatCompletionRequest, CompletionRequest, EmbeddingRequest, Kind, ValidChatRequest,
     ValidCompletionRequest, ValidEmbeddingRequest,
 };
+use inferpool_protocol::priority::{PRIORITY_HEADER, parse_priority};
 use serde::de::DeserializeOwned;
-
-use inferpool_protocol::openai::Kind;
 
 use super::deadline::{TIMEOUT_HEADER, deadline_of, millis};
 use super::respond::{self, refuse};
@@ -25,12 +25,6 @@ use crate::generation::Priority;
 use crate::serving::error::ServeError;
 use crate::serving::record::Recorder;
 use crate::serving::{Admission, Agent, Phase};
-
-/// Largest request body accepted.
-pub const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
-
-/// The header that carries a request's priority.
-pub const PRIORITY_HEADER: &str = "x-inferpool-priority";
 
 /// The agent's HTTP routes.
 pub fn router(agent: Arc<Agent>) -> Router {
@@ -58,7 +52,6 @@ fn parse<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, 
     serde_json::from_slice(&bytes).map_err(|e| ServeError::Json(e.to_string()))
 }
 
-/// The request's priority header (`normal` when absent).
 /// The queue `headers` ask for: priority and deadline.
 fn admission(headers: &HeaderMap) -> Result<Admission, ServeError> {
     let timeout = headers
@@ -70,15 +63,11 @@ fn admission(headers: &HeaderMap) -> Result<Admission, ServeError> {
     })
 }
 
+/// The request's priority header (`normal` when absent).
 pub fn priority(headers: &HeaderMap) -> Result<Priority, ServeError> {
-    let Some(value) = headers.get(PRIORITY_HEADER) else {
-        return Ok(Priority::Normal);
-    };
-    let text = value.to_str().unwrap_or_default();
-    Priority::ALL
-        .into_iter()
-        .find(|p| p.as_str().eq_ignore_ascii_case(text))
-        .ok_or_else(|| ServeError::Json(format!("{PRIORITY_HEADER}: unknown priority {text:?}")))
+    parse_priority(headers.get(PRIORITY_HEADER).map(HeaderValue::as_bytes))
+        .map(Priority::from)
+        .map_err(|e| ServeError::Json(e.to_string()))
 }
 
 /// Logs the caller's W3C trace context (the gateway passes its client's on), as `Generate`

@@ -7,11 +7,12 @@ use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use axum::body::{Body, Bytes};
 use axum::http::StatusCode;
-use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::Stream;
 use inferpool_protocol::openai::{Kind, ResponseShape, ValidSampling};
+use inferpool_protocol::sse;
 
 use crate::serving::Agent;
 use crate::serving::error::ServeError;
@@ -58,7 +59,7 @@ impl Answer {
     ) -> Response {
         if self.stream {
             let events = Events::new(self, text, recorder, echo);
-            Sse::new(events.into_stream()).into_response()
+            (sse::HEADERS, Body::from_stream(events.into_stream())).into_response()
         } else {
             self.whole(text, recorder, echo).await
         }
@@ -103,7 +104,8 @@ struct Events {
     answer: Answer,
     text: TextStream,
     recorder: Recorder,
-    queued: VecDeque<String>,
+    /// Framed events not yet sent.
+    queued: VecDeque<Bytes>,
     ended: bool,
 }
 
@@ -111,10 +113,11 @@ impl Events {
     fn new(answer: Answer, text: TextStream, recorder: Recorder, echo: Option<String>) -> Self {
         let mut queued = VecDeque::new();
         if answer.shape.kind == Kind::Chat {
-            queued.push_back(answer.shape.chunk(Some(String::new()), true, None));
+            let role = answer.shape.chunk(Some(String::new()), true, None);
+            queued.push_back(sse::event(&role));
         }
         if let Some(echo) = echo {
-            queued.push_back(answer.shape.chunk(Some(echo), false, None));
+            queued.push_back(sse::event(&answer.shape.chunk(Some(echo), false, None)));
         }
         Self {
             answer,
@@ -125,14 +128,14 @@ impl Events {
         }
     }
 
-    fn into_stream(self) -> impl Stream<Item = Result<Event, Infallible>> {
+    fn into_stream(self) -> impl Stream<Item = Result<Bytes, Infallible>> {
         futures::stream::unfold(self, |mut s| async move {
-            let data = s.next_data().await?;
-            Some((Ok(Event::default().data(data)), s))
+            let event = s.next_event().await?;
+            Some((Ok(event), s))
         })
     }
 
-    async fn next_data(&mut self) -> Option<String> {
+    async fn next_event(&mut self) -> Option<Bytes> {
         while self.queued.is_empty() && !self.ended {
             self.pull().await;
         }
@@ -145,17 +148,15 @@ impl Events {
             Some(TextEvent::Text { text, token_ids }) => {
                 self.recorder.tokens(token_ids.len());
                 if !text.is_empty() {
-                    self.queued
-                        .push_back(self.answer.shape.chunk(Some(text), false, None));
+                    self.push(self.answer.shape.chunk(Some(text), false, None));
                 }
             }
             Some(TextEvent::Done { finish, usage }) => {
                 self.recorder.outcome("ok");
                 let finish = finish_reason(finish);
-                self.queued
-                    .push_back(self.answer.shape.chunk(None, false, Some(finish)));
+                self.push(self.answer.shape.chunk(None, false, Some(finish)));
                 if self.answer.include_usage {
-                    self.queued.push_back(self.answer.shape.usage_chunk(usage));
+                    self.push(self.answer.shape.usage_chunk(usage));
                 }
                 self.end();
             }
@@ -168,13 +169,17 @@ impl Events {
 
     fn fail(&mut self, error: ServeError) {
         self.recorder.outcome(error.error_type());
-        self.queued
-            .push_back(serde_json::to_string(&error.body()).unwrap_or_default());
+        self.push(serde_json::to_string(&error.body()).unwrap_or_default());
         self.end();
     }
 
+    /// Queues one chunk's JSON as an event.
+    fn push(&mut self, json: String) {
+        self.queued.push_back(sse::event(&json));
+    }
+
     fn end(&mut self) {
-        self.queued.push_back("[DONE]".to_owned());
+        self.queued.push_back(sse::done());
         self.ended = true;
     }
 }
@@ -195,4 +200,31 @@ impl IntoResponse for ApiError {
 pub fn refuse(recorder: &mut Recorder, e: ServeError) -> Response {
     recorder.outcome(e.error_type());
     ApiError(e).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::response::sse::{Event, Sse};
+
+    use super::*;
+
+    /// The protocol's frames and headers are what axum's `Sse` wrote, which streams used
+    /// before: clients see the same bytes.
+    #[tokio::test]
+    async fn events_are_framed_as_axum_framed_them() {
+        let data = [r#"{"id":"x","choices":[]}"#, "two\nlines\r", "[DONE]"];
+        let events = data.map(|d| Ok::<_, Infallible>(Event::default().data(d)));
+        let theirs = Sse::new(futures::stream::iter(events)).into_response();
+        let ours = data.map(|d| Ok::<_, Infallible>(sse::event(d)));
+        let ours = (sse::HEADERS, Body::from_stream(futures::stream::iter(ours))).into_response();
+        assert_eq!(theirs.headers(), ours.headers());
+        let theirs = axum::body::to_bytes(theirs.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        let ours = axum::body::to_bytes(ours.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        assert_eq!(theirs, ours);
+        assert!(ours.ends_with(&sse::done()));
+    }
 }

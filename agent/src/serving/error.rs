@@ -1,9 +1,11 @@
-//! Every way a request can be refused or fail, each with a fixed `error_type()` (used in
-//! the JSON body, the gRPC ErrorInfo and metric labels) and an HTTP status.
+//! Every way a request can be refused or fail, each with a fixed type from the protocol's
+//! table (`error_type()`, used in the JSON body, the gRPC ErrorInfo and metric labels) and
+//! the HTTP status that type is answered with.
 
-use super::blocking::BlockingError;
+use inferpool_protocol::errors::ErrorType;
 use inferpool_protocol::openai::{ErrorBody, InvalidRequest};
 
+use super::blocking::BlockingError;
 use crate::engine::embed::EmbedError;
 use crate::engine::prepare::PrepareError;
 use crate::scheduler::batcher::SubmitError;
@@ -77,34 +79,30 @@ impl From<SubmitError> for ServeError {
 }
 
 impl ServeError {
+    /// The stable type, which fixes the HTTP status (and through it the gRPC code).
+    pub fn kind(&self) -> ErrorType {
+        match self {
+            Self::Invalid(_) | Self::Json(_) => ErrorType::InvalidRequest,
+            Self::BodyTooLarge(_) => ErrorType::RequestTooLarge,
+            Self::ModelNotFound(_) => ErrorType::ModelNotFound,
+            Self::Prepare(p) => p.kind(),
+            Self::TooLargeForCache(_) => ErrorType::ContextLengthExceeded,
+            Self::QueueFull(_) => ErrorType::QueueFull,
+            Self::Draining => ErrorType::Draining,
+            Self::NotReady => ErrorType::NotReady,
+            Self::Engine(_) | Self::Embed(_) => ErrorType::ServerError,
+            Self::DeadlineExceeded => ErrorType::DeadlineExceeded,
+        }
+    }
+
     /// The stable `type`.
     pub fn error_type(&self) -> &'static str {
-        match self {
-            Self::Invalid(_) | Self::Json(_) => "invalid_request_error",
-            Self::BodyTooLarge(_) => "request_too_large",
-            Self::ModelNotFound(_) => "model_not_found",
-            Self::Prepare(p) => p.error_type(),
-            Self::TooLargeForCache(_) => "context_length_exceeded",
-            Self::QueueFull(_) => "queue_full",
-            Self::Draining => "draining",
-            Self::NotReady => "not_ready",
-            Self::Engine(_) | Self::Embed(_) => "server_error",
-            Self::DeadlineExceeded => "deadline_exceeded",
-        }
+        self.kind().name()
     }
 
     /// The HTTP status.
     pub fn status(&self) -> u16 {
-        match self {
-            Self::Invalid(_) | Self::Json(_) => 400,
-            Self::ModelNotFound(_) => 404,
-            Self::BodyTooLarge(_) | Self::TooLargeForCache(_) => 413,
-            Self::Prepare(p) => p.status(),
-            Self::QueueFull(_) => 429,
-            Self::Draining | Self::NotReady => 503,
-            Self::Engine(_) | Self::Embed(_) => 500,
-            Self::DeadlineExceeded => 504,
-        }
+        self.kind().status()
     }
 
     /// OpenAI's JSON error body.

@@ -3,6 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::errors::ErrorType;
+
 mod completions;
 mod embeddings;
 mod responses;
@@ -111,7 +113,7 @@ impl InvalidRequest {
 
     /// The OpenAI error `type`.
     pub fn error_type(&self) -> &'static str {
-        "invalid_request_error"
+        ErrorType::InvalidRequest.name()
     }
 
     /// The JSON body OpenAI clients expect.

@@ -3,16 +3,15 @@
 //! (prompt prefix, session).
 
 use axum::body::Bytes;
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, HeaderValue};
 use inferpool_protocol::agent as pb;
 use inferpool_protocol::openai::Message;
+use inferpool_protocol::priority::{PRIORITY_HEADER, parse_priority};
 use serde::de::DeserializeOwned;
 
 use super::error::ApiError;
 use crate::gateway::dispatch::gateway::PoolRoute;
 
-/// The priority header, passed on to the agent.
-pub const PRIORITY_HEADER: &str = "x-inferpool-priority";
 /// How much of the prompt keys prefix affinity.
 pub(super) const PREFIX_BYTES: usize = 256;
 
@@ -20,19 +19,10 @@ pub(super) fn parse_json<T: DeserializeOwned>(bytes: &Bytes) -> Result<T, ApiErr
     serde_json::from_slice(bytes).map_err(|e| ApiError::invalid(format!("invalid JSON body: {e}")))
 }
 
+/// The priority header (`normal` when absent), passed on to the agent.
 pub(super) fn priority(headers: &HeaderMap) -> Result<pb::Priority, ApiError> {
-    let Some(value) = headers.get(PRIORITY_HEADER).and_then(|v| v.to_str().ok()) else {
-        return Ok(pb::Priority::Normal);
-    };
-    match value.to_ascii_lowercase().as_str() {
-        "critical" => Ok(pb::Priority::Critical),
-        "high" => Ok(pb::Priority::High),
-        "normal" => Ok(pb::Priority::Normal),
-        "low" => Ok(pb::Priority::Low),
-        other => Err(ApiError::invalid(format!(
-            "{PRIORITY_HEADER}: unknown priority {other:?}"
-        ))),
-    }
+    parse_priority(headers.get(PRIORITY_HEADER).map(HeaderValue::as_bytes))
+        .map_err(|e| ApiError::invalid(e.to_string()))
 }
 
 /// The caller's W3C trace context, passed on to the agent (empty when absent or not a
@@ -83,8 +73,6 @@ pub(super) fn session(
 
 #[cfg(test)]
 mod tests {
-    use axum::http::HeaderValue;
-
     use super::*;
 
     #[test]

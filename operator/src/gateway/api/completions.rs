@@ -11,6 +11,7 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use inferpool_protocol::agent as pb;
+use inferpool_protocol::errors::ErrorType;
 use inferpool_protocol::openai::{
     ChatCompletionRequest, CompletionRequest, Kind, ResponseShape, ValidChatRequest,
     ValidCompletionRequest, ValidSampling,
@@ -202,9 +203,8 @@ fn generate_request(
 
 fn route_for(gateway: &Gateway, model: &str) -> Result<Arc<PoolRoute>, ApiError> {
     gateway.route(model).ok_or_else(|| {
-        ApiError::new(
-            404,
-            "model_not_found",
+        ApiError::of(
+            ErrorType::ModelNotFound,
             format!("the model {model:?} does not exist"),
         )
     })

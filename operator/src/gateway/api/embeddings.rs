@@ -11,6 +11,7 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use inferpool_protocol::agent::{EmbedRequest, EmbedResponse};
+use inferpool_protocol::errors::ErrorType;
 use inferpool_protocol::openai::{
     Embedding, EmbeddingRequest, EmbeddingResponse, EmbeddingUsage, EncodingFormat,
     ValidEmbeddingRequest, Vector,
@@ -49,7 +50,7 @@ fn check(gateway: &Gateway, headers: &HeaderMap, body: &Bytes) -> Result<Routed,
         .map_err(|e| ApiError::invalid(e.to_string()))?;
     let route = gateway.embedding_route(&req.model).ok_or_else(|| {
         let message = format!("no pool serves the embedding model {:?}", req.model);
-        ApiError::new(404, "model_not_found", message)
+        ApiError::of(ErrorType::ModelNotFound, message)
     })?;
     Ok(Routed {
         rank: priority_rank(priority(headers)?),

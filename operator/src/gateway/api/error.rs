@@ -3,6 +3,7 @@
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use inferpool_protocol::errors::ErrorType;
 use inferpool_protocol::openai::ErrorBody;
 
 use super::reply::Complete;
@@ -25,8 +26,13 @@ impl ApiError {
         }
     }
 
+    /// The gateway's own error of type `kind`, with its status.
+    pub(super) fn of(kind: ErrorType, message: impl Into<String>) -> Self {
+        Self::new(kind.status(), kind.name(), message)
+    }
+
     pub(super) fn invalid(message: impl Into<String>) -> Self {
-        Self::new(400, "invalid_request_error", message)
+        Self::of(ErrorType::InvalidRequest, message)
     }
 
     /// The JSON body.

@@ -6,10 +6,12 @@
 use std::collections::VecDeque;
 use std::convert::Infallible;
 
-use axum::response::sse::{Event, Sse};
+use axum::body::{Body, Bytes};
 use axum::response::{IntoResponse, Response};
 use inferpool_protocol::agent::{self as pb, GenerateResponse};
+use inferpool_protocol::errors::ErrorType;
 use inferpool_protocol::openai::{ErrorBody, Kind, ResponseShape, Usage, ValidSampling};
+use inferpool_protocol::sse;
 use tokio::time::Instant;
 
 use crate::gateway::core::view::Outcome;
@@ -53,7 +55,8 @@ pub async fn relay(
         record,
     };
     if how.stream {
-        Sse::new(Events::new(how, source).into_stream()).into_response()
+        let events = Events::new(how, source).into_stream();
+        (sse::HEADERS, Body::from_stream(events)).into_response()
     } else {
         whole(how, source).await
     }
@@ -84,7 +87,7 @@ impl Source {
             Some(m) => Ok(Some(m)),
             None => match tokio::time::timeout_at(self.deadline, self.rest.message()).await {
                 Ok(m) => m,
-                Err(_) => return self.failed("timeout", "the request timed out"),
+                Err(_) => return self.failed(ErrorType::Timeout, "the request timed out"),
             },
         };
         match message {
@@ -95,7 +98,7 @@ impl Source {
                 }
                 piece
             }
-            Ok(None) => self.failed("upstream_error", "the agent ended the stream early"),
+            Ok(None) => self.failed(ErrorType::UpstreamError, "the agent ended the stream early"),
             Err(status) => {
                 let e = refused(&status);
                 self.in_flight.set_outcome(Outcome::Failure);
@@ -105,10 +108,10 @@ impl Source {
         }
     }
 
-    fn failed(&mut self, kind: &str, message: &str) -> Piece {
+    fn failed(&mut self, kind: ErrorType, message: &str) -> Piece {
         self.in_flight.set_outcome(Outcome::Failure);
-        self.record.outcome(kind);
-        Piece::Failed(ErrorBody::new(kind, message, None))
+        self.record.outcome(kind.name());
+        Piece::Failed(ErrorBody::new(kind.name(), message, None))
     }
 }
 
@@ -157,7 +160,8 @@ async fn whole(how: Relay, mut source: Source) -> Response {
 struct Events {
     how: Relay,
     source: Source,
-    queued: VecDeque<String>,
+    /// Framed events not yet sent.
+    queued: VecDeque<Bytes>,
     ended: bool,
 }
 
@@ -165,7 +169,8 @@ impl Events {
     fn new(how: Relay, source: Source) -> Self {
         let mut queued = VecDeque::new();
         if how.shape.kind == Kind::Chat {
-            queued.push_back(how.shape.chunk(Some(String::new()), true, None));
+            let role = how.shape.chunk(Some(String::new()), true, None);
+            queued.push_back(sse::event(&role));
         }
         Self {
             how,
@@ -175,48 +180,48 @@ impl Events {
         }
     }
 
-    fn into_stream(self) -> impl futures::Stream<Item = Result<Event, Infallible>> {
+    fn into_stream(self) -> impl futures::Stream<Item = Result<Bytes, Infallible>> {
         futures::stream::unfold(self, |mut s| async move {
             while s.queued.is_empty() && !s.ended {
                 s.pull().await;
             }
-            let data = s.queued.pop_front()?;
-            Some((Ok(Event::default().data(data)), s))
+            let event = s.queued.pop_front()?;
+            Some((Ok(event), s))
         })
     }
 
     async fn pull(&mut self) {
         match self.source.next().await {
             Piece::Text(t) if t.is_empty() => {}
-            Piece::Text(t) => self
-                .queued
-                .push_back(self.how.shape.chunk(Some(t), false, None)),
+            Piece::Text(t) => self.push(self.how.shape.chunk(Some(t), false, None)),
             Piece::End {
                 text,
                 finish,
                 usage,
             } => {
                 if !text.is_empty() {
-                    self.queued
-                        .push_back(self.how.shape.chunk(Some(text), false, None));
+                    self.push(self.how.shape.chunk(Some(text), false, None));
                 }
-                self.queued
-                    .push_back(self.how.shape.chunk(None, false, Some(finish)));
+                self.push(self.how.shape.chunk(None, false, Some(finish)));
                 if self.how.include_usage {
-                    self.queued.push_back(self.how.shape.usage_chunk(usage));
+                    self.push(self.how.shape.usage_chunk(usage));
                 }
                 self.end();
             }
             Piece::Failed(body) => {
-                self.queued
-                    .push_back(serde_json::to_string(&body).unwrap_or_default());
+                self.push(serde_json::to_string(&body).unwrap_or_default());
                 self.end();
             }
         }
     }
 
+    /// Queues one chunk's JSON as an event.
+    fn push(&mut self, json: String) {
+        self.queued.push_back(sse::event(&json));
+    }
+
     fn end(&mut self) {
-        self.queued.push_back("[DONE]".to_owned());
+        self.queued.push_back(sse::done());
         self.ended = true;
     }
 }

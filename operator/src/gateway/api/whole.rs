@@ -7,8 +7,9 @@ use std::borrow::Cow;
 use axum::http::StatusCode;
 use bytes::Bytes;
 use inferpool_protocol::agent::Priority;
+use inferpool_protocol::errors::ErrorType;
+use inferpool_protocol::priority::{PRIORITY_HEADER, priority_name};
 
-use super::checks::PRIORITY_HEADER;
 use super::error::ApiError;
 use super::reply::Complete;
 use crate::gateway::core::pick::RequestKey;
@@ -81,21 +82,13 @@ pub async fn answer_whole(route: &PoolRoute, whole: Whole<'_>, key: &RequestKey<
     }
 }
 
-fn priority_name(priority: Priority) -> &'static str {
-    match priority {
-        Priority::Critical => "critical",
-        Priority::High => "high",
-        Priority::Unspecified | Priority::Normal => "normal",
-        Priority::Low => "low",
-    }
-}
-
 /// The outcome an answer is counted under: `ok`, or the agent's error type.
 fn outcome_of(answer: &Answer) -> Cow<'static, str> {
     if (200..300).contains(&answer.status) {
         return Cow::Borrowed("ok");
     }
-    error_of(&answer.body).map_or(Cow::Borrowed("upstream_error"), |(kind, _)| kind.into())
+    let untyped = Cow::Borrowed(ErrorType::UpstreamError.name());
+    error_of(&answer.body).map_or(untyped, |(kind, _)| kind.into())
 }
 
 /// The agent's answer as the client's.

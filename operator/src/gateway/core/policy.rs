@@ -11,6 +11,7 @@
 
 use std::time::Duration;
 
+use inferpool_protocol::errors::ErrorType;
 use tokio::time::Instant;
 
 use super::retry::RetryBudget;
@@ -44,20 +45,20 @@ impl ForwardError {
     /// The stable error type.
     pub fn error_type(&self) -> &str {
         match self {
-            Self::Saturated => "pool_saturated",
-            Self::Unavailable => "no_healthy_agent",
+            Self::Saturated => ErrorType::PoolSaturated.name(),
+            Self::Unavailable => ErrorType::NoHealthyAgent.name(),
             Self::Refused { kind, .. } => kind,
-            Self::Timeout => "timeout",
+            Self::Timeout => ErrorType::Timeout.name(),
         }
     }
 
     /// The HTTP status.
     pub fn status(&self) -> u16 {
         match self {
-            Self::Saturated => 429,
-            Self::Unavailable => 503,
+            Self::Saturated => ErrorType::PoolSaturated.status(),
+            Self::Unavailable => ErrorType::NoHealthyAgent.status(),
             Self::Refused { status, .. } => *status,
-            Self::Timeout => 504,
+            Self::Timeout => ErrorType::Timeout.status(),
         }
     }
 }

@@ -5,6 +5,7 @@
 //! learns which.
 
 use inferpool_protocol::agent::ErrorInfo;
+use inferpool_protocol::errors::{ErrorType, status_for_code};
 use inferpool_protocol::openai::ErrorBody;
 use prost::Message as _;
 use tonic::{Code, Status};
@@ -46,20 +47,13 @@ fn is_typed(status: &Status) -> bool {
     ErrorInfo::decode(status.details()).is_ok_and(|i| !i.r#type.is_empty())
 }
 
-/// The agent's refusal as an HTTP error with its type.
+/// The agent's refusal as an HTTP error with its type: the HTTP status the agent's code
+/// stands for, `502` for a code that stands for none (the agent failed).
 pub fn refused(status: &Status) -> ForwardError {
     let info = ErrorInfo::decode(status.details()).unwrap_or_default();
-    let http = match status.code() {
-        Code::InvalidArgument => 400,
-        Code::NotFound => 404,
-        Code::OutOfRange => 413,
-        Code::ResourceExhausted => 429,
-        Code::Unavailable => 503,
-        Code::DeadlineExceeded => 504,
-        _ => 502,
-    };
+    let http = status_for_code(status.code()).unwrap_or(ErrorType::UpstreamError.status());
     let kind = if info.r#type.is_empty() {
-        "upstream_error".to_owned()
+        ErrorType::UpstreamError.name().to_owned()
     } else {
         info.r#type
     };

@@ -14,6 +14,7 @@ use http::header::{CONNECTION, CONTENT_LENGTH, CONTENT_TYPE};
 use http::{HeaderValue, Request, Response, StatusCode};
 use http_body_util::{BodyExt as _, Limited};
 use hyper::body::Incoming;
+use inferpool_protocol::errors::ErrorType;
 use inferpool_protocol::openai::ErrorBody;
 use tower::ServiceExt as _;
 
@@ -96,15 +97,16 @@ impl Refusal {
     /// The answer, in OpenAI's error shape; the connection closes after it (the rest of
     /// the body is not read).
     pub fn response(self) -> Response<Body> {
-        let (status, kind) = match self {
-            Self::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "request_too_large"),
-            Self::Timeout(_) => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
-            Self::Broken => (StatusCode::BAD_REQUEST, "invalid_request_error"),
+        let kind = match self {
+            Self::TooLarge(_) => ErrorType::RequestTooLarge,
+            Self::Timeout(_) => ErrorType::RequestTimeout,
+            Self::Broken => ErrorType::InvalidRequest,
         };
-        let body =
-            serde_json::to_vec(&ErrorBody::new(kind, &self.to_string(), None)).unwrap_or_default();
+        let body = ErrorBody::new(kind.name(), &self.to_string(), None);
+        let body = serde_json::to_vec(&body).unwrap_or_default();
         let mut response = Response::new(Body::from(Bytes::from(body)));
-        *response.status_mut() = status;
+        *response.status_mut() =
+            StatusCode::from_u16(kind.status()).unwrap_or(StatusCode::BAD_REQUEST);
         let headers = response.headers_mut();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         headers.insert(CONNECTION, HeaderValue::from_static("close"));

@@ -4,8 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// Largest request body accepted by default (a long conversation fits many times over).
-pub const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
+use inferpool_protocol::limits::MAX_BODY_BYTES;
 
 /// Limits and TLS of the gateway's HTTP server.
 #[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
@@ -32,7 +31,8 @@ pub struct HttpSettings {
     /// Most header lines in a request (431 beyond).
     #[arg(long, default_value_t = 100)]
     pub max_headers: usize,
-    /// Largest request body, in bytes (413 beyond).
+    /// Largest request body, in bytes (413 beyond). The default is the agent's own limit,
+    /// so that a body the gateway takes by default is one the agent takes too.
     #[arg(long, default_value_t = MAX_BODY_BYTES)]
     pub max_body_bytes: usize,
     /// On shutdown, how long requests in flight may take to finish before their

@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock, Weak};
 
+use inferpool_protocol::errors::ErrorType;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -34,18 +35,18 @@ const OUTCOMES: usize = 14;
 const OUTCOME_NAMES: [&str; OUTCOMES] = [
     "ok",
     "cancelled",
-    "invalid_request_error",
-    "model_not_found",
-    "request_too_large",
-    "context_length_exceeded",
-    "queue_full",
-    "draining",
-    "not_ready",
-    "pool_saturated",
-    "no_healthy_agent",
-    "timeout",
-    "server_error",
-    "upstream_error",
+    ErrorType::InvalidRequest.name(),
+    ErrorType::ModelNotFound.name(),
+    ErrorType::RequestTooLarge.name(),
+    ErrorType::ContextLengthExceeded.name(),
+    ErrorType::QueueFull.name(),
+    ErrorType::Draining.name(),
+    ErrorType::NotReady.name(),
+    ErrorType::PoolSaturated.name(),
+    ErrorType::NoHealthyAgent.name(),
+    ErrorType::Timeout.name(),
+    ErrorType::ServerError.name(),
+    ErrorType::UpstreamError.name(),
 ];
 
 /// A request's labels.
