@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::cache::CacheSettings;
+use crate::engine::kv::KvCacheDtype;
 use crate::engine::load::ModelFormat;
 use crate::engine::rows::Padding;
 use crate::generation::Priority;
@@ -128,6 +129,8 @@ pub struct Batching {
     pub aging_seconds: u64,
     /// Keep prompts' KV blocks for requests that start with the same tokens.
     pub prefix_caching: bool,
+    /// The element type of cached keys and values.
+    pub kv_cache_dtype: KvCacheDtype,
     /// How the rows of a step are padded.
     pub padding: Padding,
     /// `adaptive`'s time-to-first-token target (0: none).
@@ -156,6 +159,7 @@ impl Default for Batching {
             queue_limits: QueueLimits::default(),
             aging_seconds: 30,
             prefix_caching: true,
+            kv_cache_dtype: KvCacheDtype::F16,
             padding: Padding::None,
             target_time_to_first_token_milliseconds: 0,
             target_time_per_token_milliseconds: 0,
@@ -249,6 +253,7 @@ impl AgentConfig {
             max_wait: std::time::Duration::from_millis(self.batching.max_wait_milliseconds),
             aging: std::time::Duration::from_secs(self.batching.aging_seconds),
             prefix_caching: self.batching.prefix_caching,
+            kv_dtype: self.batching.kv_cache_dtype,
             slo: self.batching.slo_targets(),
             padding: self.batching.padding,
         }

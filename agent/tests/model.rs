@@ -1,10 +1,11 @@
 //! The batched forward pass on the real default model (CPU): greedy decoding is
-//! reproducible, a sequence decodes the same alone or batched with another, and a prompt
-//! fed in chunks gives the logits of the prompt fed whole.
+//! reproducible, a sequence decodes the same alone or batched with another, a prompt fed
+//! in chunks gives the logits of the prompt fed whole, and an f16 KV cache gives the
+//! logits of an f32 one within a stated tolerance.
 
 use candle_core::{Device, Tensor};
 use inferpool_agent::engine::gguf::GgufHeader;
-use inferpool_agent::engine::kv::{BLOCK_SIZE, BlockBudget};
+use inferpool_agent::engine::kv::{BLOCK_SIZE, BlockBudget, KvCacheDtype};
 use inferpool_agent::engine::model::{KvCache, Llama, Padding, SeqStep, WeightFormat, argmax};
 use inferpool_agent::engine::tokenizer::ModelTokenizer;
 use inferpool_e2e::parts::default_model;
@@ -71,6 +72,62 @@ fn relative_difference(a: &Tensor, b: &Tensor) -> anyhow::Result<f32> {
     let scale = a.abs()?.max_all()?.to_scalar::<f32>()?;
     let diff = (a - b)?.abs()?.max_all()?.to_scalar::<f32>()?;
     Ok(diff / scale)
+}
+
+/// The logits after `prompt` and after each of `n` greedy tokens (chosen by the first
+/// run), with the KV cache in `dtype`: `n + 1` rows.
+fn logits_with_cache(
+    model: &Llama,
+    prompt: &[u32],
+    forced: Option<&[u32]>,
+    n: usize,
+    dtype: KvCacheDtype,
+) -> anyhow::Result<(Vec<Tensor>, Vec<u32>)> {
+    let mut cache = KvCache::new(dtype);
+    let mut tokens = prompt.to_vec();
+    let (mut rows, mut chosen) = (Vec::new(), Vec::new());
+    for i in 0..=n {
+        let logits = model
+            .step(&mut [SeqStep {
+                tokens: &tokens,
+                cache: &mut cache,
+            }])?
+            .get(0)?;
+        let next = forced.and_then(|f| f.get(i).copied());
+        let next = next.map_or_else(|| argmax(&logits), Ok)?;
+        rows.push(logits);
+        chosen.push(next);
+        tokens = vec![next];
+    }
+    Ok((rows, chosen))
+}
+
+#[test]
+fn an_f16_kv_cache_gives_the_logits_of_an_f32_one() -> anyhow::Result<()> {
+    let path = default_model()?;
+    let tok = ModelTokenizer::from_gguf(&GgufHeader::read(&path)?)?;
+    let prompt = tok.encode(
+        "<|im_start|>system\nYou are a careful assistant who answers in full sentences.\
+         <|im_end|>\n<|im_start|>user\nExplain why the sky is blue, briefly.<|im_end|>\n\
+         <|im_start|>assistant\n",
+    )?;
+    // f16 keeps 11 significant bits of every key and value: on f32 weights (nothing else
+    // rounded) the logits move by about 1e-3 of their size (measured 8.5e-4); the bound
+    // leaves room for other CPUs' kernels. On the served 8-bit weights any change of an
+    // activation can flip its rounding step, and those steps dominate (measured 9e-2,
+    // the size of the steps a chunked prefill takes), so the bound there is looser.
+    for (format, bound) in [(WeightFormat::F32, 1e-2), (WeightFormat::Q8, 0.25)] {
+        let model = Llama::load(&path, format, &Device::Cpu)?;
+        let (exact, chosen) = logits_with_cache(&model, &prompt, None, 8, KvCacheDtype::F32)?;
+        let (half, _) = logits_with_cache(&model, &prompt, Some(&chosen), 8, KvCacheDtype::F16)?;
+        let mut worst = 0f32;
+        for (e, h) in exact.iter().zip(&half) {
+            worst = worst.max(relative_difference(e, h)?);
+        }
+        eprintln!("{format:?} weights: f16 cache against f32, largest logit difference {worst:e}");
+        assert!(worst < bound, "{format:?}: {worst:e}");
+    }
+    Ok(())
 }
 
 /// The logits after `prompt` fed whole, and fed in two chunks.

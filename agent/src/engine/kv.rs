@@ -1,7 +1,10 @@
 //! The KV cache in fixed-size blocks drawn from a budget. Every sequence holds whole
 //! blocks; its keys and values live in per-layer buffers whose capacity is exactly the
 //! blocks it holds, written in place as tokens arrive (no copy of the past per step). The
-//! budget bounds memory and is what the agent reports as KV-cache utilisation.
+//! budget bounds memory and is what the agent reports as KV-cache utilisation. Keys and
+//! values are kept in f16 by default: half the memory of f32 and half the bytes that
+//! attention reads per step (it is bound by that reading at long contexts), for an error
+//! well below the weights' quantisation.
 
 use candle_core::{DType, Device, Tensor};
 
@@ -75,16 +78,65 @@ impl BlockBudget {
     }
 }
 
+/// The element type of cached keys and values.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KvCacheDtype {
+    /// Half precision (the default).
+    #[default]
+    F16,
+    /// Single precision: exactly what the model computed, twice the memory.
+    F32,
+}
+
+impl KvCacheDtype {
+    /// candle's type.
+    pub fn dtype(self) -> DType {
+        match self {
+            Self::F16 => DType::F16,
+            Self::F32 => DType::F32,
+        }
+    }
+
+    /// Bytes per cached element.
+    pub fn bytes(self) -> u64 {
+        self.dtype().size_in_bytes() as u64
+    }
+}
+
 /// One sequence's keys and values: per layer `[kv_heads, blocks * BLOCK_SIZE, head_dim]`,
 /// the first `len` positions filled.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct KvCache {
     layers: Vec<(Tensor, Tensor)>,
     len: usize,
     blocks: usize,
+    dtype: DType,
+}
+
+/// f32, exactly what the model computed (the engine's sequences choose, see `new`).
+impl Default for KvCache {
+    fn default() -> Self {
+        Self::new(KvCacheDtype::F32)
+    }
 }
 
 impl KvCache {
+    /// An empty cache keeping `dtype`.
+    pub fn new(dtype: KvCacheDtype) -> Self {
+        Self {
+            layers: Vec::new(),
+            len: 0,
+            blocks: 0,
+            dtype: dtype.dtype(),
+        }
+    }
+
+    /// The element type of what it keeps.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
     /// Tokens held.
     pub fn len(&self) -> usize {
         self.len
@@ -110,7 +162,8 @@ impl KvCache {
         self.blocks += n;
     }
 
-    /// Empties the cache; returns the blocks it held, to give back to the budget.
+    /// Empties the cache (its type stays); returns the blocks it held, to give back to the
+    /// budget.
     pub fn release(&mut self) -> usize {
         self.layers.clear();
         self.len = 0;
@@ -129,14 +182,14 @@ impl KvCache {
         let capacity = self.blocks.max(BlockBudget::blocks_for(self.len + n)) * BLOCK_SIZE;
         if li == self.layers.len() {
             let (kv, _, hd) = k.dims3()?;
-            let zeros = || Tensor::zeros((kv, capacity, hd), DType::F32, k.device());
+            let zeros = || Tensor::zeros((kv, capacity, hd), self.dtype, k.device());
             self.layers.push((zeros()?, zeros()?));
         }
         let (kc, vc) = &mut self.layers[li];
         grow(kc, capacity)?;
         grow(vc, capacity)?;
-        kc.slice_set(&k.contiguous()?, 1, self.len)?;
-        vc.slice_set(&v.contiguous()?, 1, self.len)?;
+        kc.slice_set(&k.to_dtype(self.dtype)?.contiguous()?, 1, self.len)?;
+        vc.slice_set(&v.to_dtype(self.dtype)?.contiguous()?, 1, self.len)?;
         Ok((
             kc.narrow(1, 0, self.len + n)?,
             vc.narrow(1, 0, self.len + n)?,
@@ -162,8 +215,8 @@ impl KvCache {
         for li in 0..first.len() {
             let ks: Vec<&Tensor> = blocks.iter().map(|b| &b[li].0).collect();
             let vs: Vec<&Tensor> = blocks.iter().map(|b| &b[li].1).collect();
-            let mut k = Tensor::cat(&ks, 1)?;
-            let mut v = Tensor::cat(&vs, 1)?;
+            let mut k = Tensor::cat(&ks, 1)?.to_dtype(self.dtype)?;
+            let mut v = Tensor::cat(&vs, 1)?.to_dtype(self.dtype)?;
             grow(&mut k, capacity)?;
             grow(&mut v, capacity)?;
             self.layers.push((k, v));
@@ -250,6 +303,33 @@ mod tests {
         assert_eq!(cache.blocks_missing(BLOCK_SIZE - 3), 1);
         assert_eq!(cache.release(), 1);
         assert!(cache.is_empty());
+        Ok(())
+    }
+
+    #[test]
+    fn an_f16_cache_keeps_half_precision_and_returns_it() -> candle_core::Result<()> {
+        let dev = Device::Cpu;
+        let mut cache = KvCache::new(KvCacheDtype::F16);
+        cache.grant(cache.blocks_missing(2));
+        let k = Tensor::new(&[[[1.0f32, 1.0 / 3.0], [1000.5, -2.25]]], &dev)?;
+        let (kk, _) = cache.append(0, &k, &k)?;
+        cache.advance(2);
+        assert_eq!(kk.dtype(), DType::F16);
+        let back = kk.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        let want = [1.0f32, 1.0 / 3.0, 1000.5, -2.25];
+        for (b, w) in back.iter().zip(want) {
+            assert!((b - w).abs() <= w.abs() / 1024.0, "{b} vs {w}");
+        }
+        let block = {
+            let mut full = KvCache::new(KvCacheDtype::F16);
+            full.grant(1);
+            let rows = Tensor::ones((1, BLOCK_SIZE, 2), DType::F32, &dev)?;
+            full.append(0, &rows, &rows)?;
+            full.advance(BLOCK_SIZE);
+            full.copy_block(0)?
+        };
+        assert_eq!(block[0].0.dtype(), DType::F16);
+        assert_eq!(KvCacheDtype::F16.bytes() * 2, KvCacheDtype::F32.bytes());
         Ok(())
     }
 }

@@ -405,8 +405,10 @@ impl Llama {
         let c = &self.config;
         let (len, hd) = (q.dim(1)?, c.head_dim());
         let (kv, group, total) = (c.kv_heads, c.heads / c.kv_heads, k.dim(1)?);
-        let q = q.reshape((kv, group * len, hd))?;
-        let scores = (q.matmul(&k.t()?)? / (hd as f64).sqrt())?;
+        // Scaled before the product, so that scores in the cache's type (f16) stay small;
+        // the softmax is in f32.
+        let q = (q.reshape((kv, group * len, hd))? / (hd as f64).sqrt())?.to_dtype(k.dtype())?;
+        let scores = q.matmul(&k.t()?)?.to_dtype(DType::F32)?;
         let scores = match mask {
             Some(mask) => scores
                 .reshape((kv, group, len, total))?
@@ -414,8 +416,11 @@ impl Llama {
                 .reshape((kv, group * len, total))?,
             None => scores,
         };
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-        let y = probs.matmul(v)?.reshape((c.heads, len, hd))?;
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(v.dtype())?;
+        let y = probs
+            .matmul(v)?
+            .to_dtype(DType::F32)?
+            .reshape((c.heads, len, hd))?;
         Ok(y.transpose(0, 1)?.reshape((len, c.heads * hd))?)
     }
 }

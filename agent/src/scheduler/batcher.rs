@@ -161,7 +161,7 @@ impl Batcher {
 
     fn accept(&mut self, s: Submission) {
         let priority = s.request.priority;
-        let sequence = Sequence::new(s.request, s.events);
+        let sequence = Sequence::new(s.request, s.events, self.config.kv_dtype);
         let _ = s.admitted.send(self.queue.push(priority, sequence));
         self.publish_load();
     }

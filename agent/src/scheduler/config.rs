@@ -7,6 +7,7 @@ use super::adaptive::SloTargets;
 use super::blocks::PrefixStats;
 use super::queue::QueueFull;
 use super::strategy::Strategy;
+use crate::engine::kv::KvCacheDtype;
 use crate::engine::rows::Padding;
 
 /// Limits of the loop.
@@ -29,6 +30,8 @@ pub struct BatcherConfig {
     /// Keep prompts' full KV blocks in the free part of the budget for later requests
     /// that start with the same tokens (`engine::prefix`).
     pub prefix_caching: bool,
+    /// The element type of every sequence's cached keys and values.
+    pub kv_dtype: KvCacheDtype,
     /// What `adaptive` steers the batch size and the wait towards.
     pub slo: SloTargets,
     /// How the rows of a step are padded.

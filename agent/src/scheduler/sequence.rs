@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use tokio::sync::mpsc;
 
-use crate::engine::kv::KvCache;
+use crate::engine::kv::{KvCache, KvCacheDtype};
 use crate::engine::sampling::Sampler;
 use crate::generation::{GenerationEvent, GenerationRequest, Priority};
 
@@ -29,13 +29,17 @@ pub(super) struct Sequence {
 }
 
 impl Sequence {
-    pub fn new(request: GenerationRequest, events: mpsc::Sender<GenerationEvent>) -> Self {
+    pub fn new(
+        request: GenerationRequest,
+        events: mpsc::Sender<GenerationEvent>,
+        kv_dtype: KvCacheDtype,
+    ) -> Self {
         Self {
             sampler: Sampler::new(request.sampling.clone()),
             tokens: request.prompt.clone(),
             request,
             events,
-            cache: KvCache::default(),
+            cache: KvCache::new(kv_dtype),
             generated: 0,
             admitted: 0,
             arrived: Instant::now(),

@@ -23,7 +23,7 @@ use super::grpc::{GrpcAgent, set_health};
 use crate::cache::ResponseCache;
 use crate::config::AgentConfig;
 use crate::engine::embed::Embedder;
-use crate::engine::kv::BlockBudget;
+use crate::engine::kv::{BlockBudget, KvCacheDtype};
 use crate::engine::load::{LoadedModel, load};
 use crate::engine::rows::Padding;
 use crate::engine::sampling::SamplingParams;
@@ -242,7 +242,7 @@ async fn load_and_warm_inner(
         tokio::task::spawn_blocking(move || load(&path, format, template.as_deref(), &dev))
             .await??;
     let embedder = load_embedder(args, &device, config.batching.padding).await?;
-    let budget = kv_budget(&loaded, args, &device);
+    let budget = kv_budget(&loaded, args, &device, config.batching.kv_cache_dtype);
     let engine = EngineHandle::start(loaded.model.clone(), config.batcher(budget.total()));
     let context = loaded.model.config.context.min(budget.capacity_tokens());
     tracing::info!(kv_blocks = budget.total(), "KV cache");
@@ -278,9 +278,14 @@ async fn load_embedder(
 
 const DEFAULT_CPU_KV_BYTES: u64 = 1 << 30;
 
-fn kv_budget(loaded: &LoadedModel, args: &ServeArgs, device: &Device) -> BlockBudget {
+fn kv_budget(
+    loaded: &LoadedModel,
+    args: &ServeArgs,
+    device: &Device,
+    dtype: KvCacheDtype,
+) -> BlockBudget {
     let c = &loaded.model.config;
-    let bytes_per_token = (c.layers * 2 * c.kv_heads * c.head_dim() * 4) as u64;
+    let bytes_per_token = (c.layers * 2 * c.kv_heads * c.head_dim()) as u64 * dtype.bytes();
     let bytes = args.kv_cache_bytes.unwrap_or(match device {
         Device::Cpu => DEFAULT_CPU_KV_BYTES,
         _ => gpu_memory(device) / 5 * 2,

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use candle_core::Device;
 use inferpool_agent::engine::gguf::GgufHeader;
+use inferpool_agent::engine::kv::KvCacheDtype;
 use inferpool_agent::engine::model::{Llama, Padding, WeightFormat};
 use inferpool_agent::engine::sampling::SamplingParams;
 use inferpool_agent::engine::tokenizer::ModelTokenizer;
@@ -73,6 +74,7 @@ pub const CONFIG: BatcherConfig = BatcherConfig {
     max_wait: Duration::ZERO,
     aging: Duration::from_secs(30),
     prefix_caching: true,
+    kv_dtype: KvCacheDtype::F16,
     slo: SloTargets {
         ttft: None,
         time_per_token: None,

@@ -1,6 +1,8 @@
 //! Engine benchmark on the default model (CPU): decode throughput of inferpool's batched
-//! forward at batch 1, 4 and 16, next to candle's own `quantized_llama` (single stream,
-//! the same file and threads) as the reference, in the same run.
+//! forward at batch 1, 4 and 16, with the KV cache in f32 and in f16, next to candle's own
+//! `quantized_llama` (single stream, the same file and threads) as the reference, in the
+//! same run. `--context` lengthens the prompt, where attention's reading of the cache
+//! weighs most.
 //!
 //! Run with `bench/engine` (release build for this CPU).
 
@@ -11,6 +13,7 @@ use candle_core::{Device, Tensor};
 use candle_transformers::models::quantized_llama::ModelWeights;
 use clap::Parser;
 use inferpool_agent::engine::gguf::GgufHeader;
+use inferpool_agent::engine::kv::KvCacheDtype;
 use inferpool_agent::engine::model::{KvCache, Llama, SeqStep, WeightFormat, argmax};
 use inferpool_agent::engine::tokenizer::ModelTokenizer;
 
@@ -25,6 +28,10 @@ struct Args {
     /// Only the Q8 engine (what the agent runs), e.g. under a profiler.
     #[arg(long)]
     q8_only: bool,
+    /// Tokens of context each sequence has before decoding (the prompt repeated up to it;
+    /// 0: the short prompt alone).
+    #[arg(long, default_value_t = 0)]
+    context: usize,
 }
 
 const PROMPT: &str =
@@ -37,7 +44,11 @@ fn main() -> anyhow::Result<()> {
         None => default_model_path(),
     };
     let tok = ModelTokenizer::from_gguf(&GgufHeader::read(&path)?)?;
-    let prompt = tok.encode(PROMPT)?;
+    let mut prompt = tok.encode(PROMPT)?;
+    let short = prompt.clone();
+    while prompt.len() < args.context {
+        prompt.extend_from_slice(&short);
+    }
     println!(
         "prompt {} tokens, {} decoded per sequence, threads {}",
         prompt.len(),
@@ -55,9 +66,13 @@ fn main() -> anyhow::Result<()> {
     };
     for format in formats {
         let model = Llama::load(&path, format, &Device::Cpu)?;
-        for batch in [1, 4, 16] {
-            let rate = ours(&model, &prompt, batch, args.tokens)?;
-            println!("inferpool engine ({format:?}), batch {batch:>2}: {rate:.1} tok/s aggregate");
+        for kv in [KvCacheDtype::F32, KvCacheDtype::F16] {
+            for batch in [1, 4, 16] {
+                let rate = ours(&model, &prompt, batch, args.tokens, kv)?;
+                println!(
+                    "inferpool engine ({format:?}, KV {kv:?}), batch {batch:>2}: {rate:.1} tok/s aggregate"
+                );
+            }
         }
     }
     Ok(())
@@ -97,8 +112,14 @@ fn reference(path: &PathBuf, prompt: &[u32], n: usize) -> anyhow::Result<f64> {
 }
 
 /// Aggregate decode tokens/s of `batch` sequences decoding together (prefill not counted).
-fn ours(model: &Llama, prompt: &[u32], batch: usize, n: usize) -> anyhow::Result<f64> {
-    let mut caches: Vec<KvCache> = (0..batch).map(|_| KvCache::default()).collect();
+fn ours(
+    model: &Llama,
+    prompt: &[u32],
+    batch: usize,
+    n: usize,
+    kv: KvCacheDtype,
+) -> anyhow::Result<f64> {
+    let mut caches: Vec<KvCache> = (0..batch).map(|_| KvCache::new(kv)).collect();
     let mut next = vec![0u32; batch];
     for (cache, next) in caches.iter_mut().zip(next.iter_mut()) {
         let logits = model.step(&mut [SeqStep {

@@ -53,6 +53,12 @@ pub struct BatchingSpec {
     #[serde(default = "default_prefix_caching")]
     pub prefix_caching: bool,
 
+    /// The element type of the KV cache: `f16` (half the memory of `f32`, and half the
+    /// bytes attention reads per token at long contexts) or `f32` (exactly what the model
+    /// computed). The agent's KV budget holds twice as many tokens in `f16`.
+    #[serde(default)]
+    pub kv_cache_dtype: KvCacheDtype,
+
     /// `adaptive` only: the time to first token to keep under, in milliseconds (0: none).
     /// Over it the batching wait halves; well under it the wait grows back towards
     /// `maxWaitMilliseconds`.
@@ -79,6 +85,7 @@ impl Default for BatchingSpec {
             queue_limits: QueueLimits::default(),
             aging_seconds: default_aging_seconds(),
             prefix_caching: default_prefix_caching(),
+            kv_cache_dtype: KvCacheDtype::default(),
             target_time_to_first_token_milliseconds: 0,
             target_time_per_token_milliseconds: 0,
         }
@@ -116,6 +123,17 @@ pub enum BatchingStrategy {
     /// Iteration-level scheduling: join and leave the batch at every step.
     #[default]
     Continuous,
+}
+
+/// The element type of cached keys and values.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum KvCacheDtype {
+    /// Half precision.
+    #[default]
+    F16,
+    /// Single precision.
+    F32,
 }
 
 /// How sequences of different lengths share a batch.

@@ -15,7 +15,7 @@ mod status;
 mod template;
 
 pub use autoscaling::AutoscalingSpec;
-pub use batching::{BatchingSpec, BatchingStrategy, PaddingStrategy, QueueLimits};
+pub use batching::{BatchingSpec, BatchingStrategy, KvCacheDtype, PaddingStrategy, QueueLimits};
 pub use cache::{CacheSpec, PersistenceSpec, SemanticCacheSpec};
 pub use model::{BUNDLED_SOURCE, ModelFormat, ModelSource, ModelSpec};
 pub use pool::{InferencePool, InferencePoolSpec};
