@@ -7,6 +7,7 @@ use std::collections::VecDeque;
 use std::convert::Infallible;
 
 use axum::body::{Body, Bytes};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use inferpool_protocol::agent::{self as pb, GenerateResponse};
 use inferpool_protocol::errors::ErrorType;
@@ -78,7 +79,8 @@ enum Piece {
         finish: &'static str,
         usage: Usage,
     },
-    Failed(ErrorBody),
+    /// The status a whole answer gets, and the error.
+    Failed(StatusCode, ErrorBody),
 }
 
 impl Source {
@@ -103,7 +105,8 @@ impl Source {
                 let e = refused(&status);
                 self.in_flight.set_outcome(Outcome::Failure);
                 self.record.outcome(e.error_type());
-                Piece::Failed(ErrorBody::new(e.error_type(), &e.to_string(), None))
+                let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_GATEWAY);
+                Piece::Failed(status, ErrorBody::new(e.error_type(), &e.to_string(), None))
             }
         }
     }
@@ -111,7 +114,8 @@ impl Source {
     fn failed(&mut self, kind: ErrorType, message: &str) -> Piece {
         self.in_flight.set_outcome(Outcome::Failure);
         self.record.outcome(kind.name());
-        Piece::Failed(ErrorBody::new(kind.name(), message, None))
+        let status = StatusCode::from_u16(kind.status()).unwrap_or(StatusCode::BAD_GATEWAY);
+        Piece::Failed(status, ErrorBody::new(kind.name(), message, None))
     }
 }
 
@@ -150,9 +154,7 @@ async fn whole(how: Relay, mut source: Source) -> Response {
                 )
                     .into_response();
             }
-            Piece::Failed(body) => {
-                return (axum::http::StatusCode::BAD_GATEWAY, axum::Json(body)).into_response();
-            }
+            Piece::Failed(status, body) => return (status, axum::Json(body)).into_response(),
         }
     }
 }
@@ -208,7 +210,7 @@ impl Events {
                 }
                 self.end();
             }
-            Piece::Failed(body) => {
+            Piece::Failed(_, body) => {
                 self.push(serde_json::to_string(&body).unwrap_or_default());
                 self.end();
             }

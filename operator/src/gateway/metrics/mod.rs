@@ -27,27 +27,23 @@ use super::core::pick::STRATEGY_NAMES;
 /// name, so no InferencePool's label can be the same.
 pub const UNROUTED: &str = "_none";
 
-/// How many outcomes are counted: the named ones and `upstream_error` for the rest.
-const OUTCOMES: usize = 14;
+/// How many outcomes are counted: `ok`, `cancelled` and every stable error type (the last
+/// of them `upstream_error`, which also counts anything else).
+const OUTCOMES: usize = 2 + ErrorType::ALL.len();
 
-/// Outcomes the gateway counts by name: `ok`, the error types it knows, and last
-/// `upstream_error` for anything else.
-const OUTCOME_NAMES: [&str; OUTCOMES] = [
-    "ok",
-    "cancelled",
-    ErrorType::InvalidRequest.name(),
-    ErrorType::ModelNotFound.name(),
-    ErrorType::RequestTooLarge.name(),
-    ErrorType::ContextLengthExceeded.name(),
-    ErrorType::QueueFull.name(),
-    ErrorType::Draining.name(),
-    ErrorType::NotReady.name(),
-    ErrorType::PoolSaturated.name(),
-    ErrorType::NoHealthyAgent.name(),
-    ErrorType::Timeout.name(),
-    ErrorType::ServerError.name(),
-    ErrorType::UpstreamError.name(),
-];
+/// Outcomes the gateway counts by name, `upstream_error` last.
+const OUTCOME_NAMES: [&str; OUTCOMES] = outcome_names();
+
+const fn outcome_names() -> [&'static str; OUTCOMES] {
+    let mut names = ["ok"; OUTCOMES];
+    names[1] = "cancelled";
+    let mut i = 0;
+    while i < ErrorType::ALL.len() {
+        names[2 + i] = ErrorType::ALL[i].name();
+        i += 1;
+    }
+    names
+}
 
 /// A request's labels.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -379,6 +375,15 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+
+    #[test]
+    fn every_error_type_is_an_outcome_of_its_own() {
+        assert_eq!(OUTCOME_NAMES[OUTCOMES - 1], "upstream_error");
+        for kind in ErrorType::ALL {
+            assert!(OUTCOME_NAMES.contains(&kind.name()), "{kind:?}");
+        }
+        assert!(OUTCOME_NAMES.contains(&"deadline_exceeded"));
+    }
 
     #[test]
     fn outcomes_are_a_fixed_set_and_agents_show_their_circuit() {
