@@ -48,7 +48,8 @@ pub struct LocalArgs {
     /// order, instead of starting agents (static discovery; loopback only).
     #[arg(long = "agent", value_name = "GRPC_ADDR,HTTP_ADDR", value_parser = agent_addrs)]
     pub agents: Vec<(SocketAddr, SocketAddr)>,
-    /// Gateway listening sockets, one accept loop each (default: one per CPU share).
+    /// Gateway listening sockets, one accept loop each (default: one agent's CPU share
+    /// beside agents it starts, every CPU with `--agent`).
     #[arg(long)]
     pub gateway_workers: Option<usize>,
     /// The gateway's HTTP limits and TLS.
@@ -121,9 +122,15 @@ pub async fn run_local(args: LocalArgs) -> anyhow::Result<()> {
         queue_wait,
     };
     discovery.run(gateway.clone()).await;
-    let count = args
-        .gateway_workers
-        .unwrap_or_else(|| cpu_share(agents_in(&pools)));
+    // Beside the agents it starts, the gateway takes one agent's share of the CPUs; with
+    // agents running elsewhere (`--agent`) the CPUs are all its own.
+    let count = args.gateway_workers.unwrap_or_else(|| {
+        if args.agents.is_empty() {
+            cpu_share(agents_in(&pools))
+        } else {
+            inferpool_protocol::listen::default_workers()
+        }
+    });
     let bound =
         WorkerSockets::bind(args.addr, count).with_context(|| format!("binding {}", args.addr))?;
     tracing::info!(addr = %bound.addr(), pools = pools.len(), workers = count, "gateway listening");
