@@ -1,19 +1,41 @@
 //! Serving benchmark: the inferpool agent against llama.cpp's own server (continuous
-//! batching with 16 parallel slots), same GGUF, same 2 threads, driven by the same load
+//! batching with 16 parallel slots), same GGUF, same threads, driven by the same load
 //! generator over loopback HTTP (streaming chat completions). One server runs at a time so
-//! they never share the cores. Prints single-stream decode and prompt tokens/s, TTFT, and
-//! aggregate output tokens/s with p50/p99 latency at 1, 4 and 16 concurrent streams, and
-//! peak RSS, side by side.
+//! they never share the cores, and each is started fresh for every column of every round.
+//!
+//! It prints the CPU and the vector extensions the kernels pick from, the prompts' sizes
+//! (as the agent counts them), then three markdown tables, each cell holding every
+//! round's figure ("70.1 / 74.3", rounds alternating the servers) so that the machine's
+//! drift shows beside the gap between them:
+//! - short prompts at 1, 4 and 16 streams: single-stream decode and prompt tokens/s, and
+//!   per load aggregate output tokens/s, TTFT and latency p50/p99, then peak RSS; the
+//!   agent with an f32 KV cache runs the 16-stream load beside the default f16 one;
+//! - long prompts (~1100 tokens, 16 streams): peak RSS after them first, with TTFT and
+//!   throughput, for the agent's f16 and f32 KV caches and llama.cpp;
+//! - a shared prefix (16 streams, one ~600-token system prompt, a distinct user turn each,
+//!   after one warm-up request): TTFT p50/p99 and aggregate tokens/s for the agent with
+//!   prefix caching on and off and llama.cpp with `cache_prompt`.
 
-use std::net::SocketAddr;
+#[path = "../serving/jobs.rs"]
+mod jobs;
+#[path = "../serving/load.rs"]
+mod load;
+#[path = "../serving/report.rs"]
+mod report;
+#[path = "../serving/servers.rs"]
+mod servers;
+#[path = "../serving/workloads.rs"]
+mod workloads;
+
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
 use clap::Parser;
-use inferpool_bench::{mib, proc_stats, quantile};
-use inferpool_e2e::http::{EventStream, free_port, get};
-use serde_json::{Value, json};
+
+use jobs::{Job, LONG_MAX_TOKENS, SCENARIOS};
+use report::Figures;
+use servers::{SLOT_CONTEXT, SLOTS, Setup, Spec};
+use workloads::{Prompts, SHARED_MAX_TOKENS};
 
 #[derive(Debug, Parser)]
 struct Args {
@@ -29,233 +51,168 @@ struct Args {
     /// Threads for both.
     #[arg(long, default_value_t = 2)]
     threads: usize,
+    /// Rounds: each runs every server once, in the tables' column order.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..))]
+    rounds: u16,
 }
 
-const MODEL: &str = "smollm2";
-/// Concurrency, requests in all, tokens per request.
-const SCENARIOS: [(usize, usize, u32); 3] = [(1, 4, 128), (4, 8, 64), (16, 32, 64)];
-
-struct Server {
-    name: &'static str,
-    child: Child,
-    http: SocketAddr,
-    _dir: inferpool_e2e::parts::ScratchDir,
+/// One table: the servers in its columns and what each runs.
+struct Phase {
+    title: String,
+    note: String,
+    columns: Vec<Column>,
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+struct Column {
+    label: &'static str,
+    spec: Spec,
+    job: Job,
+}
+
+const fn column(label: &'static str, spec: Spec, job: Job) -> Column {
+    Column { label, spec, job }
+}
+
+const fn inferpool(kv_cache_dtype: &'static str, prefix_caching: bool) -> Spec {
+    Spec::Inferpool {
+        kv_cache_dtype,
+        prefix_caching,
     }
 }
 
-fn start_inferpool(args: &Args) -> anyhow::Result<Server> {
-    let dir = inferpool_e2e::parts::ScratchDir::new("bench-agent")?;
-    let (http, grpc) = (free_port()?, free_port()?);
-    // The response cache is off: the benchmark compares generation, not replays.
-    let config = json!({"servedName": MODEL, "modelPath": args.model,
-        "httpPort": http.port(), "grpcPort": grpc.port(), "batching": {"maxBatchSize": 16},
-        "cache": {"enabled": false}});
-    let path = dir.path().join("agent.json");
-    std::fs::write(&path, config.to_string())?;
-    let child = Command::new(&args.agent)
-        .args(["serve", "--host", "127.0.0.1", "--config"])
-        .arg(&path)
-        .env("RAYON_NUM_THREADS", args.threads.to_string())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let server = Server {
-        name: "inferpool",
-        child,
-        http,
-        _dir: dir,
+fn streams_phase() -> Phase {
+    let llama = Spec::Llama {
+        slot_context: SLOT_CONTEXT,
     };
-    until_ready(&server, "/readyz")?;
-    Ok(server)
+    Phase {
+        title: "Short prompts at 1, 4 and 16 streams".into(),
+        note: format!(
+            "Requests × tokens: 4 × 128 at 1 stream, 8 × 64 at 4, 32 × 64 at 16. llama.cpp: \
+             -np {SLOTS} -c {}. The KV f32 column runs only the 16-stream load.",
+            SLOTS * SLOT_CONTEXT
+        ),
+        columns: vec![
+            column(
+                "inferpool",
+                inferpool("f16", true),
+                Job::Streams(&SCENARIOS),
+            ),
+            column(
+                "inferpool (KV f32)",
+                inferpool("f32", true),
+                Job::Streams(&SCENARIOS[2..]),
+            ),
+            column("llama.cpp server", llama, Job::Streams(&SCENARIOS)),
+        ],
+    }
 }
 
-fn start_llama(args: &Args) -> anyhow::Result<Server> {
-    let dir = inferpool_e2e::parts::ScratchDir::new("bench-llama")?;
-    let http = free_port()?;
-    let threads = args.threads.to_string();
-    let child = Command::new(&args.llama_server)
-        .arg("-m")
-        .arg(&args.model)
-        .args(["--host", "127.0.0.1", "--port", &http.port().to_string()])
-        .args([
-            "-t", &threads, "-tb", &threads, "-np", "16", "-c", "16384", "-a", MODEL,
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let server = Server {
-        name: "llama.cpp",
-        child,
-        http,
-        _dir: dir,
+fn long_prompt_phase(p: &Prompts) -> Phase {
+    // llama.cpp refuses a prompt over its slot's context, and allocates every slot's
+    // KV at start: the slots are sized to the prompt (and a margin for its own chat
+    // template's count), not larger, so that its RSS is not inflated.
+    let slot_context = (p.long_tokens + LONG_MAX_TOKENS as usize + 64).next_multiple_of(128);
+    let job = Job::LongPrompt;
+    Phase {
+        title: format!("Long prompts: {SLOTS} streams of ~{} tokens", p.long_tokens),
+        note: format!(
+            "One request a stream, each prompt distinct from its first line ({} paragraphs), \
+             {LONG_MAX_TOKENS} tokens out. Peak RSS is the server process's VmHWM. \
+             llama.cpp: -np {SLOTS} -c {} ({slot_context} tokens a slot).",
+            p.long_repeats,
+            SLOTS * slot_context
+        ),
+        columns: vec![
+            column("inferpool", inferpool("f16", true), job),
+            column("inferpool (KV f32)", inferpool("f32", true), job),
+            column("llama.cpp server", Spec::Llama { slot_context }, job),
+        ],
+    }
+}
+
+fn shared_prefix_phase(p: &Prompts) -> Phase {
+    let job = Job::SharedPrefix;
+    let llama = Spec::Llama {
+        slot_context: SLOT_CONTEXT,
     };
-    until_ready(&server, "/health")?;
-    Ok(server)
-}
-
-fn until_ready(server: &Server, path: &str) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while Instant::now() < deadline {
-        if matches!(get(server.http, path), Ok((200, _))) {
-            return Ok(());
-        }
-        std::thread::park_timeout(Duration::from_millis(200));
+    Phase {
+        title: format!(
+            "Shared prefix: {SLOTS} streams, one ~{}-token system prompt",
+            p.system_tokens
+        ),
+        note: format!(
+            "One warm-up request with the system prompt, then {SLOTS} at once, each with its \
+             own user turn ({} prompt tokens in all), {SHARED_MAX_TOKENS} tokens out. \
+             llama.cpp: cache_prompt on (its per-slot prompt cache), -np {SLOTS} -c {}.",
+            p.shared_tokens,
+            SLOTS * SLOT_CONTEXT
+        ),
+        columns: vec![
+            column("inferpool (prefix cache)", inferpool("f16", true), job),
+            column("inferpool (no prefix cache)", inferpool("f16", false), job),
+            column("llama.cpp (cache_prompt)", llama, job),
+        ],
     }
-    anyhow::bail!("{} did not become ready", server.name)
 }
 
-/// One streamed request's timings.
-#[derive(Debug, Clone, Copy)]
-struct Sample {
-    ttft: Duration,
-    total: Duration,
-    tokens: usize,
-    prompt_tokens: usize,
-    decode: Duration,
-}
-
-fn one_request(http: SocketAddr, id: usize, max_tokens: u32) -> anyhow::Result<Sample> {
-    let body = json!({"model": MODEL, "temperature": 0, "max_tokens": max_tokens, "stream": true,
-        "stream_options": {"include_usage": true},
-        "messages": [{"role": "user", "content": format!(
-            "Request {id}: write a long, detailed story about a lighthouse keeper named {}.",
-            ["Ada", "Bo", "Cy", "Di", "Ed", "Fay", "Gus", "Hal"][id % 8])}]});
-    let start = Instant::now();
-    let mut stream = EventStream::open(http, "/v1/chat/completions", &body)?;
-    let (mut first, mut last, mut chunks, mut usage) = (None, None, 0, Value::Null);
-    while let Some(data) = stream.next_data()? {
-        if data == "[DONE]" {
-            break;
-        }
-        let event: Value = serde_json::from_str(&data)?;
-        let content = event["choices"][0]["delta"]["content"]
-            .as_str()
-            .unwrap_or_default();
-        if !content.is_empty() {
-            let now = start.elapsed();
-            first.get_or_insert(now);
-            last = Some(now);
-            chunks += 1;
-        }
-        if !event["usage"].is_null() {
-            usage = event["usage"].clone();
-        }
-    }
-    let total = start.elapsed();
-    let ttft = first.unwrap_or(total);
-    let tokens = usage["completion_tokens"]
-        .as_u64()
-        .map_or(chunks, |n| n as usize);
-    let prompt_tokens = usage["prompt_tokens"].as_u64().unwrap_or(0) as usize;
-    Ok(Sample {
-        ttft,
-        total,
-        tokens,
-        prompt_tokens,
-        decode: last.unwrap_or(ttft) - ttft,
-    })
-}
-
-/// Results of one scenario.
-struct Run {
-    samples: Vec<Sample>,
-    wall: Duration,
-}
-
-fn scenario(
-    http: SocketAddr,
-    concurrency: usize,
-    requests: usize,
-    max_tokens: u32,
-) -> anyhow::Result<Run> {
-    let start = Instant::now();
-    let per_client = requests / concurrency;
-    let clients: Vec<_> = (0..concurrency)
-        .map(|c| {
-            std::thread::spawn(move || -> anyhow::Result<Vec<Sample>> {
-                (0..per_client)
-                    .map(|k| one_request(http, c * per_client + k, max_tokens))
-                    .collect()
-            })
-        })
+/// Every round's figures, `[phase][column][round]`.
+fn run_rounds(
+    setup: &Setup,
+    phases: &[Phase],
+    prompts: &Prompts,
+    rounds: u16,
+) -> anyhow::Result<Vec<Vec<Vec<Figures>>>> {
+    let mut results: Vec<Vec<Vec<Figures>>> = phases
+        .iter()
+        .map(|p| p.columns.iter().map(|_| Vec::new()).collect())
         .collect();
-    let mut samples = Vec::new();
-    for client in clients {
-        samples.extend(
-            client
-                .join()
-                .map_err(|_| anyhow::anyhow!("client panicked"))??,
-        );
-    }
-    Ok(Run {
-        samples,
-        wall: start.elapsed(),
-    })
-}
-
-/// Figures of one server.
-#[derive(Debug, Default, Clone)]
-struct Figures {
-    rows: Vec<(String, f64)>,
-}
-
-fn measure(server: &Server) -> anyhow::Result<Figures> {
-    let mut f = Figures::default();
-    one_request(server.http, 99, 8)?; // warm caches and code paths
-    for (concurrency, requests, max_tokens) in SCENARIOS {
-        let run = scenario(server.http, concurrency, requests, max_tokens)?;
-        let s = &run.samples;
-        let tokens: usize = s.iter().map(|x| x.tokens).sum();
-        let ttfts: Vec<Duration> = s.iter().map(|x| x.ttft).collect();
-        let totals: Vec<Duration> = s.iter().map(|x| x.total).collect();
-        let ms = |d: Option<Duration>| d.map_or(0.0, |d| d.as_secs_f64() * 1000.0);
-        if concurrency == 1 {
-            let decode: f64 = s
-                .iter()
-                .map(|x| (x.tokens.saturating_sub(1)) as f64 / x.decode.as_secs_f64().max(1e-9))
-                .sum::<f64>()
-                / s.len() as f64;
-            let prompt: f64 = s
-                .iter()
-                .map(|x| x.prompt_tokens as f64 / x.ttft.as_secs_f64().max(1e-9))
-                .sum::<f64>()
-                / s.len() as f64;
-            f.rows.push(("single-stream decode tok/s".into(), decode));
-            f.rows.push(("single-stream prompt tok/s".into(), prompt));
+    for round in 1..=rounds {
+        for (phase, out) in phases.iter().zip(&mut results) {
+            for (column, out) in phase.columns.iter().zip(out.iter_mut()) {
+                let what = || format!("round {round}, {}: {}", phase.title, column.label);
+                let server = servers::start(setup, column.spec).with_context(what)?;
+                out.push(jobs::measure(&server, column.job, prompts).with_context(what)?);
+                eprintln!("{} done", what());
+            }
         }
-        let c = concurrency;
-        f.rows.push((
-            format!("c={c} aggregate output tok/s"),
-            tokens as f64 / run.wall.as_secs_f64(),
-        ));
-        f.rows
-            .push((format!("c={c} TTFT p50 ms"), ms(quantile(&ttfts, 0.5))));
-        f.rows
-            .push((format!("c={c} TTFT p99 ms"), ms(quantile(&ttfts, 0.99))));
-        f.rows
-            .push((format!("c={c} latency p50 ms"), ms(quantile(&totals, 0.5))));
-        f.rows
-            .push((format!("c={c} latency p99 ms"), ms(quantile(&totals, 0.99))));
     }
-    let peak = proc_stats(server.child.id())?.peak_rss_bytes;
-    f.rows.push(("peak RSS MiB".into(), mib(peak)));
-    Ok(f)
+    Ok(results)
 }
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let ours = measure(&start_inferpool(&args)?)?;
-    let reference = measure(&start_llama(&args)?)?;
-    println!("| metric | inferpool | llama.cpp server | inferpool / llama.cpp |");
-    println!("|---|---:|---:|---:|");
-    for ((name, a), (_, b)) in ours.rows.iter().zip(&reference.rows) {
-        println!("| {name} | {a:.1} | {b:.1} | {:.2} |", a / b.max(1e-9));
+    let setup = Setup {
+        agent: args.agent,
+        llama_server: args.llama_server,
+        model: args.model,
+        threads: args.threads,
+    };
+    println!("{}", inferpool_bench::cpu_header());
+    // The long texts are sized once, on an agent of their own, before anything is timed.
+    let probe = servers::start(&setup, inferpool("f16", true)).context("the sizing agent")?;
+    let prompts = workloads::calibrate(&probe.target)?;
+    drop(probe);
+    println!(
+        "model: {}, {} threads, {} rounds (each cell: round 1 / round 2 / ...; every server \
+         started fresh per column and round, one at a time, in column order)",
+        setup.model.display(),
+        setup.threads,
+        args.rounds
+    );
+    println!(
+        "prompt tokens (usage.prompt_tokens, agent): long prompt {}, shared-prefix request {} \
+         (system prompt ~{}) + {SHARED_MAX_TOKENS} out",
+        prompts.long_tokens, prompts.shared_tokens, prompts.system_tokens
+    );
+    let phases = [
+        streams_phase(),
+        long_prompt_phase(&prompts),
+        shared_prefix_phase(&prompts),
+    ];
+    let results = run_rounds(&setup, &phases, &prompts, args.rounds)?;
+    for (phase, rounds) in phases.iter().zip(&results) {
+        let labels: Vec<String> = phase.columns.iter().map(|c| c.label.to_owned()).collect();
+        report::table(&phase.title, &phase.note, &labels, rounds);
     }
     Ok(())
 }
