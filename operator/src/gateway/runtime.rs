@@ -1,12 +1,14 @@
 //! The gateway wired together: the API router on the HTTP server, on every socket bound
-//! for it, on the caller's runtime; when serving ends, the pools' agent links close too,
-//! so agents waiting for their connections to end can stop.
+//! for it, each socket served by a thread of its own running a single-threaded runtime (a
+//! request, its connection to the agent and its answer stay on one thread, as in nginx's
+//! workers: no cross-thread wake-ups); when serving ends, the pools' agent links close
+//! too, so agents waiting for their connections to end can stop.
 
 use std::sync::Arc;
+use std::thread::JoinHandle;
 
-use inferpool_protocol::listen::WorkerSockets;
+use inferpool_protocol::listen::{WorkerSockets, spawn_workers};
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
 
 use super::api::router;
 use super::dispatch::gateway::Gateway;
@@ -16,12 +18,12 @@ use super::http::server::Server;
 /// The running server.
 #[derive(Debug)]
 pub struct Workers {
-    tasks: Vec<JoinHandle<()>>,
+    threads: Vec<JoinHandle<std::io::Result<()>>>,
     gateway: Arc<Gateway>,
 }
 
 /// Serves `gateway` on `bound` with `settings` until `stopped` turns true; each socket
-/// gets its own accept loop, and every connection its own task on this runtime.
+/// gets its own worker thread, and every connection its own task on that thread.
 pub fn start_with(
     bound: WorkerSockets,
     gateway: &Arc<Gateway>,
@@ -29,15 +31,16 @@ pub fn start_with(
     settings: HttpSettings,
 ) -> std::io::Result<Workers> {
     let server = Server::new(router(gateway.clone()), settings).map_err(std::io::Error::other)?;
-    let mut tasks = Vec::new();
-    for socket in bound.into_sockets() {
-        let listener = socket.listen(1024)?;
-        tasks.push(tokio::spawn(
-            server.clone().serve(listener, stopped.clone()),
-        ));
-    }
+    let stopped = stopped.clone();
+    let threads = spawn_workers("gateway", bound.into_sockets(), move |listener| {
+        let (server, stopped) = (server.clone(), stopped.clone());
+        async move {
+            server.serve(listener, stopped).await;
+            Ok(())
+        }
+    })?;
     Ok(Workers {
-        tasks,
+        threads,
         gateway: gateway.clone(),
     })
 }
@@ -46,13 +49,17 @@ impl Workers {
     /// Waits until serving has stopped (within the shutdown grace), then closes the
     /// gateway's links to its agents.
     pub async fn join(self) -> std::io::Result<()> {
-        let mut result = Ok(());
-        for task in self.tasks {
-            if let Err(e) = task.await {
-                result = Err(std::io::Error::other(e));
-            }
-        }
+        let threads = self.threads;
+        let joined = tokio::task::spawn_blocking(move || {
+            threads.into_iter().try_for_each(|t| {
+                t.join()
+                    .map_err(|_| std::io::Error::other("a gateway worker panicked"))?
+            })
+        })
+        .await
+        .map_err(std::io::Error::other)
+        .and_then(|r| r);
         self.gateway.close();
-        result
+        joined
     }
 }

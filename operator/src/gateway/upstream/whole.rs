@@ -1,8 +1,11 @@
 //! Whole answers from an agent's own OpenAI API over hyper's pooled HTTP/1.1 client: the
 //! client's checked body goes as it is, and the agent's answer comes back as it is. A
 //! whole answer needs nothing of gRPC's framing, and the agent's HTTP server costs it
-//! less per request; kept-alive connections are pooled per agent.
+//! less per request; kept-alive connections are pooled per agent and per thread: the
+//! gateway serves on one single-threaded runtime per CPU, and a connection whose task ran
+//! on another thread's runtime would cost two cross-thread wake-ups per request.
 
+use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -60,30 +63,38 @@ pub enum CallError {
     Timeout,
 }
 
-/// The pooled client of the agents' HTTP APIs (cheap to clone).
+/// The pooled client of the agents' HTTP APIs (cheap to clone): its connections belong to
+/// the thread that uses them (see `local_client`).
 #[derive(Debug, Clone)]
 pub struct WholeClient {
-    client: Client<HttpConnector, Full<Bytes>>,
-    request_timeout: Duration,
+    settings: UpstreamSettings,
+}
+
+type PooledClient = Client<HttpConnector, Full<Bytes>>;
+
+thread_local! {
+    /// This thread's client (and the settings it was made with), made on first use.
+    static LOCAL: RefCell<Option<(UpstreamSettings, PooledClient)>> = const { RefCell::new(None) };
 }
 
 impl WholeClient {
     /// A client with the connect and request timeouts of `settings`.
     pub fn new(settings: &UpstreamSettings) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(settings.connect_timeout));
-        connector.set_nodelay(true);
-        connector.set_keepalive(Some(settings.keep_alive_interval));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(IDLE)
-            .pool_max_idle_per_host(MAX_IDLE_PER_AGENT)
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .build(connector);
         Self {
-            client,
-            request_timeout: settings.request_timeout,
+            settings: *settings,
         }
+    }
+
+    /// This thread's pooled client (a new one when the settings differ).
+    fn local_client(&self) -> PooledClient {
+        LOCAL.with_borrow_mut(|local| match local {
+            Some((settings, client)) if *settings == self.settings => client.clone(),
+            _ => {
+                let client = pooled_client(&self.settings);
+                *local = Some((self.settings, client.clone()));
+                client
+            }
+        })
     }
 
     /// Posts `post` to the agent at `addr` and reads its whole answer, by `deadline`.
@@ -93,7 +104,7 @@ impl WholeClient {
         post: Post<'_>,
         deadline: Instant,
     ) -> Result<Answer, CallError> {
-        let until = deadline.min(Instant::now() + self.request_timeout);
+        let until = deadline.min(Instant::now() + self.settings.request_timeout);
         let request = request(addr, post)?;
         tokio::time::timeout_at(until, self.call(request))
             .await
@@ -101,7 +112,7 @@ impl WholeClient {
     }
 
     async fn call(&self, request: Request<Full<Bytes>>) -> Result<Answer, CallError> {
-        let response = self.client.request(request).await.map_err(|e| {
+        let response = self.local_client().request(request).await.map_err(|e| {
             if e.is_connect() {
                 CallError::Lost(e.to_string())
             } else {
@@ -125,6 +136,20 @@ impl WholeClient {
             body,
         })
     }
+}
+
+/// A client of kept-alive connections with the timeouts of `settings`.
+fn pooled_client(settings: &UpstreamSettings) -> PooledClient {
+    let mut connector = HttpConnector::new();
+    connector.set_connect_timeout(Some(settings.connect_timeout));
+    connector.set_nodelay(true);
+    connector.set_keepalive(Some(settings.keep_alive_interval));
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(IDLE)
+        .pool_max_idle_per_host(MAX_IDLE_PER_AGENT)
+        .pool_timer(TokioTimer::new())
+        .timer(TokioTimer::new())
+        .build(connector)
 }
 
 /// A failed call: the agent's answer could not be parsed, or the connection failed.
