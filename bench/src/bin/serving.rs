@@ -4,9 +4,9 @@
 //! they never share the cores, and each is started fresh for every column of every round.
 //!
 //! It prints the CPU and the vector extensions the kernels pick from, the prompts' sizes
-//! (as the agent counts them), then three markdown tables, each cell holding every
-//! round's figure ("70.1 / 74.3", rounds alternating the servers) so that the machine's
-//! drift shows beside the gap between them:
+//! (as the agent counts them), then up to four markdown tables (`--phases`), each cell
+//! holding every round's figure ("70.1 / 74.3", rounds alternating the servers) so that
+//! the machine's drift shows beside the gap between them:
 //! - short prompts at 1, 4 and 16 streams: single-stream decode and prompt tokens/s, and
 //!   per load aggregate output tokens/s, TTFT and latency p50/p99, then peak RSS; the
 //!   agent with an f32 KV cache runs the 16-stream load beside the default f16 one;
@@ -14,7 +14,9 @@
 //!   throughput, for the agent's f16 and f32 KV caches and llama.cpp;
 //! - a shared prefix (16 streams, one ~600-token system prompt, a distinct user turn each,
 //!   after one warm-up request): TTFT p50/p99 and aggregate tokens/s for the agent with
-//!   prefix caching on and off and llama.cpp with `cache_prompt`.
+//!   prefix caching on and off and llama.cpp with `cache_prompt`;
+//! - the agent alone under every `batching.strategy` with every `batching.padding`, on the
+//!   16-stream short-prompt load: a row per setting.
 
 #[path = "../serving/jobs.rs"]
 mod jobs;
@@ -34,7 +36,7 @@ use clap::Parser;
 
 use jobs::{Job, LONG_MAX_TOKENS, SCENARIOS};
 use report::Figures;
-use servers::{SLOT_CONTEXT, SLOTS, Setup, Spec};
+use servers::{Batching, SLOT_CONTEXT, SLOTS, Setup, Spec};
 use workloads::{Prompts, SHARED_MAX_TOKENS};
 
 #[derive(Debug, Parser)]
@@ -54,6 +56,23 @@ struct Args {
     /// Rounds: each runs every server once, in the tables' column order.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..))]
     rounds: u16,
+    /// The tables to measure, in this order.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "streams,long-prompt,shared-prefix,strategy-padding"
+    )]
+    phases: Vec<PhaseName>,
+}
+
+/// The tables, by name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum PhaseName {
+    Streams,
+    LongPrompt,
+    SharedPrefix,
+    StrategyPadding,
 }
 
 /// One table: the servers in its columns and what each runs.
@@ -61,23 +80,38 @@ struct Phase {
     title: String,
     note: String,
     columns: Vec<Column>,
+    /// How the table is laid out.
+    layout: Layout,
+}
+
+/// A table against llama.cpp (a column per server, the last llama.cpp, with a ratio
+/// column), or the agent's settings compared among themselves (a row per setting).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Layout {
+    AgainstLlama,
+    Settings,
 }
 
 struct Column {
-    label: &'static str,
+    label: String,
     spec: Spec,
     job: Job,
 }
 
-const fn column(label: &'static str, spec: Spec, job: Job) -> Column {
-    Column { label, spec, job }
+fn column(label: &str, spec: Spec, job: Job) -> Column {
+    Column {
+        label: label.to_owned(),
+        spec,
+        job,
+    }
 }
 
 const fn inferpool(kv_cache_dtype: &'static str, prefix_caching: bool) -> Spec {
-    Spec::Inferpool {
+    Spec::Inferpool(Batching {
         kv_cache_dtype,
         prefix_caching,
-    }
+        ..Batching::DEFAULT
+    })
 }
 
 fn streams_phase() -> Phase {
@@ -104,6 +138,7 @@ fn streams_phase() -> Phase {
             ),
             column("llama.cpp server", llama, Job::Streams(&SCENARIOS)),
         ],
+        layout: Layout::AgainstLlama,
     }
 }
 
@@ -127,6 +162,7 @@ fn long_prompt_phase(p: &Prompts) -> Phase {
             column("inferpool (KV f32)", inferpool("f32", true), job),
             column("llama.cpp server", Spec::Llama { slot_context }, job),
         ],
+        layout: Layout::AgainstLlama,
     }
 }
 
@@ -152,6 +188,49 @@ fn shared_prefix_phase(p: &Prompts) -> Phase {
             column("inferpool (no prefix cache)", inferpool("f16", false), job),
             column("llama.cpp (cache_prompt)", llama, job),
         ],
+        layout: Layout::AgainstLlama,
+    }
+}
+
+/// Every `batching.strategy` with every `batching.padding` on one load: the short prompts
+/// at 16 streams.
+fn strategy_padding_phase() -> Phase {
+    const STRATEGIES: [&str; 4] = ["continuous", "dynamic", "adaptive", "static"];
+    const PADDINGS: [&str; 3] = ["none", "longest", "bucket"];
+    let job = Job::Streams(&SCENARIOS[2..]);
+    let columns = STRATEGIES
+        .iter()
+        .flat_map(|&strategy| PADDINGS.iter().map(move |&padding| (strategy, padding)))
+        .map(|(strategy, padding)| {
+            let batching = Batching {
+                strategy,
+                padding,
+                ..Batching::DEFAULT
+            };
+            column(
+                &format!("{strategy}, {padding}"),
+                Spec::Inferpool(batching),
+                job,
+            )
+        })
+        .collect();
+    Phase {
+        title: "Batching strategy x padding: the agent at 16 streams".into(),
+        note: "Short prompts, 32 requests x 64 tokens at 16 streams; every other setting \
+               the agent's default (maxWaitMilliseconds 10; adaptive with targets of 2 s \
+               to first token and 100 ms a token)."
+            .into(),
+        columns,
+        layout: Layout::Settings,
+    }
+}
+
+fn phase(name: PhaseName, prompts: &Prompts) -> Phase {
+    match name {
+        PhaseName::Streams => streams_phase(),
+        PhaseName::LongPrompt => long_prompt_phase(prompts),
+        PhaseName::SharedPrefix => shared_prefix_phase(prompts),
+        PhaseName::StrategyPadding => strategy_padding_phase(),
     }
 }
 
@@ -204,15 +283,14 @@ fn main() -> anyhow::Result<()> {
          (system prompt ~{}) + {SHARED_MAX_TOKENS} out",
         prompts.long_tokens, prompts.shared_tokens, prompts.system_tokens
     );
-    let phases = [
-        streams_phase(),
-        long_prompt_phase(&prompts),
-        shared_prefix_phase(&prompts),
-    ];
+    let phases: Vec<Phase> = args.phases.iter().map(|&n| phase(n, &prompts)).collect();
     let results = run_rounds(&setup, &phases, &prompts, args.rounds)?;
     for (phase, rounds) in phases.iter().zip(&results) {
-        let labels: Vec<String> = phase.columns.iter().map(|c| c.label.to_owned()).collect();
-        report::table(&phase.title, &phase.note, &labels, rounds);
+        let labels: Vec<String> = phase.columns.iter().map(|c| c.label.clone()).collect();
+        match phase.layout {
+            Layout::AgainstLlama => report::table(&phase.title, &phase.note, &labels, rounds),
+            Layout::Settings => report::rows(&phase.title, &phase.note, &labels, rounds),
+        }
     }
     Ok(())
 }

@@ -36,6 +36,20 @@ pub fn table(title: &str, note: &str, labels: &[String], rounds: &[Vec<Figures>]
     }
 }
 
+/// Prints one table with a row per setting and a column per figure: `rounds[c][r]` holds
+/// setting `c`'s figures of round `r`. For settings compared among themselves, where no
+/// column is the reference.
+pub fn rows(title: &str, note: &str, labels: &[String], rounds: &[Vec<Figures>]) {
+    println!("\n### {title}\n\n{note}\n");
+    let names = metric_names(rounds);
+    println!("| setting | {} |", names.join(" | "));
+    println!("|---|{}", "---:|".repeat(names.len()));
+    for (label, figures) in labels.iter().zip(rounds) {
+        let cells: Vec<String> = names.iter().map(|n| cell(figures, n)).collect();
+        println!("| {label} | {} |", cells.join(" | "));
+    }
+}
+
 /// Every figure's name, in the order the columns first report them.
 fn metric_names(rounds: &[Vec<Figures>]) -> Vec<String> {
     let mut names: Vec<String> = Vec::new();

@@ -27,14 +27,45 @@ pub struct Setup {
 /// What to start.
 #[derive(Debug, Clone, Copy)]
 pub enum Spec {
-    /// The agent, with its KV cache's element type and prefix caching set.
-    Inferpool {
-        kv_cache_dtype: &'static str,
-        prefix_caching: bool,
-    },
+    /// The agent, with its batching settings.
+    Inferpool(Batching),
     /// llama-server, `SLOTS` slots of `slot_context` tokens each (it splits `-c` evenly
     /// among them when `-np` is given), with its per-slot prompt cache asked for.
     Llama { slot_context: usize },
+}
+
+/// The agent's `batching` settings a column varies (the rest are the agent's defaults,
+/// with `maxBatchSize` at `SLOTS`).
+#[derive(Debug, Clone, Copy)]
+pub struct Batching {
+    pub kv_cache_dtype: &'static str,
+    pub prefix_caching: bool,
+    pub strategy: &'static str,
+    pub padding: &'static str,
+}
+
+impl Batching {
+    /// The agent's defaults: continuous batching, no padding, f16 KV, prefix caching on.
+    pub const DEFAULT: Self = Self {
+        kv_cache_dtype: "f16",
+        prefix_caching: true,
+        strategy: "continuous",
+        padding: "none",
+    };
+
+    fn to_json(self) -> Value {
+        let mut batching = json!({"maxBatchSize": SLOTS, "prefixCaching": self.prefix_caching,
+            "kvCacheDtype": self.kv_cache_dtype, "strategy": self.strategy,
+            "padding": self.padding});
+        // `adaptive` steers by latency targets; without them it only admits. These are
+        // what an interactive pool might ask for: a first token within 2 s, a token
+        // every 100 ms.
+        if self.strategy == "adaptive" {
+            batching["targetTimeToFirstTokenMilliseconds"] = json!(2000);
+            batching["targetTimePerTokenMilliseconds"] = json!(100);
+        }
+        batching
+    }
 }
 
 /// A running server; dropping it kills it.
@@ -54,22 +85,17 @@ impl Drop for Server {
 /// Starts `spec` and waits until it answers.
 pub fn start(setup: &Setup, spec: Spec) -> anyhow::Result<Server> {
     match spec {
-        Spec::Inferpool {
-            kv_cache_dtype,
-            prefix_caching,
-        } => start_inferpool(setup, kv_cache_dtype, prefix_caching),
+        Spec::Inferpool(batching) => start_inferpool(setup, batching),
         Spec::Llama { slot_context } => start_llama(setup, slot_context),
     }
 }
 
-fn start_inferpool(setup: &Setup, kv: &str, prefix_caching: bool) -> anyhow::Result<Server> {
+fn start_inferpool(setup: &Setup, batching: Batching) -> anyhow::Result<Server> {
     let dir = ScratchDir::new("bench-agent")?;
     let (http, grpc) = (free_port()?, free_port()?);
     // The response cache is off: the benchmark compares generation, not replays.
-    let batching = json!({"maxBatchSize": SLOTS, "prefixCaching": prefix_caching,
-        "kvCacheDtype": kv});
     let config = json!({"servedName": MODEL, "modelPath": setup.model,
-        "httpPort": http.port(), "grpcPort": grpc.port(), "batching": batching,
+        "httpPort": http.port(), "grpcPort": grpc.port(), "batching": batching.to_json(),
         "cache": {"enabled": false}});
     let path = dir.path().join("agent.json");
     std::fs::write(&path, config.to_string())?;
