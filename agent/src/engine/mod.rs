@@ -1,7 +1,9 @@
 //! The inference engine: model files, tokenizer, forward pass and sampling.
 
+pub mod attention;
 pub mod chat;
 pub mod embed;
+mod fuse;
 pub mod fuzzing;
 pub mod gguf;
 pub mod kv;

@@ -8,6 +8,9 @@ use std::path::Path;
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{D, DType, Device, Module, Tensor};
 
+use super::attention::{Heads, SCORE_ELEMENTS, attend};
+pub use super::fuse::NO_REPACK_ENV;
+use super::fuse::{pad_columns, repack_padding, stack};
 use super::gguf::{GgufHeader, ModelFileError};
 pub use super::kv::KvCache;
 pub use super::rows::{Padding, SeqStep};
@@ -110,59 +113,6 @@ impl Block {
     }
 }
 
-/// Set to `1` to keep the generic Q8_0 kernels (see `repack_padding`).
-pub const NO_REPACK_ENV: &str = "INFERPOOL_NO_REPACK";
-
-/// Zero columns to append to the residual width so that candle's repacked x86 kernels
-/// (AVX512-VNNI, 16 rows per instruction; they need the inner width to be a multiple of
-/// 256) take the matmuls that read it: 576 wide SmolLM2 runs them 2-4x faster at 768 than
-/// on the generic Q8_0 dot product. None where those kernels do not run. The price is
-/// precision: those kernels round activations per 256 values (Q8_K, as llama.cpp does for
-/// its K-quants) rather than per 32, which `bench/accuracy` measures; `INFERPOOL_NO_REPACK=1`
-/// keeps the finer rounding.
-fn repack_padding(hidden: usize, weights: Option<GgmlDType>, device: &Device) -> usize {
-    #[cfg(target_arch = "x86_64")]
-    let vnni = is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512vnni");
-    #[cfg(not(target_arch = "x86_64"))]
-    let vnni = false;
-    let disabled = std::env::var(NO_REPACK_ENV).is_ok_and(|v| v == "1");
-    if disabled || !vnni || !device.is_cpu() || weights != Some(GgmlDType::Q8_0) {
-        return 0;
-    }
-    hidden.next_multiple_of(256) - hidden
-}
-
-/// `x` `[rows, cols]` with `pad` zero columns appended.
-fn pad_columns(x: &Tensor, pad: usize) -> candle_core::Result<Tensor> {
-    if pad == 0 {
-        return Ok(x.clone());
-    }
-    let zeros = Tensor::zeros((x.dim(0)?, pad), x.dtype(), x.device())?;
-    Tensor::cat(&[x, &zeros], 1)
-}
-
-/// One matmul computing all of `parts` (their output rows stacked, in order, with `pad`
-/// zero input columns), in the parts' quantized type (re-quantizing dequantized Q8_0
-/// blocks gives the same blocks).
-fn stack(parts: &[&QMatMul], pad: usize, device: &Device) -> Result<QMatMul, ModelError> {
-    let mut dtype = None;
-    let mut dense = Vec::with_capacity(parts.len());
-    for part in parts {
-        match part {
-            QMatMul::QTensor(q) => {
-                dtype = Some(q.dtype());
-                dense.push(q.dequantize(device)?);
-            }
-            QMatMul::Tensor(t) | QMatMul::TensorF16(t) => dense.push(t.to_dtype(DType::F32)?),
-        }
-    }
-    let all = pad_columns(&Tensor::cat(&dense, 0)?, pad)?;
-    Ok(match dtype {
-        Some(dtype) => QMatMul::from_qtensor(QTensor::quantize(&all, dtype)?)?,
-        None => QMatMul::Tensor(all),
-    })
-}
-
 /// The quantized type of the first block's query weights, if quantized.
 fn weight_type(layers: &[Layer]) -> Option<GgmlDType> {
     match &layers.first()?.wq {
@@ -173,7 +123,8 @@ fn weight_type(layers: &[Layer]) -> Option<GgmlDType> {
 
 /// The weights of a whole model, however they were read.
 pub(crate) struct Weights {
-    pub embed: Tensor,
+    /// The token embeddings, as stored: looked up a row at a time, never dequantized whole.
+    pub embed: QMatMul,
     pub layers: Vec<Layer>,
     pub norm: Tensor,
     pub output: QMatMul,
@@ -183,7 +134,7 @@ pub(crate) struct Weights {
 pub struct Llama {
     /// Its shape.
     pub config: LlamaConfig,
-    embed: Tensor,
+    embed: QMatMul,
     blocks: Vec<Block>,
     /// Zero columns the blocks' weights carry (see `repack_padding`).
     pad: usize,
@@ -228,11 +179,17 @@ impl Llama {
         let matmul = |t: QTensor| -> Result<QMatMul, ModelError> {
             Ok(QMatMul::from_qtensor(convert(t, format, device)?)?)
         };
-        let embed_q = tensor("token_embd.weight")?;
-        let embed = embed_q.dequantize(device)?;
+        // Rows of quantized embeddings are dequantized as they are looked up (the same
+        // values as a dense copy, without its 4 bytes a weight).
+        let embed_format = match format {
+            WeightFormat::F32 => WeightFormat::F32,
+            WeightFormat::AsStored | WeightFormat::Q8 => WeightFormat::AsStored,
+        };
+        let embed = convert(tensor("token_embd.weight")?, embed_format, device)?;
+        let embed = QMatMul::from_qtensor(embed)?;
         let output = match tensor("output.weight") {
             Ok(t) => matmul(t)?,
-            Err(_) => matmul(embed_q)?,
+            Err(_) => matmul(tensor("token_embd.weight")?)?,
         };
         let norm = tensor("output_norm.weight")?.dequantize(device)?;
         let mut layers = Vec::with_capacity(config.layers);
@@ -314,7 +271,7 @@ impl Llama {
         let positions = Tensor::new(rows.positions.as_slice(), &self.device)?;
         let cos = self.cos.index_select(&positions, 0)?;
         let sin = self.sin.index_select(&positions, 0)?;
-        let mut x = self.embed.index_select(&ids, 0)?;
+        let mut x = self.embed.embedding(&ids)?.to_dtype(DType::F32)?;
         let eps = self.config.eps as f32;
         for (li, block) in self.blocks.iter().enumerate() {
             let h = candle_nn::ops::rms_norm(&x, &block.attn_norm, eps)?;
@@ -373,6 +330,10 @@ impl Llama {
         let q = rope(&heads(0, c.heads)?)?;
         let k = rope(&heads(c.heads, c.kv_heads)?)?;
         let v = heads(c.heads + c.kv_heads, c.kv_heads)?;
+        let shape = Heads {
+            query: c.heads,
+            kv: c.kv_heads,
+        };
         let mut outputs = Vec::with_capacity(rows.layout.len());
         for segment in &rows.layout {
             let (i, start, len) = match *segment {
@@ -386,42 +347,10 @@ impl Llama {
             let k_new = k.narrow(2, start, len)?.squeeze(0)?;
             let v_new = v.narrow(2, start, len)?.squeeze(0)?;
             let (k_all, v_all) = batch[i].cache.append(li, &k_new, &v_new)?;
-            outputs.push(self.attend(&q, &k_all, &v_all, rows.masks[i].as_ref())?);
+            let mask = rows.masks[i].as_ref();
+            outputs.push(attend(shape, &q, &k_all, &v_all, mask, SCORE_ELEMENTS)?);
         }
         Ok(Tensor::cat(&outputs, 0)?)
-    }
-
-    /// Causal attention of `q` `[heads, len, hd]` over `k`, `v` `[kv_heads, past+len, hd]`
-    /// (`mask` for more than one query row); returns `[len, heads*hd]`. The query heads
-    /// sharing a key/value head are folded into its rows, so the cache is read in place
-    /// rather than copied once per query head.
-    fn attend(
-        &self,
-        q: &Tensor,
-        k: &Tensor,
-        v: &Tensor,
-        mask: Option<&Tensor>,
-    ) -> Result<Tensor, ModelError> {
-        let c = &self.config;
-        let (len, hd) = (q.dim(1)?, c.head_dim());
-        let (kv, group, total) = (c.kv_heads, c.heads / c.kv_heads, k.dim(1)?);
-        // Scaled before the product, so that scores in the cache's type (f16) stay small;
-        // the softmax is in f32.
-        let q = (q.reshape((kv, group * len, hd))? / (hd as f64).sqrt())?.to_dtype(k.dtype())?;
-        let scores = q.matmul(&k.t()?)?.to_dtype(DType::F32)?;
-        let scores = match mask {
-            Some(mask) => scores
-                .reshape((kv, group, len, total))?
-                .broadcast_add(mask)?
-                .reshape((kv, group * len, total))?,
-            None => scores,
-        };
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(v.dtype())?;
-        let y = probs
-            .matmul(v)?
-            .to_dtype(DType::F32)?
-            .reshape((c.heads, len, hd))?;
-        Ok(y.transpose(0, 1)?.reshape((len, c.heads * hd))?)
     }
 }
 

@@ -195,7 +195,7 @@ fn weights(
         .map(|i| layer(&mut take, i))
         .collect::<Result<_, _>>()?;
     Ok(Weights {
-        embed,
+        embed: QMatMul::Tensor(embed),
         layers,
         norm,
         output,

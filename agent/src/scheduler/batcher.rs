@@ -173,7 +173,7 @@ impl Batcher {
         let blocks = &mut self.blocks;
         self.running.retain_mut(|r| {
             if r.cancelled() {
-                blocks.give_back(r.cache.release());
+                blocks.retire(r);
             }
             !r.cancelled()
         });
@@ -373,7 +373,7 @@ impl Batcher {
         }
         for (i, event) in ended.into_iter().rev() {
             let mut r = self.running.remove(i);
-            self.blocks.give_back(r.cache.release());
+            self.blocks.retire(&mut r);
             let _ = r.events.try_send(event);
         }
     }
@@ -389,9 +389,6 @@ impl Batcher {
         let r = &mut self.running[i];
         if r.pending() > 0 {
             return None; // a prompt chunk: more to prefill before sampling
-        }
-        if r.generated == 0 {
-            self.blocks.remember_prompt(r);
         }
         let row_logits = match row.and_then(|t| t.to_vec1::<f32>()) {
             Ok(logits) => logits,

@@ -92,9 +92,22 @@ impl KvBlocks {
         }
     }
 
-    /// Caches the full blocks of a sequence's just prefilled prompt that are not cached yet,
-    /// in blocks no sequence holds (evicting older cached blocks, never its own chain).
-    pub fn remember_prompt(&mut self, s: &Sequence) {
+    /// Takes back the blocks of a sequence leaving the engine (finished, or cancelled by
+    /// its client), after caching the full blocks of its prompt that it prefilled. Caching
+    /// when a sequence leaves rather than when its prompt is in means a block's keys and
+    /// values are held once, not twice while the sequence runs: with 16 streams of ~1100
+    /// tokens the copies had doubled the KV memory (+415 MiB at f16). The price: a request
+    /// that arrives while the first one with its prefix still runs prefills it again.
+    pub fn retire(&mut self, s: &mut Sequence) {
+        // Its blocks go back first: the copies of its prompt take their place.
+        self.budget.give_back(s.cache.blocks());
+        self.remember_prompt(s);
+        s.cache.release();
+    }
+
+    /// Caches the full blocks of a sequence's prefilled prompt that are not cached yet, in
+    /// blocks no sequence holds (evicting older cached blocks, never its own chain).
+    fn remember_prompt(&mut self, s: &Sequence) {
         let Some(prefix) = self.prefix.as_ref() else {
             return;
         };
