@@ -148,7 +148,7 @@ mod tests {
 
     fn quantized(rows: usize, cols: usize, seed: f32) -> candle_core::Result<QMatMul> {
         let values: Vec<f32> = (0..rows * cols)
-            .map(|i| ((i as f32 * 0.37 + seed).sin()))
+            .map(|i| (i as f32 * 0.37 + seed).sin())
             .collect();
         let dense = Tensor::from_vec(values, (rows, cols), &Device::Cpu)?;
         QMatMul::from_qtensor(QTensor::quantize(&dense, GgmlDType::Q8_0)?)
