@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::cache::CacheSettings;
+pub use crate::cache_config::CacheConfig;
+use crate::cache_config::CacheConfigError;
 use crate::engine::kv::KvCacheDtype;
 use crate::engine::load::ModelFormat;
 use crate::engine::rows::Padding;
@@ -43,65 +44,10 @@ pub struct AgentConfig {
     /// The response cache (`spec.cache` of the pool).
     #[serde(default)]
     pub cache: CacheConfig,
-}
-
-/// The response cache's settings, as the pool spells them.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "camelCase", default)]
-pub struct CacheConfig {
-    /// Cache answers to deterministic requests.
-    pub enabled: bool,
-    /// Most memory, as a Kubernetes quantity (`256Mi`).
-    pub capacity: String,
-    /// How long an entry stays valid.
-    pub ttl_seconds: u64,
-}
-
-impl Default for CacheConfig {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            capacity: "256Mi".to_owned(),
-            ttl_seconds: 3600,
-        }
-    }
-}
-
-impl CacheConfig {
-    /// The cache's settings, or `None` when it is off.
-    pub fn settings(&self) -> Result<Option<CacheSettings>, ConfigError> {
-        if !self.enabled {
-            return Ok(None);
-        }
-        let capacity_bytes = quantity_bytes(&self.capacity)
-            .ok_or_else(|| ConfigError::Quantity(self.capacity.clone()))?;
-        Ok(Some(CacheSettings {
-            capacity_bytes,
-            ttl: std::time::Duration::from_secs(self.ttl_seconds.max(1)),
-        }))
-    }
-}
-
-/// Bytes in a Kubernetes quantity: a whole number with an optional binary (`Ki`..`Ei`) or
-/// decimal (`k`..`E`) suffix.
-pub fn quantity_bytes(q: &str) -> Option<u64> {
-    let q = q.trim();
-    let digits = q.find(|c: char| !c.is_ascii_digit()).unwrap_or(q.len());
-    let (number, suffix) = q.split_at(digits);
-    let number: u64 = number.parse().ok()?;
-    let scale: u64 = match suffix {
-        "" => 1,
-        "k" => 1_000,
-        "M" => 1_000_000,
-        "G" => 1_000_000_000,
-        "T" => 1_000_000_000_000,
-        "Ki" => 1 << 10,
-        "Mi" => 1 << 20,
-        "Gi" => 1 << 30,
-        "Ti" => 1 << 40,
-        _ => return None,
-    };
-    number.checked_mul(scale)
+    /// Where the cache's snapshot lives when `cache.persistence` is on (the pod's cache
+    /// volume; a directory of its own per local agent).
+    #[serde(default)]
+    pub cache_dir: Option<PathBuf>,
 }
 
 fn default_http_port() -> u16 {
@@ -215,9 +161,9 @@ pub enum ConfigError {
         /// What failed.
         source: std::io::Error,
     },
-    /// A size that is not a quantity this agent reads.
-    #[error("cache.capacity: {0:?} is not a quantity such as 256Mi")]
-    Quantity(String),
+    /// The cache's settings do not hold together.
+    #[error(transparent)]
+    Cache(#[from] CacheConfigError),
     /// Not the expected JSON.
     #[error("{path}: {source}")]
     Parse {
@@ -263,24 +209,6 @@ impl AgentConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn cache_sizes_are_kubernetes_quantities() {
-        assert_eq!(quantity_bytes("256Mi"), Some(256 << 20));
-        assert_eq!(quantity_bytes("1G"), Some(1_000_000_000));
-        assert_eq!(quantity_bytes("4096"), Some(4096));
-        assert_eq!(quantity_bytes("1.5Gi"), None);
-        let off = CacheConfig {
-            enabled: false,
-            ..CacheConfig::default()
-        };
-        assert_eq!(off.settings().ok(), Some(None));
-        let bad = CacheConfig {
-            capacity: "lots".into(),
-            ..CacheConfig::default()
-        };
-        assert!(bad.settings().is_err());
-    }
 
     #[test]
     fn a_minimal_config_takes_the_defaults() {

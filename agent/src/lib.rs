@@ -3,6 +3,7 @@
 //! (OpenAI-compatible) and gRPC (the gateway's `Agent` service).
 
 pub mod cache;
+pub mod cache_config;
 pub mod config;
 pub mod engine;
 pub mod generation;

@@ -1,5 +1,6 @@
 //! Shared pieces of inferpool's benchmarks: process statistics from /proc and percentiles.
 
+pub mod cache;
 pub mod drivers;
 pub mod grpc_hop;
 pub mod keepalive;

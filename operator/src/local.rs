@@ -13,7 +13,7 @@ use tokio::process::{Child, Command};
 use tokio::sync::watch;
 
 use crate::api::InferencePool;
-use crate::controller::config::{ResolvedSource, agent_config, render};
+use crate::controller::config::{ResolvedSource, agent_config, persistent_cache, render};
 use crate::gateway::core::view::Endpoint;
 use crate::gateway::discovery::{Discovery as _, StaticDiscovery};
 use crate::gateway::dispatch::gateway::Gateway;
@@ -161,16 +161,20 @@ fn read_pools(files: &[PathBuf]) -> anyhow::Result<Vec<InferencePool>> {
     Ok(pools)
 }
 
-fn default_models_dir() -> PathBuf {
-    let cache = std::env::var_os("INFERPOOL_CACHE")
+/// `$INFERPOOL_CACHE`, or `~/.cache/inferpool`.
+fn cache_root() -> PathBuf {
+    std::env::var_os("INFERPOOL_CACHE")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
             let home = std::env::var_os("HOME")
                 .map(PathBuf::from)
                 .unwrap_or_default();
             home.join(".cache/inferpool")
-        });
-    cache.join("models")
+        })
+}
+
+fn default_models_dir() -> PathBuf {
+    cache_root().join("models")
 }
 
 fn agent_binary(given: Option<&Path>) -> anyhow::Result<PathBuf> {
@@ -233,6 +237,11 @@ fn prepare_pool(
         let mut config: serde_json::Value = serde_json::from_str(&rendered)?;
         config["httpPort"] = http.port().into();
         config["grpcPort"] = grpc.port().into();
+        if persistent_cache(pool) {
+            // As a pod keeps its volume, agent i keeps its directory across runs.
+            let dir = cache_root().join("local").join(format!("{name}-{i}"));
+            config["cacheDir"] = dir.display().to_string().into();
+        }
         let path = state.join(format!("{name}-{i}.json"));
         std::fs::write(&path, config.to_string())?;
         let embedding = Some(models.join(EMBEDDING)).filter(|p| p.is_dir());

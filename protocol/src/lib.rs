@@ -3,6 +3,7 @@
 //! the priority header (`priority`), size bodies (`limits`), type their errors and carry
 //! them across gRPC (`errors`), and stream events (`sse`).
 
+pub mod cache;
 pub mod errors;
 #[doc(hidden)]
 pub mod fuzzing;

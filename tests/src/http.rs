@@ -186,14 +186,32 @@ pub struct EventStream {
     reader: std::io::BufReader<TcpStream>,
     /// Status of the response.
     pub status: u16,
+    /// Header lines, lower-cased.
+    pub head: String,
 }
 
 impl EventStream {
     /// POSTs a streaming request and reads the response head.
     pub fn open(addr: SocketAddr, path: &str, body: &serde_json::Value) -> anyhow::Result<Self> {
+        Self::open_with(addr, path, &[], body)
+    }
+
+    /// The same with extra request `headers`.
+    pub fn open_with(
+        addr: SocketAddr,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &serde_json::Value,
+    ) -> anyhow::Result<Self> {
         use std::io::BufRead as _;
         let mut stream = connect(addr)?;
-        send_post(&mut stream, addr, path, &[], body.to_string().as_bytes())?;
+        send_post(
+            &mut stream,
+            addr,
+            path,
+            headers,
+            body.to_string().as_bytes(),
+        )?;
         let mut reader = std::io::BufReader::new(stream);
         let mut line = String::new();
         reader.read_line(&mut line)?;
@@ -202,13 +220,19 @@ impl EventStream {
             .nth(1)
             .and_then(|c| c.parse().ok())
             .unwrap_or(0);
+        let mut head = String::new();
         loop {
             line.clear();
             if reader.read_line(&mut line)? == 0 || line == "\r\n" {
                 break;
             }
+            head.push_str(&line.to_ascii_lowercase());
         }
-        Ok(Self { reader, status })
+        Ok(Self {
+            reader,
+            status,
+            head,
+        })
     }
 
     /// The next event's data (`[DONE]` included); `None` at the end of the stream.

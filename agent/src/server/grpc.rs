@@ -25,7 +25,7 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 use super::deadline::{deadline_of, grpc_timeout};
-use crate::cache::CacheStats;
+use crate::cache::{CacheDirectives, CacheStats};
 use crate::generation::FinishReason;
 use crate::scheduler::batcher::Load;
 use crate::serving::error::ServeError;
@@ -149,6 +149,7 @@ impl AgentService for GrpcAgent {
 impl GrpcAgent {
     /// `Embed`: the HTTP API's checks, vectors as plain floats (the gateway encodes them).
     async fn embed_texts(&self, req: EmbedRequest) -> Result<EmbedResponse, ServeError> {
+        let directives = directives(&req.cache_control);
         let raw = EmbeddingRequest {
             model: req.model,
             input: EmbeddingInput::Many(req.inputs),
@@ -156,7 +157,7 @@ impl GrpcAgent {
         };
         let embedded = self
             .agent
-            .embed(ValidEmbeddingRequest::try_from(raw)?)
+            .embed(ValidEmbeddingRequest::try_from(raw)?, directives)
             .await?;
         let embeddings = embedded
             .data
@@ -185,6 +186,7 @@ impl GrpcAgent {
             deadline,
         };
         let sampling = sampling_fields(req.sampling.unwrap_or_default());
+        let cache = directives(&req.cache_control);
         match req.prompt {
             Some(Prompt::Chat(chat)) => {
                 let messages = chat
@@ -201,7 +203,7 @@ impl GrpcAgent {
                     sampling,
                 };
                 self.agent
-                    .chat(ValidChatRequest::try_from(raw)?, admission)
+                    .chat(ValidChatRequest::try_from(raw)?, admission, cache)
                     .await
             }
             Some(Prompt::Text(text)) => {
@@ -213,7 +215,7 @@ impl GrpcAgent {
                     sampling,
                 };
                 self.agent
-                    .complete(ValidCompletionRequest::try_from(raw)?, admission)
+                    .complete(ValidCompletionRequest::try_from(raw)?, admission, cache)
                     .await
             }
             None => Err(ServeError::Json(
@@ -221,6 +223,11 @@ impl GrpcAgent {
             )),
         }
     }
+}
+
+/// A forwarded `Cache-Control` value (empty: none).
+fn directives(cache_control: &str) -> CacheDirectives {
+    CacheDirectives::parse(Some(cache_control).filter(|v| !v.is_empty()))
 }
 
 fn sampling_fields(s: pb::SamplingParams) -> SamplingFields {
@@ -245,11 +252,13 @@ fn responses(
     text: TextStream,
     recorder: Recorder,
 ) -> impl Stream<Item = Result<GenerateResponse, Status>> {
+    let cache = text.cache_outcome().map(|o| o.name().to_owned());
     let state = Responses {
         text,
         recorder,
         failure: None,
         ended: false,
+        cache,
     };
     futures::stream::unfold(state, |mut s| async move {
         let item = s.next_message().await?;
@@ -263,6 +272,8 @@ struct Responses {
     /// An error to send after the text that came before it.
     failure: Option<Status>,
     ended: bool,
+    /// How the cache took part, sent with the first message.
+    cache: Option<String>,
 }
 
 impl Responses {
@@ -273,7 +284,10 @@ impl Responses {
         if self.ended {
             return None;
         }
-        let mut message = GenerateResponse::default();
+        let mut message = GenerateResponse {
+            cache: self.cache.take().unwrap_or_default(),
+            ..GenerateResponse::default()
+        };
         let mut event = self.text.next().await;
         loop {
             if let Err(e) = self.merge(&mut message, event) {
@@ -402,8 +416,10 @@ fn load_report(agent: &Agent, load: Option<Load>, cache: Option<CacheStats>) -> 
         cache: cache.map(|c| pb::CacheStats {
             entries: c.entries,
             bytes: c.bytes,
-            hits: c.hits,
+            hits: c.hits(),
             misses: c.misses,
+            semantic_hits: c.semantic_hits,
+            hit_ratio: c.hit_ratio(),
         }),
         devices: devices(agent),
         draining: agent.phase() == Phase::Draining,

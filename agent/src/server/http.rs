@@ -21,6 +21,8 @@ use serde::de::DeserializeOwned;
 
 use super::deadline::{TIMEOUT_HEADER, deadline_of, millis};
 use super::respond::{self, refuse};
+use crate::cache::CacheDirectives;
+use crate::cache::directives::CACHE_CONTROL;
 use crate::generation::Priority;
 use crate::serving::error::ServeError;
 use crate::serving::record::Recorder;
@@ -63,6 +65,11 @@ fn admission(headers: &HeaderMap) -> Result<Admission, ServeError> {
     })
 }
 
+/// What the request's `Cache-Control` allows the response cache.
+fn directives(headers: &HeaderMap) -> CacheDirectives {
+    CacheDirectives::parse(headers.get(CACHE_CONTROL).and_then(|v| v.to_str().ok()))
+}
+
 /// The request's priority header (`normal` when absent).
 pub fn priority(headers: &HeaderMap) -> Result<Priority, ServeError> {
     parse_priority(headers.get(PRIORITY_HEADER).map(HeaderValue::as_bytes))
@@ -88,7 +95,9 @@ async fn chat(
     let started = async {
         let req = ValidChatRequest::try_from(parse::<ChatCompletionRequest>(body)?)?;
         let (model, sampling) = (req.model.clone(), req.sampling.clone());
-        let stream = agent.chat(req, admission(&headers)?).await?;
+        let stream = agent
+            .chat(req, admission(&headers)?, directives(&headers))
+            .await?;
         Ok::<_, ServeError>((model, sampling, stream))
     };
     match started.await {
@@ -111,7 +120,9 @@ async fn completions(
         let req = ValidCompletionRequest::try_from(parse::<CompletionRequest>(body)?)?;
         let (model, sampling) = (req.model.clone(), req.sampling.clone());
         let echo = req.echo.then(|| req.prompt.clone());
-        let stream = agent.complete(req, admission(&headers)?).await?;
+        let stream = agent
+            .complete(req, admission(&headers)?, directives(&headers))
+            .await?;
         Ok::<_, ServeError>((model, sampling, echo, stream))
     };
     match started.await {
@@ -125,12 +136,13 @@ async fn completions(
 
 async fn embeddings(
     State(agent): State<Arc<Agent>>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let mut recorder = Recorder::start(agent.clone(), "embedding");
     let result = async {
         let req = ValidEmbeddingRequest::try_from(parse::<EmbeddingRequest>(body)?)?;
-        agent.embed(req).await
+        agent.embed(req, directives(&headers)).await
     };
     match result.await {
         Ok(response) => {

@@ -1,6 +1,7 @@
 //! The agent's front ends: HTTP (OpenAI API, health, metrics) and gRPC (the gateway's
 //! `Agent` service and grpc.health.v1), and the process life around them.
 
+pub mod caching;
 pub mod deadline;
 pub mod grpc;
 pub mod http;

@@ -8,9 +8,10 @@ use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::body::{Body, Bytes};
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures::Stream;
+use inferpool_protocol::cache::CACHE_HEADER;
 use inferpool_protocol::openai::{Kind, ResponseShape, ValidSampling};
 use inferpool_protocol::sse;
 
@@ -57,12 +58,18 @@ impl Answer {
         recorder: Recorder,
         echo: Option<String>,
     ) -> Response {
-        if self.stream {
+        let outcome = text.cache_outcome();
+        let mut response = if self.stream {
             let events = Events::new(self, text, recorder, echo);
             (sse::HEADERS, Body::from_stream(events.into_stream())).into_response()
         } else {
             self.whole(text, recorder, echo).await
+        };
+        if let Some(outcome) = outcome {
+            let value = HeaderValue::from_static(outcome.name());
+            response.headers_mut().insert(CACHE_HEADER, value);
         }
+        response
     }
 
     async fn whole(

@@ -19,8 +19,8 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
+use super::caching::{self, ServedModels};
 use super::grpc::{GrpcAgent, set_health};
-use crate::cache::ResponseCache;
 use crate::config::AgentConfig;
 use crate::engine::embed::Embedder;
 use crate::engine::kv::{BlockBudget, KvCacheDtype};
@@ -77,7 +77,12 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let agent = Agent::new(inventory, config.batching.max_batch_size);
     let (stop, stopped) = watch::channel(false);
     let servers = start_servers(&agent, &args, &config, stopped).await?;
-    let loading = tokio::spawn(load_and_warm(agent.clone(), config, args.clone(), device));
+    let loading = tokio::spawn(load_and_warm(
+        agent.clone(),
+        config.clone(),
+        args.clone(),
+        device,
+    ));
     shutdown_signal().await;
     tracing::info!(in_flight = agent.in_flight.count(), "draining");
     agent.drain();
@@ -87,6 +92,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .wait_idle(Duration::from_secs(args.drain_grace_seconds))
         .await;
     tracing::info!(idle, "drained; stopping");
+    caching::save_at_drain(agent.response_cache(), &config).await?;
     let _ = stop.send(true);
     // Bounded as a whole: a client that keeps a connection open does not hold the exit.
     let closed = futures::future::join_all(servers);
@@ -231,10 +237,6 @@ async fn load_and_warm_inner(
     args: &ServeArgs,
     device: Device,
 ) -> anyhow::Result<Served> {
-    let cache = config.cache.settings()?.map(|settings| {
-        tracing::info!(?settings, "response cache");
-        Arc::new(ResponseCache::new(settings))
-    });
     let (path, format) = (config.model_path.clone(), config.model_format);
     let template = config.chat_template.clone();
     let dev = device.clone();
@@ -242,6 +244,17 @@ async fn load_and_warm_inner(
         tokio::task::spawn_blocking(move || load(&path, format, template.as_deref(), &dev))
             .await??;
     let embedder = load_embedder(args, &device, config.batching.padding).await?;
+    let models = ServedModels {
+        generation: (&config.served_name, &config.model_path),
+        embedding: embedder
+            .as_ref()
+            .zip(args.embedding_model.as_deref())
+            .map(|((name, _), dir)| (name.as_str(), dir)),
+    };
+    let cache = caching::build(config, &models)?;
+    if let Some(cache) = &cache {
+        tracing::info!(settings = ?cache.settings(), "response cache");
+    }
     let budget = kv_budget(&loaded, args, &device, config.batching.kv_cache_dtype);
     let engine = EngineHandle::start(loaded.model.clone(), config.batcher(budget.total()));
     let context = loaded.model.config.context.min(budget.capacity_tokens());

@@ -12,6 +12,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use super::cache_metrics::CacheMetrics;
 use crate::cache::CacheStats;
 use crate::generation::Priority;
 use crate::scheduler::batcher::Load;
@@ -74,18 +75,29 @@ pub struct AgentMetrics {
 /// A counter that mirrors a running total kept elsewhere (the engine's, the cache's),
 /// advanced by what the total gained since it was last seen.
 #[derive(Debug, Default)]
-struct MirroredCounter {
+pub(super) struct MirroredCounter {
     counter: Counter,
     seen: AtomicU64,
 }
 
 impl MirroredCounter {
-    fn observe(&self, total: u64) {
+    /// A mirror counting into `family`'s series of `labels`.
+    pub(super) fn over<L>(family: &Family<L, Counter>, labels: &L) -> Self
+    where
+        L: Clone + std::hash::Hash + Eq,
+    {
+        Self {
+            counter: family.get_or_create(labels).clone(),
+            seen: AtomicU64::new(0),
+        }
+    }
+
+    pub(super) fn observe(&self, total: u64) {
         let seen = self.seen.swap(total, Ordering::Relaxed);
         self.counter.inc_by(total.saturating_sub(seen));
     }
 
-    fn counter(&self) -> Counter {
+    pub(super) fn counter(&self) -> Counter {
         self.counter.clone()
     }
 }
@@ -138,49 +150,6 @@ impl PrefixMetrics {
     }
 }
 
-/// The response cache's counts.
-#[derive(Debug, Default)]
-struct CacheMetrics {
-    hits: MirroredCounter,
-    misses: MirroredCounter,
-    entries: Gauge,
-    bytes: Gauge,
-}
-
-impl CacheMetrics {
-    fn register(&self, r: &mut Registry) {
-        r.register(
-            "cache_hits",
-            "Requests answered from the response cache",
-            self.hits.counter(),
-        );
-        r.register(
-            "cache_misses",
-            "Cacheable requests not in the cache",
-            self.misses.counter(),
-        );
-        r.register(
-            "cache_entries",
-            "Answers in the response cache",
-            self.entries.clone(),
-        );
-        r.register(
-            "cache_bytes",
-            "Bytes held by the response cache",
-            self.bytes.clone(),
-        );
-    }
-
-    fn observe(&self, stats: &CacheStats) {
-        self.hits.observe(stats.hits);
-        self.misses.observe(stats.misses);
-        self.entries
-            .set(i64::try_from(stats.entries).unwrap_or(i64::MAX));
-        self.bytes
-            .set(i64::try_from(stats.bytes).unwrap_or(i64::MAX));
-    }
-}
-
 fn latency_histogram() -> Histogram {
     // 5 ms .. ~80 s
     Histogram::new(exponential_buckets(0.005, 2.0, 15))
@@ -204,7 +173,7 @@ impl AgentMetrics {
             preemptions: MirroredCounter::default(),
             draining: Gauge::default(),
             ready: Gauge::default(),
-            cache: CacheMetrics::default(),
+            cache: CacheMetrics::new(),
             prefix: PrefixMetrics::default(),
             vllm_waiting: Gauge::default(),
             vllm_running: Gauge::default(),
@@ -325,6 +294,11 @@ impl AgentMetrics {
     /// Refreshes the response cache's counts (called before each scrape).
     pub fn observe_cache(&self, stats: &CacheStats) {
         self.cache.observe(stats);
+    }
+
+    /// Records one response cache lookup's duration.
+    pub fn cache_lookup(&self, took: std::time::Duration) {
+        self.cache.lookup.observe(took.as_secs_f64());
     }
 
     /// Counts one ended request.

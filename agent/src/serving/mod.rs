@@ -3,6 +3,8 @@
 //! the metrics. Neither axum nor tonic appears here.
 
 pub mod blocking;
+mod cache_metrics;
+pub mod cached;
 pub mod error;
 pub mod inflight;
 pub mod metrics;
@@ -20,11 +22,12 @@ use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 
 use self::blocking::BlockingWorkers;
+use self::cached::{CacheOutcome, CacheRequest, Lookup, Pending};
 use self::error::ServeError;
 use self::inflight::InFlight;
 use self::metrics::AgentMetrics;
 use self::text::TextStream;
-use crate::cache::{CacheKey, CacheStats, ResponseCache};
+use crate::cache::{CacheDirectives, CacheStats, CachedAnswer, Payload, PromptKey, ResponseCache};
 use crate::engine::chat::ChatTemplate;
 use crate::engine::prepare::{ModelFacts, prepare_chat, prepare_completion};
 use crate::engine::tokenizer::ModelTokenizer;
@@ -183,14 +186,24 @@ impl Agent {
         &self,
         req: ValidChatRequest,
         admission: Admission,
+        directives: CacheDirectives,
     ) -> Result<TextStream, ServeError> {
         let served = self.model_named(&req.model)?;
+        let pending = match self
+            .look_up(served, PromptKey::chat(&req), directives)
+            .await
+        {
+            Lookup::Hit(answer, outcome) => return Ok(self.replay(served, answer, outcome)),
+            Lookup::Miss(pending) => pending,
+            Lookup::Uncached => None,
+        };
         let stops = req.sampling.stop.clone();
         let facts = served.facts();
         let priority = admission.priority;
         let prepare = move || prepare_chat(&req, &facts.borrowed(), priority);
         let prepared = self.blocking.run(prepare).await??;
-        self.start(served, prepared, admission, &stops).await
+        self.start(served, prepared, admission, &stops, pending)
+            .await
     }
 
     /// Starts a text completion.
@@ -198,15 +211,52 @@ impl Agent {
         &self,
         req: ValidCompletionRequest,
         admission: Admission,
+        directives: CacheDirectives,
     ) -> Result<TextStream, ServeError> {
         let served = self.model_named(&req.model)?;
+        let pending = match self
+            .look_up(served, PromptKey::completion(&req), directives)
+            .await
+        {
+            Lookup::Hit(answer, outcome) => return Ok(self.replay(served, answer, outcome)),
+            Lookup::Miss(pending) => pending,
+            Lookup::Uncached => None,
+        };
         let stops = req.sampling.stop.clone();
         let facts = served.facts();
         let priority = admission.priority;
         let prepare =
             move || prepare_completion(&req.prompt, &req.sampling, &facts.borrowed(), priority);
         let prepared = self.blocking.run(prepare).await??;
-        self.start(served, prepared, admission, &stops).await
+        self.start(served, prepared, admission, &stops, pending)
+            .await
+    }
+
+    /// The cache's answer to `key`, or what storing a generated one needs.
+    async fn look_up(
+        &self,
+        served: &Served,
+        key: Option<PromptKey>,
+        directives: CacheDirectives,
+    ) -> Lookup {
+        let (Some(cache), Some(key)) = (&served.cache, key) else {
+            return Lookup::Uncached;
+        };
+        let request = CacheRequest {
+            cache,
+            model: &served.name,
+            key,
+            directives,
+        };
+        let embedder = served.embedder.as_ref().map(|(_, e)| e);
+        let (lookup, took) = request.look_up(embedder).await;
+        self.metrics.cache_lookup(took);
+        lookup
+    }
+
+    fn replay(&self, served: &Served, answer: CachedAnswer, outcome: CacheOutcome) -> TextStream {
+        let guard = self.in_flight.enter();
+        TextStream::replay(answer, served.tokenizer.clone(), guard, outcome)
     }
 
     async fn start(
@@ -215,27 +265,22 @@ impl Agent {
         mut generation: GenerationRequest,
         admission: Admission,
         stops: &[String],
+        pending: Option<Pending>,
     ) -> Result<TextStream, ServeError> {
         generation.deadline = admission.deadline;
         let guard = self.in_flight.enter();
         let prompt_tokens = generation.prompt.len();
         let tokenizer = served.tokenizer.clone();
-        let cached = served.cache.as_ref().and_then(|cache| {
-            let key = CacheKey::of(&served.name, &generation, stops)?;
-            Some((cache.clone(), key))
-        });
-        if let Some((cache, key)) = &cached
-            && let Some(answer) = cache.get(key)
-        {
-            return Ok(TextStream::replay(answer, tokenizer, prompt_tokens, guard));
-        }
         let events = served.engine.generate(generation).await?;
         self.metrics.prompt_tokens.inc_by(prompt_tokens as u64);
         let stream = TextStream::new(events, tokenizer, stops, prompt_tokens, guard);
-        Ok(match cached {
-            Some((cache, key)) => stream.recorded_in(cache, key),
-            None => stream,
-        })
+        let outcome = served.cache.as_ref().map(|_| CacheOutcome::Miss);
+        Ok(stream.recorded_in(pending, outcome))
+    }
+
+    /// The response cache, once the model is loaded (when the pool enables it).
+    pub fn response_cache(&self) -> Option<Arc<ResponseCache>> {
+        self.served.get()?.cache.clone()
     }
 
     /// The response cache's counts, when there is one.
@@ -251,8 +296,13 @@ impl Agent {
         Ok(served)
     }
 
-    /// Embeds texts with the embedding model.
-    pub async fn embed(&self, req: ValidEmbeddingRequest) -> Result<EmbeddingResponse, ServeError> {
+    /// Embeds texts with the embedding model; inputs embedded before come from the cache
+    /// (the embedding model's own partition).
+    pub async fn embed(
+        &self,
+        req: ValidEmbeddingRequest,
+        directives: CacheDirectives,
+    ) -> Result<EmbeddingResponse, ServeError> {
         let served = self.served()?;
         let (name, embedder) = served
             .embedder
@@ -260,28 +310,34 @@ impl Agent {
             .filter(|(name, _)| *name == req.model)
             .ok_or_else(|| ServeError::ModelNotFound(req.model.clone()))?;
         let _guard = self.in_flight.enter();
-        let encoding = req.encoding;
-        let out = embedder.embed(req.inputs).await?;
-        let tokens = u32::try_from(out.tokens()).unwrap_or(u32::MAX);
-        let data = out
-            .vectors
-            .into_iter()
-            .zip(0..)
-            .map(|(embedding, index)| Embedding {
-                object: "embedding".to_owned(),
-                index,
-                embedding: Vector::encode(embedding, encoding),
-            })
+        let cache = served.cache.as_deref().map(|c| VectorCache {
+            cache: c,
+            model: name,
+            directives,
+        });
+        let mut found = match &cache {
+            Some(c) => c.look_up(&req.inputs),
+            None => vec![None; req.inputs.len()],
+        };
+        let missing: Vec<String> = (req.inputs.iter().zip(&found))
+            .filter(|(_, f)| f.is_none())
+            .map(|(text, _)| text.clone())
             .collect();
-        Ok(EmbeddingResponse {
-            object: "list".to_owned(),
-            data,
-            model: name.clone(),
-            usage: EmbeddingUsage {
-                prompt_tokens: tokens,
-                total_tokens: tokens,
-            },
-        })
+        if !missing.is_empty() {
+            let out = embedder.embed(missing.clone()).await?;
+            let fresh = out.vectors.into_iter().zip(out.tokens_per_input);
+            let mut fresh = missing.iter().zip(fresh);
+            for slot in found.iter_mut().filter(|f| f.is_none()) {
+                let Some((text, (vector, tokens))) = fresh.next() else {
+                    break;
+                };
+                if let Some(c) = &cache {
+                    c.store(text, &vector, tokens);
+                }
+                *slot = Some((vector, tokens));
+            }
+        }
+        Ok(embedding_response(name, found, req.encoding))
     }
 
     /// The embedding model's name, once loaded (when one is configured).
@@ -300,6 +356,79 @@ impl Agent {
             }
         }
         ModelList::of(&names, self.created_unix, "inferpool")
+    }
+}
+
+/// The embedding model's partition, as one request may use it.
+struct VectorCache<'a> {
+    cache: &'a ResponseCache,
+    model: &'a str,
+    directives: CacheDirectives,
+}
+
+impl VectorCache<'_> {
+    fn key(text: &str) -> String {
+        PromptKey::from_parts("embedding".to_owned(), text.to_owned(), false).exact()
+    }
+
+    /// Each input's cached vector and tokens, counting hits and misses.
+    fn look_up(&self, inputs: &[String]) -> Vec<Option<(Vec<f32>, usize)>> {
+        let vector = |found: &crate::cache::Found| match found {
+            crate::cache::Found::Exact(e) | crate::cache::Found::Semantic(e, _) => {
+                match &e.payload {
+                    Payload::Vector { values, tokens } => Some((values.clone(), *tokens as usize)),
+                    Payload::Answer(_) => None,
+                }
+            }
+        };
+        inputs
+            .iter()
+            .map(|text| {
+                let found = self
+                    .cache
+                    .exact(self.model, &Self::key(text), self.directives);
+                self.cache.count(found.as_ref());
+                found.as_ref().and_then(vector)
+            })
+            .collect()
+    }
+
+    fn store(&self, text: &str, vector: &[f32], tokens: usize) {
+        let payload = Payload::Vector {
+            values: vector.to_vec(),
+            tokens: u32::try_from(tokens).unwrap_or(u32::MAX),
+        };
+        let key = Self::key(text);
+        self.cache
+            .store(self.model, key, payload, None, self.directives);
+    }
+}
+
+fn embedding_response(
+    name: &str,
+    vectors: Vec<Option<(Vec<f32>, usize)>>,
+    encoding: inferpool_protocol::openai::EncodingFormat,
+) -> EmbeddingResponse {
+    let tokens: usize = vectors.iter().flatten().map(|(_, t)| t).sum();
+    let tokens = u32::try_from(tokens).unwrap_or(u32::MAX);
+    let data = vectors
+        .into_iter()
+        .flatten()
+        .zip(0..)
+        .map(|((embedding, _), index)| Embedding {
+            object: "embedding".to_owned(),
+            index,
+            embedding: Vector::encode(embedding, encoding),
+        })
+        .collect();
+    EmbeddingResponse {
+        object: "list".to_owned(),
+        data,
+        model: name.to_owned(),
+        usage: EmbeddingUsage {
+            prompt_tokens: tokens,
+            total_tokens: tokens,
+        },
     }
 }
 

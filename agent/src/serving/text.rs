@@ -8,9 +8,10 @@ use std::sync::Arc;
 use inferpool_protocol::openai::Usage;
 use tokio::sync::mpsc;
 
+use super::cached::{CacheOutcome, Pending};
 use super::error::ServeError;
 use super::inflight::InFlightGuard;
-use crate::cache::{CacheKey, CachedAnswer, ResponseCache};
+use crate::cache::CachedAnswer;
 use crate::engine::sampling::StopMatcher;
 use crate::engine::tokenizer::ModelTokenizer;
 use crate::generation::{FinishReason, GenerationEvent};
@@ -108,15 +109,15 @@ pub struct TextStream {
     replay: VecDeque<TextEvent>,
     /// Where a complete answer goes, as it is streamed.
     recording: Option<Recording>,
-    from_cache: bool,
+    /// How the cache took part (none when the agent has no cache).
+    cache_outcome: Option<CacheOutcome>,
     _in_flight: InFlightGuard,
 }
 
 /// An answer on its way into the response cache.
 #[derive(Debug)]
 struct Recording {
-    cache: Arc<ResponseCache>,
-    key: CacheKey,
+    pending: Pending,
     chunks: Vec<(String, Vec<u32>)>,
 }
 
@@ -138,18 +139,23 @@ impl TextStream {
             end: None,
             replay: VecDeque::new(),
             recording: None,
-            from_cache: false,
+            cache_outcome: None,
             _in_flight: in_flight,
         }
     }
 
-    /// Keeps the answer in `cache` under `key` if it completes.
-    pub(crate) fn recorded_in(mut self, cache: Arc<ResponseCache>, key: CacheKey) -> Self {
-        self.recording = Some(Recording {
-            cache,
-            key,
+    /// Keeps the answer where `pending` says if it completes; `outcome` is what the
+    /// answer reports of the cache.
+    pub(crate) fn recorded_in(
+        mut self,
+        pending: Option<Pending>,
+        outcome: Option<CacheOutcome>,
+    ) -> Self {
+        self.recording = pending.map(|pending| Recording {
+            pending,
             chunks: Vec::new(),
         });
+        self.cache_outcome = outcome;
         self
     }
 
@@ -157,10 +163,11 @@ impl TextStream {
     pub(crate) fn replay(
         answer: CachedAnswer,
         tokenizer: Arc<ModelTokenizer>,
-        prompt_tokens: usize,
         in_flight: InFlightGuard,
+        outcome: CacheOutcome,
     ) -> Self {
         let (_, events) = mpsc::channel(1);
+        let prompt_tokens = answer.prompt_tokens;
         let mut stream = Self::new(events, tokenizer, &[], prompt_tokens, in_flight);
         stream.events = None;
         stream.replay = answer
@@ -169,14 +176,22 @@ impl TextStream {
             .map(|(text, token_ids)| TextEvent::Text { text, token_ids })
             .collect();
         stream.generated = answer.completion_tokens;
-        stream.from_cache = true;
+        stream.cache_outcome = Some(outcome);
         stream.replay.push_back(stream.done(answer.finish));
         stream
     }
 
     /// Whether the answer comes from the response cache.
     pub fn cached(&self) -> bool {
-        self.from_cache
+        matches!(
+            self.cache_outcome,
+            Some(CacheOutcome::Exact | CacheOutcome::Semantic)
+        )
+    }
+
+    /// How the cache took part, when the agent has one.
+    pub fn cache_outcome(&self) -> Option<CacheOutcome> {
+        self.cache_outcome
     }
 
     /// Prompt tokens of this request.
@@ -210,10 +225,11 @@ impl TextStream {
                     let answer = CachedAnswer {
                         chunks: r.chunks,
                         finish: *finish,
+                        prompt_tokens: self.prompt_tokens,
                         completion_tokens: usize::try_from(usage.completion_tokens)
                             .unwrap_or(usize::MAX),
                     };
-                    r.cache.insert(r.key, answer);
+                    r.pending.store(answer);
                 }
             }
             TextEvent::Failed(_) => self.recording = None,

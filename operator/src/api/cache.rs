@@ -25,6 +25,10 @@ pub struct CacheSpec {
     #[serde(default)]
     pub semantic: SemanticCacheSpec,
 
+    /// Shrink the cache when the agent's memory runs high.
+    #[serde(default)]
+    pub memory_pressure: MemoryPressureSpec,
+
     /// Keep the cache on a volume so that it survives agent restarts.
     #[serde(default)]
     pub persistence: PersistenceSpec,
@@ -37,6 +41,7 @@ impl Default for CacheSpec {
             capacity: default_capacity(),
             ttl_seconds: default_ttl(),
             semantic: SemanticCacheSpec::default(),
+            memory_pressure: MemoryPressureSpec::default(),
             persistence: PersistenceSpec::default(),
         }
     }
@@ -82,7 +87,53 @@ fn default_threshold() -> f64 {
     0.95
 }
 
-/// A PersistentVolumeClaim per agent for the cache.
+/// Memory pressure: the agent reads its cgroup's memory limit and usage (the machine's
+/// when unlimited); above `highWatermark` of the limit it drops the least recently served
+/// entries until usage would be at `lowWatermark`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.lowWatermark <= self.highWatermark")
+    .message("cache.memoryPressure.lowWatermark must not exceed highWatermark"))]
+pub struct MemoryPressureSpec {
+    /// Fraction of the memory limit above which the cache shrinks, in (0, 1].
+    #[serde(default = "default_high_watermark")]
+    #[schemars(range(min = 0.01, max = 1.0))]
+    pub high_watermark: f64,
+
+    /// Fraction of the memory limit the shrink aims for, in (0, 1].
+    #[serde(default = "default_low_watermark")]
+    #[schemars(range(min = 0.01, max = 1.0))]
+    pub low_watermark: f64,
+
+    /// Seconds between memory readings.
+    #[serde(default = "default_check_seconds")]
+    #[schemars(range(min = 1, max = 3600))]
+    pub check_seconds: i32,
+}
+
+impl Default for MemoryPressureSpec {
+    fn default() -> Self {
+        Self {
+            high_watermark: default_high_watermark(),
+            low_watermark: default_low_watermark(),
+            check_seconds: default_check_seconds(),
+        }
+    }
+}
+
+fn default_high_watermark() -> f64 {
+    0.9
+}
+fn default_low_watermark() -> f64 {
+    0.8
+}
+fn default_check_seconds() -> i32 {
+    5
+}
+
+/// A PersistentVolumeClaim per agent for the cache: the agent snapshots its entries
+/// (and the semantic index) there periodically and when it drains, and loads them at
+/// start.
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct PersistenceSpec {
@@ -97,6 +148,15 @@ pub struct PersistenceSpec {
     /// StorageClass of the volumes; unset uses the cluster's default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage_class_name: Option<String>,
+
+    /// Seconds between snapshots (one more is written when the agent drains).
+    #[serde(default = "default_snapshot_seconds")]
+    #[schemars(range(min = 1, max = 86400))]
+    pub snapshot_seconds: i32,
+}
+
+fn default_snapshot_seconds() -> i32 {
+    300
 }
 
 impl Default for PersistenceSpec {
@@ -105,6 +165,7 @@ impl Default for PersistenceSpec {
             enabled: false,
             volume_size: default_volume_size(),
             storage_class_name: None,
+            snapshot_seconds: default_snapshot_seconds(),
         }
     }
 }

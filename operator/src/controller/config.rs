@@ -12,6 +12,14 @@ pub const BUNDLED_MODEL_PATH: &str =
 /// Where a `pvc://claim/...` model source's claim is mounted.
 pub const PVC_MOUNT_ROOT: &str = "/models/pvc";
 
+/// Where the agent keeps its persistent cache (the cache volume's mount).
+pub const CACHE_DIR: &str = "/var/cache/inferpool";
+
+/// Whether the pool's agents keep their cache on a volume.
+pub fn persistent_cache(pool: &InferencePool) -> bool {
+    pool.spec.cache.enabled && pool.spec.cache.persistence.enabled
+}
+
 /// Everything an agent needs to know about its pool, as `agent.json`.
 #[derive(Debug, Serialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
@@ -31,6 +39,9 @@ pub struct AgentConfig<'a> {
     pub batching: &'a BatchingSpec,
     /// Cache settings.
     pub cache: &'a CacheSpec,
+    /// Where the agent keeps its cache snapshot (the cache volume), when persistence is on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache_dir: Option<String>,
     /// HTTP port.
     pub http_port: i32,
     /// gRPC port.
@@ -114,6 +125,7 @@ pub fn agent_config<'a>(pool: &'a InferencePool, source: &ResolvedSource) -> Age
         gpus: pool.spec.resources.gpus,
         batching: &pool.spec.batching,
         cache: &pool.spec.cache,
+        cache_dir: persistent_cache(pool).then(|| CACHE_DIR.to_owned()),
         http_port: HTTP_PORT,
         grpc_port: GRPC_PORT,
     }

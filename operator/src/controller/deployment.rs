@@ -16,7 +16,7 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use super::config::{PVC_MOUNT_ROOT, ResolvedSource};
+use super::config::{CACHE_DIR, PVC_MOUNT_ROOT, ResolvedSource, persistent_cache};
 use super::names::{
     CONFIG_DIR, CONFIG_FILE, GRPC_PORT, GRPC_PORT_NAME, HTTP_PORT, HTTP_PORT_NAME, agent_name,
     labels, selector_labels,
@@ -252,15 +252,12 @@ fn resources(pool: &InferencePool, defaults: &DefaultResources) -> ResourceRequi
     }
 }
 
-/// Where the agent keeps its persistent cache.
-pub const CACHE_DIR: &str = "/var/cache/inferpool";
-
 /// With `cache.persistence`, a PersistentVolumeClaim template per agent pod (a generic
 /// ephemeral volume): the claim lives as long as the pod, so the cache survives agent
 /// (container) restarts and is reclaimed with the pod.
 fn cache_volume(pool: &InferencePool) -> Option<Volume> {
     let p = &pool.spec.cache.persistence;
-    if !(p.enabled && pool.spec.cache.enabled) {
+    if !persistent_cache(pool) {
         return None;
     }
     let claim = PersistentVolumeClaimSpec {

@@ -5,6 +5,7 @@
 use axum::body::Bytes;
 use axum::http::{HeaderMap, HeaderValue};
 use inferpool_protocol::agent as pb;
+use inferpool_protocol::cache::CACHE_CONTROL;
 use inferpool_protocol::openai::Message;
 use inferpool_protocol::priority::{PRIORITY_HEADER, parse_priority};
 use serde::de::DeserializeOwned;
@@ -32,6 +33,17 @@ pub(super) fn traceparent(headers: &HeaderMap) -> String {
         .get("traceparent")
         .and_then(|v| v.to_str().ok())
         .filter(|v| v.len() == 55 && v.split('-').count() == 4)
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// The client's `Cache-Control`, passed on to the agent when it is short, visible ASCII
+/// (empty otherwise: the agent then caches as it would without one).
+pub(super) fn cache_control(headers: &HeaderMap) -> String {
+    headers
+        .get(CACHE_CONTROL)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| v.len() <= 256 && v.bytes().all(|b| (b' '..=b'~').contains(&b)))
         .unwrap_or_default()
         .to_owned()
 }

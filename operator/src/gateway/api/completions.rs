@@ -19,11 +19,11 @@ use inferpool_protocol::openai::{
 use serde::de::DeserializeOwned;
 
 use super::checks::{
-    PREFIX_BYTES, chat_prefix, parse_json, prefix_of, priority, session, traceparent,
+    PREFIX_BYTES, cache_control, chat_prefix, parse_json, prefix_of, priority, session, traceparent,
 };
 use super::error::ApiError;
 use super::relay::{Relay, relay};
-use super::whole::{Whole, answer_whole};
+use super::whole::{PassedHeaders, Whole, answer_whole};
 use crate::gateway::core::pick::RequestKey;
 use crate::gateway::core::policy::ForwardError;
 use crate::gateway::dispatch::gateway::{Gateway, PoolRoute};
@@ -119,9 +119,9 @@ pub async fn answer_chat(gateway: &Gateway, headers: &HeaderMap, body: Bytes) ->
         prefix: &prefix,
         session: session.as_deref(),
     };
-    let trace = traceparent(headers);
+    let passed = Passed::of(headers);
     if !req.sampling.stream {
-        let whole = Whole::new("/v1/chat/completions", &body, priority, &trace);
+        let whole = Whole::new("/v1/chat/completions", &body, priority, passed.borrowed());
         return answer_whole(&route, whole, &key).await.into_response();
     }
     // The messages move into the agent's request: the gateway needs only the prefix.
@@ -133,7 +133,7 @@ pub async fn answer_chat(gateway: &Gateway, headers: &HeaderMap, body: Bytes) ->
         })
         .collect();
     let prompt = pb::generate_request::Prompt::Chat(pb::ChatMessages { messages });
-    let request = generate_request(&req.model, prompt, &req.sampling, priority, trace);
+    let request = generate_request(&req.model, prompt, &req.sampling, priority, passed);
     let shape = shape(Kind::Chat, gateway, &req.model);
     answer(&route, &request, &key, Relay::new(shape, &req.sampling)).await
 }
@@ -173,15 +173,37 @@ pub async fn answer_completion(gateway: &Gateway, headers: &HeaderMap, body: Byt
         prefix: prefix_of(&req.prompt, PREFIX_BYTES),
         session: session.as_deref(),
     };
-    let trace = traceparent(headers);
+    let passed = Passed::of(headers);
     if !req.sampling.stream {
-        let whole = Whole::new("/v1/completions", &body, priority, &trace);
+        let whole = Whole::new("/v1/completions", &body, priority, passed.borrowed());
         return answer_whole(&route, whole, &key).await.into_response();
     }
     let prompt = pb::generate_request::Prompt::Text(req.prompt.clone());
-    let request = generate_request(&req.model, prompt, &req.sampling, priority, trace);
+    let request = generate_request(&req.model, prompt, &req.sampling, priority, passed);
     let shape = shape(Kind::Completion, gateway, &req.model);
     answer(&route, &request, &key, Relay::new(shape, &req.sampling)).await
+}
+
+/// The client's headers that the agent sees too, owned.
+struct Passed {
+    traceparent: String,
+    cache_control: String,
+}
+
+impl Passed {
+    fn of(headers: &HeaderMap) -> Self {
+        Self {
+            traceparent: traceparent(headers),
+            cache_control: cache_control(headers),
+        }
+    }
+
+    fn borrowed(&self) -> PassedHeaders<'_> {
+        PassedHeaders {
+            traceparent: &self.traceparent,
+            cache_control: &self.cache_control,
+        }
+    }
 }
 
 fn generate_request(
@@ -189,14 +211,15 @@ fn generate_request(
     prompt: pb::generate_request::Prompt,
     s: &ValidSampling,
     priority: pb::Priority,
-    traceparent: String,
+    passed: Passed,
 ) -> pb::GenerateRequest {
     pb::GenerateRequest {
         model: model.to_owned(),
         prompt: Some(prompt),
         sampling: Some(sampling(s)),
         priority: priority.into(),
-        traceparent,
+        traceparent: passed.traceparent,
+        cache_control: passed.cache_control,
         ..pb::GenerateRequest::default()
     }
 }

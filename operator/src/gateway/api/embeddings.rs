@@ -17,7 +17,7 @@ use inferpool_protocol::openai::{
     ValidEmbeddingRequest, Vector,
 };
 
-use super::checks::{parse_json, priority, traceparent};
+use super::checks::{cache_control, parse_json, priority, traceparent};
 use super::completions::refused_before_routing;
 use super::error::ApiError;
 use crate::gateway::core::policy::Tried;
@@ -31,6 +31,7 @@ struct Routed {
     route: Arc<PoolRoute>,
     rank: usize,
     traceparent: String,
+    cache_control: String,
 }
 
 /// `POST /v1/embeddings`.
@@ -55,6 +56,7 @@ fn check(gateway: &Gateway, headers: &HeaderMap, body: &Bytes) -> Result<Routed,
     Ok(Routed {
         rank: priority_rank(priority(headers)?),
         traceparent: traceparent(headers),
+        cache_control: cache_control(headers),
         req,
         route,
     })
@@ -66,12 +68,14 @@ async fn answer(routed: Routed) -> Response {
         route,
         rank,
         traceparent,
+        cache_control,
     } = routed;
     let mut record = route.metrics.start();
     let request = EmbedRequest {
         model: req.model.clone(),
         inputs: req.inputs.clone(),
         traceparent,
+        cache_control,
     };
     let deadline = tokio::time::Instant::now() + route.timeout;
     match forward_embed(&route, &request, rank, deadline).await {

@@ -54,6 +54,7 @@ impl ApiError {
         Complete {
             status: StatusCode::from_u16(self.status).unwrap_or(StatusCode::BAD_GATEWAY),
             content_type: None,
+            cache: None,
             body: body.into(),
             retry_after: self.status == 429,
         }

@@ -7,9 +7,10 @@ use std::collections::VecDeque;
 use std::convert::Infallible;
 
 use axum::body::{Body, Bytes};
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use inferpool_protocol::agent::{self as pb, GenerateResponse};
+use inferpool_protocol::cache::CACHE_HEADER;
 use inferpool_protocol::errors::ErrorType;
 use inferpool_protocol::openai::{ErrorBody, Kind, ResponseShape, Usage, ValidSampling};
 use inferpool_protocol::sse;
@@ -55,12 +56,21 @@ pub async fn relay(
         in_flight: committed.in_flight,
         record,
     };
-    if how.stream {
+    let cache = source
+        .first
+        .as_ref()
+        .and_then(|m| HeaderValue::from_str(&m.cache).ok())
+        .filter(|v| !v.is_empty());
+    let mut response = if how.stream {
         let events = Events::new(how, source).into_stream();
         (sse::HEADERS, Body::from_stream(events)).into_response()
     } else {
         whole(how, source).await
+    };
+    if let Some(value) = cache {
+        response.headers_mut().insert(CACHE_HEADER, value);
     }
+    response
 }
 
 struct Source {

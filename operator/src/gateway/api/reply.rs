@@ -4,6 +4,7 @@
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
+use inferpool_protocol::cache::CACHE_HEADER;
 
 /// A whole answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -16,6 +17,8 @@ pub struct Complete {
     pub body: Bytes,
     /// Whether to say `retry-after: 1` (a refusal for load).
     pub retry_after: bool,
+    /// The agent's `x-inferpool-cache`, passed on.
+    pub cache: Option<String>,
 }
 
 impl IntoResponse for Complete {
@@ -32,6 +35,9 @@ impl IntoResponse for Complete {
             self.body,
         )
             .into_response();
+        if let Some(value) = self.cache.and_then(|c| HeaderValue::from_str(&c).ok()) {
+            response.headers_mut().insert(CACHE_HEADER, value);
+        }
         if self.retry_after {
             response
                 .headers_mut()

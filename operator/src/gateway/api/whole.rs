@@ -7,6 +7,7 @@ use std::borrow::Cow;
 use axum::http::StatusCode;
 use bytes::Bytes;
 use inferpool_protocol::agent::Priority;
+use inferpool_protocol::cache::CACHE_CONTROL;
 use inferpool_protocol::errors::ErrorType;
 use inferpool_protocol::priority::{PRIORITY_HEADER, priority_name};
 
@@ -26,18 +27,32 @@ pub struct Whole<'a> {
     path: &'a str,
     body: &'a Bytes,
     priority: Priority,
-    traceparent: &'a str,
+    passed: PassedHeaders<'a>,
+}
+
+/// The client's headers that the agent sees too (each empty when absent).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PassedHeaders<'a> {
+    /// W3C trace context.
+    pub traceparent: &'a str,
+    /// `Cache-Control`, which the agent's response cache obeys.
+    pub cache_control: &'a str,
 }
 
 impl<'a> Whole<'a> {
-    /// The request at the agent's `path` with the client's `body`, its priority and its
-    /// trace context (empty when none).
-    pub fn new(path: &'a str, body: &'a Bytes, priority: Priority, traceparent: &'a str) -> Self {
+    /// The request at the agent's `path` with the client's `body`, its priority and the
+    /// headers passed on.
+    pub fn new(
+        path: &'a str,
+        body: &'a Bytes,
+        priority: Priority,
+        passed: PassedHeaders<'a>,
+    ) -> Self {
         Self {
             path,
             body,
             priority,
-            traceparent,
+            passed,
         }
     }
 }
@@ -48,15 +63,15 @@ pub async fn answer_whole(route: &PoolRoute, whole: Whole<'_>, key: &RequestKey<
     // One clock reading for the record and the deadline.
     let now = tokio::time::Instant::now();
     let mut record = route.metrics.start_at(now.into_std());
-    let priority = [(PRIORITY_HEADER, priority_name(whole.priority))];
-    let with_trace = [priority[0], ("traceparent", whole.traceparent)];
+    let passed = [
+        (PRIORITY_HEADER, priority_name(whole.priority)),
+        ("traceparent", whole.passed.traceparent),
+        (CACHE_CONTROL, whole.passed.cache_control),
+    ];
+    let headers: Vec<(&str, &str)> = passed.into_iter().filter(|(_, v)| !v.is_empty()).collect();
     let request = UnaryRequest {
         path: whole.path,
-        headers: if whole.traceparent.is_empty() {
-            &priority
-        } else {
-            &with_trace
-        },
+        headers: &headers,
         body: whole.body,
         rank: priority_rank(whole.priority),
     };
@@ -98,5 +113,6 @@ fn passed_on(answer: Answer) -> Complete {
         content_type: answer.content_type,
         body: answer.body,
         retry_after: answer.status == 429,
+        cache: answer.cache,
     }
 }

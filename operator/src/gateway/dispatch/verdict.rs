@@ -133,6 +133,7 @@ mod tests {
         Answer {
             status,
             content_type: Some("application/json".into()),
+            cache: None,
             body: Bytes::copy_from_slice(body.as_bytes()),
         }
     }

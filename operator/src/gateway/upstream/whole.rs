@@ -16,6 +16,7 @@ use http_body_util::{BodyExt as _, Full, Limited};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use inferpool_protocol::cache::CACHE_HEADER;
 use tokio::time::Instant;
 
 use super::channel::UpstreamSettings;
@@ -47,6 +48,8 @@ pub struct Answer {
     pub content_type: Option<String>,
     /// Its body.
     pub body: Bytes,
+    /// How the agent's response cache took part (`x-inferpool-cache`), if it said.
+    pub cache: Option<String>,
 }
 
 /// Why a call got no answer.
@@ -125,6 +128,11 @@ impl WholeClient {
             .get(CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
+        let cache = response
+            .headers()
+            .get(CACHE_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
         let body = Limited::new(response.into_body(), MAX_ANSWER_BYTES)
             .collect()
             .await
@@ -134,6 +142,7 @@ impl WholeClient {
             status,
             content_type,
             body,
+            cache,
         })
     }
 }
