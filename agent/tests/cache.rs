@@ -161,10 +161,10 @@ async fn cache_control_is_obeyed() -> anyhow::Result<()> {
 async fn a_paraphrase_is_a_semantic_hit_and_a_reversed_question_is_not() -> anyhow::Result<()> {
     let agent = AgentProcess::start(json!({"cache": {"semantic": {"enabled": true}}})).await?;
     assert_eq!(
-        ask(&agent, &greedy("What is the capital of France?"), &[])?.1,
+        ask(&agent, &greedy("How do I reverse a list in Python?"), &[])?.1,
         "miss"
     );
-    let (paraphrase, kind) = ask(&agent, &greedy("what's the capital of France?"), &[])?;
+    let (paraphrase, kind) = ask(&agent, &greedy("How can I reverse a Python list?"), &[])?;
     assert_eq!(kind, "semantic");
     assert_eq!(
         paraphrase.json()?["usage"]["completion_tokens"]
@@ -235,7 +235,7 @@ async fn a_restarted_agent_keeps_its_hits_and_a_bad_snapshot_starts_empty() -> a
     let second = AgentProcess::start(persistent(&dir)).await?;
     assert_eq!(ask(&second, &body, &[])?.1, "exact");
     assert_eq!(
-        count(&second, "generation_tokens_total")?,
+        count(&second, "prompt_tokens_total")?,
         0.0,
         "the hit ran the engine"
     );

@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use inferpool_agent::cache::pressure::Watermarks;
 use inferpool_agent::config::AgentConfig;
 use inferpool_agent::engine::kv::KvCacheDtype;
 use inferpool_agent::engine::rows::Padding;
@@ -29,7 +30,13 @@ spec:
     kvCacheDtype: f32
     targetTimeToFirstTokenMilliseconds: 555
     targetTimePerTokenMilliseconds: 66
-  cache: {enabled: false, capacity: 3Mi, ttlSeconds: 77}
+  cache:
+    enabled: true
+    capacity: 3Mi
+    ttlSeconds: 77
+    semantic: {enabled: true, threshold: 0.9}
+    memoryPressure: {highWatermark: 0.7, lowWatermark: 0.6, checkSeconds: 3}
+    persistence: {enabled: true, snapshotSeconds: 44}
 ";
 
 #[test]
@@ -55,10 +62,22 @@ fn every_field_the_controller_writes_reaches_the_agent() -> anyhow::Result<()> {
     assert_eq!(b.slo.ttft, Some(Duration::from_millis(555)));
     assert_eq!(b.slo.time_per_token, Some(Duration::from_millis(66)));
     assert_eq!(b.kv_blocks, 100);
-    assert!(!config.cache.enabled);
+    let c = &config.cache;
+    assert!(c.enabled);
+    assert_eq!((c.capacity.as_str(), c.ttl_seconds), ("3Mi", 77));
+    let settings = c.settings()?.ok_or_else(|| anyhow::anyhow!("cache off"))?;
+    assert_eq!(settings.semantic.map(|s| s.threshold), Some(0.9));
     assert_eq!(
-        (config.cache.capacity.as_str(), config.cache.ttl_seconds),
-        ("3Mi", 77)
+        settings.watermarks,
+        Watermarks {
+            high: 0.7,
+            low: 0.6
+        }
     );
+    assert_eq!(c.pressure_check(), Duration::from_secs(3));
+    let plan = c.snapshot_plan(config.cache_dir.as_deref())?;
+    let plan = plan.ok_or_else(|| anyhow::anyhow!("no snapshots: {text}"))?;
+    assert_eq!(plan.every, Duration::from_secs(44));
+    assert!(plan.path.starts_with("/var/cache/inferpool"), "{plan:?}");
     Ok(())
 }

@@ -503,3 +503,100 @@ async fn a_saturated_pool_answers_429_and_loses_nothing() -> anyhow::Result<()> 
     assert!(ok >= 1 && refused >= 1, "{ok} served, {refused} refused");
     serves_then_stops(pool).await
 }
+
+/// The agents' `x-inferpool-cache` in a reply head.
+fn cache_header(head: &str) -> String {
+    head.lines()
+        .find_map(|l| l.strip_prefix("x-inferpool-cache:"))
+        .map(|v| v.trim().to_owned())
+        .unwrap_or_default()
+}
+
+fn ask_through(pool: &LocalPool, body: &Value, headers: &[(&str, &str)]) -> anyhow::Result<String> {
+    let reply = post(
+        pool.addr,
+        "/v1/chat/completions",
+        headers,
+        body.to_string().as_bytes(),
+    )?;
+    anyhow::ensure!(reply.status == 200, "{}: {}", reply.status, reply.body);
+    Ok(cache_header(&reply.head))
+}
+
+#[tokio::test]
+async fn the_response_cache_answers_through_the_gateway_and_obeys_cache_control()
+-> anyhow::Result<()> {
+    let manifest = manifest("round_robin").replace("replicas: 2", "replicas: 1");
+    let pool = LocalPool::start(&manifest, MODEL).await?;
+    let body = chat("Name a fruit.", json!({"temperature": 0, "max_tokens": 8}));
+    assert_eq!(
+        ask_through(&pool, &body, &[("Cache-Control", "no-store")])?,
+        "miss"
+    );
+    assert_eq!(
+        ask_through(&pool, &body, &[])?,
+        "miss",
+        "no-store was not passed on"
+    );
+    assert_eq!(ask_through(&pool, &body, &[])?, "exact");
+    assert_eq!(
+        ask_through(&pool, &body, &[("Cache-Control", "no-cache")])?,
+        "miss"
+    );
+    let mut streamed = body.clone();
+    streamed["stream"] = json!(true);
+    let mut stream = EventStream::open(pool.addr, "/v1/chat/completions", &streamed)?;
+    assert_eq!(cache_header(&stream.head), "exact");
+    let no_cache = [("Cache-Control", "no-cache")];
+    let mut fresh =
+        EventStream::open_with(pool.addr, "/v1/chat/completions", &no_cache, &streamed)?;
+    assert_eq!(
+        cache_header(&fresh.head),
+        "miss",
+        "no-cache was not passed on to the stream"
+    );
+    let (hit, done) = stream.collect()?;
+    let (generated, fresh_done) = fresh.collect()?;
+    assert!(done && fresh_done);
+    let text = |events: &[Value]| -> String {
+        events
+            .iter()
+            .filter_map(|e| e["choices"][0]["delta"]["content"].as_str())
+            .collect()
+    };
+    assert_eq!(text(&hit), text(&generated));
+    serves_then_stops(pool).await
+}
+
+#[tokio::test]
+async fn a_local_agent_keeps_its_cache_across_restarts() -> anyhow::Result<()> {
+    let name = format!("persist{}", std::process::id());
+    let manifest = format!(
+        "apiVersion: inferpool.dev/v1alpha1\nkind: InferencePool\nmetadata:\n  name: {name}\nspec:\n  \
+         model:\n    source: bundled\n    servedName: {MODEL}\n  replicas: 1\n  cache:\n    \
+         persistence:\n      enabled: true\n"
+    );
+    let root = std::env::var_os("INFERPOOL_CACHE")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+                .join(".cache/inferpool")
+        });
+    let dir = root.join("local").join(format!("{name}-0"));
+    let body = chat("Name a tree.", json!({"temperature": 0, "max_tokens": 8}));
+    let pool = LocalPool::start(&manifest, MODEL).await?;
+    assert_eq!(ask_through(&pool, &body, &[])?, "miss");
+    assert_eq!(pool.stop().await?, Some(0));
+    assert!(
+        dir.join("response-cache.snapshot").is_file(),
+        "no snapshot in {}",
+        dir.display()
+    );
+    let pool = LocalPool::start(&manifest, MODEL).await?;
+    let kind = ask_through(&pool, &body, &[]);
+    let stopped = pool.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(kind?, "exact");
+    assert_eq!(stopped?, Some(0));
+    Ok(())
+}

@@ -9,6 +9,7 @@
 pub mod directives;
 pub mod entry;
 pub mod key;
+pub mod normalize;
 pub mod partition;
 pub mod pressure;
 pub mod semantic;

@@ -8,7 +8,8 @@
 
 use std::fs::File;
 use std::io::Write as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -17,7 +18,12 @@ use serde::de::DeserializeOwned;
 pub const FORMAT_VERSION: u32 = 1;
 
 const MAGIC: &[u8; 8] = b"IPCACHE\0";
+/// Magic, version, payload length, checksum.
 const HEADER: usize = 8 + 4 + 8 + 4;
+
+/// Numbers this process's temporary files, so that two writes at once (the periodic
+/// snapshot and the one at drain) never share one.
+static NEXT_TEMP: AtomicU64 = AtomicU64::new(0);
 
 /// Why a snapshot could not be written or read.
 #[derive(Debug, thiserror::Error)]
@@ -25,107 +31,160 @@ pub enum SnapshotError {
     /// The file system failed.
     #[error("snapshot I/O: {0}")]
     Io(#[from] std::io::Error),
-    /// Not a snapshot of ours.
-    #[error("not a response cache snapshot")]
+    /// Not a snapshot of ours (its magic is wrong).
+    #[error("not a response cache snapshot (bad magic)")]
     Foreign,
     /// A snapshot of another format version.
-    #[error("snapshot format {0}, this agent reads {FORMAT_VERSION}")]
+    #[error("snapshot format version {0}, this agent reads version {FORMAT_VERSION}")]
     Version(u32),
-    /// Shorter than its header says.
-    #[error("snapshot truncated")]
+    /// Shorter than its header, or than the payload length the header declares.
+    #[error("snapshot truncated (shorter than its header or declared payload)")]
     Truncated,
     /// The payload does not match its checksum.
     #[error("snapshot checksum mismatch")]
     Checksum,
-    /// The payload does not decode.
+    /// The value does not encode, or the payload does not decode to one (bytes after the
+    /// declared payload, or after the value in it, included).
     #[error("snapshot payload: {0}")]
     Decode(String),
 }
 
-/// Writes `value` to `path` atomically; returns the bytes written.
+/// Writes `value` to `path` atomically, creating its directory if missing; returns the
+/// bytes written. On success the new snapshot has replaced any old one durably; on error
+/// the old one is untouched (unless only the final directory fsync failed).
 pub fn write<T: Serialize>(path: &Path, value: &T) -> Result<u64, SnapshotError> {
     let payload = postcard::to_stdvec(value).map_err(|e| SnapshotError::Decode(e.to_string()))?;
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
+    let (dir, temp) = temp_path(path)?;
     std::fs::create_dir_all(dir)?;
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy())
-        .unwrap_or_default();
-    let temp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let written = write_file(&temp, &payload);
+    let written = write_file(&temp, &payload).and_then(|bytes| {
+        std::fs::rename(&temp, path)?;
+        Ok(bytes)
+    });
     if written.is_err() {
+        // Best effort: the error worth reporting is the one that stopped the write.
         let _ = std::fs::remove_file(&temp);
     }
     let bytes = written?;
-    std::fs::rename(&temp, path)?;
-    // The rename is durable only once the directory is; a directory that cannot be opened
-    // (not on Linux) keeps the file, just not the guarantee.
-    if let Ok(d) = File::open(dir) {
-        d.sync_all()?;
-    }
+    sync_dir(dir)?;
     Ok(bytes)
 }
 
+/// The directory of `path` and a temporary file in it (`.<file>.tmp-<pid>-<n>`): the same
+/// directory, so that the rename never crosses file systems.
+fn temp_path(path: &Path) -> std::io::Result<(&Path, PathBuf)> {
+    let name = path.file_name().ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("snapshot path {} names no file", path.display()),
+        )
+    })?;
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    let n = NEXT_TEMP.fetch_add(1, Ordering::Relaxed);
+    let temp = format!(".{}.tmp-{}-{n}", name.to_string_lossy(), std::process::id());
+    Ok((dir, dir.join(temp)))
+}
+
+/// Header and payload into a new file at `path`, on disk before it returns.
 fn write_file(path: &Path, payload: &[u8]) -> Result<u64, SnapshotError> {
+    let mut header = Vec::with_capacity(HEADER);
+    header.extend_from_slice(MAGIC);
+    header.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    header.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+    header.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
     let mut file = File::create(path)?;
-    file.write_all(MAGIC)?;
-    file.write_all(&FORMAT_VERSION.to_le_bytes())?;
-    file.write_all(&(payload.len() as u64).to_le_bytes())?;
-    file.write_all(&crc32fast::hash(payload).to_le_bytes())?;
+    file.write_all(&header)?;
     file.write_all(payload)?;
+    // Before the rename: otherwise a crash could leave the new name on unwritten blocks.
     file.sync_all()?;
     Ok((HEADER + payload.len()) as u64)
 }
 
+/// Makes a rename in `dir` durable.
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    match File::open(dir) {
+        Ok(dir) => dir.sync_all(),
+        // Windows cannot open a directory as a file; there the rename is as durable as it
+        // gets. Elsewhere a failure to open it is a real error.
+        Err(_) if cfg!(not(unix)) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 /// The value in the snapshot at `path`, or `None` when there is none.
 pub fn read<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, SnapshotError> {
+    // The whole file, at its actual length: nothing is sized by the declared length.
     let bytes = match std::fs::read(path) {
         Ok(bytes) => bytes,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e.into()),
     };
-    let payload = checked_payload(&bytes)?;
-    postcard::from_bytes(payload)
-        .map(Some)
-        .map_err(|e| SnapshotError::Decode(e.to_string()))
+    decode(checked_payload(&bytes)?).map(Some)
+}
+
+/// The value in `payload`, which must hold exactly one.
+fn decode<T: DeserializeOwned>(payload: &[u8]) -> Result<T, SnapshotError> {
+    let (value, rest) = postcard::take_from_bytes::<T>(payload)
+        .map_err(|e| SnapshotError::Decode(e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(SnapshotError::Decode(format!(
+            "{} bytes after the value",
+            rest.len()
+        )));
+    }
+    Ok(value)
 }
 
 /// The payload of `bytes` once magic, version, length and checksum agree.
 fn checked_payload(bytes: &[u8]) -> Result<&[u8], SnapshotError> {
-    if bytes.len() < MAGIC.len() || &bytes[..MAGIC.len()] != MAGIC {
-        return Err(SnapshotError::Foreign);
+    let (declared, crc) = header(bytes)?;
+    let payload = bytes.get(HEADER..).ok_or(SnapshotError::Truncated)?;
+    // A length beyond usize cannot fit in memory, so the file is surely shorter.
+    let declared = usize::try_from(declared).unwrap_or(usize::MAX);
+    match payload.len().cmp(&declared) {
+        std::cmp::Ordering::Less => return Err(SnapshotError::Truncated),
+        std::cmp::Ordering::Greater => {
+            let extra = payload.len() - declared;
+            return Err(SnapshotError::Decode(format!(
+                "{extra} bytes after the declared payload"
+            )));
+        }
+        std::cmp::Ordering::Equal => {}
     }
-    let field = |at: usize, len: usize| bytes.get(at..at + len).ok_or(SnapshotError::Truncated);
-    let version = u32::from_le_bytes(
-        field(8, 4)?
-            .try_into()
-            .map_err(|_| SnapshotError::Truncated)?,
-    );
-    if version != FORMAT_VERSION {
-        return Err(SnapshotError::Version(version));
-    }
-    let len = u64::from_le_bytes(
-        field(12, 8)?
-            .try_into()
-            .map_err(|_| SnapshotError::Truncated)?,
-    );
-    let crc = u32::from_le_bytes(
-        field(20, 4)?
-            .try_into()
-            .map_err(|_| SnapshotError::Truncated)?,
-    );
-    let len = usize::try_from(len).map_err(|_| SnapshotError::Truncated)?;
-    let payload = bytes
-        .get(HEADER..)
-        .filter(|p| p.len() == len)
-        .ok_or(SnapshotError::Truncated)?;
     if crc32fast::hash(payload) != crc {
         return Err(SnapshotError::Checksum);
     }
     Ok(payload)
+}
+
+/// The declared payload length and checksum, once magic and version are ours.
+fn header(bytes: &[u8]) -> Result<(u64, u32), SnapshotError> {
+    if bytes.get(..MAGIC.len()) != Some(MAGIC.as_slice()) {
+        // A file that is a prefix of the magic is one of ours cut short, not a foreign one.
+        return Err(if MAGIC.starts_with(bytes) {
+            SnapshotError::Truncated
+        } else {
+            SnapshotError::Foreign
+        });
+    }
+    let version = u32::from_le_bytes(field(bytes, 8)?);
+    if version != FORMAT_VERSION {
+        return Err(SnapshotError::Version(version));
+    }
+    Ok((
+        u64::from_le_bytes(field(bytes, 12)?),
+        u32::from_le_bytes(field(bytes, 20)?),
+    ))
+}
+
+/// The `N` bytes of `bytes` at `at`.
+fn field<const N: usize>(bytes: &[u8], at: usize) -> Result<[u8; N], SnapshotError> {
+    bytes
+        .get(at..at + N)
+        .and_then(|b| b.try_into().ok())
+        .ok_or(SnapshotError::Truncated)
 }
 
 #[cfg(test)]
@@ -147,67 +206,161 @@ mod tests {
         }
     }
 
-    fn dir(test: &str) -> std::path::PathBuf {
-        let d =
-            std::env::temp_dir().join(format!("inferpool-snapshot-{test}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        d
+    /// A directory of the test's own, removed when the test ends (failing or not).
+    struct Scratch(PathBuf);
+
+    impl Scratch {
+        fn new(test: &str) -> Self {
+            let name = format!("inferpool-snapshot-{test}-{}", std::process::id());
+            let dir = std::env::temp_dir().join(name);
+            let _ = std::fs::remove_dir_all(&dir);
+            Self(dir)
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// `path` holding `bytes`, read back as a snapshot.
+    fn read_bytes(path: &Path, bytes: &[u8]) -> Result<Option<Sample>, SnapshotError> {
+        std::fs::write(path, bytes).unwrap();
+        read::<Sample>(path)
+    }
+
+    /// A good snapshot of `sample()` at `path`, and its bytes.
+    fn good(path: &Path) -> Vec<u8> {
+        write(path, &sample()).unwrap();
+        std::fs::read(path).unwrap()
     }
 
     #[test]
-    fn a_written_snapshot_reads_back_and_replaces_the_old_one_cleanly() {
-        let d = dir("roundtrip");
-        let path = d.join("s");
-        assert!(read::<Sample>(&path).unwrap().is_none());
-        write(
-            &path,
-            &Sample {
-                name: "old".into(),
-                values: vec![],
-            },
-        )
-        .unwrap();
+    fn a_snapshot_reads_back_and_its_directory_is_made() {
+        let scratch = Scratch::new("roundtrip");
+        let path = scratch.0.join("nested/dir/cache.snapshot");
         let bytes = write(&path, &sample()).unwrap();
         assert_eq!(std::fs::metadata(&path).unwrap().len(), bytes);
         assert_eq!(read::<Sample>(&path).unwrap(), Some(sample()));
-        let files: Vec<_> = std::fs::read_dir(&d).unwrap().collect();
-        assert_eq!(files.len(), 1, "a temporary file was left behind");
-        std::fs::remove_dir_all(&d).unwrap();
     }
 
     #[test]
-    fn damaged_files_are_errors_never_values() {
-        let d = dir("damaged");
-        let path = d.join("s");
+    fn a_missing_file_is_no_snapshot() {
+        let scratch = Scratch::new("missing");
+        assert!(read::<Sample>(&scratch.0.join("none")).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_write_replaces_the_old_snapshot_and_leaves_no_temporary_file() {
+        let scratch = Scratch::new("replace");
+        let path = scratch.0.join("s");
+        let old = Sample {
+            name: "old".into(),
+            values: vec![7],
+        };
+        write(&path, &old).unwrap();
         write(&path, &sample()).unwrap();
-        let good = std::fs::read(&path).unwrap();
-        for cut in [0, 4, 8, 12, 20, HEADER, HEADER + 1, good.len() - 1] {
-            std::fs::write(&path, &good[..cut]).unwrap();
-            assert!(read::<Sample>(&path).is_err(), "cut at {cut}");
+        assert_eq!(read::<Sample>(&path).unwrap(), Some(sample()));
+        let names: Vec<_> = std::fs::read_dir(&scratch.0)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["s"], "a temporary file was left behind");
+    }
+
+    #[test]
+    fn a_truncated_file_is_an_error_at_every_cut() {
+        let scratch = Scratch::new("truncated");
+        let path = scratch.0.join("s");
+        let good = good(&path);
+        for cut in 0..good.len() {
+            let result = read_bytes(&path, &good[..cut]);
+            assert!(
+                matches!(result, Err(SnapshotError::Truncated)),
+                "cut at {cut}: {result:?}"
+            );
         }
-        let mut flipped = good.clone();
-        flipped[HEADER + 3] ^= 0x40;
-        std::fs::write(&path, &flipped).unwrap();
-        assert!(matches!(
-            read::<Sample>(&path),
-            Err(SnapshotError::Checksum)
-        ));
-        std::fs::write(&path, b"garbage that is long enough to have a header").unwrap();
-        assert!(matches!(read::<Sample>(&path), Err(SnapshotError::Foreign)));
-        let mut other = good.clone();
-        other[8] = 9;
-        std::fs::write(&path, &other).unwrap();
-        assert!(matches!(
-            read::<Sample>(&path),
-            Err(SnapshotError::Version(9))
-        ));
-        let mut huge = good;
-        huge[12..20].copy_from_slice(&u64::MAX.to_le_bytes());
-        std::fs::write(&path, &huge).unwrap();
-        assert!(matches!(
-            read::<Sample>(&path),
-            Err(SnapshotError::Truncated)
-        ));
-        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn a_flipped_payload_byte_fails_the_checksum() {
+        let scratch = Scratch::new("flipped");
+        let path = scratch.0.join("s");
+        let mut bytes = good(&path);
+        bytes[HEADER + 3] ^= 0x40;
+        let result = read_bytes(&path, &bytes);
+        assert!(matches!(result, Err(SnapshotError::Checksum)), "{result:?}");
+    }
+
+    #[test]
+    fn garbage_is_foreign() {
+        let scratch = Scratch::new("garbage");
+        let path = scratch.0.join("s");
+        std::fs::create_dir_all(&scratch.0).unwrap();
+        for garbage in [
+            &b"garbage that is long enough to have a header"[..],
+            b"{}",
+            b"\0",
+        ] {
+            let result = read_bytes(&path, garbage);
+            assert!(matches!(result, Err(SnapshotError::Foreign)), "{result:?}");
+        }
+    }
+
+    #[test]
+    fn another_version_is_refused_before_its_payload() {
+        let scratch = Scratch::new("version");
+        let path = scratch.0.join("s");
+        let mut bytes = good(&path);
+        bytes[8..12].copy_from_slice(&2u32.to_le_bytes());
+        let result = read_bytes(&path, &bytes);
+        assert!(
+            matches!(result, Err(SnapshotError::Version(2))),
+            "{result:?}"
+        );
+    }
+
+    #[test]
+    fn a_huge_declared_length_is_truncated_not_allocated() {
+        let scratch = Scratch::new("huge");
+        let path = scratch.0.join("s");
+        let mut bytes = good(&path);
+        bytes[12..20].copy_from_slice(&u64::MAX.to_le_bytes());
+        let result = read_bytes(&path, &bytes);
+        assert!(
+            matches!(result, Err(SnapshotError::Truncated)),
+            "{result:?}"
+        );
+    }
+
+    #[test]
+    fn bytes_after_the_payload_are_an_error() {
+        let scratch = Scratch::new("trailing");
+        let path = scratch.0.join("s");
+        let mut bytes = good(&path);
+        bytes.push(0);
+        let result = read_bytes(&path, &bytes);
+        assert!(
+            matches!(result, Err(SnapshotError::Decode(_))),
+            "{result:?}"
+        );
+    }
+
+    #[test]
+    fn a_payload_of_another_shape_does_not_decode() {
+        let scratch = Scratch::new("shape");
+        let path = scratch.0.join("s");
+        write(&path, &(1u8, 2u8, 3u8)).unwrap();
+        let result = read::<u8>(&path);
+        assert!(
+            matches!(result, Err(SnapshotError::Decode(_))),
+            "{result:?}"
+        );
+        let result = read::<Sample>(&path);
+        assert!(
+            matches!(result, Err(SnapshotError::Decode(_))),
+            "{result:?}"
+        );
     }
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::cache::{CacheDirectives, Found, PromptKey, ResponseCache};
-use crate::cache::{CachedAnswer, Payload};
+use crate::cache::{CachedAnswer, Payload, normalize};
 use crate::scheduler::embed_batcher::EmbedHandle;
 
 /// How the cache took part in an answer (the `x-inferpool-cache` header).
@@ -110,7 +110,7 @@ impl CacheRequest<'_> {
 }
 
 async fn embed_turn(embedder: &EmbedHandle, turn: &str) -> Option<Vec<f32>> {
-    match embedder.embed(vec![turn.to_owned()]).await {
+    match embedder.embed(vec![normalize::for_embedding(turn)]).await {
         Ok(out) => out.vectors.into_iter().next(),
         Err(e) => {
             // Serving goes on without semantic matching for this request.

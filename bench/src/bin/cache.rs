@@ -29,7 +29,7 @@ struct Args {
     /// The labelled pairs.
     #[arg(long, default_value = "bench/data/semantic-pairs.jsonl")]
     pairs: PathBuf,
-    /// Entries of the filled cache.
+    /// Entries of the filled cache (0: the precision and recall table only).
     #[arg(long, default_value_t = 100_000)]
     entries: usize,
     /// Timed requests per hit kind and path.
@@ -44,6 +44,9 @@ fn main() -> anyhow::Result<()> {
     println!("# bench/cache\n\n{}", inferpool_bench::cpu_header());
     let embedder = Embedder::load(&args.embedding, &Device::Cpu)?;
     pairs::report(&embedder, &pairs::read(&args.pairs)?, 0.95)?;
+    if args.entries == 0 {
+        return Ok(());
+    }
     let model = ModelId {
         name: MODEL.to_owned(),
         revision: revision(&args.model, ""),

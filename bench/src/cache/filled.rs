@@ -7,6 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use inferpool_agent::cache::normalize::for_embedding;
 use inferpool_agent::cache::pressure::Watermarks;
 use inferpool_agent::cache::{
     CacheDirectives, CacheSettings, CachedAnswer, Found, ModelId, PartitionSpec, Payload,
@@ -128,7 +129,7 @@ pub fn report(
         );
     }
     let probe = key_of(&body(&model.name, PROBE))?;
-    let probe_vector = embedder.embed(&[PROBE.to_owned()])?.vectors.remove(0);
+    let probe_vector = embedder.embed(&[for_embedding(PROBE)])?.vectors.remove(0);
     cache.store(
         &model.name,
         probe.exact(),
@@ -157,7 +158,10 @@ pub fn report(
 /// Search alone (the paraphrase's embedding against every vector of the scope).
 fn search_times(cache: &ResponseCache, model: &str, embedder: &Embedder) -> anyhow::Result<()> {
     let key = key_of(&body(model, PARAPHRASE))?;
-    let query = embedder.embed(&[PARAPHRASE.to_owned()])?.vectors.remove(0);
+    let query = embedder
+        .embed(&[for_embedding(PARAPHRASE)])?
+        .vectors
+        .remove(0);
     let mut samples = Vec::with_capacity(200);
     for _ in 0..200 {
         let t = Instant::now();
@@ -171,7 +175,7 @@ fn search_times(cache: &ResponseCache, model: &str, embedder: &Embedder) -> anyh
     let mut embeds = Vec::with_capacity(50);
     for _ in 0..50 {
         let t = Instant::now();
-        embedder.embed(&[PARAPHRASE.to_owned()])?;
+        embedder.embed(&[for_embedding(PARAPHRASE)])?;
         embeds.push(t.elapsed());
     }
     println!(

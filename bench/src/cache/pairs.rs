@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use inferpool_agent::cache::normalize::for_embedding;
 use inferpool_agent::cache::semantic::dot;
 use inferpool_agent::cache::verify::compatible;
 use inferpool_agent::engine::embed::Embedder;
@@ -43,7 +44,7 @@ fn score<'a>(embedder: &Embedder, pairs: &'a [Pair]) -> anyhow::Result<Vec<Score
     for chunk in pairs.chunks(32) {
         let texts: Vec<String> = chunk
             .iter()
-            .flat_map(|p| [p.a.clone(), p.b.clone()])
+            .flat_map(|p| [for_embedding(&p.a), for_embedding(&p.b)])
             .collect();
         let vectors = embedder.embed(&texts)?.vectors;
         for (pair, v) in chunk.iter().zip(vectors.chunks_exact(2)) {
@@ -90,6 +91,17 @@ pub fn report(embedder: &Embedder, pairs: &[Pair], default: f32) -> anyhow::Resu
         let e = through.entry(s.pair.kind.as_str()).or_default();
         e.0 += usize::from(s.cosine >= default);
         e.1 += usize::from(s.cosine >= default && s.checked);
+    }
+    if std::env::var_os("INFERPOOL_BENCH_EXPLAIN").is_some() {
+        for s in scored
+            .iter()
+            .filter(|s| s.cosine >= default && s.checked != s.pair.same)
+        {
+            println!(
+                "explain {} {:.3} {:?} / {:?}",
+                s.pair.kind, s.cosine, s.pair.a, s.pair.b
+            );
+        }
     }
     println!("\nNegatives at or above {default} (cosine alone / after the check), by kind:");
     for (kind, (cosine, checked)) in through {
