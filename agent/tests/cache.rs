@@ -52,6 +52,7 @@ fn count(agent: &AgentProcess, series: &str) -> anyhow::Result<f64> {
 
 const EXACT_HITS: &str = "cache_hits_total{kind=\"exact\"}";
 const SEMANTIC_HITS: &str = "cache_hits_total{kind=\"semantic\"}";
+const MISSES: &str = "cache_misses_total{kind=\"answer\"}";
 
 #[tokio::test]
 async fn exact_hits_replay_whole_and_streamed_answers_without_tokenizing() -> anyhow::Result<()> {
@@ -62,10 +63,7 @@ async fn exact_hits_replay_whole_and_streamed_answers_without_tokenizing() -> an
     assert_eq!(kind, "miss");
     let first = first.json()?;
     assert_eq!(
-        (
-            count(&agent, EXACT_HITS)?,
-            count(&agent, "cache_misses_total")?
-        ),
+        (count(&agent, EXACT_HITS)?, count(&agent, MISSES)?),
         (0.0, 1.0)
     );
     let prompt_tokens = count(&agent, "prompt_tokens_total")?;
@@ -91,6 +89,8 @@ async fn exact_hits_replay_whole_and_streamed_answers_without_tokenizing() -> an
         .map(|e| e["usage"].clone());
     assert_eq!(usage, Some(first["usage"].clone()));
     assert_eq!(count(&agent, EXACT_HITS)?, 1.0);
+    assert_eq!(count(&agent, "cache_entries")?, 1.0);
+    assert!(count(&agent, "cache_bytes")? > 0.0);
     // The hit read no prompt: nothing reached the tokenizer's count or the engine.
     assert_eq!(count(&agent, "prompt_tokens_total")?, prompt_tokens);
     // Sampled without a seed: never cached, not counted.
@@ -102,10 +102,7 @@ async fn exact_hits_replay_whole_and_streamed_answers_without_tokenizing() -> an
         ask(&agent, &sampled, &[])?;
     }
     assert_eq!(
-        (
-            count(&agent, EXACT_HITS)?,
-            count(&agent, "cache_misses_total")?
-        ),
+        (count(&agent, EXACT_HITS)?, count(&agent, MISSES)?),
         (1.0, 1.0)
     );
     // Seeded: reproducible, so cached; a different max_tokens is a different answer.
@@ -187,8 +184,11 @@ async fn a_paraphrase_is_a_semantic_hit_and_a_reversed_question_is_not() -> anyh
         "miss",
         "a reversed question got a cached answer"
     );
-    // Another system prompt is another scope: never matched.
-    let mut other = greedy("What is the capital of France?");
+    // Another system prompt is another scope: the same turn is never matched across.
+    let plain = greedy("What is the capital of France?");
+    assert_eq!(ask(&agent, &plain, &[])?.1, "miss");
+    assert_eq!(ask(&agent, &plain, &[])?.1, "exact");
+    let mut other = plain.clone();
     other["messages"] = json!([{"role": "system", "content": "Answer in French."},
         {"role": "user", "content": "What is the capital of France?"}]);
     assert_eq!(ask(&agent, &other, &[])?.1, "miss");
@@ -268,16 +268,19 @@ async fn one_models_partition_never_evicts_the_others() -> anyhow::Result<()> {
         Ok(())
     };
     embed_once()?;
-    embed_once()?;
-    assert_eq!(count(&agent, EXACT_HITS)?, 1.0);
+    let embedding_hits = "cache_hits_total{kind=\"embedding\"}";
+    // Each answer asked twice: more frequent than the embedding, so that one cache shared
+    // by both models (TinyLFU admission) would evict the embedding for them.
     for i in 0..40 {
-        ask(&agent, &greedy(&format!("Count to {i}.")), &[])?;
+        let body = greedy(&format!("Count to {i}."));
+        ask(&agent, &body, &[])?;
+        ask(&agent, &body, &[])?;
     }
     assert!(count(&agent, "cache_evictions_total{reason=\"capacity\"}")? > 0.0);
     embed_once()?;
     assert_eq!(
-        count(&agent, EXACT_HITS)?,
-        2.0,
+        count(&agent, embedding_hits)?,
+        1.0,
         "the answers evicted the embedding"
     );
     Ok(())

@@ -167,9 +167,10 @@ fn cache_counts(agents: &[&AgentProcess]) -> anyhow::Result<(f64, f64)> {
     let (mut hits, mut lookups) = (0.0, 0.0);
     for agent in agents {
         let text = agent.metrics()?;
-        let hit = metric(&text, "inferpool_agent_cache_hits_total").unwrap_or(0.0);
+        let series = |s: &str| metric(&text, &format!("inferpool_agent_cache_{s}")).unwrap_or(0.0);
+        let hit = series("hits_total{kind=\"exact\"}") + series("hits_total{kind=\"semantic\"}");
         hits += hit;
-        lookups += hit + metric(&text, "inferpool_agent_cache_misses_total").unwrap_or(0.0);
+        lookups += hit + series("misses_total{kind=\"answer\"}");
     }
     Ok((hits, lookups))
 }

@@ -63,6 +63,11 @@ pub fn for_embedding(turn: &str) -> String {
         }
         i += 1;
     }
+    if out.is_empty() {
+        // Filler only ("Please."): embedded as written, not as the empty turn every other
+        // filler-only turn would share.
+        return lower.trim().to_owned();
+    }
     out.join(" ")
 }
 
@@ -94,5 +99,6 @@ mod tests {
             "convert 3.5 km to miles"
         );
         assert_eq!(for_embedding("Pleased to meet you"), "pleased to meet you");
+        assert_eq!(for_embedding("Please."), "please.");
     }
 }

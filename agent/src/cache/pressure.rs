@@ -56,14 +56,30 @@ impl MemorySource {
         let relative = cgroup_path(&own)?.trim_start_matches('/');
         let dir = self.cgroup_root.join(relative);
         let limit = parse_limit(&read_text(&dir, "memory.max")?)?;
-        let used = read_text(&dir, "memory.current")?.trim().parse().ok()?;
-        Some(MemoryReading { used, limit })
+        let current: u64 = read_text(&dir, "memory.current")?.trim().parse().ok()?;
+        // The working set, as the kubelet counts it for eviction: page cache the kernel can
+        // drop at once (the model file read, a snapshot written) is not pressure.
+        let inactive = read_text(&dir, "memory.stat")
+            .and_then(|stat| stat_field(&stat, "inactive_file"))
+            .unwrap_or(0);
+        Some(MemoryReading {
+            used: current.saturating_sub(inactive),
+            limit,
+        })
     }
 }
 
 /// The file `name` in `dir`, or `None` when it cannot be read.
 fn read_text(dir: &Path, name: &str) -> Option<String> {
     std::fs::read_to_string(dir.join(name)).ok()
+}
+
+/// A field of `memory.stat` (`name value` lines).
+fn stat_field(stat: &str, name: &str) -> Option<u64> {
+    stat.lines().find_map(|l| {
+        let (key, value) = l.split_once(' ')?;
+        (key == name).then(|| value.trim().parse().ok()).flatten()
+    })
 }
 
 /// The cgroup v2 path in `/proc/self/cgroup` (its `0::` line); `None` under cgroup v1.
@@ -281,5 +297,24 @@ mod tests {
     fn no_limit_frees_nothing() {
         let reading = MemoryReading { used: 5, limit: 0 };
         assert_eq!(watermarks().bytes_to_free(reading, 100), 0);
+    }
+
+    #[test]
+    fn the_working_set_leaves_out_inactive_page_cache() {
+        let stat = "anon 100\ninactive_file 250\nactive_file 10\n";
+        assert_eq!(stat_field(stat, "inactive_file"), Some(250));
+        assert_eq!(stat_field(stat, "file"), None);
+        let reading = Layout::new("working-set")
+            .cgroup_file("memory.max", "1000\n")
+            .cgroup_file("memory.current", "600\n")
+            .cgroup_file("memory.stat", stat)
+            .read();
+        assert_eq!(
+            reading,
+            MemoryReading {
+                used: 350,
+                limit: 1000
+            }
+        );
     }
 }

@@ -102,7 +102,8 @@ impl Scope {
 fn best(scores: impl Iterator<Item = (usize, f32)>, k: usize, floor: f32) -> Vec<(usize, f32)> {
     let mut top: Vec<(usize, f32)> = Vec::with_capacity(k + 1);
     for (slot, score) in scores {
-        if score < floor || top.len() == k && top[k - 1].1 >= score {
+        // Written so that a NaN score (a broken embedding) never passes.
+        if score.is_nan() || score < floor || top.len() == k && top[k - 1].1 >= score {
             continue;
         }
         let at = top.partition_point(|(_, s)| *s >= score);

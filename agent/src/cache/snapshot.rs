@@ -87,6 +87,27 @@ fn temp_path(path: &Path) -> std::io::Result<(&Path, PathBuf)> {
     Ok((dir, dir.join(temp)))
 }
 
+/// Removes the temporary files a writer killed mid-write left beside `path` (call before
+/// any writer of this process starts).
+pub fn remove_stale_temporaries(path: &Path) {
+    let (Some(name), Some(dir)) = (path.file_name(), path.parent()) else {
+        return;
+    };
+    let prefix = format!(".{}.tmp-", name.to_string_lossy());
+    let Ok(entries) = std::fs::read_dir(if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    }) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if entry.file_name().to_string_lossy().starts_with(&prefix) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
 /// Header and payload into a new file at `path`, on disk before it returns.
 fn write_file(path: &Path, payload: &[u8]) -> Result<u64, SnapshotError> {
     let mut header = Vec::with_capacity(HEADER);
@@ -362,5 +383,23 @@ mod tests {
             matches!(result, Err(SnapshotError::Decode(_))),
             "{result:?}"
         );
+    }
+
+    #[test]
+    fn stale_temporaries_are_removed_and_the_snapshot_kept() {
+        let dir = std::env::temp_dir().join(format!("inferpool-stale-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("s");
+        std::fs::write(dir.join(".s.tmp-1-0"), b"half").unwrap();
+        std::fs::write(&path, b"kept").unwrap();
+        remove_stale_temporaries(&path);
+        let left: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(left, [std::ffi::OsString::from("s")]);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -81,6 +81,10 @@ pub struct CacheStats {
     pub semantic_hits: u64,
     /// Lookups that found nothing.
     pub misses: u64,
+    /// Embedding inputs found.
+    pub embedding_hits: u64,
+    /// Embedding inputs not found.
+    pub embedding_misses: u64,
     /// Entries removed to stay within the capacity.
     pub evicted_capacity: u64,
     /// Entries expired.
@@ -130,6 +134,11 @@ pub struct ResponseCache {
     exact_hits: AtomicU64,
     semantic_hits: AtomicU64,
     misses: AtomicU64,
+    embedding_hits: AtomicU64,
+    embedding_misses: AtomicU64,
+    /// One snapshot at a time: the periodic one and the one at drain never interleave, so
+    /// the last written is the last taken.
+    saving: std::sync::Mutex<()>,
 }
 
 /// Semantic candidates checked per lookup: the best few above the threshold.
@@ -159,6 +168,9 @@ impl ResponseCache {
             exact_hits: AtomicU64::new(0),
             semantic_hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
+            embedding_hits: AtomicU64::new(0),
+            embedding_misses: AtomicU64::new(0),
+            saving: std::sync::Mutex::new(()),
         }
     }
 
@@ -220,6 +232,17 @@ impl ResponseCache {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Counts an embedding input's lookup (apart from the answers', whose hit ratio the
+    /// gateway weighs).
+    pub fn count_embedding(&self, hit: bool) {
+        let counter = if hit {
+            &self.embedding_hits
+        } else {
+            &self.embedding_misses
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Keeps `payload` for `model` under `key` for the TTL (with the turn's `embedding`
     /// when it may answer semantically), unless `directives` forbid it.
     pub fn store(
@@ -246,6 +269,8 @@ impl ResponseCache {
             exact_hits: self.exact_hits.load(Ordering::Relaxed),
             semantic_hits: self.semantic_hits.load(Ordering::Relaxed),
             misses: self.misses.load(Ordering::Relaxed),
+            embedding_hits: self.embedding_hits.load(Ordering::Relaxed),
+            embedding_misses: self.embedding_misses.load(Ordering::Relaxed),
             ..CacheStats::default()
         };
         for p in &self.partitions {
@@ -280,6 +305,7 @@ impl ResponseCache {
 
     /// Writes every live entry to `path`; returns the entries and bytes written.
     pub fn save(&self, path: &Path) -> Result<(usize, u64), SnapshotError> {
+        let _one_at_a_time = self.saving.lock().unwrap_or_else(|e| e.into_inner());
         let file = SnapshotFile {
             partitions: self
                 .partitions
@@ -292,9 +318,11 @@ impl ResponseCache {
     }
 
     /// Loads the snapshot at `path` (none yet: nothing to load). Entries of models or
-    /// revisions this cache does not serve are left out, as are expired ones. Returns the
+    /// revisions this cache does not serve are left out, as are expired ones; none lives
+    /// longer than this cache's TTL (which may have been lowered since). Returns the
     /// entries loaded.
     pub fn restore(&self, path: &Path) -> Result<usize, SnapshotError> {
+        snapshot::remove_stale_temporaries(path);
         let Some(file) = snapshot::read::<SnapshotFile>(path)? else {
             return Ok(0);
         };
@@ -303,7 +331,9 @@ impl ResponseCache {
             let Some(owned) = self.partitions.iter().find(|p| p.model == model) else {
                 continue;
             };
-            for stored in entries {
+            let ttl = u64::try_from(self.settings.ttl.as_millis()).unwrap_or(u64::MAX);
+            for mut stored in entries {
+                stored.expires_ms = stored.expires_ms.min(stored.stored_ms.saturating_add(ttl));
                 let (key, entry) = stored.into_entry();
                 loaded += usize::from(owned.partition.insert(key, entry));
             }

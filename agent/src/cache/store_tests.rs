@@ -69,8 +69,13 @@ fn one_models_entries_never_evict_anothers() {
         tokens: 2,
     };
     cache.store("embed", "e".into(), vector, None, ALL);
+    // Each answer read twice: more frequent than the vector, so that one cache shared by
+    // both models (TinyLFU admission) would evict the vector for them.
     for i in 0..2000 {
-        cache.store("chat", format!("k{i}"), answer(&"x".repeat(200)), None, ALL);
+        let key = format!("k{i}");
+        cache.store("chat", key.clone(), answer(&"x".repeat(200)), None, ALL);
+        cache.exact("chat", &key, ALL);
+        cache.exact("chat", &key, ALL);
     }
     let stats = cache.stats();
     assert!(stats.evicted_capacity > 0, "{stats:?}");

@@ -19,6 +19,7 @@ pub fn compatible(asked: &str, cached: &str) -> bool {
         && a.marked.is_subset(&c.all)
         && c.marked.is_subset(&a.all)
         && !prefix_negated(&a.all, &c.all)
+        && !opposed(&a.all, &c.all)
         && arguments_in_order(&a, &c)
 }
 
@@ -135,6 +136,68 @@ fn prefix_negated(a: &BTreeSet<String>, b: &BTreeSet<String>) -> bool {
     };
     negates(a, b) || negates(b, a)
 }
+
+/// One turn has a word and the other its opposite (and not the word itself).
+fn opposed(a: &BTreeSet<String>, b: &BTreeSet<String>) -> bool {
+    let has = |set: &BTreeSet<String>, w: &str| set.contains(w);
+    OPPOSITES.iter().any(|(x, y)| {
+        (has(a, x) && has(b, y) && !has(b, x) && !has(a, y))
+            || (has(a, y) && has(b, x) && !has(b, y) && !has(a, x))
+    })
+}
+
+/// Words whose swap turns a question around.
+const OPPOSITES: &[(&str, &str)] = &[
+    ("before", "after"),
+    ("largest", "smallest"),
+    ("biggest", "smallest"),
+    ("longest", "shortest"),
+    ("highest", "lowest"),
+    ("hottest", "coldest"),
+    ("oldest", "youngest"),
+    ("best", "worst"),
+    ("most", "least"),
+    ("more", "less"),
+    ("first", "last"),
+    ("minimum", "maximum"),
+    ("min", "max"),
+    ("increase", "decrease"),
+    ("raise", "lower"),
+    ("buy", "sell"),
+    ("upload", "download"),
+    ("import", "export"),
+    ("encrypt", "decrypt"),
+    ("encode", "decode"),
+    ("compress", "decompress"),
+    ("add", "remove"),
+    ("enable", "disable"),
+    ("open", "close"),
+    ("start", "stop"),
+    ("push", "pull"),
+    ("send", "receive"),
+    ("input", "output"),
+    ("win", "lose"),
+    ("above", "below"),
+    ("over", "under"),
+    ("early", "late"),
+    ("earlier", "later"),
+    ("faster", "slower"),
+    ("cheaper", "pricier"),
+    ("cheapest", "priciest"),
+    ("hot", "cold"),
+    ("true", "false"),
+    ("left", "right"),
+    ("north", "south"),
+    ("east", "west"),
+    ("positive", "negative"),
+    ("gain", "lose"),
+    ("lend", "borrow"),
+    ("import", "export"),
+    ("ascending", "descending"),
+    ("inhale", "exhale"),
+    ("arrive", "depart"),
+    ("rise", "fall"),
+];
 
 const DIRECTIONS: &[&str] = &[
     "to", "from", "into", "onto", "than", "vs", "versus", "against", "toward", "towards", "per",
@@ -359,6 +422,10 @@ mod tests {
             ("List the top five movies", "List the top ten movies"),
             ("Why doesn't my code compile?", "Why does my code compile?"),
             ("Use a semicolon correctly", "Use a semicolon incorrectly"),
+            (
+                "Who was president before Lincoln?",
+                "Who was president after Lincoln?",
+            ),
             ("Convert a list to a set", "Convert a set to a list"),
             (
                 "Did Brutus betray Julius Caesar?",

@@ -22,7 +22,7 @@ pub struct ServedModels<'a> {
 }
 
 /// The cache the pool asks for, filled from its snapshot, or `None` when it is off.
-pub fn build(
+pub async fn build(
     config: &AgentConfig,
     models: &ServedModels<'_>,
 ) -> anyhow::Result<Option<Arc<ResponseCache>>> {
@@ -35,10 +35,11 @@ pub fn build(
     );
     let template = config.chat_template.as_deref().unwrap_or_default();
     let (name, path) = models.generation;
+    let embedding_dir = models.embedding.map(|(_, dir)| dir);
     let mut specs = vec![PartitionSpec {
         model: ModelId {
             name: name.to_owned(),
-            revision: revision(path, template),
+            revision: generation_revision(path, template, embedding_dir),
         },
         semantic: true,
     }];
@@ -53,7 +54,10 @@ pub fn build(
     }
     let cache = Arc::new(ResponseCache::new(settings, specs));
     if let Some(plan) = config.cache.snapshot_plan(config.cache_dir.as_deref())? {
-        restore(&cache, &plan);
+        // Loaded before the agent is ready (a restarted agent answers from it at once),
+        // off the async threads (seconds at 100,000 entries).
+        let (loading, at) = (cache.clone(), plan.clone());
+        tokio::task::spawn_blocking(move || restore(&loading, &at)).await?;
         tokio::spawn(snapshots(cache.clone(), plan));
     }
     tokio::spawn(relieve_pressure(
@@ -61,6 +65,13 @@ pub fn build(
         config.cache.pressure_check(),
     ));
     Ok(Some(cache))
+}
+
+/// The generation model's revision: its files, the chat template, and the embedding model
+/// whose vectors its entries carry for semantic matching.
+pub fn generation_revision(model: &Path, template: &str, embedding: Option<&Path>) -> String {
+    let embedder = embedding.map_or_else(String::new, |dir| revision(dir, ""));
+    format!("{}-{embedder}", revision(model, template))
 }
 
 /// What identifies a model's answers: its files' sizes and modification times, and the
@@ -135,16 +146,32 @@ async fn snapshots(cache: Arc<ResponseCache>, plan: SnapshotPlan) {
     }
 }
 
+/// Readings after a shrink that do not shrink again: memory given back to the allocator
+/// shows in the working set only after a while, and shrinking on every reading meanwhile
+/// would empty the cache.
+const COOLDOWN_TICKS: u32 = 3;
+
 async fn relieve_pressure(cache: Arc<ResponseCache>, every: std::time::Duration) {
     let source = MemorySource::system();
     let mut ticks = tokio::time::interval(every);
+    let mut cooldown = 0;
     loop {
         ticks.tick().await;
+        if cooldown > 0 {
+            cooldown -= 1;
+            continue;
+        }
         let Ok(reading) = source.read() else {
             continue;
         };
-        let freed = cache.relieve(reading);
+        let shrinking = cache.clone();
+        // Sorting and dropping many entries is blocking work.
+        let Ok(freed) = tokio::task::spawn_blocking(move || shrinking.relieve(reading)).await
+        else {
+            return;
+        };
         if freed > 0 {
+            cooldown = COOLDOWN_TICKS;
             tracing::info!(
                 freed,
                 used = reading.used,

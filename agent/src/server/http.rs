@@ -67,7 +67,12 @@ fn admission(headers: &HeaderMap) -> Result<Admission, ServeError> {
 
 /// What the request's `Cache-Control` allows the response cache.
 fn directives(headers: &HeaderMap) -> CacheDirectives {
-    CacheDirectives::parse(headers.get(CACHE_CONTROL).and_then(|v| v.to_str().ok()))
+    match headers.get(CACHE_CONTROL).map(HeaderValue::to_str) {
+        None => CacheDirectives::default(),
+        Some(Ok(value)) => CacheDirectives::parse(Some(value)),
+        // Unreadable: the strictest reading, since it might have said no-store.
+        Some(Err(_)) => CacheDirectives::parse(Some("no-store")),
+    }
 }
 
 /// The request's priority header (`normal` when absent).

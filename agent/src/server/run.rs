@@ -251,7 +251,7 @@ async fn load_and_warm_inner(
             .zip(args.embedding_model.as_deref())
             .map(|((name, _), dir)| (name.as_str(), dir)),
     };
-    let cache = caching::build(config, &models)?;
+    let cache = caching::build(config, &models).await?;
     if let Some(cache) = &cache {
         tracing::info!(settings = ?cache.settings(), "response cache");
     }

@@ -8,7 +8,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use super::metrics::MirroredCounter;
+use super::mirrored::MirroredCounter;
 use crate::cache::CacheStats;
 
 /// Label of a hit counter.
@@ -29,7 +29,10 @@ pub(super) struct CacheMetrics {
     hits: Family<KindLabels, Counter>,
     exact: MirroredCounter,
     semantic: MirroredCounter,
-    misses: MirroredCounter,
+    embedding: MirroredCounter,
+    misses: Family<KindLabels, Counter>,
+    answer_misses: MirroredCounter,
+    embedding_misses: MirroredCounter,
     evictions: Family<ReasonLabels, Counter>,
     /// capacity, ttl, pressure, invalidated.
     evicted: [MirroredCounter; 4],
@@ -44,14 +47,18 @@ const REASONS: [&str; 4] = ["capacity", "ttl", "pressure", "invalidated"];
 impl CacheMetrics {
     pub(super) fn new() -> Self {
         let hits = Family::default();
+        let misses = Family::default();
         let evictions = Family::default();
         Self {
             exact: MirroredCounter::over(&hits, &KindLabels { kind: "exact" }),
             semantic: MirroredCounter::over(&hits, &KindLabels { kind: "semantic" }),
             evicted: REASONS
                 .map(|reason| MirroredCounter::over(&evictions, &ReasonLabels { reason })),
+            embedding: MirroredCounter::over(&hits, &KindLabels { kind: "embedding" }),
             hits,
-            misses: MirroredCounter::default(),
+            answer_misses: MirroredCounter::over(&misses, &KindLabels { kind: "answer" }),
+            embedding_misses: MirroredCounter::over(&misses, &KindLabels { kind: "embedding" }),
+            misses,
             evictions,
             entries: Gauge::default(),
             bytes: Gauge::default(),
@@ -68,8 +75,8 @@ impl CacheMetrics {
         );
         r.register(
             "cache_misses",
-            "Cacheable requests not in the cache",
-            self.misses.counter(),
+            "Cacheable lookups not in the cache, by kind (answer, embedding)",
+            self.misses.clone(),
         );
         r.register(
             "cache_evictions",
@@ -96,7 +103,9 @@ impl CacheMetrics {
     pub(super) fn observe(&self, stats: &CacheStats) {
         self.exact.observe(stats.exact_hits);
         self.semantic.observe(stats.semantic_hits);
-        self.misses.observe(stats.misses);
+        self.embedding.observe(stats.embedding_hits);
+        self.answer_misses.observe(stats.misses);
+        self.embedding_misses.observe(stats.embedding_misses);
         let evicted = [
             stats.evicted_capacity,
             stats.evicted_ttl,

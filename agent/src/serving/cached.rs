@@ -82,7 +82,11 @@ impl CacheRequest<'_> {
         let started = Instant::now();
         let exact = self.key.exact();
         let mut found = self.cache.exact(self.model, &exact, self.directives);
-        let semantic = self.key.semantic() && self.cache.semantic_for(self.model);
+        // The turn's embedding serves the semantic lookup and the stored entry: none is
+        // needed when the request allows neither.
+        let semantic = self.key.semantic()
+            && self.cache.semantic_for(self.model)
+            && (self.directives.may_look_up() || self.directives.may_store());
         let embedding = match embedder.filter(|_| semantic && found.is_none()) {
             Some(embedder) => embed_turn(embedder, self.key.turn()).await,
             None => None,

@@ -3,7 +3,7 @@
 //! routers can balance across our agents. Gauges are refreshed from the engine's load at
 //! scrape time; labels are fixed sets (endpoint, error type, priority), never free text.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -13,6 +13,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use super::cache_metrics::CacheMetrics;
+use super::mirrored::MirroredCounter;
 use crate::cache::CacheStats;
 use crate::generation::Priority;
 use crate::scheduler::batcher::Load;
@@ -70,36 +71,6 @@ pub struct AgentMetrics {
     vllm_kv_usage: Gauge<f64, AtomicU64>,
     cache: CacheMetrics,
     prefix: PrefixMetrics,
-}
-
-/// A counter that mirrors a running total kept elsewhere (the engine's, the cache's),
-/// advanced by what the total gained since it was last seen.
-#[derive(Debug, Default)]
-pub(super) struct MirroredCounter {
-    counter: Counter,
-    seen: AtomicU64,
-}
-
-impl MirroredCounter {
-    /// A mirror counting into `family`'s series of `labels`.
-    pub(super) fn over<L>(family: &Family<L, Counter>, labels: &L) -> Self
-    where
-        L: Clone + std::hash::Hash + Eq,
-    {
-        Self {
-            counter: family.get_or_create(labels).clone(),
-            seen: AtomicU64::new(0),
-        }
-    }
-
-    pub(super) fn observe(&self, total: u64) {
-        let seen = self.seen.swap(total, Ordering::Relaxed);
-        self.counter.inc_by(total.saturating_sub(seen));
-    }
-
-    pub(super) fn counter(&self) -> Counter {
-        self.counter.clone()
-    }
 }
 
 /// Prefix reuse in tokens, under our names and vLLM's (the same counters twice, so that

@@ -8,6 +8,7 @@ pub mod cached;
 pub mod error;
 pub mod inflight;
 pub mod metrics;
+mod mirrored;
 pub mod record;
 pub mod text;
 
@@ -387,8 +388,9 @@ impl VectorCache<'_> {
                 let found = self
                     .cache
                     .exact(self.model, &Self::key(text), self.directives);
-                self.cache.count(found.as_ref());
-                found.as_ref().and_then(vector)
+                let hit = found.as_ref().and_then(vector);
+                self.cache.count_embedding(hit.is_some());
+                hit
             })
             .collect()
     }

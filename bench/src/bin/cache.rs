@@ -8,7 +8,7 @@ use candle_core::Device;
 use clap::Parser;
 use inferpool_agent::cache::ModelId;
 use inferpool_agent::engine::embed::Embedder;
-use inferpool_agent::server::caching::revision;
+use inferpool_agent::server::caching::generation_revision;
 use inferpool_bench::cache::{filled, pairs, served};
 use inferpool_e2e::parts::ScratchDir;
 
@@ -29,6 +29,9 @@ struct Args {
     /// The labelled pairs.
     #[arg(long, default_value = "bench/data/semantic-pairs.jsonl")]
     pairs: PathBuf,
+    /// Labelled pairs written after the check was tuned, never used to tune it.
+    #[arg(long, default_value = "bench/data/semantic-pairs-heldout.jsonl")]
+    heldout: PathBuf,
     /// Entries of the filled cache (0: the precision and recall table only).
     #[arg(long, default_value_t = 100_000)]
     entries: usize,
@@ -43,13 +46,16 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     println!("# bench/cache\n\n{}", inferpool_bench::cpu_header());
     let embedder = Embedder::load(&args.embedding, &Device::Cpu)?;
-    pairs::report(&embedder, &pairs::read(&args.pairs)?, 0.95)?;
+    let tuned = pairs::read(&args.pairs)?;
+    pairs::report("the pairs the check was tuned on", &embedder, &tuned, 0.95)?;
+    let heldout = pairs::read(&args.heldout)?;
+    pairs::report("held-out pairs", &embedder, &heldout, 0.95)?;
     if args.entries == 0 {
         return Ok(());
     }
     let model = ModelId {
         name: MODEL.to_owned(),
-        revision: revision(&args.model, ""),
+        revision: generation_revision(&args.model, "", Some(&args.embedding)),
     };
     let dir = ScratchDir::new("bench-cache")?;
     filled::report(

@@ -70,11 +70,16 @@ fn at(scored: &[Scored<'_>], threshold: f32, with_check: bool) -> (usize, f64, f
 }
 
 /// Prints the table by threshold, and which negatives get through at `default`.
-pub fn report(embedder: &Embedder, pairs: &[Pair], default: f32) -> anyhow::Result<()> {
+pub fn report(
+    title: &str,
+    embedder: &Embedder,
+    pairs: &[Pair],
+    default: f32,
+) -> anyhow::Result<()> {
     let scored = score(embedder, pairs)?;
     let same = pairs.iter().filter(|p| p.same).count();
     println!(
-        "\n## Semantic matching on {} labelled pairs ({same} paraphrases)\n",
+        "\n## Semantic matching, {title}: {} labelled pairs ({same} paraphrases)\n",
         pairs.len()
     );
     println!(

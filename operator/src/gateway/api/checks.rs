@@ -37,15 +37,17 @@ pub(super) fn traceparent(headers: &HeaderMap) -> String {
         .to_owned()
 }
 
-/// The client's `Cache-Control`, passed on to the agent when it is short, visible ASCII
-/// (empty otherwise: the agent then caches as it would without one).
+/// The client's `Cache-Control`, passed on to the agent when it is short, visible ASCII;
+/// one that is not is passed on as `no-store`, the strictest reading (it might have said
+/// so), never dropped. Empty when absent.
 pub(super) fn cache_control(headers: &HeaderMap) -> String {
-    headers
-        .get(CACHE_CONTROL)
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| v.len() <= 256 && v.bytes().all(|b| (b' '..=b'~').contains(&b)))
-        .unwrap_or_default()
-        .to_owned()
+    let Some(value) = headers.get(CACHE_CONTROL) else {
+        return String::new();
+    };
+    match value.to_str() {
+        Ok(v) if v.len() <= 256 && v.bytes().all(|b| (b' '..=b'~').contains(&b)) => v.to_owned(),
+        _ => "no-store".to_owned(),
+    }
 }
 
 /// The first `bytes` of `text` at most, cut on a character boundary.
@@ -86,6 +88,25 @@ pub(super) fn session(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cache_control_is_passed_on_and_an_unreadable_one_becomes_no_store() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(cache_control(&headers), "");
+        headers.insert(
+            CACHE_CONTROL,
+            HeaderValue::from_static("no-cache, max-age=5"),
+        );
+        assert_eq!(cache_control(&headers), "no-cache, max-age=5");
+        let long = HeaderValue::from_str(&"x".repeat(300)).unwrap();
+        headers.insert(CACHE_CONTROL, long);
+        assert_eq!(cache_control(&headers), "no-store");
+        headers.insert(
+            CACHE_CONTROL,
+            HeaderValue::from_bytes(b"no-store\xff").unwrap(),
+        );
+        assert_eq!(cache_control(&headers), "no-store");
+    }
 
     #[test]
     fn a_plausible_traceparent_is_passed_on_and_junk_is_not() {
