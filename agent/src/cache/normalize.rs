@@ -61,6 +61,7 @@ pub fn for_embedding(turn: &str) -> String {
             Some((_, spelled)) => out.extend(spelled.split(' ')),
             None => out.push(words[i]),
         }
+
         i += 1;
     }
     if out.is_empty() {

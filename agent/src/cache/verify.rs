@@ -3,10 +3,10 @@
 //! Celsius"), its negation, or the same question about another number or unit almost on
 //! top of each other; those differ in a few words that a lexical comparison sees at once.
 //! A candidate is served only when both turns carry the same numbers in the same order,
-//! the same negations (words, and prefixes such as in-correct), each other's units and
-//! names, and their *arguments* in the same order: names, units and the words on either
-//! side of a direction word (to, from, than, ...). Other words may move freely, as
-//! paraphrases move them ("reverse a list in Python", "reverse a Python list").
+//! the same negations (words, and prefixes such as in-correct), no word whose opposite the
+//! other has, each other's units and names, the words on either side of a direction word
+//! (to, from, than, ...) in the same order, and are not the same words reordered (roles
+//! swapped). Other words may move freely, as rewordings move them.
 //! `bench/cache` prints what this check costs in recall and saves in wrong answers.
 
 use std::collections::BTreeSet;
@@ -21,6 +21,19 @@ pub fn compatible(asked: &str, cached: &str) -> bool {
         && !prefix_negated(&a.all, &c.all)
         && !opposed(&a.all, &c.all)
         && arguments_in_order(&a, &c)
+        && !permuted(&a.words, &c.words)
+}
+
+/// The same content words, each as often, in another order that is not a phrase moved
+/// from one end to the other: roles swapped ("does vitamin C help absorb iron" / "does
+/// iron help absorb vitamin C"). A rewording changes words as well, or moves a phrase to
+/// the front ("California's minimum wage" / "the minimum wage in California").
+fn permuted(a: &[String], b: &[String]) -> bool {
+    let mut sorted = (a.to_vec(), b.to_vec());
+    sorted.0.sort_unstable();
+    sorted.1.sort_unstable();
+    let rotated = (1..a.len()).any(|k| a[k..].iter().chain(&a[..k]).eq(b.iter()));
+    a != b && sorted.0 == sorted.1 && !rotated
 }
 
 /// What the check compares, per turn.
@@ -37,8 +50,7 @@ struct Terms {
     all: BTreeSet<String>,
     /// Content words (lowercased, stop words left out), in order.
     words: Vec<String>,
-    /// Words whose order carries meaning: names, units, and the content words next to a
-    /// direction word.
+    /// Words whose order carries meaning: the content words next to a direction word.
     arguments: BTreeSet<String>,
     /// A direction word came after the last content word.
     after_direction: bool,
@@ -98,7 +110,6 @@ impl Terms {
             || (after_number && TIME_UNITS.contains(&lower.as_str()));
         if unit || (capitalised && !sentence_start && !stop) {
             self.marked.insert(lower.clone());
-            self.arguments.insert(lower.clone());
         }
         if !stop {
             if std::mem::take(&mut self.after_direction) {
@@ -186,6 +197,9 @@ const OPPOSITES: &[(&str, &str)] = &[
     ("cheapest", "priciest"),
     ("hot", "cold"),
     ("true", "false"),
+    ("in", "out"),
+    ("on", "off"),
+    ("up", "down"),
     ("left", "right"),
     ("north", "south"),
     ("east", "west"),
@@ -390,8 +404,8 @@ mod tests {
                 "what's the capital of australia",
             ),
             (
-                "How do I reverse a list in Python?",
-                "How can I reverse a Python list?",
+                "How do I create a virtual environment in Python?",
+                "how do i make a python virtual environment",
             ),
             (
                 "What's California's minimum wage?",
@@ -427,6 +441,11 @@ mod tests {
                 "Who was president after Lincoln?",
             ),
             ("Convert a list to a set", "Convert a set to a list"),
+            (
+                "Does vitamin C help absorb iron?",
+                "Does iron help absorb vitamin C?",
+            ),
+            ("How do I zoom in on a Mac?", "How do I zoom out on a Mac?"),
             (
                 "Did Brutus betray Julius Caesar?",
                 "Did Julius Caesar betray Brutus?",
