@@ -99,9 +99,10 @@ impl Entry {
         Duration::from_millis(self.expires_ms.saturating_sub(now_ms))
     }
 
-    /// Whether it is younger than `max_age` at `now_ms`.
+    /// Whether its age, in whole seconds as HTTP counts it (RFC 9111 4.2.3), is at most
+    /// `max_age`'s at `now_ms`: `max-age=0` takes an answer stored this second.
     pub fn younger_than(&self, max_age: Duration, now_ms: u64) -> bool {
-        u128::from(now_ms.saturating_sub(self.stored_ms)) <= max_age.as_millis()
+        now_ms.saturating_sub(self.stored_ms) / 1000 <= max_age.as_secs()
     }
 
     /// Marks it served at `now_ms`.

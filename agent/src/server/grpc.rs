@@ -250,9 +250,12 @@ fn sampling_fields(s: pb::SamplingParams) -> SamplingFields {
 /// cached or one-token answer is a single message, and a busy stream sends fewer frames.
 fn responses(
     text: TextStream,
-    recorder: Recorder,
+    mut recorder: Recorder,
 ) -> impl Stream<Item = Result<GenerateResponse, Status>> {
     let cache = text.cache_outcome().map(|o| o.name().to_owned());
+    if text.cached() {
+        recorder.replayed();
+    }
     let state = Responses {
         text,
         recorder,

@@ -55,10 +55,13 @@ impl Answer {
     pub async fn respond(
         self,
         text: TextStream,
-        recorder: Recorder,
+        mut recorder: Recorder,
         echo: Option<String>,
     ) -> Response {
         let outcome = text.cache_outcome();
+        if text.cached() {
+            recorder.replayed();
+        }
         let mut response = if self.stream {
             let events = Events::new(self, text, recorder, echo);
             (sse::HEADERS, Body::from_stream(events.into_stream())).into_response()

@@ -14,6 +14,8 @@ pub struct Recorder {
     endpoint: &'static str,
     started: Instant,
     first_token: bool,
+    /// Replayed from the response cache: its tokens were not generated.
+    replayed: bool,
     outcome: &'static str,
 }
 
@@ -25,8 +27,16 @@ impl Recorder {
             endpoint,
             started: Instant::now(),
             first_token: false,
+            replayed: false,
             outcome: "cancelled",
         }
+    }
+
+    /// Marks the answer as replayed from the response cache: its tokens still stop the
+    /// time-to-first-token clock (the client waited that long) but are not counted as
+    /// generated, which the engine did not do.
+    pub fn replayed(&mut self) {
+        self.replayed = true;
     }
 
     /// Counts generated tokens (the first one stops the time-to-first-token clock).
@@ -39,7 +49,9 @@ impl Recorder {
             let ttft = self.started.elapsed().as_secs_f64();
             self.labels(|l| self.agent.metrics.ttft.get_or_create(l).observe(ttft));
         }
-        self.agent.metrics.generation_tokens.inc_by(n as u64);
+        if !self.replayed {
+            self.agent.metrics.generation_tokens.inc_by(n as u64);
+        }
     }
 
     /// Sets the outcome: `ok` or an error type.
