@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use inferpool_e2e::agent::{AgentProcess, EMBEDDING_MODEL, MODEL};
-use inferpool_e2e::http::{EventStream, Reply, metric, post};
+use inferpool_e2e::http::{EventStream, Reply, cache_header, metric, post};
 use inferpool_e2e::parts::ScratchDir;
 use inferpool_e2e::wait::wait_until;
 use serde_json::{Value, json};
@@ -37,13 +37,6 @@ fn ask(
     anyhow::ensure!(reply.status == 200, "{}: {}", reply.status, reply.body);
     let kind = cache_header(&reply.head);
     Ok((reply, kind))
-}
-
-fn cache_header(head: &str) -> String {
-    head.lines()
-        .find_map(|l| l.strip_prefix("x-inferpool-cache:"))
-        .map(|v| v.trim().to_owned())
-        .unwrap_or_default()
 }
 
 fn count(agent: &AgentProcess, series: &str) -> anyhow::Result<f64> {

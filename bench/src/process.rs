@@ -1,9 +1,11 @@
 //! A benchmark's child process (an agent, a gateway, a reference server), stopped when
 //! dropped, with the scratch folder it runs in.
 
+use std::net::SocketAddr;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
+use inferpool_e2e::http::get;
 use inferpool_e2e::parts::ScratchDir;
 
 /// A child process, stopped when dropped.
@@ -37,4 +39,16 @@ impl Drop for Process {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Waits until `GET path` on `addr` answers 200, at most `limit`; returns how long it took.
+pub fn until_ready(addr: SocketAddr, path: &str, limit: Duration) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    while started.elapsed() < limit {
+        if matches!(get(addr, path), Ok((200, _))) {
+            return Ok(started.elapsed());
+        }
+        std::thread::park_timeout(Duration::from_millis(50));
+    }
+    anyhow::bail!("{addr}{path} did not answer 200 within {limit:?}")
 }

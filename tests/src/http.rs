@@ -54,6 +54,21 @@ pub fn free_ports<const N: usize>() -> anyhow::Result<[SocketAddr; N]> {
     addrs.try_into().map_err(|_| anyhow::anyhow!("{N} ports"))
 }
 
+/// The value of header `name` (lower case) in a lower-cased response `head`, trimmed.
+pub fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines().find_map(|line| {
+        let (key, value) = line.split_once(':')?;
+        (key == name).then(|| value.trim())
+    })
+}
+
+/// The agents' `x-inferpool-cache` in a response `head` (empty when absent).
+pub fn cache_header(head: &str) -> String {
+    header(head, inferpool_protocol::cache::CACHE_HEADER)
+        .unwrap_or_default()
+        .to_owned()
+}
+
 /// A response read whole: status, head (lower-cased header lines) and body (de-chunked).
 #[derive(Debug, Clone)]
 pub struct Reply {

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use anyhow::Context as _;
-use inferpool_e2e::http::{EventStream, has_answer, post, post_json, send_request};
+use inferpool_e2e::http::{EventStream, cache_header, has_answer, post, post_json, send_request};
 use inferpool_e2e::local::LocalPool;
 use inferpool_e2e::streams::Clients;
 use inferpool_e2e::wait::wait_until;
@@ -502,14 +502,6 @@ async fn a_saturated_pool_answers_429_and_loses_nothing() -> anyhow::Result<()> 
     assert_eq!(ok + refused, 8, "every request got an answer");
     assert!(ok >= 1 && refused >= 1, "{ok} served, {refused} refused");
     serves_then_stops(pool).await
-}
-
-/// The agents' `x-inferpool-cache` in a reply head.
-fn cache_header(head: &str) -> String {
-    head.lines()
-        .find_map(|l| l.strip_prefix("x-inferpool-cache:"))
-        .map(|v| v.trim().to_owned())
-        .unwrap_or_default()
 }
 
 fn ask_through(pool: &LocalPool, body: &Value, headers: &[(&str, &str)]) -> anyhow::Result<String> {

@@ -38,6 +38,17 @@ pub enum Payload {
 }
 
 impl Payload {
+    /// A one-chunk answer of `text`, for tests.
+    #[cfg(test)]
+    pub fn answer_of(text: &str) -> Self {
+        Self::Answer(CachedAnswer {
+            chunks: vec![(text.to_owned(), vec![7])],
+            finish: FinishReason::Stop,
+            prompt_tokens: 3,
+            completion_tokens: 1,
+        })
+    }
+
     /// Bytes held, roughly (what the capacity counts).
     pub fn bytes(&self) -> usize {
         match self {

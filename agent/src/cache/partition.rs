@@ -181,16 +181,10 @@ fn weight(key: &str, entry: &Entry) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cache::entry::{CachedAnswer, Payload};
-    use crate::generation::FinishReason;
+    use crate::cache::entry::Payload;
 
     fn answer(text: &str) -> Payload {
-        Payload::Answer(CachedAnswer {
-            chunks: vec![(text.to_owned(), vec![7])],
-            finish: FinishReason::Stop,
-            prompt_tokens: 3,
-            completion_tokens: 1,
-        })
+        Payload::answer_of(text)
     }
 
     fn entry(text: &str, life: Duration) -> Entry {

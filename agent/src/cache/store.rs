@@ -68,6 +68,15 @@ pub enum Found {
     Semantic(Arc<Entry>, f32),
 }
 
+impl Found {
+    /// The entry found, whichever way.
+    pub fn entry(&self) -> &Arc<Entry> {
+        match self {
+            Self::Exact(entry) | Self::Semantic(entry, _) => entry,
+        }
+    }
+}
+
 /// Counts for load reports and metrics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CacheStats {

@@ -1,6 +1,4 @@
 use super::*;
-use crate::cache::entry::CachedAnswer;
-use crate::generation::FinishReason;
 
 fn settings(capacity_bytes: u64, semantic: bool) -> CacheSettings {
     CacheSettings {
@@ -38,12 +36,7 @@ fn specs() -> Vec<PartitionSpec> {
 }
 
 fn answer(text: &str) -> Payload {
-    Payload::Answer(CachedAnswer {
-        chunks: vec![(text.to_owned(), vec![7])],
-        finish: FinishReason::Stop,
-        prompt_tokens: 3,
-        completion_tokens: 1,
-    })
+    Payload::answer_of(text)
 }
 
 fn key(turn: &str) -> PromptKey {

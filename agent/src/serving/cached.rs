@@ -125,10 +125,7 @@ async fn embed_turn(embedder: &EmbedHandle, turn: &str) -> Option<Vec<f32>> {
 }
 
 fn answer_of(found: &Found) -> Option<CachedAnswer> {
-    let entry = match found {
-        Found::Exact(entry) | Found::Semantic(entry, _) => entry,
-    };
-    match &entry.payload {
+    match &found.entry().payload {
         Payload::Answer(answer) => Some(answer.clone()),
         Payload::Vector { .. } => None,
     }

@@ -374,13 +374,9 @@ impl VectorCache<'_> {
 
     /// Each input's cached vector and tokens, counting hits and misses.
     fn look_up(&self, inputs: &[String]) -> Vec<Option<(Vec<f32>, usize)>> {
-        let vector = |found: &crate::cache::Found| match found {
-            crate::cache::Found::Exact(e) | crate::cache::Found::Semantic(e, _) => {
-                match &e.payload {
-                    Payload::Vector { values, tokens } => Some((values.clone(), *tokens as usize)),
-                    Payload::Answer(_) => None,
-                }
-            }
+        let vector = |found: &crate::cache::Found| match &found.entry().payload {
+            Payload::Vector { values, tokens } => Some((values.clone(), *tokens as usize)),
+            Payload::Answer(_) => None,
         };
         inputs
             .iter()

@@ -13,13 +13,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
 use clap::Parser;
 use inferpool_bench::drivers::{Load, LoadTools, Measured};
 use inferpool_bench::grpc_hop::grpc_latencies;
 use inferpool_bench::keepalive::Connection;
-use inferpool_bench::process::Process;
+use inferpool_bench::process::{self, Process};
 use inferpool_bench::{quantile, tree_cpu_seconds};
-use inferpool_e2e::http::{free_port, get};
+use inferpool_e2e::http::free_port;
 use inferpool_e2e::parts::ScratchDir;
 use serde_json::json;
 
@@ -61,16 +62,14 @@ struct Args {
 
 const MODEL: &str = "smollm2";
 
+/// The longest a server of this benchmark may take to answer its readiness check.
+const READY: Duration = Duration::from_secs(120);
+
 /// Waits until `GET path` on `addr` answers 200.
 fn until_ready(addr: SocketAddr, path: &str, what: &str) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while Instant::now() < deadline {
-        if matches!(get(addr, path), Ok((200, _))) {
-            return Ok(());
-        }
-        std::thread::park_timeout(Duration::from_millis(100));
-    }
-    anyhow::bail!("{what} did not become ready")
+    process::until_ready(addr, path, READY)
+        .with_context(|| format!("{what} did not become ready"))?;
+    Ok(())
 }
 
 /// An agent: (process, HTTP address, gRPC address). One engine thread each, so that two

@@ -7,14 +7,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use inferpool_e2e::http::{free_port, get, post};
+use inferpool_e2e::http::{cache_header, free_port, post};
 use inferpool_e2e::parts::ScratchDir;
 use serde_json::{Value, json};
 
 use super::filled::{PARAPHRASE, PROBE, body};
 use super::percentiles;
 use crate::keepalive::Connection;
-use crate::process::Process;
+use crate::process::{Process, until_ready};
 
 /// What the served part needs.
 #[derive(Debug, Clone)]
@@ -29,16 +29,8 @@ pub struct Binaries {
     pub embedding: PathBuf,
 }
 
-fn until_ready(addr: SocketAddr, path: &str) -> anyhow::Result<Duration> {
-    let started = Instant::now();
-    while started.elapsed() < Duration::from_secs(300) {
-        if matches!(get(addr, path), Ok((200, _))) {
-            return Ok(started.elapsed());
-        }
-        std::thread::park_timeout(Duration::from_millis(50));
-    }
-    anyhow::bail!("{addr}{path} never answered 200")
-}
+/// The longest an agent may take to load its models and the snapshot.
+const READY: Duration = Duration::from_secs(300);
 
 /// An agent serving `model` as `name` whose cache directory holds the snapshot.
 fn start_agent(
@@ -64,7 +56,7 @@ fn start_agent(
         .stderr(Stdio::null())
         .spawn()?;
     let process = Process::new(child, dir);
-    let took = until_ready(http, "/readyz")?;
+    let took = until_ready(http, "/readyz", READY)?;
     Ok((process, http, grpc, took))
 }
 
@@ -90,7 +82,7 @@ fn start_gateway(
         .stderr(Stdio::null())
         .spawn()?;
     let process = Process::new(child, dir);
-    until_ready(addr, "/healthz")?;
+    until_ready(addr, "/healthz", READY)?;
     Ok((process, addr))
 }
 
@@ -103,12 +95,7 @@ fn kind_of(addr: SocketAddr, body: &Value) -> anyhow::Result<String> {
         body.to_string().as_bytes(),
     )?;
     anyhow::ensure!(reply.status == 200, "{}: {}", reply.status, reply.body);
-    Ok(reply
-        .head
-        .lines()
-        .find_map(|l| l.strip_prefix("x-inferpool-cache:"))
-        .map(|v| v.trim().to_owned())
-        .unwrap_or_default())
+    Ok(cache_header(&reply.head))
 }
 
 fn timed(addr: SocketAddr, body: &Value, n: usize) -> anyhow::Result<Vec<Duration>> {
