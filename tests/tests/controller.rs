@@ -290,6 +290,81 @@ async fn problems_show_as_degraded_with_a_reason_and_an_event() -> anyhow::Resul
 }
 
 #[tokio::test]
+async fn a_pool_asking_for_a_gpu_product_and_memory_runs_on_nodes_that_have_them()
+-> anyhow::Result<()> {
+    let f = Fixture::new("gpu-kind").await?;
+    // The fake nodes' H100s report 81559 MiB (79.6Gi), as real ones do: `80Gi` would exclude
+    // them, so the pool asks for 79Gi.
+    f.apply(&pool_yaml(
+        "h100",
+        "{model: {}, resources: {gpus: 1, gpuProducts: [NVIDIA-H100-80GB-HBM3], \
+         minGpuMemory: 79Gi}}",
+    ))?;
+    f.until_ready("h100").await?;
+    let d = f.api::<Deployment>().get("h100-agent").await?;
+    let affinity = serde_json::to_value(d.spec.template.spec.and_then(|s| s.affinity))?;
+    assert_eq!(
+        affinity["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"],
+        serde_json::json!({"nodeSelectorTerms": [{"matchExpressions": [
+            {"key": "nvidia.com/gpu.product", "operator": "In",
+             "values": ["NVIDIA-H100-80GB-HBM3"]},
+            {"key": "nvidia.com/gpu.memory", "operator": "Gt", "values": ["80895"]}]}]})
+    );
+    let pods = f
+        .api::<Pod>()
+        .list(&ListParams::default().labels("inferpool.dev/pool=h100"))
+        .await?;
+    assert_eq!(pods.items.len(), 1);
+    for pod in pods.items {
+        let node = pod.spec.and_then(|s| s.node_name).unwrap_or_default();
+        assert!(node.starts_with("fake-gpu-"), "scheduled on {node}");
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_gpu_product_or_memory_that_no_node_has_is_insufficient_gpus() -> anyhow::Result<()> {
+    let f = Fixture::new("gpu-missing").await?;
+    let pools = f.api::<InferencePool>();
+    f.apply(&pool_yaml(
+        "a100",
+        "{model: {}, resources: {gpus: 1, gpuProducts: [NVIDIA-A100-SXM4-40GB]}}",
+    ))?;
+    f.apply(&pool_yaml(
+        "big",
+        "{model: {}, resources: {gpus: 1, minGpuMemory: 96Gi}}",
+    ))?;
+    for (name, asked) in [
+        ("a100", "of product NVIDIA-A100-SXM4-40GB:"),
+        ("big", "with at least 96Gi of memory:"),
+    ] {
+        let p = wait_until(LIMIT, || async {
+            let p = pools.get(name).await.ok()?;
+            (condition(&p, "Degraded")? == ("True".into(), "InsufficientGPUs".into())).then_some(p)
+        })
+        .await?;
+        assert_eq!(
+            condition(&p, "Ready"),
+            Some(("False".into(), "InsufficientGPUs".into()))
+        );
+        let status = p.status.unwrap_or_default();
+        let degraded = status.conditions.iter().find(|c| c.type_ == "Degraded");
+        let message = degraded.map(|c| c.message.as_str()).unwrap_or_default();
+        assert!(
+            message.contains(asked) && message.contains("node affinity/selector"),
+            "{name}: {message}"
+        );
+        let selector = format!("reason=InsufficientGPUs,involvedObject.name={name}");
+        let events = f.kubectl(&["get", "events", "--field-selector", &selector, "-o", "name"])?;
+        assert!(
+            !events.trim().is_empty(),
+            "no InsufficientGPUs event for {name}"
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test]
 async fn a_horizontal_pod_autoscaler_can_target_a_pool() -> anyhow::Result<()> {
     let f = Fixture::new("hpa").await?;
     f.apply(&pool_yaml("auto", "{model: {}, replicas: 1}"))?;

@@ -19,6 +19,8 @@ pub struct ResourcesSpec {
 
     /// Smallest memory a GPU must have (for example `40Gi`); agents are placed only on nodes
     /// whose `nvidia.com/gpu.memory` label (MiB, from GPU feature discovery) is at least this.
+    /// The label holds the memory the driver reports, which can be a little under the
+    /// product's nominal size: an H100 80GB reports 81559 MiB (79.6Gi), so `80Gi` excludes it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_gpu_memory: Option<Quantity>,
 

@@ -156,7 +156,7 @@ async fn scheduling_problem(
     let list = pods
         .list(&ListParams::default().labels(&selector_string(pool)))
         .await?;
-    Ok(gpu_problem(&list.items))
+    Ok(gpu_problem(&pool.spec.resources, &list.items))
 }
 
 async fn sync_pdb(pool: &InferencePool, ctx: &Context, ns: &str) -> Result<(), Error> {
