@@ -7,6 +7,7 @@ use serde::Deserialize;
 
 pub use crate::cache_config::CacheConfig;
 use crate::cache_config::CacheConfigError;
+pub use crate::device_config::DeviceConfig;
 use crate::engine::kv::KvCacheDtype;
 use crate::engine::load::ModelFormat;
 use crate::engine::rows::Padding;
@@ -44,6 +45,9 @@ pub struct AgentConfig {
     /// The response cache (`spec.cache` of the pool).
     #[serde(default)]
     pub cache: CacheConfig,
+    /// How the node's devices are split, watched and retried.
+    #[serde(default)]
+    pub devices: DeviceConfig,
     /// Where the cache's snapshot lives when `cache.persistence` is on (the pod's cache
     /// volume; a directory of its own per local agent).
     #[serde(default)]

@@ -5,9 +5,11 @@
 pub mod cache;
 pub mod cache_config;
 pub mod config;
+pub mod device_config;
 pub mod engine;
 pub mod generation;
 pub mod gpu;
+pub mod replicas;
 pub mod scheduler;
 pub mod server;
 pub mod serving;

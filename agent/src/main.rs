@@ -16,17 +16,29 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Discover this node's GPUs (or the CPU fallback) and print them as JSON.
-    Devices,
+    /// Discover this node's GPUs (or the CPU fallback) with their NVML readings.
+    Devices {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// CPU devices to list when there is no GPU.
+        #[arg(long, default_value_t = 1)]
+        cpu_devices: u32,
+    },
     /// Load the pool's model and serve it over HTTP and gRPC until SIGTERM.
     Serve(ServeArgs),
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Command::Devices => {
-            let inventory = inferpool_agent::gpu::discover();
-            println!("{}", serde_json::to_string_pretty(&inventory)?);
+        Command::Devices { json, cpu_devices } => {
+            let host = inferpool_agent::server::devices::host_memory();
+            let inventory = inferpool_agent::gpu::discover(cpu_devices, host);
+            let report = inferpool_agent::gpu::report::NodeReport::read(inventory);
+            match json {
+                true => println!("{}", serde_json::to_string_pretty(&report)?),
+                false => print!("{}", report.table()),
+            }
         }
         Command::Serve(args) => {
             init_tracing();

@@ -14,83 +14,24 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 
 use super::adaptive::SloController;
 use super::blocks::KvBlocks;
 pub use super::config::{BatcherConfig, Load, SubmitError};
-use super::queue::{AdmissionQueue, QueueFull};
+use super::faults::StepFaults;
+pub use super::handle::EngineHandle;
+use super::handle::{Command, EngineExit, Submission, Unstarted};
+use super::queue::AdmissionQueue;
 use super::sequence::Sequence;
+use super::step::{StepError, step};
 use super::strategy::{BatchState, Gate, Strategy};
-use crate::engine::kv::{BLOCK_SIZE, BlockBudget};
+use super::waits::{earliest, next_submission, room_or_submission};
 use crate::engine::model::{Llama, ModelError, SeqStep};
 use crate::engine::rows::Padding;
-use crate::generation::{FinishReason, GenerationEvent, GenerationRequest};
+use crate::generation::{FinishReason, GenerationEvent};
 
-type Admission = oneshot::Sender<Result<(), QueueFull>>;
-
-struct Submission {
-    request: GenerationRequest,
-    events: mpsc::Sender<GenerationEvent>,
-    admitted: Admission,
-}
-
-/// A cheap handle to the engine loop.
-#[derive(Debug, Clone)]
-pub struct EngineHandle {
-    submit: mpsc::Sender<Submission>,
-    load: watch::Receiver<Load>,
-}
-
-impl EngineHandle {
-    /// Starts the loop on a thread of its own, owning `model`.
-    pub fn start(model: Arc<Llama>, config: BatcherConfig) -> Self {
-        let (submit, submissions) = mpsc::channel(256);
-        let (publish, load) = watch::channel(Load {
-            kv_blocks_total: config.kv_blocks,
-            batch_limit: config.max_batch_size,
-            ..Load::default()
-        });
-        std::thread::spawn(move || Batcher::new(model, config, publish).run(submissions));
-        Self { submit, load }
-    }
-
-    /// Queues `request`; events arrive on the returned receiver. Dropping the receiver
-    /// cancels the request.
-    pub async fn generate(
-        &self,
-        request: GenerationRequest,
-    ) -> Result<mpsc::Receiver<GenerationEvent>, SubmitError> {
-        // Refused here, every queued sequence (whose tokens never pass its prompt plus
-        // max_tokens) fits the whole budget, so a head always fits an empty batch.
-        let tokens = request.prompt.len() + request.max_tokens;
-        let total = self.load.borrow().kv_blocks_total;
-        if BlockBudget::blocks_for(tokens) > total {
-            let capacity = total * BLOCK_SIZE;
-            return Err(SubmitError::TooLarge { tokens, capacity });
-        }
-        let (events, receiver) = Sequence::event_channel();
-        let (admitted, admission) = oneshot::channel();
-        let submission = Submission {
-            request,
-            events,
-            admitted,
-        };
-        self.submit
-            .send(submission)
-            .await
-            .map_err(|_| SubmitError::Stopped)?;
-        admission.await.map_err(|_| SubmitError::Stopped)??;
-        Ok(receiver)
-    }
-
-    /// The latest published load.
-    pub fn load(&self) -> watch::Receiver<Load> {
-        self.load.clone()
-    }
-}
-
-struct Batcher {
+pub(super) struct Batcher {
     model: Arc<Llama>,
     config: BatcherConfig,
     queue: AdmissionQueue<Sequence>,
@@ -101,12 +42,22 @@ struct Batcher {
     admissions: u64,
     preemptions: u64,
     publish: watch::Sender<Load>,
+    faults: StepFaults,
+    /// Set by a step that failed on the device, or by an evacuation: the loop stops.
+    stopping: Option<String>,
 }
 
 impl Batcher {
-    fn new(model: Arc<Llama>, config: BatcherConfig, publish: watch::Sender<Load>) -> Self {
+    pub(super) fn new(
+        model: Arc<Llama>,
+        config: BatcherConfig,
+        publish: watch::Sender<Load>,
+        faults: StepFaults,
+    ) -> Self {
         Self {
             model,
+            faults,
+            stopping: None,
             queue: AdmissionQueue::new(config.queue_limits, config.aging),
             blocks: KvBlocks::new(config.kv_blocks, config.prefix_caching, PREFIX_ROOT),
             slo: (config.strategy == Strategy::Adaptive)
@@ -119,12 +70,16 @@ impl Batcher {
         }
     }
 
-    fn run(mut self, mut submissions: mpsc::Receiver<Submission>) {
+    /// Runs until every handle is gone (`None`) or a fault or evacuation stops it.
+    pub(super) fn run(mut self, mut submissions: mpsc::Receiver<Command>) -> Option<EngineExit> {
         let Ok(clock) = tokio::runtime::Builder::new_current_thread()
             .enable_time()
             .build()
         else {
-            return;
+            return Some(EngineExit {
+                reason: "no timer for the engine loop".to_owned(),
+                unstarted: Vec::new(),
+            });
         };
         let mut hold = None;
         loop {
@@ -136,7 +91,7 @@ impl Batcher {
                 };
                 match clock.block_on(next_submission(&mut submissions, limit)) {
                     Ok(Some(s)) => self.accept(s),
-                    Ok(None) => return,
+                    Ok(None) => return None,
                     Err(_elapsed) => {}
                 }
             }
@@ -147,6 +102,9 @@ impl Batcher {
             hold = self.admit();
             self.reserve_decode_blocks();
             let stepped = self.iterate();
+            if let Some(reason) = self.stopping.take() {
+                return Some(self.evacuate(reason, &mut submissions));
+            }
             self.publish_load();
             if !stepped && !self.running.is_empty() {
                 // Every running sequence waits for its client to read.
@@ -159,11 +117,51 @@ impl Batcher {
         }
     }
 
-    fn accept(&mut self, s: Submission) {
-        let priority = s.request.priority;
-        let sequence = Sequence::new(s.request, s.events, self.config.kv_dtype);
+    fn accept(&mut self, command: Command) {
+        let s = match command {
+            Command::Submit(s) => s,
+            Command::Evacuate(reason) => {
+                self.stopping.get_or_insert(reason);
+                return;
+            }
+        };
+        let Unstarted { request, events } = s.work;
+        let priority = request.priority;
+        let sequence = Sequence::new(request, events, self.config.kv_dtype);
         let _ = s.admitted.send(self.queue.push(priority, sequence));
         self.publish_load();
+    }
+
+    /// Stops taking requests and hands back every one that has streamed nothing; the
+    /// others end with an error that names the fault.
+    fn evacuate(mut self, reason: String, commands: &mut mpsc::Receiver<Command>) -> EngineExit {
+        commands.close();
+        let mut unstarted = Vec::new();
+        let sequences = self.queue.drain().into_iter().chain(self.running.drain(..));
+        for s in sequences.filter(|s| !s.cancelled()) {
+            if s.generated == 0 {
+                unstarted.push(Unstarted {
+                    request: s.request,
+                    events: s.events,
+                });
+            } else {
+                let message = format!("the device failed mid-generation: {reason}");
+                let _ = s.events.try_send(GenerationEvent::Failed(message));
+            }
+        }
+        while let Ok(command) = commands.try_recv() {
+            if let Command::Submit(Submission { work, admitted }) = command {
+                let _ = admitted.send(Ok(()));
+                unstarted.push(work);
+            }
+        }
+        self.publish.send_modify(|l| {
+            *l = Load {
+                kv_blocks_total: l.kv_blocks_total,
+                ..Load::default()
+            }
+        });
+        EngineExit { reason, unstarted }
     }
 
     /// Drops cancelled sequences, and queued ones whose deadline passed.
@@ -350,7 +348,7 @@ impl Batcher {
             return false;
         }
         let started = Instant::now();
-        let logits = self.model.step_padded(&mut steps, self.config.padding);
+        let logits = step(&self.model, &mut steps, self.config.padding, &self.faults);
         drop(steps);
         if let Some(slo) = &mut self.slo
             && decode_only
@@ -359,7 +357,11 @@ impl Batcher {
         }
         match logits {
             Ok(logits) => self.advance(&members, &logits),
-            Err(e) => self.fail(&members, &e),
+            Err(StepError::Request(e)) => self.fail(&members, &e),
+            Err(StepError::Device(reason)) => {
+                tracing::error!(error = %reason, "engine step failed; stopping this engine");
+                self.stopping.get_or_insert(reason);
+            }
         }
         true
     }
@@ -433,14 +435,6 @@ impl Batcher {
     }
 }
 
-/// The sooner of two optional waits.
-fn earliest(a: Option<Duration>, b: Option<Duration>) -> Option<Duration> {
-    match (a, b) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    }
-}
-
 /// The root of the prefix cache's hash chains: one engine serves one model.
 const PREFIX_ROOT: u64 = 0x1f3_7001;
 
@@ -453,44 +447,6 @@ fn reuse_prefix(sequence: &mut Sequence, prefix: &[crate::engine::kv::BlockLayer
             tracing::warn!(error = %e, "prefix cache copy failed; prefilling instead");
             0
         }
-    }
-}
-
-/// Waits until a paused sequence's client reads (or leaves), a submission arrives (which it
-/// returns) or `limit` passes.
-async fn room_or_submission(
-    running: &[Sequence],
-    submissions: &mut mpsc::Receiver<Submission>,
-    limit: Option<Duration>,
-) -> Option<Submission> {
-    let room = futures::future::select_all(running.iter().map(|r| Box::pin(r.room())));
-    let submission = async {
-        match submissions.is_closed() {
-            true => std::future::pending().await,
-            false => submissions.recv().await,
-        }
-    };
-    let limit = async {
-        match limit {
-            Some(limit) => tokio::time::sleep(limit).await,
-            None => std::future::pending().await,
-        }
-    };
-    tokio::select! {
-        s = submission => s,
-        _ = room => None,
-        () = limit => None,
-    }
-}
-
-/// The next submission, waiting at most `limit` (forever when `None`).
-async fn next_submission(
-    submissions: &mut mpsc::Receiver<Submission>,
-    limit: Option<Duration>,
-) -> Result<Option<Submission>, tokio::time::error::Elapsed> {
-    match limit {
-        Some(limit) => tokio::time::timeout(limit, submissions.recv()).await,
-        None => Ok(submissions.recv().await),
     }
 }
 

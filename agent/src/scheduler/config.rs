@@ -65,6 +65,24 @@ impl Load {
         self.queued.iter().sum()
     }
 
+    /// The load of several engines together: sums, and the slowest time per token.
+    pub fn sum(loads: impl IntoIterator<Item = Load>) -> Load {
+        loads.into_iter().fold(Load::default(), |a, b| Load {
+            running: a.running + b.running,
+            queued: [0, 1, 2, 3].map(|i| a.queued[i] + b.queued[i]),
+            kv_blocks_used: a.kv_blocks_used + b.kv_blocks_used,
+            kv_blocks_total: a.kv_blocks_total + b.kv_blocks_total,
+            preemptions: a.preemptions + b.preemptions,
+            prefix: PrefixStats {
+                queried_tokens: a.prefix.queried_tokens + b.prefix.queried_tokens,
+                hit_tokens: a.prefix.hit_tokens + b.prefix.hit_tokens,
+                cached_blocks: a.prefix.cached_blocks + b.prefix.cached_blocks,
+            },
+            batch_limit: a.batch_limit + b.batch_limit,
+            time_per_token: a.time_per_token.max(b.time_per_token),
+        })
+    }
+
     /// Fraction of the KV budget in use, 0..=1.
     pub fn kv_usage(&self) -> f64 {
         self.kv_blocks_used as f64 / self.kv_blocks_total.max(1) as f64
@@ -89,4 +107,7 @@ pub enum SubmitError {
     /// The engine loop has stopped.
     #[error("the engine has stopped")]
     Stopped,
+    /// Every device is failed or recovering.
+    #[error("no healthy device is left to run the model")]
+    NoHealthyDevice,
 }

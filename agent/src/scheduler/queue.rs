@@ -129,6 +129,14 @@ impl<T> AdmissionQueue<T> {
         before - self.len()
     }
 
+    /// Takes every waiting item out, highest priority first, each class in arrival order.
+    pub fn drain(&mut self) -> Vec<T> {
+        self.queues
+            .iter_mut()
+            .flat_map(|q| q.drain(..).map(|w| w.item))
+            .collect()
+    }
+
     /// Waiting items per priority, in `Priority::ALL` order.
     pub fn depths(&self) -> [usize; 4] {
         [0, 1, 2, 3].map(|i| self.queues[i].len())

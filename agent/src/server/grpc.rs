@@ -27,6 +27,7 @@ use tonic_health::server::HealthReporter;
 use super::deadline::{deadline_of, grpc_timeout};
 use crate::cache::{CacheDirectives, CacheStats};
 use crate::generation::FinishReason;
+use crate::replicas::DeviceStatus;
 use crate::scheduler::batcher::Load;
 use crate::serving::error::ServeError;
 use crate::serving::record::Recorder;
@@ -437,24 +438,40 @@ fn load_report(agent: &Agent, load: Option<Load>, cache: Option<CacheStats>) -> 
 }
 
 fn devices(agent: &Agent) -> Vec<pb::Device> {
+    agent.device_statuses().iter().map(device).collect()
+}
+
+fn device(s: &DeviceStatus) -> pb::Device {
     use crate::gpu::DeviceKind;
-    agent
-        .inventory
-        .devices
-        .iter()
-        .map(|d| pb::Device {
-            kind: match d.kind {
-                DeviceKind::Cpu => pb::DeviceKind::Cpu,
-                DeviceKind::Cuda => pb::DeviceKind::Cuda,
-            }
-            .into(),
-            name: d.name.clone(),
-            ordinal: d.ordinal,
-            memory_total_bytes: d.memory_total_bytes,
-            memory_used_bytes: 0,
-            healthy: true,
-        })
-        .collect()
+    use crate::gpu::health::HealthState;
+    let health = match s.health {
+        HealthState::Healthy => pb::DeviceHealth::Healthy,
+        HealthState::Degraded => pb::DeviceHealth::Degraded,
+        HealthState::Failed => pb::DeviceHealth::Failed,
+        HealthState::Recovering => pb::DeviceHealth::Recovering,
+    };
+    let t = s.telemetry.as_ref();
+    pb::Device {
+        kind: match s.device.kind {
+            DeviceKind::Cpu => pb::DeviceKind::Cpu,
+            DeviceKind::Cuda => pb::DeviceKind::Cuda,
+        }
+        .into(),
+        name: s.device.name.clone(),
+        ordinal: s.device.ordinal,
+        memory_total_bytes: s.device.memory_total_bytes,
+        memory_used_bytes: s.memory.weights + s.memory.kv,
+        healthy: s.health.schedulable(),
+        health: health.into(),
+        health_reason: s.reason.clone().unwrap_or_default(),
+        pool_budget_bytes: s.memory.budget,
+        pool_free_bytes: s.memory.free,
+        fragmentation: s.memory.fragmentation,
+        replicas: count(s.replicas),
+        temperature_c: t.and_then(|t| t.temperature_c),
+        utilization_percent: t.and_then(|t| t.utilization_percent),
+        power_watts: t.and_then(|t| t.power_watts),
+    }
 }
 
 fn count(n: usize) -> u32 {

@@ -30,7 +30,10 @@ use crate::serving::{Admission, Agent, Phase};
 
 /// The agent's HTTP routes.
 pub fn router(agent: Arc<Agent>) -> Router {
-    Router::new()
+    let router = Router::new();
+    #[cfg(feature = "fault-injection")]
+    let router = router.route("/admin/faults", post(super::faults::inject));
+    router
         .route("/v1/chat/completions", post(chat))
         .route("/v1/completions", post(completions))
         .route("/v1/embeddings", post(embeddings))
@@ -164,6 +167,9 @@ async fn models(State(agent): State<Arc<Agent>>) -> Response {
 
 async fn readyz(State(agent): State<Arc<Agent>>) -> Response {
     match agent.phase() {
+        Phase::Ready if !agent.serving() => {
+            (StatusCode::SERVICE_UNAVAILABLE, "no healthy device").into_response()
+        }
         Phase::Ready => (StatusCode::OK, "ready").into_response(),
         Phase::Loading => (StatusCode::SERVICE_UNAVAILABLE, "loading").into_response(),
         Phase::Draining => (StatusCode::SERVICE_UNAVAILABLE, "draining").into_response(),
@@ -172,6 +178,7 @@ async fn readyz(State(agent): State<Arc<Agent>>) -> Response {
 
 async fn metrics(State(agent): State<Arc<Agent>>) -> Response {
     agent.metrics.observe_load(&agent.load());
+    agent.metrics.devices.observe(&agent.device_statuses());
     if let Some(stats) = agent.cache_stats() {
         agent.metrics.observe_cache(&stats);
     }

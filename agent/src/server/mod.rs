@@ -3,6 +3,9 @@
 
 pub mod caching;
 pub mod deadline;
+pub mod devices;
+#[cfg(feature = "fault-injection")]
+pub mod faults;
 pub mod grpc;
 pub mod http;
 pub mod respond;

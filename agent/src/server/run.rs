@@ -23,15 +23,10 @@ use super::caching::{self, ServedModels};
 use super::grpc::{GrpcAgent, set_health};
 use crate::config::AgentConfig;
 use crate::engine::embed::Embedder;
-use crate::engine::kv::{BlockBudget, KvCacheDtype};
-use crate::engine::load::{LoadedModel, load};
 use crate::engine::rows::Padding;
-use crate::engine::sampling::SamplingParams;
-use crate::generation::{GenerationEvent, GenerationRequest, Priority};
 use crate::gpu::Inventory;
-use crate::scheduler::batcher::EngineHandle;
 use crate::scheduler::embed_batcher::EmbedHandle;
-use crate::serving::{Agent, Phase, Served};
+use crate::serving::{Agent, Served};
 
 /// Settings of the process that the pool's config does not carry.
 #[derive(Debug, Clone, clap::Args)]
@@ -71,17 +66,16 @@ const SERVERS_CLOSE: Duration = Duration::from_secs(5);
 /// Runs the agent until SIGTERM (or SIGINT) and a drain.
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = AgentConfig::read(&args.config)?;
-    let inventory = crate::gpu::discover();
-    let device = pick_device(&inventory, config.gpus);
-    tracing::info!(device = ?device, devices = ?inventory.devices, fallback = ?inventory.cpu_fallback_reason, "devices");
-    let agent = Agent::new(inventory, config.batching.max_batch_size);
+    let inventory = super::devices::inventory(&config);
+    tracing::info!(devices = ?inventory.devices, fallback = ?inventory.cpu_fallback_reason, "devices");
+    let agent = Agent::new(inventory.clone(), config.batching.max_batch_size);
     let (stop, stopped) = watch::channel(false);
     let servers = start_servers(&agent, &args, &config, stopped).await?;
     let loading = tokio::spawn(load_and_warm(
         agent.clone(),
         config.clone(),
         args.clone(),
-        device,
+        inventory,
     ));
     shutdown_signal().await;
     tracing::info!(in_flight = agent.in_flight.count(), "draining");
@@ -102,19 +96,6 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn pick_device(inventory: &Inventory, gpus: u32) -> Device {
-    if gpus == 0 || !inventory.has_gpu() {
-        return Device::Cpu;
-    }
-    match Device::new_cuda(0) {
-        Ok(device) => device,
-        Err(e) => {
-            tracing::warn!(error = %e, "a GPU is present but this build cannot use it; running on CPU");
-            Device::Cpu
-        }
-    }
-}
-
 async fn start_servers(
     agent: &Arc<Agent>,
     args: &ServeArgs,
@@ -130,7 +111,7 @@ async fn start_servers(
     tracing::info!(http = %http.local_addr()?, grpc = %grpc.addr(), workers, "listening");
     let (reporter, health) = tonic_health::server::health_reporter();
     set_health(&reporter, ServingStatus::NotServing).await;
-    tokio::spawn(follow_phase(agent.watch_phase(), reporter.clone()));
+    tokio::spawn(follow_phase(agent.clone(), reporter.clone()));
     let router = super::http::router(agent.clone());
     let http_stop = until_stopped(stopped.clone());
     let http_task = tokio::spawn(async move {
@@ -191,16 +172,30 @@ async fn until_stopped(mut stopped: watch::Receiver<bool>) {
     let _ = stopped.wait_for(|s| *s).await;
 }
 
-/// grpc.health.v1 follows the phase: serving only while ready.
-async fn follow_phase(mut phase: watch::Receiver<Phase>, reporter: HealthReporter) {
+/// grpc.health.v1 follows the phase and the devices: serving only while ready with a
+/// healthy device (the pool's load watch also changes when a device's health does).
+async fn follow_phase(agent: Arc<Agent>, reporter: HealthReporter) {
+    let mut phase = agent.watch_phase();
+    let mut load = None;
     loop {
-        let status = match *phase.borrow_and_update() {
-            Phase::Ready => ServingStatus::Serving,
-            Phase::Loading | Phase::Draining => ServingStatus::NotServing,
+        phase.borrow_and_update();
+        let status = match agent.serving() {
+            true => ServingStatus::Serving,
+            false => ServingStatus::NotServing,
         };
         set_health(&reporter, status).await;
-        if phase.changed().await.is_err() {
-            return;
+        if load.is_none() {
+            load = agent.watch_load();
+        }
+        let load_changed = async {
+            match load.as_mut() {
+                Some(l) => l.changed().await.is_ok(),
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            changed = phase.changed() => if changed.is_err() { return },
+            _ = load_changed => {}
         }
     }
 }
@@ -217,10 +212,15 @@ async fn shutdown_signal() {
     }
 }
 
-/// Loads the model (and the embedding model), starts the engine, runs one warm-up
-/// generation, then marks the agent ready. A model that cannot load ends the process.
-async fn load_and_warm(agent: Arc<Agent>, config: AgentConfig, args: ServeArgs, device: Device) {
-    match load_and_warm_inner(&config, &args, device).await {
+/// Loads the model (and the embedding model), starts the replicas (each warmed up), then
+/// marks the agent ready. A model that cannot load ends the process.
+async fn load_and_warm(
+    agent: Arc<Agent>,
+    config: AgentConfig,
+    args: ServeArgs,
+    inventory: Inventory,
+) {
+    match load_and_warm_inner(&config, &args, inventory).await {
         Ok(served) => {
             tracing::info!(model = %served.name, context = served.context, "ready");
             agent.ready(served);
@@ -235,15 +235,18 @@ async fn load_and_warm(agent: Arc<Agent>, config: AgentConfig, args: ServeArgs, 
 async fn load_and_warm_inner(
     config: &AgentConfig,
     args: &ServeArgs,
-    device: Device,
+    inventory: Inventory,
 ) -> anyhow::Result<Served> {
-    let (path, format) = (config.model_path.clone(), config.model_format);
-    let template = config.chat_template.clone();
-    let dev = device.clone();
-    let loaded: LoadedModel =
-        tokio::task::spawn_blocking(move || load(&path, format, template.as_deref(), &dev))
-            .await??;
-    let embedder = load_embedder(args, &device, config.batching.padding).await?;
+    // The embedding model runs on the first device of the inventory.
+    let embed_device = inventory
+        .devices
+        .first()
+        .map(crate::replicas::candle_device)
+        .transpose()
+        .map_err(anyhow::Error::msg)?
+        .unwrap_or(Device::Cpu);
+    let started = super::devices::start(config, args, inventory).await?;
+    let embedder = load_embedder(args, &embed_device, config.batching.padding).await?;
     let models = ServedModels {
         generation: (&config.served_name, &config.model_path),
         embedding: embedder
@@ -255,16 +258,13 @@ async fn load_and_warm_inner(
     if let Some(cache) = &cache {
         tracing::info!(settings = ?cache.settings(), "response cache");
     }
-    let budget = kv_budget(&loaded, args, &device, config.batching.kv_cache_dtype);
-    let engine = EngineHandle::start(loaded.model.clone(), config.batcher(budget.total()));
-    let context = loaded.model.config.context.min(budget.capacity_tokens());
-    tracing::info!(kv_blocks = budget.total(), "KV cache");
-    warm_up(&engine, &loaded).await?;
+    let engines = started.engines;
+    let context = started.context.min(engines.capacity_tokens());
     Ok(Served {
         name: config.served_name.clone(),
-        engine,
-        tokenizer: Arc::new(loaded.tokenizer),
-        template: Arc::new(loaded.template),
+        engine: engines,
+        tokenizer: Arc::new(started.tokenizer),
+        template: Arc::new(started.template),
         context,
         embedder,
         cache,
@@ -287,55 +287,4 @@ async fn load_embedder(
     let dev = device.clone();
     let embedder = tokio::task::spawn_blocking(move || Embedder::load(&dir, &dev)).await??;
     Ok(Some((name, EmbedHandle::start(embedder, padding))))
-}
-
-const DEFAULT_CPU_KV_BYTES: u64 = 1 << 30;
-
-fn kv_budget(
-    loaded: &LoadedModel,
-    args: &ServeArgs,
-    device: &Device,
-    dtype: KvCacheDtype,
-) -> BlockBudget {
-    let c = &loaded.model.config;
-    let bytes_per_token = (c.layers * 2 * c.kv_heads * c.head_dim()) as u64 * dtype.bytes();
-    let bytes = args.kv_cache_bytes.unwrap_or(match device {
-        Device::Cpu => DEFAULT_CPU_KV_BYTES,
-        _ => gpu_memory(device) / 5 * 2,
-    });
-    BlockBudget::from_bytes(bytes, bytes_per_token)
-}
-
-/// Memory of GPU 0, the one the engine runs on.
-fn gpu_memory(_device: &Device) -> u64 {
-    crate::gpu::discover()
-        .devices
-        .first()
-        .map_or(DEFAULT_CPU_KV_BYTES, |d| d.memory_total_bytes)
-}
-
-/// One short greedy generation through the whole path, so that the first real request
-/// does not pay for first-touch allocations.
-async fn warm_up(engine: &EngineHandle, loaded: &LoadedModel) -> anyhow::Result<()> {
-    let request = GenerationRequest {
-        prompt: loaded.tokenizer.encode("Hello")?,
-        max_tokens: 2,
-        stop_tokens: vec![loaded.tokenizer.eos],
-        deadline: None,
-        sampling: SamplingParams {
-            temperature: 0.0,
-            ..SamplingParams::default()
-        },
-        priority: Priority::Critical,
-    };
-    let mut events = engine.generate(request).await?;
-    while let Some(event) = events.recv().await {
-        match event {
-            GenerationEvent::Token(_) => {}
-            GenerationEvent::Finished { .. } => return Ok(()),
-            GenerationEvent::Failed(e) => anyhow::bail!("warm-up failed: {e}"),
-            GenerationEvent::Expired => anyhow::bail!("warm-up expired"),
-        }
-    }
-    anyhow::bail!("the engine stopped during warm-up")
 }

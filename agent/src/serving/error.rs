@@ -42,6 +42,9 @@ pub enum ServeError {
     /// The model is still loading.
     #[error("the model is still loading")]
     NotReady,
+    /// Every device is failed or recovering (retryable: another agent may have one).
+    #[error("no healthy device is left to run the model")]
+    NoHealthyDevice,
     /// The engine failed.
     #[error("engine error: {0}")]
     Engine(String),
@@ -74,6 +77,7 @@ impl From<SubmitError> for ServeError {
             SubmitError::QueueFull(q) => Self::QueueFull(q),
             e @ SubmitError::TooLarge { .. } => Self::TooLargeForCache(e.to_string()),
             SubmitError::Stopped => Self::Engine("the engine has stopped".into()),
+            SubmitError::NoHealthyDevice => Self::NoHealthyDevice,
         }
     }
 }
@@ -89,7 +93,7 @@ impl ServeError {
             Self::TooLargeForCache(_) => ErrorType::ContextLengthExceeded,
             Self::QueueFull(_) => ErrorType::QueueFull,
             Self::Draining => ErrorType::Draining,
-            Self::NotReady => ErrorType::NotReady,
+            Self::NotReady | Self::NoHealthyDevice => ErrorType::NotReady,
             Self::Engine(_) | Self::Embed(_) => ErrorType::ServerError,
             Self::DeadlineExceeded => ErrorType::DeadlineExceeded,
         }

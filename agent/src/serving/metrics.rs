@@ -13,6 +13,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use super::cache_metrics::CacheMetrics;
+use super::device_metrics::DeviceMetrics;
 use super::mirrored::MirroredCounter;
 use crate::cache::CacheStats;
 use crate::generation::Priority;
@@ -70,6 +71,8 @@ pub struct AgentMetrics {
     vllm_running: Gauge,
     vllm_kv_usage: Gauge<f64, AtomicU64>,
     cache: CacheMetrics,
+    /// Per-device health, memory pool and NVML readings.
+    pub devices: DeviceMetrics,
     prefix: PrefixMetrics,
 }
 
@@ -145,6 +148,7 @@ impl AgentMetrics {
             draining: Gauge::default(),
             ready: Gauge::default(),
             cache: CacheMetrics::new(),
+            devices: DeviceMetrics::default(),
             prefix: PrefixMetrics::default(),
             vllm_waiting: Gauge::default(),
             vllm_running: Gauge::default(),
@@ -233,6 +237,7 @@ impl AgentMetrics {
         );
         r.register("draining", "1 while draining", self.draining.clone());
         self.cache.register(r);
+        self.devices.register(r);
         self.prefix.register(r);
         r.register(
             "ready",

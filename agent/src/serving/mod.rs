@@ -5,6 +5,7 @@
 pub mod blocking;
 mod cache_metrics;
 pub mod cached;
+pub mod device_metrics;
 pub mod error;
 pub mod inflight;
 pub mod metrics;
@@ -34,7 +35,8 @@ use crate::engine::prepare::{ModelFacts, prepare_chat, prepare_completion};
 use crate::engine::tokenizer::ModelTokenizer;
 use crate::generation::{GenerationRequest, Priority};
 use crate::gpu::Inventory;
-use crate::scheduler::batcher::{EngineHandle, Load};
+use crate::replicas::EnginePool;
+use crate::scheduler::batcher::Load;
 use crate::scheduler::embed_batcher::EmbedHandle;
 
 /// How a request joins the engine's queue.
@@ -63,8 +65,8 @@ pub enum Phase {
 pub struct Served {
     /// The name clients send as `model`.
     pub name: String,
-    /// The engine loop.
-    pub engine: EngineHandle,
+    /// The replicas of the model, one engine loop each.
+    pub engine: EnginePool,
     /// The tokenizer.
     pub tokenizer: Arc<ModelTokenizer>,
     /// The chat template.
@@ -175,6 +177,30 @@ impl Agent {
             .get()
             .map(|s| *s.engine.load().borrow())
             .unwrap_or_default()
+    }
+
+    /// Every device's health, memory and readings: the pool's view once it runs, the
+    /// devices as discovered before.
+    pub fn device_statuses(&self) -> Vec<crate::replicas::DeviceStatus> {
+        match self.served.get() {
+            Some(s) => s.engine.devices(),
+            None => self
+                .inventory
+                .devices
+                .iter()
+                .map(crate::replicas::DeviceStatus::discovered)
+                .collect(),
+        }
+    }
+
+    /// The replicas, once the model is loaded.
+    pub fn engines(&self) -> Option<&EnginePool> {
+        self.served.get().map(|s| &s.engine)
+    }
+
+    /// Whether requests can run: ready, and a replica on a schedulable device.
+    pub fn serving(&self) -> bool {
+        self.phase() == Phase::Ready && self.served.get().is_some_and(|s| s.engine.schedulable())
     }
 
     /// Follows the engine's load, once the model is loaded.

@@ -1,0 +1,186 @@
+//! What the pool holds under its lock: each device's health, readings and fault switch,
+//! the running replicas, and the memory pool they are placed in.
+
+use serde::Serialize;
+
+use super::PoolSettings;
+use super::route::{Candidate, pick};
+use crate::engine::kv::BLOCK_SIZE;
+use crate::gpu::Device;
+use crate::gpu::health::{DeviceHealth, HealthState};
+use crate::gpu::memory::{DeviceMemory, MemoryPool};
+use crate::gpu::telemetry::Telemetry;
+use crate::scheduler::batcher::{EngineHandle, Load};
+use crate::scheduler::faults::StepFaults;
+
+/// One device and what is known about it.
+#[derive(Debug)]
+pub(super) struct DeviceSlot {
+    pub device: Device,
+    pub health: DeviceHealth,
+    pub telemetry: Option<Telemetry>,
+    /// Uncorrected ECC errors at the first reading.
+    pub baseline_ecc: Option<u64>,
+    /// Shared with the engine that runs here, for fault injection.
+    pub faults: StepFaults,
+}
+
+/// One running engine.
+#[derive(Debug)]
+pub(super) struct Replica {
+    pub id: u32,
+    /// Where it runs.
+    pub device: usize,
+    /// The device it stands in for (its own, unless it replaces a failed one's).
+    pub home: usize,
+    pub engine: EngineHandle,
+}
+
+#[derive(Debug)]
+pub(super) struct PoolState {
+    pub devices: Vec<DeviceSlot>,
+    pub replicas: Vec<Replica>,
+    pub memory: MemoryPool,
+    /// Counters of replicas that are gone, so that pool totals never go down.
+    pub retired: Load,
+    pub next_id: u32,
+    /// Devices that have a replica of their own (the initial layout).
+    pub homes: Vec<usize>,
+}
+
+/// One device as reports and metrics show it.
+#[derive(Clone, Debug, Serialize)]
+pub struct DeviceStatus {
+    /// The device as discovered.
+    pub device: Device,
+    /// Its health.
+    pub health: HealthState,
+    /// Why it is not healthy.
+    pub reason: Option<String>,
+    /// Its share of the memory pool.
+    pub memory: DeviceMemory,
+    /// The latest NVML reading (none on the CPU or without NVML).
+    pub telemetry: Option<Telemetry>,
+    /// Replicas running on it.
+    pub replicas: usize,
+    /// Failures in a row.
+    pub failures: u32,
+}
+
+impl DeviceStatus {
+    /// A device as discovered, before any replica runs.
+    pub fn discovered(device: &Device) -> Self {
+        Self {
+            device: device.clone(),
+            health: HealthState::Healthy,
+            reason: None,
+            memory: DeviceMemory::default(),
+            telemetry: None,
+            replicas: 0,
+            failures: 0,
+        }
+    }
+}
+
+impl PoolState {
+    pub fn new(settings: &PoolSettings, memory: MemoryPool) -> Self {
+        let devices = settings
+            .inventory
+            .devices
+            .iter()
+            .map(|d| DeviceSlot {
+                device: d.clone(),
+                health: DeviceHealth::default(),
+                telemetry: None,
+                baseline_ecc: None,
+                faults: StepFaults::default(),
+            })
+            .collect();
+        Self {
+            devices,
+            replicas: Vec::new(),
+            memory,
+            retired: Load::default(),
+            next_id: 1,
+            homes: Vec::new(),
+        }
+    }
+
+    pub fn health(&self, device: usize) -> HealthState {
+        self.devices
+            .get(device)
+            .map_or(HealthState::Failed, |d| d.health.state())
+    }
+
+    /// The engine routing picks among live replicas on schedulable devices.
+    pub fn pick(&self) -> Option<EngineHandle> {
+        let live: Vec<&Replica> = self
+            .replicas
+            .iter()
+            .filter(|r| !r.engine.stopped())
+            .collect();
+        let candidates: Vec<Candidate> = live
+            .iter()
+            .map(|r| Candidate {
+                health: self.health(r.device),
+                load: *r.engine.load().borrow(),
+            })
+            .collect();
+        pick(&candidates).map(|i| live[i].engine.clone())
+    }
+
+    pub fn load(&self) -> Load {
+        let live = self.replicas.iter().map(|r| *r.engine.load().borrow());
+        let mut load = Load::sum(live);
+        load.preemptions += self.retired.preemptions;
+        load.prefix.queried_tokens += self.retired.prefix.queried_tokens;
+        load.prefix.hit_tokens += self.retired.prefix.hit_tokens;
+        load
+    }
+
+    /// Takes replica `id` out; its counters join the retired ones.
+    pub fn remove(&mut self, id: u32) -> Option<Replica> {
+        let i = self.replicas.iter().position(|r| r.id == id)?;
+        let replica = self.replicas.remove(i);
+        let last = *replica.engine.load().borrow();
+        self.retired.preemptions += last.preemptions;
+        self.retired.prefix.queried_tokens += last.prefix.queried_tokens;
+        self.retired.prefix.hit_tokens += last.prefix.hit_tokens;
+        Some(replica)
+    }
+
+    pub fn schedulable(&self) -> bool {
+        self.replicas
+            .iter()
+            .any(|r| !r.engine.stopped() && self.health(r.device).schedulable())
+    }
+
+    pub fn capacity_tokens(&self) -> usize {
+        self.replicas
+            .iter()
+            .map(|r| r.engine.load().borrow().kv_blocks_total * BLOCK_SIZE)
+            .min()
+            .unwrap_or(0)
+    }
+
+    pub fn faults(&self, device: usize) -> Option<&StepFaults> {
+        self.devices.get(device).map(|d| &d.faults)
+    }
+
+    pub fn statuses(&self) -> Vec<DeviceStatus> {
+        let on = |i| self.replicas.iter().filter(|r| r.device == i).count();
+        self.devices
+            .iter()
+            .enumerate()
+            .map(|(i, d)| DeviceStatus {
+                device: d.device.clone(),
+                health: d.health.state(),
+                reason: d.health.reason().map(str::to_owned),
+                memory: self.memory.memory(i),
+                telemetry: d.telemetry.clone(),
+                replicas: on(i),
+                failures: d.health.failures(),
+            })
+            .collect()
+    }
+}

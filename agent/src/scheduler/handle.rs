@@ -1,0 +1,172 @@
+//! The cheap handle to one engine loop, and what the loop hands back when it stops on a
+//! fault: the requests that have streamed nothing yet, with their clients' channels, so
+//! that another engine can run them as if they had been sent there first.
+
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::batcher::Batcher;
+use super::config::{BatcherConfig, Load, SubmitError};
+use super::faults::StepFaults;
+use super::queue::QueueFull;
+use super::sequence::Sequence;
+use crate::engine::kv::{BLOCK_SIZE, BlockBudget};
+use crate::engine::model::Llama;
+use crate::generation::{GenerationEvent, GenerationRequest};
+
+pub(super) type Admission = oneshot::Sender<Result<(), QueueFull>>;
+
+/// A request and its client's channel, not yet started anywhere.
+#[derive(Debug)]
+pub struct Unstarted {
+    /// The request.
+    pub request: GenerationRequest,
+    /// Where its events go.
+    pub events: mpsc::Sender<GenerationEvent>,
+}
+
+impl Unstarted {
+    /// A request with a new event channel; the receiver is the client's end.
+    pub fn new(request: GenerationRequest) -> (Self, mpsc::Receiver<GenerationEvent>) {
+        let (events, receiver) = Sequence::event_channel();
+        (Self { request, events }, receiver)
+    }
+}
+
+pub(super) struct Submission {
+    pub work: Unstarted,
+    pub admitted: Admission,
+}
+
+pub(super) enum Command {
+    Submit(Submission),
+    /// Stop: hand back what has not started, end what has with an error.
+    Evacuate(String),
+}
+
+/// Why an engine loop stopped, and the requests it hands back.
+#[derive(Debug)]
+pub struct EngineExit {
+    /// The fault (a step's error or panic) or the evacuation's reason.
+    pub reason: String,
+    /// Requests that streamed nothing: queued, mid-prompt, or submitted and not read.
+    pub unstarted: Vec<Unstarted>,
+}
+
+/// A cheap handle to the engine loop.
+#[derive(Debug, Clone)]
+pub struct EngineHandle {
+    submit: mpsc::Sender<Command>,
+    load: watch::Receiver<Load>,
+}
+
+impl EngineHandle {
+    /// Starts the loop on a thread of its own, owning `model`.
+    pub fn start(model: Arc<Llama>, config: BatcherConfig) -> Self {
+        Self::supervised(model, config, StepFaults::default()).0
+    }
+
+    /// Starts the loop; the receiver resolves when it stops on a fault or an evacuation
+    /// (it is dropped without a value when every handle is gone and the loop ends).
+    pub fn supervised(
+        model: Arc<Llama>,
+        config: BatcherConfig,
+        faults: StepFaults,
+    ) -> (Self, oneshot::Receiver<EngineExit>) {
+        let (submit, commands) = mpsc::channel(256);
+        let (publish, load) = watch::channel(Load {
+            kv_blocks_total: config.kv_blocks,
+            batch_limit: config.max_batch_size,
+            ..Load::default()
+        });
+        let (exit, exited) = oneshot::channel();
+        std::thread::spawn(move || {
+            let batcher = Batcher::new(model, config, publish, faults);
+            if let Some(stopped) = batcher.run(commands) {
+                let _ = exit.send(stopped);
+            }
+        });
+        (Self { submit, load }, exited)
+    }
+
+    /// Queues `request`; events arrive on the returned receiver. Dropping the receiver
+    /// cancels the request.
+    pub async fn generate(
+        &self,
+        request: GenerationRequest,
+    ) -> Result<mpsc::Receiver<GenerationEvent>, SubmitError> {
+        let (work, receiver) = Unstarted::new(request);
+        self.submit(work).await.map_err(|refused| refused.error)?;
+        Ok(receiver)
+    }
+
+    /// Queues a request whose client already has its receiver. When the loop has stopped,
+    /// the request comes back with the refusal, so that the caller can send it elsewhere.
+    pub async fn submit(&self, work: Unstarted) -> Result<(), Refused> {
+        // Refused here, every queued sequence (whose tokens never pass its prompt plus
+        // max_tokens) fits the whole budget, so a head always fits an empty batch.
+        let tokens = work.request.prompt.len() + work.request.max_tokens;
+        let total = self.load.borrow().kv_blocks_total;
+        if BlockBudget::blocks_for(tokens) > total {
+            let capacity = total * BLOCK_SIZE;
+            return Err(Refused::kept(
+                SubmitError::TooLarge { tokens, capacity },
+                work,
+            ));
+        }
+        let (admitted, admission) = oneshot::channel();
+        let command = Command::Submit(Submission { work, admitted });
+        if let Err(mpsc::error::SendError(command)) = self.submit.send(command).await {
+            let work = match command {
+                Command::Submit(s) => Some(s.work),
+                Command::Evacuate(_) => None,
+            };
+            return Err(Refused {
+                error: SubmitError::Stopped,
+                work,
+            });
+        }
+        // The loop answers every submission it reads and hands back those it has not read
+        // when it stops; a dropped answer means its thread died outside a step.
+        let lost = |error| Refused { error, work: None };
+        match admission.await {
+            Ok(admitted) => admitted.map_err(|full| lost(full.into())),
+            Err(_) => Err(lost(SubmitError::Stopped)),
+        }
+    }
+
+    /// Asks the loop to stop: requests that streamed nothing come back on the exit
+    /// receiver, the others end with an error naming `reason`.
+    pub async fn evacuate(&self, reason: String) {
+        let _ = self.submit.send(Command::Evacuate(reason)).await;
+    }
+
+    /// Whether the loop has stopped taking requests.
+    pub fn stopped(&self) -> bool {
+        self.submit.is_closed()
+    }
+
+    /// The latest published load.
+    pub fn load(&self) -> watch::Receiver<Load> {
+        self.load.clone()
+    }
+}
+
+/// Why a submission was not queued, with the request when it can still go elsewhere.
+#[derive(Debug)]
+pub struct Refused {
+    /// Why.
+    pub error: SubmitError,
+    /// The request and its channel, when the loop never took them.
+    pub work: Option<Unstarted>,
+}
+
+impl Refused {
+    fn kept(error: SubmitError, work: Unstarted) -> Self {
+        Self {
+            error,
+            work: Some(work),
+        }
+    }
+}

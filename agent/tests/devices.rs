@@ -1,0 +1,167 @@
+//! Device faults end to end on the CPU, with real agent processes built with the
+//! `fault-injection` feature: two CPU devices (two engines) in one agent; a failure
+//! injected on one; its unstarted requests finish on the other and none is lost; the
+//! health shows in metrics and readiness; the device comes back after its backoff.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use inferpool_e2e::agent::{AgentProcess, MODEL};
+use inferpool_e2e::http::{get, metric, post_json};
+use inferpool_e2e::streams::Clients;
+use inferpool_e2e::wait::wait_until;
+use serde_json::{Value, json};
+
+const LIMIT: Duration = Duration::from_secs(60);
+const BATCH: usize = 2;
+
+async fn two_device_agent(retry_seconds: f64) -> anyhow::Result<AgentProcess> {
+    AgentProcess::start(json!({
+        "devices": {"cpuDevices": 2, "health": {"retrySeconds": retry_seconds}},
+        "batching": {"maxBatchSize": BATCH},
+    }))
+    .await
+}
+
+fn device_metric(agent: &AgentProcess, name: &str, labels: &str) -> Option<f64> {
+    let text = agent.metrics().ok()?;
+    metric(&text, &format!("inferpool_agent_{name}{{{labels}}}"))
+}
+
+fn state_is(agent: &AgentProcess, device: &str, state: &str) -> bool {
+    let labels = format!("device=\"{device}\",state=\"{state}\"");
+    device_metric(agent, "device_health", &labels) == Some(1.0)
+}
+
+fn replicas_on(agent: &AgentProcess, device: &str) -> Option<f64> {
+    device_metric(agent, "device_replicas", &format!("device=\"{device}\""))
+}
+
+fn inject(agent: &AgentProcess, fault: &Value) -> anyhow::Result<()> {
+    let reply = post_json(agent.http, "/admin/faults", fault)?;
+    anyhow::ensure!(reply.status == 204, "injecting {fault}: {}", reply.status);
+    Ok(())
+}
+
+fn chat(addr: SocketAddr) -> anyhow::Result<(u16, Value)> {
+    let body = json!({"model": MODEL, "max_tokens": 4, "temperature": 0,
+        "messages": [{"role": "user", "content": "Say hi."}]});
+    let reply = post_json(addr, "/v1/chat/completions", &body)?;
+    Ok((reply.status, reply.json()?))
+}
+
+async fn until(what: &str, mut probe: impl FnMut() -> bool) -> anyhow::Result<()> {
+    let waited = wait_until(LIMIT, || {
+        let ok = probe();
+        async move { ok.then_some(()) }
+    })
+    .await;
+    waited.map_err(|e| anyhow::anyhow!("{what}: {e}"))
+}
+
+#[tokio::test]
+async fn a_failed_device_loses_no_unstarted_request_and_comes_back() -> anyhow::Result<()> {
+    let agent = two_device_agent(2.0).await?;
+    assert_eq!(replicas_on(&agent, "cpu:0"), Some(1.0));
+    assert_eq!(replicas_on(&agent, "cpu:1"), Some(1.0));
+    // Twelve streams over two engines of two slots each: both have a queue.
+    let clients = Clients::start(agent.http, MODEL, 12, 48);
+    until("requests queued on both engines", || {
+        let text = agent.metrics().unwrap_or_default();
+        metric(&text, "vllm:num_requests_waiting").is_some_and(|w| w >= 6.0)
+    })
+    .await?;
+    inject(&agent, &json!({"device": 1, "stepErrors": 1}))?;
+    let tally = clients.tally()?;
+    eprintln!("after the fault: {tally:?}");
+    // Only requests that had streamed tokens on the failed device may end in an error;
+    // every other one (queued there, or mid-prompt) finishes on the other device.
+    assert!(tally.lost.is_empty(), "lost: {:?}", tally.lost);
+    assert!(
+        tally.cut <= BATCH,
+        "{} cut, more than device 1 ran",
+        tally.cut
+    );
+    assert_eq!(tally.completed + tally.cut, 12);
+    assert_eq!(
+        device_metric(&agent, "device_failures", "device=\"cpu:1\""),
+        Some(1.0)
+    );
+    // After the backoff the device is retried with a replica of its own, and the stand-in
+    // that replaced it on cpu:0 is retired.
+    until("cpu:1 healthy with its own replica", || {
+        state_is(&agent, "cpu:1", "healthy")
+            && replicas_on(&agent, "cpu:1") == Some(1.0)
+            && replicas_on(&agent, "cpu:0") == Some(1.0)
+    })
+    .await?;
+    assert_eq!(chat(agent.http)?.0, 200);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_panic_in_the_engine_moves_the_request_to_the_other_device() -> anyhow::Result<()> {
+    let agent = two_device_agent(60.0).await?;
+    // An idle pool routes to its first replica, on cpu:0, whose engine panics in its first
+    // step; the request has streamed nothing, so it runs again on cpu:1 and succeeds.
+    inject(&agent, &json!({"device": 0, "stepPanics": 1}))?;
+    let (status, body) = chat(agent.http)?;
+    assert_eq!(status, 200, "{body}");
+    assert!(body["choices"][0]["message"]["content"].is_string());
+    assert!(state_is(&agent, "cpu:0", "failed"));
+    assert!(state_is(&agent, "cpu:1", "healthy"));
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_agent_with_no_healthy_device_is_not_ready_until_one_recovers() -> anyhow::Result<()> {
+    let agent = AgentProcess::start(json!({
+        "devices": {"cpuDevices": 1, "health": {"retrySeconds": 3}},
+    }))
+    .await?;
+    inject(&agent, &json!({"device": 0, "stepErrors": 1}))?;
+    // The request was moved off the failed device, found none healthy, and says so with a
+    // retryable error instead of hanging.
+    let (status, body) = chat(agent.http)?;
+    assert!(status >= 500, "{status} {body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("healthy")),
+        "{body}"
+    );
+    // Within the 3 s backoff: failed, and not ready.
+    assert_eq!(
+        get(agent.http, "/readyz")?,
+        (503, "no healthy device".to_owned())
+    );
+    assert!(state_is(&agent, "cpu:0", "failed"));
+    until("cpu:0 recovered and ready", || {
+        state_is(&agent, "cpu:0", "healthy") && matches!(get(agent.http, "/readyz"), Ok((200, _)))
+    })
+    .await?;
+    assert_eq!(chat(agent.http)?.0, 200);
+    Ok(())
+}
+
+#[tokio::test]
+async fn nvml_readings_degrade_and_fail_a_device() -> anyhow::Result<()> {
+    let agent = two_device_agent(1.0).await?;
+    let reading =
+        |temperature: u32| json!({"device": 1, "reading": {"temperature_c": temperature}});
+    inject(&agent, &reading(90))?;
+    until("cpu:1 degraded", || state_is(&agent, "cpu:1", "degraded")).await?;
+    inject(&agent, &reading(99))?;
+    until("cpu:1 failed", || state_is(&agent, "cpu:1", "failed")).await?;
+    until("cpu:1 evacuated", || {
+        replicas_on(&agent, "cpu:1") == Some(0.0)
+    })
+    .await?;
+    assert_eq!(chat(agent.http)?.0, 200, "the other device serves");
+    inject(&agent, &reading(50))?;
+    until("cpu:1 back", || {
+        state_is(&agent, "cpu:1", "healthy") && replicas_on(&agent, "cpu:1") == Some(1.0)
+    })
+    .await?;
+    Ok(())
+}
