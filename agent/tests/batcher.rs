@@ -10,7 +10,8 @@ use inferpool_agent::engine::kv::{BLOCK_SIZE, BlockBudget};
 use inferpool_agent::engine::model::Llama;
 use inferpool_agent::engine::tokenizer::ModelTokenizer;
 use inferpool_agent::generation::{FinishReason, GenerationEvent, GenerationRequest, Priority};
-use inferpool_agent::scheduler::batcher::{BatcherConfig, EngineHandle, Load, SubmitError};
+use inferpool_agent::scheduler::batcher::{BatcherConfig, Load, SubmitError};
+use inferpool_agent::scheduler::handle::EngineHandle;
 use inferpool_agent::scheduler::strategy::Strategy;
 
 #[tokio::test]

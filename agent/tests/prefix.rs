@@ -10,7 +10,8 @@ use common::{CONFIG, collect, engine};
 use inferpool_agent::engine::kv::BLOCK_SIZE;
 use inferpool_agent::engine::tokenizer::ModelTokenizer;
 use inferpool_agent::generation::{GenerationEvent, GenerationRequest};
-use inferpool_agent::scheduler::batcher::{BatcherConfig, EngineHandle, Load};
+use inferpool_agent::scheduler::batcher::{BatcherConfig, Load};
+use inferpool_agent::scheduler::handle::EngineHandle;
 
 const SYSTEM: &str = "You are the help desk of a shipping company. Answer in one short \
     sentence. Name the port when you know it. Never invent tracking numbers, prices or \

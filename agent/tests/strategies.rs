@@ -9,7 +9,8 @@ use common::{CONFIG, collect, engine, request};
 use inferpool_agent::engine::tokenizer::ModelTokenizer;
 use inferpool_agent::generation::{GenerationEvent, GenerationRequest};
 use inferpool_agent::scheduler::adaptive::SloTargets;
-use inferpool_agent::scheduler::batcher::{BatcherConfig, EngineHandle, Load};
+use inferpool_agent::scheduler::batcher::{BatcherConfig, Load};
+use inferpool_agent::scheduler::handle::EngineHandle;
 use inferpool_agent::scheduler::strategy::Strategy;
 use tokio::sync::mpsc::Receiver;
 

@@ -16,9 +16,10 @@ use crate::engine::sampling::SamplingParams;
 use crate::generation::{GenerationEvent, GenerationRequest, Priority};
 use crate::gpu::memory::Need;
 use crate::gpu::{Device, DeviceKind};
-use crate::scheduler::batcher::{BatcherConfig, EngineHandle};
+use crate::scheduler::batcher::BatcherConfig;
 use crate::scheduler::faults::StepFaults;
 use crate::scheduler::handle::EngineExit;
+use crate::scheduler::handle::EngineHandle;
 
 /// What every replica is made from.
 #[derive(Debug, Clone)]

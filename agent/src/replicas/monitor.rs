@@ -6,21 +6,21 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
-use super::supervisor::Event;
-use super::{EnginePool, PoolSettings};
-use crate::gpu::DeviceKind;
+use super::events::Event;
+use super::pool::EnginePool;
 use crate::gpu::telemetry::NvmlReader;
+use crate::gpu::{DeviceKind, Inventory};
 
 /// Starts the reader thread when there is a GPU with a UUID to read.
-pub(super) fn spawn(pool: &EnginePool, settings: &PoolSettings) {
-    let gpus: Vec<(usize, String)> = (settings.inventory.devices.iter().enumerate())
+pub(super) fn spawn(pool: &EnginePool, inventory: &Inventory, every: Duration) {
+    let gpus: Vec<(usize, String)> = (inventory.devices.iter().enumerate())
         .filter(|(_, d)| d.kind == DeviceKind::Cuda)
         .filter_map(|(i, d)| d.uuid.clone().map(|u| (i, u)))
         .collect();
     if gpus.is_empty() {
         return;
     }
-    let (events, every) = (pool.inner.events.clone(), settings.poll);
+    let events = pool.inner.events.clone();
     std::thread::spawn(move || match NvmlReader::open() {
         Ok(nvml) => read_forever(&nvml, &gpus, every, &events),
         Err(reason) => tracing::warn!(reason, "GPU health readings unavailable"),

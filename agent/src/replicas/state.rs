@@ -3,15 +3,15 @@
 
 use serde::Serialize;
 
-use super::PoolSettings;
 use super::route::{Candidate, pick};
 use crate::engine::kv::BLOCK_SIZE;
 use crate::gpu::Device;
 use crate::gpu::health::{DeviceHealth, HealthState};
 use crate::gpu::memory::{DeviceMemory, MemoryPool};
 use crate::gpu::telemetry::Telemetry;
-use crate::scheduler::batcher::{EngineHandle, Load};
+use crate::scheduler::batcher::Load;
 use crate::scheduler::faults::StepFaults;
+use crate::scheduler::handle::EngineHandle;
 
 /// One device and what is known about it.
 #[derive(Debug)]
@@ -83,10 +83,8 @@ impl DeviceStatus {
 }
 
 impl PoolState {
-    pub fn new(settings: &PoolSettings, memory: MemoryPool) -> Self {
-        let devices = settings
-            .inventory
-            .devices
+    pub fn new(devices: &[Device], memory: MemoryPool) -> Self {
+        let devices = devices
             .iter()
             .map(|d| DeviceSlot {
                 device: d.clone(),

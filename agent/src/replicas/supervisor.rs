@@ -9,39 +9,45 @@ use std::time::Instant;
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::EnginePool;
+use super::events::{Event, Plan};
 use super::launch::{Launcher, Started};
-use super::state::Replica;
+use super::monitor;
+use super::pool::EnginePool;
+use super::state::{PoolState, Replica};
 use crate::generation::GenerationEvent;
+use crate::gpu::Inventory;
 use crate::gpu::health::{HealthState, HealthThresholds};
-use crate::gpu::memory::{Need, Placement};
+use crate::gpu::memory::{Budget, Need};
 use crate::gpu::telemetry::Telemetry;
 use crate::scheduler::handle::{EngineExit, Unstarted};
 
-/// What the supervisor hears.
+/// What the pool is made of.
 #[derive(Debug)]
-pub(super) enum Event {
-    /// A replica's engine stopped: on a fault or evacuation (with what it hands back), or
-    /// (`None`) because it was retired and finished its work.
-    Exited {
-        replica: u32,
-        exit: Option<EngineExit>,
-    },
-    /// An NVML reading of a device.
-    Reading { device: usize, telemetry: Telemetry },
-    /// A launch ended.
-    Launched {
-        plan: Plan,
-        result: Result<Started, String>,
-    },
+pub struct PoolSettings {
+    /// The devices found.
+    pub inventory: Inventory,
+    /// Each device's budget, in the inventory's order.
+    pub budgets: Vec<Budget>,
+    /// Replicas wanted (one per device).
+    pub replicas: usize,
+    /// When readings degrade or fail a device, and the retry backoff.
+    pub thresholds: HealthThresholds,
+    /// How often NVML is read.
+    pub poll: std::time::Duration,
 }
 
-/// A replica being started.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct Plan {
-    id: u32,
-    home: usize,
-    placement: Placement,
+/// Places and starts every replica (loading and warming up the model on each device), then
+/// supervises them. Fails when not even one replica starts.
+pub async fn start(settings: PoolSettings, launcher: Launcher) -> anyhow::Result<EnginePool> {
+    let (pool, events) = EnginePool::new(&settings.inventory.devices, &settings.budgets);
+    let started = start_all(&pool, &launcher, settings.replicas).await;
+    anyhow::ensure!(
+        started > 0,
+        "no replica of the model could start on any device"
+    );
+    monitor::spawn(&pool, &settings.inventory, settings.poll);
+    tokio::spawn(run(pool.clone(), launcher, settings.thresholds, events));
+    Ok(pool)
 }
 
 /// Places and starts `wanted` replicas, each on a device of its own (the best fit among
@@ -70,7 +76,7 @@ pub(super) async fn start_all(pool: &EnginePool, launcher: &Launcher, wanted: us
 /// Reserves memory for a replica on an eligible device (`home`: the device it stands in
 /// for, by default the one it lands on).
 fn plan(
-    s: &mut super::state::PoolState,
+    s: &mut PoolState,
     need: Need,
     eligible: impl Fn(usize) -> bool,
     home: Option<usize>,

@@ -18,10 +18,9 @@ use tokio::sync::{mpsc, watch};
 
 use super::adaptive::SloController;
 use super::blocks::KvBlocks;
+use super::command::{Command, EngineExit, Submission, Unstarted};
 pub use super::config::{BatcherConfig, Load, SubmitError};
 use super::faults::StepFaults;
-pub use super::handle::EngineHandle;
-use super::handle::{Command, EngineExit, Submission, Unstarted};
 use super::queue::AdmissionQueue;
 use super::sequence::Sequence;
 use super::step::{StepError, step};

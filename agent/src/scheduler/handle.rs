@@ -7,52 +7,13 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::batcher::Batcher;
+use super::command::{Command, Submission};
+pub use super::command::{EngineExit, Refused, Unstarted};
 use super::config::{BatcherConfig, Load, SubmitError};
 use super::faults::StepFaults;
-use super::queue::QueueFull;
-use super::sequence::Sequence;
 use crate::engine::kv::{BLOCK_SIZE, BlockBudget};
 use crate::engine::model::Llama;
 use crate::generation::{GenerationEvent, GenerationRequest};
-
-pub(super) type Admission = oneshot::Sender<Result<(), QueueFull>>;
-
-/// A request and its client's channel, not yet started anywhere.
-#[derive(Debug)]
-pub struct Unstarted {
-    /// The request.
-    pub request: GenerationRequest,
-    /// Where its events go.
-    pub events: mpsc::Sender<GenerationEvent>,
-}
-
-impl Unstarted {
-    /// A request with a new event channel; the receiver is the client's end.
-    pub fn new(request: GenerationRequest) -> (Self, mpsc::Receiver<GenerationEvent>) {
-        let (events, receiver) = Sequence::event_channel();
-        (Self { request, events }, receiver)
-    }
-}
-
-pub(super) struct Submission {
-    pub work: Unstarted,
-    pub admitted: Admission,
-}
-
-pub(super) enum Command {
-    Submit(Submission),
-    /// Stop: hand back what has not started, end what has with an error.
-    Evacuate(String),
-}
-
-/// Why an engine loop stopped, and the requests it hands back.
-#[derive(Debug)]
-pub struct EngineExit {
-    /// The fault (a step's error or panic) or the evacuation's reason.
-    pub reason: String,
-    /// Requests that streamed nothing: queued, mid-prompt, or submitted and not read.
-    pub unstarted: Vec<Unstarted>,
-}
 
 /// A cheap handle to the engine loop.
 #[derive(Debug, Clone)]
@@ -150,23 +111,5 @@ impl EngineHandle {
     /// The latest published load.
     pub fn load(&self) -> watch::Receiver<Load> {
         self.load.clone()
-    }
-}
-
-/// Why a submission was not queued, with the request when it can still go elsewhere.
-#[derive(Debug)]
-pub struct Refused {
-    /// Why.
-    pub error: SubmitError,
-    /// The request and its channel, when the loop never took them.
-    pub work: Option<Unstarted>,
-}
-
-impl Refused {
-    fn kept(error: SubmitError, work: Unstarted) -> Self {
-        Self {
-            error,
-            work: Some(work),
-        }
     }
 }

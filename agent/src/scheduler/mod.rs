@@ -3,6 +3,7 @@
 pub mod adaptive;
 pub mod batcher;
 pub mod blocks;
+mod command;
 pub mod config;
 pub mod embed_batcher;
 pub mod faults;

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
-use super::handle::Command;
+use super::command::Command;
 use super::sequence::Sequence;
 
 /// The sooner of two optional waits.

@@ -7,7 +7,6 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 
-use super::run::ServeArgs;
 use crate::cache::pressure::MemorySource;
 use crate::config::AgentConfig;
 use crate::engine::chat::ChatTemplate;
@@ -78,13 +77,14 @@ pub struct StartedPool {
 }
 
 /// Loads the model where the first replica fits best, then starts every replica.
+/// `kv_cache_bytes` overrides each replica's KV budget (`--kv-cache-bytes`).
 pub async fn start(
     config: &AgentConfig,
-    args: &ServeArgs,
+    kv_cache_bytes: Option<u64>,
     inventory: Inventory,
 ) -> anyhow::Result<StartedPool> {
     let budgets = budgets(&inventory, config.devices.reserve_fraction);
-    let need = need(config, args, &inventory)?;
+    let need = need(config, kv_cache_bytes, &inventory)?;
     let first = MemoryPool::new(&budgets, CHUNK_BYTES)
         .place(0, need, |_| true)
         .with_context(|| format!("{} devices, none with room", inventory.devices.len()))?;
@@ -117,7 +117,7 @@ pub async fn start(
         thresholds: config.devices.health.clone(),
         poll: config.devices.poll(),
     };
-    let engines = EnginePool::start(pool, launcher).await?;
+    let engines = crate::replicas::start(pool, launcher).await?;
     Ok(StartedPool {
         engines,
         context,
@@ -138,11 +138,13 @@ fn wanted(config: &AgentConfig, inventory: &Inventory) -> usize {
 
 /// What a replica needs: the weights (estimated before loading them), and the KV cache
 /// asked for (all that is left on a GPU unless `--kv-cache-bytes` says).
-fn need(config: &AgentConfig, args: &ServeArgs, inventory: &Inventory) -> anyhow::Result<Need> {
+fn need(
+    config: &AgentConfig,
+    kv_cache_bytes: Option<u64>,
+    inventory: &Inventory,
+) -> anyhow::Result<Need> {
     let on_cpu = inventory.devices.iter().all(|d| d.kind == DeviceKind::Cpu);
-    let kv = args
-        .kv_cache_bytes
-        .or(on_cpu.then_some(DEFAULT_CPU_KV_BYTES));
+    let kv = kv_cache_bytes.or(on_cpu.then_some(DEFAULT_CPU_KV_BYTES));
     Ok(Need {
         weights: weights_estimate(&config.model_path)?,
         kv,

@@ -245,7 +245,7 @@ async fn load_and_warm_inner(
         .transpose()
         .map_err(anyhow::Error::msg)?
         .unwrap_or(Device::Cpu);
-    let started = super::devices::start(config, args, inventory).await?;
+    let started = super::devices::start(config, args.kv_cache_bytes, inventory).await?;
     let embedder = load_embedder(args, &embed_device, config.batching.padding).await?;
     let models = ServedModels {
         generation: (&config.served_name, &config.model_path),

@@ -12,7 +12,8 @@ use inferpool_agent::engine::sampling::SamplingParams;
 use inferpool_agent::engine::tokenizer::ModelTokenizer;
 use inferpool_agent::generation::{GenerationEvent, GenerationRequest, Priority};
 use inferpool_agent::scheduler::adaptive::SloTargets;
-use inferpool_agent::scheduler::batcher::{BatcherConfig, EngineHandle};
+use inferpool_agent::scheduler::batcher::BatcherConfig;
+use inferpool_agent::scheduler::handle::EngineHandle;
 use inferpool_agent::scheduler::strategy::Strategy;
 use inferpool_e2e::parts::default_model;
 
