@@ -193,6 +193,11 @@ impl Agent {
         }
     }
 
+    /// Replicas running now (none while loading).
+    pub fn replicas(&self) -> usize {
+        self.device_statuses().iter().map(|d| d.replicas).sum()
+    }
+
     /// The replicas, once the model is loaded.
     pub fn engines(&self) -> Option<&EnginePool> {
         self.served.get().map(|s| &s.engine)

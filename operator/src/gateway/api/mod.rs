@@ -42,6 +42,9 @@ async fn metrics(State(gateway): State<Arc<Gateway>>) -> Response {
         if let Some(agents) = route.pool.with_view(|v| v.snapshot()) {
             gateway.metrics.observe_agents(&route.name, &agents);
         }
+        if let Some(devices) = route.pool.with_view(|v| v.device_counts()) {
+            gateway.metrics.observe_devices(&route.name, &devices);
+        }
     }
     let names: Vec<&str> = routes.iter().map(|r| r.name.as_str()).collect();
     gateway.metrics.retain_pools(&names);

@@ -255,6 +255,14 @@ impl PoolView {
         }
     }
 
+    /// Each agent's devices by health, from its last report.
+    pub fn device_counts(&self) -> Vec<(String, super::pick::DeviceCounts)> {
+        let agents = self.agents.iter();
+        agents
+            .map(|(id, a)| (id.clone(), a.reported.devices))
+            .collect()
+    }
+
     /// Per agent: id, in flight, breaker state (for metrics and status).
     pub fn snapshot(&self) -> Vec<(String, u32, &'static str, bool)> {
         self.agents

@@ -16,12 +16,13 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+mod devices;
 mod record;
 
 use record::PoolSeries;
 pub use record::{PoolMetrics, RequestRecord};
 
-use super::core::pick::STRATEGY_NAMES;
+use super::core::pick::{DeviceCounts, STRATEGY_NAMES};
 
 /// The `pool` label of requests refused before they matched a pool: not a valid Kubernetes
 /// name, so no InferencePool's label can be the same.
@@ -124,6 +125,7 @@ pub struct GatewayMetrics {
     in_flight: Family<AgentLabels, Gauge>,
     healthy: Family<AgentLabels, Gauge>,
     circuit: Family<CircuitLabels, Gauge>,
+    devices: devices::AgentDevices,
     /// The agents each pool's gauges were last set for.
     observed: Mutex<HashMap<String, Vec<String>>>,
     /// Every pool's series made (a pool's is made again when its route changes), whose
@@ -154,6 +156,7 @@ impl Default for GatewayMetrics {
             in_flight: Family::default(),
             healthy: Family::default(),
             circuit: Family::default(),
+            devices: devices::AgentDevices::default(),
             observed: Mutex::default(),
             series: Mutex::default(),
             unrouted: OnceLock::new(),
@@ -220,6 +223,7 @@ impl Default for GatewayMetrics {
             "1 for each agent's circuit state",
             m.circuit.clone(),
         );
+        m.devices.register(r);
         m
     }
 }
@@ -263,6 +267,13 @@ impl GatewayMetrics {
         }
         let ids = agents.iter().map(|(id, ..)| id.clone()).collect();
         self.forget_gone(pool, ids);
+    }
+
+    /// Refreshes each agent's device gauges from its last report: (id, devices by health).
+    pub fn observe_devices(&self, pool: &str, agents: &[(String, DeviceCounts)]) {
+        for (agent, counts) in agents {
+            self.devices.observe(pool, agent, counts);
+        }
     }
 
     /// Removes the series of every pool not in `pools` (pools that went away) and of their
@@ -321,6 +332,7 @@ impl GatewayMetrics {
         };
         self.in_flight.remove(&a);
         self.healthy.remove(&a);
+        self.devices.remove(pool, agent);
         self.agent_duration.remove(&a);
         self.agent_ttft.remove(&a);
         for outcome in OUTCOME_NAMES {

@@ -5,11 +5,11 @@
 use std::sync::Weak;
 use std::time::Duration;
 
-use inferpool_protocol::agent::{LoadReport, WatchLoadRequest};
+use inferpool_protocol::agent::{Device, DeviceHealth, LoadReport, WatchLoadRequest};
 use tonic::transport::Channel;
 
 use super::details::client;
-use crate::gateway::core::pick::Reported;
+use crate::gateway::core::pick::{DeviceCounts, Reported};
 
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
@@ -89,8 +89,78 @@ pub fn reported(r: &LoadReport) -> (Reported, bool) {
         running: r.running,
         max_batch_size: r.max_batch_size,
         kv_usage,
+        devices: device_counts(&r.devices),
     };
-    // An agent still loading its model reports no KV blocks yet: not ready for traffic.
-    let accepting = !r.draining && r.kv_blocks_total > 0;
+    // An agent still loading its model reports no KV blocks yet, and one whose devices
+    // all failed has none to run on: neither takes traffic.
+    let accepting = !r.draining && r.kv_blocks_total > 0 && reported.devices.schedulable();
     (reported, !accepting)
+}
+
+fn device_counts(devices: &[Device]) -> DeviceCounts {
+    let mut counts = DeviceCounts::default();
+    // A device serves only with a replica on it; a failed one counts either way.
+    for d in devices {
+        let idle = d.replicas == 0;
+        let slot = match d.health() {
+            DeviceHealth::Healthy | DeviceHealth::Degraded if idle => continue,
+            DeviceHealth::Healthy => &mut counts.healthy,
+            DeviceHealth::Degraded => &mut counts.degraded,
+            DeviceHealth::Failed => &mut counts.failed,
+            DeviceHealth::Recovering => &mut counts.recovering,
+        };
+        *slot += 1;
+    }
+    counts
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn device(health: DeviceHealth, replicas: u32) -> Device {
+        Device {
+            health: health.into(),
+            replicas,
+            ..Device::default()
+        }
+    }
+
+    fn report(devices: Vec<Device>) -> LoadReport {
+        LoadReport {
+            kv_blocks_total: 10,
+            devices,
+            ..LoadReport::default()
+        }
+    }
+
+    #[test]
+    fn device_health_counts_only_devices_that_serve_or_failed() {
+        let (r, refusing) = reported(&report(vec![
+            device(DeviceHealth::Healthy, 1),
+            device(DeviceHealth::Degraded, 1),
+            device(DeviceHealth::Healthy, 0),
+            device(DeviceHealth::Failed, 0),
+        ]));
+        assert!(!refusing);
+        let expected = DeviceCounts {
+            healthy: 1,
+            degraded: 1,
+            failed: 1,
+            recovering: 0,
+        };
+        assert_eq!(r.devices, expected);
+    }
+
+    #[test]
+    fn an_agent_whose_serving_devices_all_failed_takes_no_traffic() {
+        let failed = report(vec![
+            device(DeviceHealth::Failed, 0),
+            device(DeviceHealth::Recovering, 0),
+            device(DeviceHealth::Healthy, 0),
+        ]);
+        assert!(reported(&failed).1);
+        // An agent that reports no devices (an older one) is taken at its word.
+        assert!(!reported(&report(vec![])).1);
+    }
 }

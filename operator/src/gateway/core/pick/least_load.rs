@@ -61,12 +61,14 @@ mod tests {
             running: 8,
             max_batch_size: 8,
             kv_usage: 0.9,
+            ..Reported::default()
         };
         let half = Reported {
             queued: 0,
             running: 4,
             max_batch_size: 8,
             kv_usage: 0.3,
+            ..Reported::default()
         };
         let c = candidates(&ids, &[(0, busy), (0, half), (0, idle(8))]);
         assert_eq!(

@@ -27,6 +27,39 @@ pub struct Reported {
     pub max_batch_size: u32,
     /// KV-cache utilisation, 0..=1.
     pub kv_usage: f64,
+    /// Its devices by health.
+    pub devices: DeviceCounts,
+}
+
+/// How many of an agent's devices are in each health state (all zero: not reported).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DeviceCounts {
+    /// Serving.
+    pub healthy: u32,
+    /// Serving, but hot, throttled or erroring.
+    pub degraded: u32,
+    /// Not serving.
+    pub failed: u32,
+    /// Reloading the model.
+    pub recovering: u32,
+}
+
+impl DeviceCounts {
+    /// Whether any device may take requests (an agent that reports none is taken at its
+    /// word that it serves).
+    pub fn schedulable(&self) -> bool {
+        self.healthy + self.degraded > 0 || *self == Self::default()
+    }
+
+    /// How much a request there costs against one on a healthy agent: 1, up to 2 when
+    /// every serving device is degraded, so that degraded agents get less traffic.
+    pub fn cost(&self) -> f64 {
+        let serving = self.healthy + self.degraded;
+        match serving {
+            0 => 1.0,
+            _ => 1.0 + f64::from(self.degraded) / f64::from(serving),
+        }
+    }
 }
 
 /// What a picker sees of one agent.
@@ -47,7 +80,10 @@ impl Candidate<'_> {
         let r = &self.reported;
         let slots = f64::from(r.max_batch_size.max(1));
         let work = f64::from(r.queued) + f64::from(r.running.max(self.in_flight));
-        work / slots + r.kv_usage
+        // Degraded devices make its work count for more, and an idle degraded agent still
+        // costs more than an idle healthy one.
+        let cost = r.devices.cost();
+        (work * cost + cost - 1.0) / slots + r.kv_usage
     }
 
     /// Requests occupying it, for bounded-load affinity.
@@ -191,5 +227,57 @@ mod tests {
             assert!(STRATEGY_NAMES.contains(&strategy_name(s)));
         }
         assert_eq!(all.len(), STRATEGY_NAMES.len());
+    }
+}
+
+#[cfg(test)]
+mod health_tests {
+    use super::testing::*;
+    use super::*;
+
+    fn with_devices(healthy: u32, degraded: u32) -> Reported {
+        Reported {
+            devices: DeviceCounts {
+                healthy,
+                degraded,
+                failed: 1,
+                recovering: 0,
+            },
+            ..idle(4)
+        }
+    }
+
+    #[test]
+    fn degraded_devices_raise_an_agents_load_and_none_serving_means_no_traffic() {
+        let ids = ids(3);
+        let c = candidates(
+            &ids,
+            &[
+                (0, idle(4)),
+                (0, with_devices(1, 1)),
+                (0, with_devices(0, 2)),
+            ],
+        );
+        let loads: Vec<f64> = c.iter().map(Candidate::load).collect();
+        assert_eq!(loads[0], 0.0);
+        assert!(loads[0] < loads[1] && loads[1] < loads[2], "{loads:?}");
+        // Two running on a healthy agent cost more than nothing on a degraded one...
+        let busy = Candidate {
+            in_flight: 2,
+            ..c[0]
+        };
+        assert!(busy.load() > c[2].load());
+        // ... and the same work costs more on the degraded one.
+        let degraded_busy = Candidate {
+            in_flight: 2,
+            ..c[2]
+        };
+        assert!(degraded_busy.load() > busy.load());
+        assert!(with_devices(0, 1).devices.schedulable());
+        assert!(!with_devices(0, 0).devices.schedulable());
+        assert!(
+            DeviceCounts::default().schedulable(),
+            "an agent that reports none serves"
+        );
     }
 }

@@ -20,7 +20,11 @@ impl Weighted {
 
 impl Pick for Weighted {
     fn pick(&self, c: &[Candidate<'_>], _: &RequestKey<'_>) -> Option<usize> {
-        let weight = |x: &Candidate<'_>| u64::from(x.reported.max_batch_size.max(1));
+        // A degraded agent's slots count for less (half when all its devices are).
+        let weight = |x: &Candidate<'_>| {
+            let slots = f64::from(x.reported.max_batch_size.max(1)) * 16.0;
+            (slots / x.reported.devices.cost()) as u64
+        };
         let total: u64 = c.iter().map(weight).sum();
         if total == 0 {
             return None;
@@ -38,6 +42,7 @@ impl Pick for Weighted {
 #[cfg(test)]
 mod tests {
     use super::super::testing::*;
+    use super::super::{DeviceCounts, Reported};
     use super::*;
 
     #[test]
@@ -51,5 +56,26 @@ mod tests {
         }
         let share = f64::from(seen[1]) / 4000.0;
         assert!((0.70..0.80).contains(&share), "{seen:?}");
+    }
+
+    #[test]
+    fn a_degraded_agent_weighs_less() {
+        let ids = ids(2);
+        let degraded = Reported {
+            devices: DeviceCounts {
+                degraded: 1,
+                ..DeviceCounts::default()
+            },
+            ..idle(8)
+        };
+        let c = candidates(&ids, &[(0, idle(8)), (0, degraded)]);
+        let w = Weighted::seeded(7);
+        let mut seen = [0u32; 2];
+        for _ in 0..4000 {
+            seen[w.pick(&c, &RequestKey::default()).unwrap()] += 1;
+        }
+        // Half the weight: a third of the requests.
+        let share = f64::from(seen[1]) / 4000.0;
+        assert!((0.28..0.38).contains(&share), "{seen:?}");
     }
 }
