@@ -52,11 +52,22 @@ fn selected(query: &str) -> Vec<String> {
 
 /// The series names in a Prometheus or OpenMetrics exposition.
 pub fn exposed(text: &str) -> BTreeSet<String> {
-    text.lines()
+    let samples = text
+        .lines()
         .filter(|l| !l.starts_with('#') && !l.is_empty())
         .filter_map(|l| l.split(['{', ' ']).next())
-        .map(str::to_owned)
-        .collect()
+        .map(str::to_owned);
+    // Families declared with no series yet (the GPU gauges on a node without NVML) count
+    // as exposed under their sample names.
+    let declared = text.lines().filter_map(|l| {
+        let mut words = l.strip_prefix("# TYPE ")?.split(' ');
+        let (name, kind) = (words.next()?, words.next()?);
+        Some(match kind {
+            "counter" => format!("{name}_total"),
+            _ => name.to_owned(),
+        })
+    });
+    samples.chain(declared).collect()
 }
 
 #[cfg(test)]

@@ -161,6 +161,7 @@ impl PoolState {
             .unwrap_or(0)
     }
 
+    #[cfg(feature = "fault-injection")]
     pub fn faults(&self, device: usize) -> Option<&StepFaults> {
         self.devices.get(device).map(|d| &d.faults)
     }
