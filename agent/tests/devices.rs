@@ -72,6 +72,11 @@ async fn a_failed_device_loses_no_unstarted_request_and_comes_back() -> anyhow::
     })
     .await?;
     inject(&agent, &json!({"device": 1, "stepErrors": 1}))?;
+    // A stand-in replica for cpu:1 is loaded where there is room, beside cpu:0's own.
+    until("a stand-in on cpu:0", || {
+        state_is(&agent, "cpu:1", "failed") && replicas_on(&agent, "cpu:0") == Some(2.0)
+    })
+    .await?;
     let tally = clients.tally()?;
     eprintln!("after the fault: {tally:?}");
     // Only requests that had streamed tokens on the failed device may end in an error;
@@ -87,6 +92,9 @@ async fn a_failed_device_loses_no_unstarted_request_and_comes_back() -> anyhow::
         device_metric(&agent, "device_failures", "device=\"cpu:1\""),
         Some(1.0)
     );
+    // Its queue was handed back and run on cpu:0 (the streams above all finished).
+    let moved = device_metric(&agent, "device_requests_moved_total", "device=\"cpu:1\"");
+    assert!(moved.is_some_and(|m| m >= 1.0), "moved: {moved:?}");
     // After the backoff the device is retried with a replica of its own, and the stand-in
     // that replaced it on cpu:0 is retired.
     until("cpu:1 healthy with its own replica", || {

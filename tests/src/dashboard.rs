@@ -57,10 +57,13 @@ pub fn exposed(text: &str) -> BTreeSet<String> {
         .filter(|l| !l.starts_with('#') && !l.is_empty())
         .filter_map(|l| l.split(['{', ' ']).next())
         .map(str::to_owned);
-    // Families declared with no series yet (the GPU gauges on a node without NVML) count
-    // as exposed under their sample names.
+    // The GPU gauges, declared with no series on a node without NVML, count as exposed.
     let declared = text.lines().filter_map(|l| {
-        let mut words = l.strip_prefix("# TYPE ")?.split(' ');
+        let declaration = l.strip_prefix("# TYPE ")?;
+        if !declaration.starts_with("inferpool_agent_gpu_") {
+            return None;
+        }
+        let mut words = declaration.split(' ');
         let (name, kind) = (words.next()?, words.next()?);
         Some(match kind {
             "counter" => format!("{name}_total"),

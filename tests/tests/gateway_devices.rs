@@ -108,10 +108,11 @@ async fn degraded_agents_get_less_traffic_and_failed_ones_none() -> anyhow::Resu
         devices(&pool, 0, "degraded") == Some(1.0)
     })
     .await?;
-    let [to_degraded, to_healthy] = burst(&pool, 12)?;
+    let [to_degraded, to_healthy] = burst(&pool, 24)?;
     eprintln!(
-        "a burst of 12: {to_degraded} to the degraded agent, {to_healthy} to the healthy one"
+        "a burst of 24: {to_degraded} to the degraded agent, {to_healthy} to the healthy one"
     );
+    // Least load with a degraded agent's work counting double: about a third to it.
     assert!(
         to_degraded < to_healthy,
         "degraded {to_degraded}, healthy {to_healthy}"

@@ -135,7 +135,15 @@ mod cuda {
         }
         result::init().map_err(|e| format!("cuInit failed: {e}"))?;
         let count = result::device::get_count().map_err(|e| format!("no device count: {e}"))?;
-        (0..count).map(device).collect()
+        // A GPU that cannot be queried is left out; the others still serve.
+        let usable = (0..count).filter_map(|ordinal| match device(ordinal) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                tracing::warn!(error = %e, "GPU left out");
+                None
+            }
+        });
+        Ok(usable.collect())
     }
 
     #[cfg(not(feature = "cuda"))]

@@ -79,10 +79,16 @@ impl Default for HealthThresholds {
     }
 }
 
+/// A number of seconds from the config as a duration: negative or NaN is zero, huge is a
+/// day (the longest wait that still means "retry").
+fn seconds(s: f64) -> Duration {
+    Duration::try_from_secs_f64(s.clamp(0.0, 86_400.0)).unwrap_or(Duration::ZERO)
+}
+
 impl HealthThresholds {
     fn backoff(&self, failures: u32) -> Duration {
         let doubled = self.retry_seconds * 2f64.powi(failures.saturating_sub(1).min(20) as i32);
-        Duration::from_secs_f64(doubled.min(self.max_retry_seconds).max(0.0))
+        seconds(doubled.min(self.max_retry_seconds))
     }
 
     /// What one reading says about the device; `baseline_ecc` is the uncorrected count when
@@ -238,13 +244,13 @@ impl DeviceHealth {
 
     fn fail(&mut self, reason: String, t: &HealthThresholds, now: Instant) {
         self.failures += 1;
-        self.retry_at = Some(now + t.backoff(self.failures));
+        self.retry_at = now.checked_add(t.backoff(self.failures)).or(Some(now));
         self.up_since = None;
         self.set(HealthState::Failed, Some(reason));
     }
 
     fn forget_old_failures(&mut self, t: &HealthThresholds, now: Instant) {
-        let stable = Duration::from_secs_f64(t.max_retry_seconds.max(0.0));
+        let stable = seconds(t.max_retry_seconds);
         if self
             .up_since
             .is_some_and(|up| now.duration_since(up) >= stable)

@@ -134,3 +134,22 @@ fn a_fault_while_recovering_fails_the_device_again() {
     assert_eq!(h.state(), HealthState::Failed);
     assert_eq!(h.failures(), 2);
 }
+
+#[test]
+fn settings_out_of_range_never_panic() {
+    let now = Instant::now();
+    for retry in [f64::NAN, -5.0, 1e300, f64::INFINITY] {
+        let t = HealthThresholds {
+            retry_seconds: retry,
+            max_retry_seconds: retry,
+            ..HealthThresholds::default()
+        };
+        let mut h = DeviceHealth::default();
+        h.engine_fault("x".into(), &t, now);
+        assert!(
+            h.retry_in(now)
+                .is_some_and(|d| d <= Duration::from_secs(86_400))
+        );
+        h.observe(Verdict::Healthy, &t, now);
+    }
+}

@@ -92,6 +92,14 @@ impl NvmlReader {
             let Ok(device) = self.nvml.device_by_uuid(uuid.as_str()) else {
                 continue;
             };
+            // Registering what a device does not support would release the whole set.
+            let supported = device
+                .supported_event_types()
+                .unwrap_or(EventTypes::empty());
+            let wanted = wanted & supported;
+            if wanted.is_empty() {
+                continue;
+            }
             set = match device.register_events(wanted, set) {
                 Ok(set) => set,
                 Err(e) => {
@@ -103,6 +111,9 @@ impl NvmlReader {
         Some(XidEvents { set })
     }
 }
+
+/// The XID NVIDIA gives a double-bit ECC error.
+const DOUBLE_BIT_ECC_XID: u64 = 48;
 
 /// XID events as they arrive.
 pub struct XidEvents<'nvml> {
@@ -116,13 +127,14 @@ impl std::fmt::Debug for XidEvents<'_> {
 }
 
 impl XidEvents<'_> {
-    /// Waits up to `timeout_ms` for an event; the device's UUID and the XID code (0 for a
-    /// double-bit ECC event, which NVML reports without one).
+    /// Waits up to `timeout_ms` for an event; the device's UUID and the XID code (a
+    /// double-bit ECC event, which NVML reports without one, as XID 48: the same fault).
     pub fn next(&self, timeout_ms: u32) -> Option<(String, u64)> {
         let event = self.set.wait(timeout_ms).ok()?;
         let uuid = event.device.uuid().ok()?;
         let code = match event.event_data {
             Some(XidError::Value(code)) => code,
+            _ if event.event_type.contains(EventTypes::DOUBLE_BIT_ECC_ERROR) => DOUBLE_BIT_ECC_XID,
             Some(XidError::Unknown) | None => 0,
         };
         Some((uuid, code))

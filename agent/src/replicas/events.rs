@@ -31,4 +31,16 @@ pub(super) struct Plan {
     pub id: u32,
     pub home: usize,
     pub placement: Placement,
+    pub purpose: Purpose,
+}
+
+/// Why a replica is started: what decides, once it is ready, whether it is still wanted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Purpose {
+    /// One of the pool's first replicas.
+    Initial,
+    /// In place of its home device's own replica, while that device is down.
+    StandIn,
+    /// A failed device's own replica, loaded anew to see whether the device works again.
+    Recovery,
 }

@@ -61,6 +61,9 @@ fn key(device: &Device) -> WeightsKey {
     }
 }
 
+/// Longest a replica may take to load and warm up.
+const LAUNCH_LIMIT: std::time::Duration = std::time::Duration::from_secs(600);
+
 /// A started, warmed-up engine and the receiver that tells when it stops.
 pub(super) type Started = (EngineHandle, oneshot::Receiver<EngineExit>);
 
@@ -73,8 +76,25 @@ impl Launcher {
         }
     }
 
-    /// Starts and warms up an engine on `device` with `kv_bytes` of KV cache.
+    /// Starts and warms up an engine on `device` with `kv_bytes` of KV cache, within
+    /// `LAUNCH_LIMIT` (a device that hangs in the load or the warm-up counts as failed).
     pub(super) async fn start(
+        &self,
+        device: &Device,
+        kv_bytes: u64,
+        faults: StepFaults,
+    ) -> Result<Started, String> {
+        let started = self.start_unbounded(device, kv_bytes, faults);
+        match tokio::time::timeout(LAUNCH_LIMIT, started).await {
+            Ok(started) => started,
+            Err(_) => Err(format!(
+                "{} did not load and warm up within {LAUNCH_LIMIT:?}",
+                device.label()
+            )),
+        }
+    }
+
+    async fn start_unbounded(
         &self,
         device: &Device,
         kv_bytes: u64,

@@ -48,9 +48,8 @@ fn read_forever(
             }
         }
         for (device, uuid) in gpus {
-            let Ok(mut telemetry) = nvml.read(uuid) else {
-                continue;
-            };
+            // A GPU that no longer answers (off the bus) still gets its XIDs judged.
+            let mut telemetry = nvml.read(uuid).unwrap_or_default();
             telemetry.xid_errors = seen
                 .iter()
                 .filter(|(u, _)| u == uuid)

@@ -11,12 +11,12 @@ use crate::generation::{GenerationEvent, GenerationRequest};
 use crate::gpu::Device;
 use crate::gpu::memory::{Budget, MemoryPool};
 use crate::scheduler::batcher::{Load, SubmitError};
-use crate::scheduler::handle::{EngineHandle, Refused, Unstarted};
+use crate::scheduler::handle::{Refused, Unstarted};
 
 /// Chunks of the device memory pool.
 pub const CHUNK_BYTES: u64 = 64 << 20;
 
-/// How many stopped replicas one request may meet before it is refused.
+/// Most replicas one request tries (each stopped or full) before it is refused.
 const MAX_TRIES: usize = 8;
 
 /// The replicas: a cheap handle.
@@ -62,33 +62,30 @@ impl EnginePool {
         Ok(receiver)
     }
 
-    /// Queues a request whose client holds its receiver, trying another replica when the
-    /// picked one turns out to have stopped.
+    /// Queues a request whose client holds its receiver on the replica routing picks,
+    /// trying the next one when that one has stopped or its queue is full. The last
+    /// refusal when none takes it (the request comes back with it whenever it can).
     pub async fn submit(&self, mut work: Unstarted) -> Result<(), Refused> {
-        for _ in 0..MAX_TRIES {
-            let Some(engine) = self.pick() else {
-                return Err(Refused {
-                    error: SubmitError::NoHealthyDevice,
-                    work: Some(work),
-                });
+        let mut tried = Vec::new();
+        let mut last = SubmitError::NoHealthyDevice;
+        while tried.len() < MAX_TRIES {
+            let Some((id, engine)) = self.state().pick(&tried) else {
+                break;
             };
+            tried.push(id);
             match engine.submit(work).await {
                 Ok(()) => return Ok(()),
                 Err(Refused {
-                    error: SubmitError::Stopped,
+                    error: error @ (SubmitError::Stopped | SubmitError::QueueFull(_)),
                     work: Some(back),
-                }) => work = back,
+                }) => (work, last) = (back, error),
                 Err(refused) => return Err(refused),
             }
         }
         Err(Refused {
-            error: SubmitError::Stopped,
+            error: last,
             work: Some(work),
         })
-    }
-
-    fn pick(&self) -> Option<EngineHandle> {
-        self.state().pick()
     }
 
     /// All replicas' load together.
@@ -113,6 +110,16 @@ impl EnginePool {
     /// Every device's health, memory and readings.
     pub fn devices(&self) -> Vec<DeviceStatus> {
         self.state().statuses()
+    }
+
+    /// Batch slots of the replicas that may take requests now.
+    pub fn batch_slots(&self) -> usize {
+        self.state().batch_slots()
+    }
+
+    /// Whether `device` is one of the pool's.
+    pub fn has_device(&self, device: usize) -> bool {
+        device < self.state().devices.len()
     }
 
     /// Whether any replica may take requests.

@@ -1,6 +1,8 @@
 //! What the pool holds under its lock: each device's health, readings and fault switch,
 //! the running replicas, and the memory pool they are placed in.
 
+use std::collections::HashMap;
+
 use serde::Serialize;
 
 use super::route::{Candidate, pick};
@@ -23,6 +25,8 @@ pub(super) struct DeviceSlot {
     pub baseline_ecc: Option<u64>,
     /// Shared with the engine that runs here, for fault injection.
     pub faults: StepFaults,
+    /// Requests its failed engines handed back to be run elsewhere, since start.
+    pub moved: u64,
 }
 
 /// One running engine.
@@ -46,6 +50,9 @@ pub(super) struct PoolState {
     pub next_id: u32,
     /// Devices that have a replica of their own (the initial layout).
     pub homes: Vec<usize>,
+    /// Retired stand-ins still finishing their work: id and device (a fault there is
+    /// still the device's).
+    pub retiring: HashMap<u32, usize>,
 }
 
 /// One device as reports and metrics show it.
@@ -65,6 +72,8 @@ pub struct DeviceStatus {
     pub replicas: usize,
     /// Failures in a row.
     pub failures: u32,
+    /// Requests moved off it to another device (they had streamed nothing), since start.
+    pub moved: u64,
 }
 
 impl DeviceStatus {
@@ -78,6 +87,7 @@ impl DeviceStatus {
             telemetry: None,
             replicas: 0,
             failures: 0,
+            moved: 0,
         }
     }
 }
@@ -92,6 +102,7 @@ impl PoolState {
                 telemetry: None,
                 baseline_ecc: None,
                 faults: StepFaults::default(),
+                moved: 0,
             })
             .collect();
         Self {
@@ -101,6 +112,7 @@ impl PoolState {
             retired: Load::default(),
             next_id: 1,
             homes: Vec::new(),
+            retiring: HashMap::new(),
         }
     }
 
@@ -110,12 +122,13 @@ impl PoolState {
             .map_or(HealthState::Failed, |d| d.health.state())
     }
 
-    /// The engine routing picks among live replicas on schedulable devices.
-    pub fn pick(&self) -> Option<EngineHandle> {
+    /// The replica routing picks among live ones on schedulable devices, leaving out the
+    /// ids in `tried`: its id and engine.
+    pub fn pick(&self, tried: &[u32]) -> Option<(u32, EngineHandle)> {
         let live: Vec<&Replica> = self
             .replicas
             .iter()
-            .filter(|r| !r.engine.stopped())
+            .filter(|r| !r.engine.stopped() && !tried.contains(&r.id))
             .collect();
         let candidates: Vec<Candidate> = live
             .iter()
@@ -124,7 +137,7 @@ impl PoolState {
                 load: *r.engine.load().borrow(),
             })
             .collect();
-        pick(&candidates).map(|i| live[i].engine.clone())
+        pick(&candidates).map(|i| (live[i].id, live[i].engine.clone()))
     }
 
     pub fn load(&self) -> Load {
@@ -145,6 +158,22 @@ impl PoolState {
         self.retired.prefix.queried_tokens += last.prefix.queried_tokens;
         self.retired.prefix.hit_tokens += last.prefix.hit_tokens;
         Some(replica)
+    }
+
+    /// Counts requests handed back by a stopped engine on `device`.
+    pub fn count_moved(&mut self, device: Option<usize>, n: usize) {
+        if let Some(slot) = device.and_then(|d| self.devices.get_mut(d)) {
+            slot.moved += n as u64;
+        }
+    }
+
+    /// Batch slots of the replicas that may take requests.
+    pub fn batch_slots(&self) -> usize {
+        let serving = self
+            .replicas
+            .iter()
+            .filter(|r| !r.engine.stopped() && self.health(r.device).schedulable());
+        serving.map(|r| r.engine.load().borrow().batch_limit).sum()
     }
 
     pub fn schedulable(&self) -> bool {
@@ -179,6 +208,7 @@ impl PoolState {
                 telemetry: d.telemetry.clone(),
                 replicas: on(i),
                 failures: d.health.failures(),
+                moved: d.moved,
             })
             .collect()
     }

@@ -9,14 +9,14 @@ use std::time::Instant;
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::events::{Event, Plan};
+use super::events::{Event, Plan, Purpose};
 use super::launch::{Launcher, Started};
 use super::monitor;
 use super::pool::EnginePool;
 use super::state::{PoolState, Replica};
 use crate::generation::GenerationEvent;
 use crate::gpu::Inventory;
-use crate::gpu::health::{HealthState, HealthThresholds};
+use crate::gpu::health::{HealthState, HealthThresholds, Verdict};
 use crate::gpu::memory::{Budget, Need};
 use crate::gpu::telemetry::Telemetry;
 use crate::scheduler::handle::{EngineExit, Unstarted};
@@ -58,7 +58,13 @@ pub(super) async fn start_all(pool: &EnginePool, launcher: &Launcher, wanted: us
         let plan = {
             let mut s = pool.state();
             let taken: Vec<usize> = s.replicas.iter().map(|r| r.device).collect();
-            plan(&mut s, launcher.need(), |d| !taken.contains(&d), None)
+            plan(
+                &mut s,
+                launcher.need(),
+                |d| !taken.contains(&d),
+                None,
+                Purpose::Initial,
+            )
         };
         let Some(plan) = plan else { break };
         pool.state().homes.push(plan.home);
@@ -80,6 +86,7 @@ fn plan(
     need: Need,
     eligible: impl Fn(usize) -> bool,
     home: Option<usize>,
+    purpose: Purpose,
 ) -> Option<Plan> {
     let id = s.next_id;
     s.next_id += 1;
@@ -88,6 +95,7 @@ fn plan(
             id,
             home: home.unwrap_or(placement.device),
             placement,
+            purpose,
         }),
         Err(e) => {
             tracing::warn!(error = %e, "no room for a replica");
@@ -203,22 +211,25 @@ impl Supervisor {
     }
 
     fn exited(&mut self, id: u32, exit: Option<EngineExit>) {
-        let removed = {
+        let (removed, retired_on) = {
             let mut s = self.pool.state();
             s.memory.release(id);
-            s.remove(id)
+            (s.remove(id), s.retiring.remove(&id))
         };
         let Some(exit) = exit else {
             return; // a retired replica finished its work
         };
+        let device = removed.as_ref().map(|r| r.device).or(retired_on);
         let handed_back = exit.unstarted.len();
+        tracing::warn!(replica = id, device, reason = %exit.reason, handed_back, "engine stopped");
+        if let Some(device) = device {
+            self.device_failed(device, exit.reason);
+        }
+        self.pool.state().count_moved(device, handed_back);
         tokio::spawn(resubmit(self.pool.clone(), exit.unstarted));
-        let Some(replica) = removed else {
-            return; // a retired replica that failed while finishing
-        };
-        tracing::warn!(replica = id, device = replica.device, reason = %exit.reason, handed_back, "engine stopped");
-        self.device_failed(replica.device, exit.reason);
-        self.replace(replica.home);
+        if let Some(replica) = removed {
+            self.replace(replica.home);
+        }
     }
 
     /// Marks `device` failed (if it is not already) and evacuates its other replicas.
@@ -248,15 +259,20 @@ impl Supervisor {
             let Some(slot) = s.devices.get_mut(device) else {
                 return;
             };
-            let baseline = *slot
-                .baseline_ecc
-                .get_or_insert(telemetry.ecc_uncorrected.unwrap_or(0));
-            let verdict = self.thresholds.verdict(&telemetry, Some(baseline));
+            if slot.baseline_ecc.is_none() {
+                slot.baseline_ecc = telemetry.ecc_uncorrected;
+            }
+            let verdict = self.thresholds.verdict(&telemetry, slot.baseline_ecc);
+            // Errors a failure counted are its own: later readings judge only new ones,
+            // so that the device is retried once they stop.
+            if matches!(verdict, Verdict::Failed(_)) && telemetry.ecc_uncorrected.is_some() {
+                slot.baseline_ecc = telemetry.ecc_uncorrected;
+            }
             slot.telemetry = Some(telemetry);
             verdict
         };
         let reason = match &verdict {
-            crate::gpu::health::Verdict::Failed(reason) => Some(reason.clone()),
+            Verdict::Failed(reason) => Some(reason.clone()),
             _ => None,
         };
         let failed = self.pool.state().devices[device].health.observe(
@@ -277,7 +293,13 @@ impl Supervisor {
             let ok: Vec<bool> = (0..s.devices.len())
                 .map(|d| d != home && s.health(d).schedulable())
                 .collect();
-            plan(&mut s, self.launcher.need(), |d| ok[d], Some(home))
+            plan(
+                &mut s,
+                self.launcher.need(),
+                |d| ok[d],
+                Some(home),
+                Purpose::StandIn,
+            )
         };
         if let Some(plan) = plan {
             self.spawn_launch(plan);
@@ -305,36 +327,65 @@ impl Supervisor {
 
     fn launched(&mut self, plan: Plan, result: Result<Started, String>) {
         let device = plan.placement.device;
-        let recovering = self.pool.state().health(device) == HealthState::Recovering;
         match result {
-            Ok(started) => {
-                if recovering {
+            Ok(started) if self.still_wanted(&plan) => {
+                if plan.purpose == Purpose::Recovery {
                     self.pool.state().devices[device]
                         .health
                         .recovered(Instant::now());
                     tracing::info!(device, "device recovered");
-                    self.retire_stand_ins(plan.home, plan.id);
+                    self.retire_stand_ins(plan.home);
                 }
                 install(&self.pool, plan, started);
+            }
+            // Things changed while it loaded: dropping the handle ends the idle engine.
+            Ok(_unwanted) => {
+                tracing::info!(device, purpose = ?plan.purpose, "replica no longer wanted");
+                self.pool.state().memory.release(plan.id);
             }
             Err(e) => {
                 tracing::warn!(device, error = %e, "replica failed to start");
                 let mut s = self.pool.state();
                 s.memory.release(plan.id);
-                if recovering {
+                if plan.purpose == Purpose::Recovery {
+                    let now = Instant::now();
                     s.devices[device]
                         .health
-                        .recovery_failed(e, &self.thresholds, Instant::now());
+                        .recovery_failed(e, &self.thresholds, now);
                 }
             }
         }
     }
 
-    /// Takes replacements for `home` out of routing; they finish what they hold and stop.
-    fn retire_stand_ins(&self, home: usize, except: u32) {
+    /// Whether a replica that just finished loading should serve: a recovery only while its
+    /// device is still recovering; a stand-in only while its device can serve and its home
+    /// has no replica of its own back.
+    fn still_wanted(&self, plan: &Plan) -> bool {
+        let s = self.pool.state();
+        let device = plan.placement.device;
+        match plan.purpose {
+            Purpose::Initial => true,
+            Purpose::Recovery => s.health(device) == HealthState::Recovering,
+            Purpose::StandIn => {
+                let home_back = s.replicas.iter().any(|r| r.device == plan.home);
+                s.health(device).schedulable() && !home_back
+            }
+        }
+    }
+
+    /// Takes the stand-ins for `home` out of routing; they finish what they hold and stop.
+    fn retire_stand_ins(&self, home: usize) {
         let mut s = self.pool.state();
-        s.replicas
-            .retain(|r| r.id == except || r.home != home || r.device == home);
+        let stand_ins: Vec<(u32, usize)> = s
+            .replicas
+            .iter()
+            .filter(|r| r.home == home && r.device != home)
+            .map(|r| (r.id, r.device))
+            .collect();
+        for (id, device) in stand_ins {
+            s.remove(id);
+            s.retiring.insert(id, device);
+        }
     }
 
     fn next_retry(&self) -> Option<Instant> {
@@ -365,7 +416,13 @@ impl Supervisor {
                     s.devices[device].health.recovered(now);
                     continue;
                 }
-                plan(&mut s, self.launcher.need(), |d| d == device, Some(device))
+                plan(
+                    &mut s,
+                    self.launcher.need(),
+                    |d| d == device,
+                    Some(device),
+                    Purpose::Recovery,
+                )
             };
             match plan {
                 Some(plan) => self.spawn_launch(plan),

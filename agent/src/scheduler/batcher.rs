@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 
 use super::adaptive::SloController;
-use super::blocks::KvBlocks;
+use super::blocks::{KvBlocks, PrefixStats};
 use super::command::{Command, EngineExit, Submission, Unstarted};
 pub use super::config::{BatcherConfig, Load, SubmitError};
 use super::faults::StepFaults;
@@ -44,6 +44,8 @@ pub(super) struct Batcher {
     faults: StepFaults,
     /// Set by a step that failed on the device, or by an evacuation: the loop stops.
     stopping: Option<String>,
+    /// Every handle is gone: the queue drains with the strategy's gate open.
+    closing: bool,
 }
 
 impl Batcher {
@@ -57,6 +59,7 @@ impl Batcher {
             model,
             faults,
             stopping: None,
+            closing: false,
             queue: AdmissionQueue::new(config.queue_limits, config.aging),
             blocks: KvBlocks::new(config.kv_blocks, config.prefix_caching, PREFIX_ROOT),
             slo: (config.strategy == Strategy::Adaptive)
@@ -90,12 +93,19 @@ impl Batcher {
                 };
                 match clock.block_on(next_submission(&mut submissions, limit)) {
                     Ok(Some(s)) => self.accept(s),
-                    Ok(None) => return None,
+                    // Every handle is gone (a retired replica): finish what is queued, the
+                    // strategy's gate open, then stop.
+                    Ok(None) if self.queue.is_empty() => return None,
+                    Ok(None) => self.closing = true,
                     Err(_elapsed) => {}
                 }
             }
             while let Ok(s) = submissions.try_recv() {
                 self.accept(s);
+            }
+            // An evacuation stops the loop before anything else is admitted or stepped.
+            if let Some(reason) = self.stopping.take() {
+                return Some(self.evacuate(reason, &mut submissions));
             }
             self.drop_cancelled();
             hold = self.admit();
@@ -124,10 +134,17 @@ impl Batcher {
                 return;
             }
         };
+        let priority = s.work.request.priority;
+        // A full queue gives the request back, so that its caller may try another engine.
+        if let Some(full) = self.queue.refusal(priority) {
+            let _ = s.admitted.send(Err((full, s.work)));
+            return;
+        }
         let Unstarted { request, events } = s.work;
-        let priority = request.priority;
         let sequence = Sequence::new(request, events, self.config.kv_dtype);
-        let _ = s.admitted.send(self.queue.push(priority, sequence));
+        let pushed = self.queue.push(priority, sequence).map_err(|_| ());
+        debug_assert!(pushed.is_ok(), "the queue had room");
+        let _ = s.admitted.send(Ok(()));
         self.publish_load();
     }
 
@@ -154,9 +171,15 @@ impl Batcher {
                 unstarted.push(work);
             }
         }
+        // Nothing runs or waits any more; the totals since start stay as they were.
         self.publish.send_modify(|l| {
             *l = Load {
                 kv_blocks_total: l.kv_blocks_total,
+                preemptions: l.preemptions,
+                prefix: PrefixStats {
+                    cached_blocks: 0,
+                    ..l.prefix
+                },
                 ..Load::default()
             }
         });
@@ -188,6 +211,9 @@ impl Batcher {
         let Some(oldest_wait) = self.queue.head_waited(now) else {
             return Gate::Open;
         };
+        if self.closing {
+            return Gate::Open;
+        }
         let state = BatchState {
             running: self.running.len(),
             waiting: self.queue.len(),

@@ -8,7 +8,8 @@ use super::queue::QueueFull;
 use super::sequence::Sequence;
 use crate::generation::{GenerationEvent, GenerationRequest};
 
-pub(super) type Admission = oneshot::Sender<Result<(), QueueFull>>;
+/// The loop's answer to a submission: queued, or refused with the request given back.
+pub(super) type Admission = oneshot::Sender<Result<(), (QueueFull, Unstarted)>>;
 
 /// A request and its client's channel, not yet started anywhere.
 #[derive(Debug)]

@@ -11,6 +11,7 @@ use super::command::{Command, Submission};
 pub use super::command::{EngineExit, Refused, Unstarted};
 use super::config::{BatcherConfig, Load, SubmitError};
 use super::faults::StepFaults;
+use super::step::panic_text;
 use crate::engine::kv::{BLOCK_SIZE, BlockBudget};
 use crate::engine::model::Llama;
 use crate::generation::{GenerationEvent, GenerationRequest};
@@ -44,7 +45,17 @@ impl EngineHandle {
         let (exit, exited) = oneshot::channel();
         std::thread::spawn(move || {
             let batcher = Batcher::new(model, config, publish, faults);
-            if let Some(stopped) = batcher.run(commands) {
+            // A panic in a step is caught there and hands its requests back; one anywhere
+            // else in the loop loses them (their clients see the stream end), but the
+            // engine's supervisor still hears of the fault.
+            let run = std::panic::AssertUnwindSafe(|| batcher.run(commands));
+            let stopped = std::panic::catch_unwind(run).unwrap_or_else(|panic| {
+                Some(EngineExit {
+                    reason: format!("the engine loop panicked: {}", panic_text(&*panic)),
+                    unstarted: Vec::new(),
+                })
+            });
+            if let Some(stopped) = stopped {
                 let _ = exit.send(stopped);
             }
         });
@@ -90,10 +101,13 @@ impl EngineHandle {
         }
         // The loop answers every submission it reads and hands back those it has not read
         // when it stops; a dropped answer means its thread died outside a step.
-        let lost = |error| Refused { error, work: None };
         match admission.await {
-            Ok(admitted) => admitted.map_err(|full| lost(full.into())),
-            Err(_) => Err(lost(SubmitError::Stopped)),
+            Ok(Ok(())) => Ok(()),
+            Ok(Err((full, work))) => Err(Refused::kept(full.into(), work)),
+            Err(_) => Err(Refused {
+                error: SubmitError::Stopped,
+                work: None,
+            }),
         }
     }
 

@@ -45,6 +45,12 @@ impl<T> AdmissionQueue<T> {
         }
     }
 
+    /// Why an item of `priority` would be refused now, if it would.
+    pub fn refusal(&self, priority: Priority) -> Option<QueueFull> {
+        let limit = self.limits[priority.index()];
+        (self.queues[priority.index()].len() >= limit).then_some(QueueFull { priority, limit })
+    }
+
     /// Queues `item`, or refuses it when its priority's queue is full.
     pub fn push(&mut self, priority: Priority, item: T) -> Result<(), QueueFull> {
         self.push_at(priority, item, Instant::now())

@@ -31,11 +31,16 @@ pub(super) fn step(
         }),
     });
     std::panic::catch_unwind(run).unwrap_or_else(|panic| {
-        let text = panic
-            .downcast_ref::<&str>()
-            .map(|s| (*s).to_owned())
-            .or_else(|| panic.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "unknown".to_owned());
+        let text = panic_text(&*panic);
         Err(StepError::Device(format!("engine panicked: {text}")))
     })
+}
+
+/// A panic's message, when it has one.
+pub(super) fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "no message".to_owned())
 }

@@ -414,8 +414,8 @@ fn load_report(agent: &Agent, load: Option<Load>, cache: Option<CacheStats>) -> 
             low,
         }),
         running: count(load.running),
-        // Every replica has a batch of its own.
-        max_batch_size: count(agent.max_batch_size * agent.replicas().max(1)),
+        // Every replica that can serve has a batch of its own.
+        max_batch_size: count(agent.batch_slots()),
         kv_blocks_used: count(load.kv_blocks_used),
         kv_blocks_total: count(load.kv_blocks_total),
         cache: cache.map(|c| pb::CacheStats {

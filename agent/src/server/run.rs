@@ -66,6 +66,8 @@ const SERVERS_CLOSE: Duration = Duration::from_secs(5);
 /// Runs the agent until SIGTERM (or SIGINT) and a drain.
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = AgentConfig::read(&args.config)?;
+    #[cfg(feature = "fault-injection")]
+    tracing::warn!("built with fault injection: POST /admin/faults breaks devices on request");
     let inventory = super::devices::inventory(&config);
     tracing::info!(devices = ?inventory.devices, fallback = ?inventory.cpu_fallback_reason, "devices");
     let agent = Agent::new(inventory.clone(), config.batching.max_batch_size);
@@ -177,13 +179,18 @@ async fn until_stopped(mut stopped: watch::Receiver<bool>) {
 async fn follow_phase(agent: Arc<Agent>, reporter: HealthReporter) {
     let mut phase = agent.watch_phase();
     let mut load = None;
+    let mut last = None;
     loop {
         phase.borrow_and_update();
         let status = match agent.serving() {
             true => ServingStatus::Serving,
             false => ServingStatus::NotServing,
         };
-        set_health(&reporter, status).await;
+        // The load watch changes with every engine step: only a new status is sent.
+        if last != Some(status) {
+            set_health(&reporter, status).await;
+            last = Some(status);
+        }
         if load.is_none() {
             load = agent.watch_load();
         }

@@ -6,6 +6,7 @@
 use std::sync::atomic::AtomicU64;
 
 use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
@@ -36,6 +37,7 @@ type Level = Gauge<f64, AtomicU64>;
 #[derive(Debug, Default)]
 pub struct DeviceMetrics {
     health: Family<StateLabels, Gauge>,
+    moved: Family<DeviceLabels, Counter>,
     failures: Family<DeviceLabels, Gauge>,
     replicas: Family<DeviceLabels, Gauge>,
     budget: Family<DeviceLabels, Gauge>,
@@ -60,6 +62,11 @@ impl DeviceMetrics {
             "device_health",
             "1 for the device's health state (healthy, degraded, failed, recovering)",
             self.health.clone(),
+        );
+        r.register(
+            "device_requests_moved",
+            "Requests a failed engine on the device handed back, run on another device",
+            self.moved.clone(),
         );
         r.register(
             "device_failures",
@@ -140,6 +147,9 @@ impl DeviceMetrics {
                 device: device.clone(),
             };
             self.failures.get_or_create(&d).set(i64::from(s.failures));
+            // Mirrors the pool's own total.
+            let moved = self.moved.get_or_create(&d);
+            moved.inc_by(s.moved.saturating_sub(moved.get()));
             self.replicas.get_or_create(&d).set(int(s.replicas));
             self.observe_memory(&device, s);
             if let Some(t) = &s.telemetry {

@@ -193,9 +193,12 @@ impl Agent {
         }
     }
 
-    /// Replicas running now (none while loading).
-    pub fn replicas(&self) -> usize {
-        self.device_statuses().iter().map(|d| d.replicas).sum()
+    /// Batch slots of the replicas that can serve now (the configured batch while the
+    /// model loads).
+    pub fn batch_slots(&self) -> usize {
+        self.served
+            .get()
+            .map_or(self.max_batch_size, |s| s.engine.batch_slots())
     }
 
     /// The replicas, once the model is loaded.

@@ -102,12 +102,17 @@ fn device_counts(devices: &[Device]) -> DeviceCounts {
     // A device serves only with a replica on it; a failed one counts either way.
     for d in devices {
         let idle = d.replicas == 0;
-        let slot = match d.health() {
+        let health = match d.health() {
+            DeviceHealth::Unspecified if d.healthy => DeviceHealth::Healthy,
+            DeviceHealth::Unspecified => DeviceHealth::Failed,
+            known => known,
+        };
+        let slot = match health {
             DeviceHealth::Healthy | DeviceHealth::Degraded if idle => continue,
             DeviceHealth::Healthy => &mut counts.healthy,
             DeviceHealth::Degraded => &mut counts.degraded,
             DeviceHealth::Failed => &mut counts.failed,
-            DeviceHealth::Recovering => &mut counts.recovering,
+            DeviceHealth::Recovering | DeviceHealth::Unspecified => &mut counts.recovering,
         };
         *slot += 1;
     }
