@@ -69,7 +69,7 @@ impl EnginePool {
         let mut tried = Vec::new();
         let mut last = SubmitError::NoHealthyDevice;
         while tried.len() < MAX_TRIES {
-            let Some((id, engine)) = self.state().pick(&tried) else {
+            let Some((id, engine, _pending)) = self.state().pick(&tried) else {
                 break;
             };
             tried.push(id);

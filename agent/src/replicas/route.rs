@@ -11,17 +11,20 @@ pub struct Candidate {
     pub health: HealthState,
     /// Its engine's latest load.
     pub load: Load,
+    /// Submissions routed to it that its load does not show yet.
+    pub pending: usize,
 }
 
-/// How busy a replica is for routing: requests held (running, waiting, plus the one
-/// being placed) per batch slot; a degraded device's count doubles.
+/// How busy a replica is for routing: requests held (running, waiting, routed there and
+/// not yet queued, plus the one being placed) per batch slot; a degraded device's count
+/// doubles.
 fn score(c: &Candidate) -> Option<f64> {
     let weight = match c.health {
         HealthState::Healthy => 1.0,
         HealthState::Degraded => 2.0,
         HealthState::Failed | HealthState::Recovering => return None,
     };
-    let held = (c.load.running + c.load.waiting() + 1) as f64;
+    let held = (c.load.running + c.load.waiting() + c.pending + 1) as f64;
     Some(weight * held / c.load.batch_limit.max(1) as f64)
 }
 
@@ -49,6 +52,7 @@ mod tests {
                 batch_limit: 4,
                 ..Load::default()
             },
+            pending: 0,
         }
     }
 
@@ -77,6 +81,14 @@ mod tests {
         // But an idle degraded device beats a healthy one four requests deep.
         let c = [candidate(Degraded, 0, 0), candidate(Healthy, 4, 0)];
         assert_eq!(pick(&c), Some(0));
+    }
+
+    #[test]
+    fn submissions_not_yet_in_the_load_count() {
+        let mut busy = candidate(HealthState::Healthy, 0, 0);
+        busy.pending = 3;
+        let c = [busy, candidate(HealthState::Healthy, 2, 0)];
+        assert_eq!(pick(&c), Some(1));
     }
 
     #[test]

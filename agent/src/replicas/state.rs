@@ -2,6 +2,8 @@
 //! the running replicas, and the memory pool they are placed in.
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use serde::Serialize;
 
@@ -38,6 +40,26 @@ pub(super) struct Replica {
     /// The device it stands in for (its own, unless it replaces a failed one's).
     pub home: usize,
     pub engine: EngineHandle,
+    /// Submissions routed here and not yet answered: the engine's published load does not
+    /// count them yet, and a burst routed on that load alone would all land here.
+    pub pending: Arc<AtomicUsize>,
+}
+
+/// One routed submission, counted in its replica's `pending` until dropped.
+#[derive(Debug)]
+pub(super) struct Pending(Arc<AtomicUsize>);
+
+impl Pending {
+    fn new(counter: &Arc<AtomicUsize>) -> Self {
+        counter.fetch_add(1, Ordering::SeqCst);
+        Self(counter.clone())
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 #[derive(Debug)]
@@ -123,8 +145,8 @@ impl PoolState {
     }
 
     /// The replica routing picks among live ones on schedulable devices, leaving out the
-    /// ids in `tried`: its id and engine.
-    pub fn pick(&self, tried: &[u32]) -> Option<(u32, EngineHandle)> {
+    /// ids in `tried`: its id, engine, and the count of the submission until it is answered.
+    pub fn pick(&self, tried: &[u32]) -> Option<(u32, EngineHandle, Pending)> {
         let live: Vec<&Replica> = self
             .replicas
             .iter()
@@ -135,9 +157,11 @@ impl PoolState {
             .map(|r| Candidate {
                 health: self.health(r.device),
                 load: *r.engine.load().borrow(),
+                pending: r.pending.load(Ordering::SeqCst),
             })
             .collect();
-        pick(&candidates).map(|i| (live[i].id, live[i].engine.clone()))
+        let r = live[pick(&candidates)?];
+        Some((r.id, r.engine.clone(), Pending::new(&r.pending)))
     }
 
     pub fn load(&self) -> Load {

@@ -141,6 +141,7 @@ fn install(pool: &EnginePool, plan: Plan, (engine, exit): Started) {
         device: plan.placement.device,
         home: plan.home,
         engine,
+        pending: Default::default(),
     });
     pool.publish_change();
 }

@@ -144,8 +144,9 @@ impl Batcher {
         let sequence = Sequence::new(request, events, self.config.kv_dtype);
         let pushed = self.queue.push(priority, sequence).map_err(|_| ());
         debug_assert!(pushed.is_ok(), "the queue had room");
-        let _ = s.admitted.send(Ok(()));
+        // Published before the answer, so that whoever routes next sees it.
         self.publish_load();
+        let _ = s.admitted.send(Ok(()));
     }
 
     /// Stops taking requests and hands back every one that has streamed nothing; the
