@@ -165,6 +165,12 @@ async fn nvml_readings_degrade_and_fail_a_device() -> anyhow::Result<()> {
         |temperature: u32| json!({"device": 1, "reading": {"temperature_c": temperature}});
     inject(&agent, &reading(90))?;
     until("cpu:1 degraded", || state_is(&agent, "cpu:1", "degraded")).await?;
+    let temperature = device_metric(&agent, "gpu_temperature_celsius", "device=\"cpu:1\"");
+    assert_eq!(
+        temperature,
+        Some(90.0),
+        "the reading shows in the gpu gauges"
+    );
     inject(&agent, &reading(99))?;
     until("cpu:1 failed", || state_is(&agent, "cpu:1", "failed")).await?;
     until("cpu:1 evacuated", || {

@@ -52,25 +52,18 @@ fn selected(query: &str) -> Vec<String> {
 
 /// The series names in a Prometheus or OpenMetrics exposition.
 pub fn exposed(text: &str) -> BTreeSet<String> {
-    let samples = text
-        .lines()
+    text.lines()
         .filter(|l| !l.starts_with('#') && !l.is_empty())
         .filter_map(|l| l.split(['{', ' ']).next())
-        .map(str::to_owned);
-    // The GPU gauges, declared with no series on a node without NVML, count as exposed.
-    let declared = text.lines().filter_map(|l| {
-        let declaration = l.strip_prefix("# TYPE ")?;
-        if !declaration.starts_with("inferpool_agent_gpu_") {
-            return None;
-        }
-        let mut words = declaration.split(' ');
-        let (name, kind) = (words.next()?, words.next()?);
-        Some(match kind {
-            "counter" => format!("{name}_total"),
-            _ => name.to_owned(),
-        })
-    });
-    samples.chain(declared).collect()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The agent's NVML gauges, which no agent without a GPU exposes: the dashboard may query
+/// them when the agent registers them under these names.
+pub fn agent_gpu_gauges() -> BTreeSet<String> {
+    let names = inferpool_agent::serving::device_metrics::GPU_GAUGES.iter();
+    names.map(|n| format!("inferpool_agent_{n}")).collect()
 }
 
 #[cfg(test)]

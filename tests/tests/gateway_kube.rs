@@ -137,6 +137,7 @@ fn dashboard_queries_what_is_exposed(
     let agent_text = agent.metrics()?;
     let mut exposed = dashboard::exposed(&gateway_text);
     exposed.extend(dashboard::exposed(&agent_text));
+    exposed.extend(dashboard::agent_gpu_gauges());
     let missing: Vec<String> = dashboard::metric_names()?
         .into_iter()
         .filter(|name| !exposed.contains(name))

@@ -33,6 +33,17 @@ struct KindLabels {
 
 type Level = Gauge<f64, AtomicU64>;
 
+/// The NVML gauges (under `inferpool_agent_`): a family is exposed once it has a series,
+/// i.e. once a GPU has been read, so on a CPU node none of them shows.
+pub const GPU_GAUGES: [&str; 6] = [
+    "gpu_utilization_percent",
+    "gpu_memory_used_bytes",
+    "gpu_memory_total_bytes",
+    "gpu_temperature_celsius",
+    "gpu_power_watts",
+    "gpu_ecc_errors",
+];
+
 /// The device gauges.
 #[derive(Debug, Default)]
 pub struct DeviceMetrics {
@@ -99,32 +110,28 @@ impl DeviceMetrics {
             self.fragmentation.clone(),
         );
         r.register(
-            "gpu_utilization_percent",
+            GPU_GAUGES[0],
             "NVML: percent of time a kernel ran",
             self.gpu_utilization.clone(),
         );
         r.register(
-            "gpu_memory_used_bytes",
+            GPU_GAUGES[1],
             "NVML: device memory in use by all processes",
             self.gpu_memory_used.clone(),
         );
         r.register(
-            "gpu_memory_total_bytes",
+            GPU_GAUGES[2],
             "NVML: device memory",
             self.gpu_memory_total.clone(),
         );
         r.register(
-            "gpu_temperature_celsius",
+            GPU_GAUGES[3],
             "NVML: GPU die temperature",
             self.gpu_temperature.clone(),
         );
+        r.register(GPU_GAUGES[4], "NVML: power draw", self.gpu_power.clone());
         r.register(
-            "gpu_power_watts",
-            "NVML: power draw",
-            self.gpu_power.clone(),
-        );
-        r.register(
-            "gpu_ecc_errors",
+            GPU_GAUGES[5],
             "NVML: ECC errors since the driver loaded, by kind (corrected, uncorrected)",
             self.gpu_ecc.clone(),
         );
