@@ -9,7 +9,6 @@ use std::time::Duration;
 use inferpool_e2e::agent::{AgentProcess, MODEL};
 use inferpool_e2e::http::{get, metric, post_json};
 use inferpool_e2e::streams::Clients;
-use inferpool_e2e::wait::wait_until;
 use serde_json::{Value, json};
 
 const LIMIT: Duration = Duration::from_secs(60);
@@ -37,12 +36,6 @@ fn replicas_on(agent: &AgentProcess, device: &str) -> Option<f64> {
     device_metric(agent, "device_replicas", &format!("device=\"{device}\""))
 }
 
-fn inject(agent: &AgentProcess, fault: &Value) -> anyhow::Result<()> {
-    let reply = post_json(agent.http, "/admin/faults", fault)?;
-    anyhow::ensure!(reply.status == 204, "injecting {fault}: {}", reply.status);
-    Ok(())
-}
-
 fn chat(addr: SocketAddr) -> anyhow::Result<(u16, Value)> {
     let body = json!({"model": MODEL, "max_tokens": 4, "temperature": 0,
         "messages": [{"role": "user", "content": "Say hi."}]});
@@ -50,13 +43,8 @@ fn chat(addr: SocketAddr) -> anyhow::Result<(u16, Value)> {
     Ok((reply.status, reply.json()?))
 }
 
-async fn until(what: &str, mut probe: impl FnMut() -> bool) -> anyhow::Result<()> {
-    let waited = wait_until(LIMIT, || {
-        let ok = probe();
-        async move { ok.then_some(()) }
-    })
-    .await;
-    waited.map_err(|e| anyhow::anyhow!("{what}: {e}"))
+async fn until(what: &str, check: impl FnMut() -> bool) -> anyhow::Result<()> {
+    inferpool_e2e::wait::until(what, LIMIT, check).await
 }
 
 #[tokio::test]
@@ -71,7 +59,7 @@ async fn a_failed_device_loses_no_unstarted_request_and_comes_back() -> anyhow::
         metric(&text, "vllm:num_requests_waiting").is_some_and(|w| w >= 6.0)
     })
     .await?;
-    inject(&agent, &json!({"device": 1, "stepErrors": 1}))?;
+    agent.inject(&json!({"device": 1, "stepErrors": 1}))?;
     let injected = std::time::Instant::now();
     // A stand-in replica for cpu:1 is loaded where there is room, beside cpu:0's own.
     until("a stand-in on cpu:0", || {
@@ -118,7 +106,7 @@ async fn a_panic_in_the_engine_moves_the_request_to_the_other_device() -> anyhow
     let agent = two_device_agent(60.0).await?;
     // An idle pool routes to its first replica, on cpu:0, whose engine panics in its first
     // step; the request has streamed nothing, so it runs again on cpu:1 and succeeds.
-    inject(&agent, &json!({"device": 0, "stepPanics": 1}))?;
+    agent.inject(&json!({"device": 0, "stepPanics": 1}))?;
     let (status, body) = chat(agent.http)?;
     assert_eq!(status, 200, "{body}");
     assert!(body["choices"][0]["message"]["content"].is_string());
@@ -133,7 +121,7 @@ async fn an_agent_with_no_healthy_device_is_not_ready_until_one_recovers() -> an
         "devices": {"cpuDevices": 1, "health": {"retrySeconds": 3}},
     }))
     .await?;
-    inject(&agent, &json!({"device": 0, "stepErrors": 1}))?;
+    agent.inject(&json!({"device": 0, "stepErrors": 1}))?;
     // The request was moved off the failed device, found none healthy, and says so with a
     // retryable error instead of hanging.
     let (status, body) = chat(agent.http)?;
@@ -163,7 +151,7 @@ async fn nvml_readings_degrade_and_fail_a_device() -> anyhow::Result<()> {
     let agent = two_device_agent(1.0).await?;
     let reading =
         |temperature: u32| json!({"device": 1, "reading": {"temperature_c": temperature}});
-    inject(&agent, &reading(90))?;
+    agent.inject(&reading(90))?;
     until("cpu:1 degraded", || state_is(&agent, "cpu:1", "degraded")).await?;
     let temperature = device_metric(&agent, "gpu_temperature_celsius", "device=\"cpu:1\"");
     assert_eq!(
@@ -171,14 +159,14 @@ async fn nvml_readings_degrade_and_fail_a_device() -> anyhow::Result<()> {
         Some(90.0),
         "the reading shows in the gpu gauges"
     );
-    inject(&agent, &reading(99))?;
+    agent.inject(&reading(99))?;
     until("cpu:1 failed", || state_is(&agent, "cpu:1", "failed")).await?;
     until("cpu:1 evacuated", || {
         replicas_on(&agent, "cpu:1") == Some(0.0)
     })
     .await?;
     assert_eq!(chat(agent.http)?.0, 200, "the other device serves");
-    inject(&agent, &reading(50))?;
+    agent.inject(&reading(50))?;
     until("cpu:1 back", || {
         state_is(&agent, "cpu:1", "healthy") && replicas_on(&agent, "cpu:1") == Some(1.0)
     })
@@ -186,13 +174,13 @@ async fn nvml_readings_degrade_and_fail_a_device() -> anyhow::Result<()> {
     // Uncorrected ECC errors counted at the first reading are old news; one more fails the
     // device; once no more come, it is retried and comes back.
     let ecc = |count: u64| json!({"device": 0, "reading": {"ecc_uncorrected": count}});
-    inject(&agent, &ecc(2))?;
-    inject(&agent, &ecc(3))?;
+    agent.inject(&ecc(2))?;
+    agent.inject(&ecc(3))?;
     until("cpu:0 failed on a new ECC error", || {
         state_is(&agent, "cpu:0", "failed")
     })
     .await?;
-    inject(&agent, &ecc(3))?;
+    agent.inject(&ecc(3))?;
     until("cpu:0 back after the errors stopped", || {
         state_is(&agent, "cpu:0", "healthy") && replicas_on(&agent, "cpu:0") == Some(1.0)
     })

@@ -120,6 +120,14 @@ impl AgentProcess {
         .await
     }
 
+    /// Injects `fault` through `POST /admin/faults` (agents built with fault injection,
+    /// as the tests' are).
+    pub fn inject(&self, fault: &serde_json::Value) -> anyhow::Result<()> {
+        let reply = crate::http::post_json(self.http, "/admin/faults", fault)?;
+        anyhow::ensure!(reply.status == 204, "injecting {fault}: {}", reply.status);
+        Ok(())
+    }
+
     /// The agent's `/metrics` text.
     pub fn metrics(&self) -> anyhow::Result<String> {
         let (status, body) = get(self.http, "/metrics")?;

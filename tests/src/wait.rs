@@ -22,3 +22,17 @@ where
         );
     }
 }
+
+/// Polls a plain check until it holds, failing after `limit` with `what` in the error.
+pub async fn until(
+    what: &str,
+    limit: Duration,
+    mut check: impl FnMut() -> bool,
+) -> anyhow::Result<()> {
+    let waited = wait_until(limit, || {
+        let ok = check();
+        async move { ok.then_some(()) }
+    })
+    .await;
+    waited.map_err(|e| anyhow::anyhow!("{what}: {e}"))
+}

@@ -9,7 +9,6 @@ use std::time::Duration;
 use inferpool_e2e::agent::{AgentProcess, MODEL};
 use inferpool_e2e::http::{metric, post_json};
 use inferpool_e2e::local::LocalPool;
-use inferpool_e2e::wait::wait_until;
 use serde_json::{Value, json};
 
 const POOL: &str = "hd";
@@ -75,19 +74,8 @@ fn burst(pool: &LocalPool, n: usize) -> anyhow::Result<[f64; 2]> {
     Ok([after[0] - before[0], after[1] - before[1]])
 }
 
-fn inject(agent: &AgentProcess, fault: &Value) -> anyhow::Result<()> {
-    let reply = post_json(agent.http, "/admin/faults", fault)?;
-    anyhow::ensure!(reply.status == 204, "injecting {fault}: {}", reply.status);
-    Ok(())
-}
-
-async fn until(what: &str, mut probe: impl FnMut() -> bool) -> anyhow::Result<()> {
-    let waited = wait_until(LIMIT, || {
-        let ok = probe();
-        async move { ok.then_some(()) }
-    })
-    .await;
-    waited.map_err(|e| anyhow::anyhow!("{what}: {e}"))
+async fn until(what: &str, check: impl FnMut() -> bool) -> anyhow::Result<()> {
+    inferpool_e2e::wait::until(what, LIMIT, check).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -103,7 +91,7 @@ async fn degraded_agents_get_less_traffic_and_failed_ones_none() -> anyhow::Resu
     })
     .await?;
     // Agent 0's GPU runs hot: degraded, it gets the smaller share of a burst.
-    inject(&a, &json!({"device": 0, "reading": {"temperature_c": 90}}))?;
+    a.inject(&json!({"device": 0, "reading": {"temperature_c": 90}}))?;
     until("agent 0 degraded at the gateway", || {
         devices(&pool, 0, "degraded") == Some(1.0)
     })
@@ -118,7 +106,7 @@ async fn degraded_agents_get_less_traffic_and_failed_ones_none() -> anyhow::Resu
         "degraded {to_degraded}, healthy {to_healthy}"
     );
     // Its device fails outright (an engine error on its next step): no traffic at all.
-    inject(&a, &json!({"device": 0, "stepErrors": 1}))?;
+    a.inject(&json!({"device": 0, "stepErrors": 1}))?;
     let direct = post_json(a.http, "/v1/chat/completions", &chat())?;
     assert!(direct.status >= 500, "{}: {}", direct.status, direct.body);
     until("agent 0 failed at the gateway", || {
