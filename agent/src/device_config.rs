@@ -19,6 +19,9 @@ pub struct DeviceConfig {
     pub poll_seconds: f64,
     /// When readings degrade or fail a device, and how long a failed one waits.
     pub health: HealthThresholds,
+    /// Failures in a row of every device (none serving) after which `/healthz` fails, so
+    /// that the kubelet restarts the pod: a sticky CUDA error outlives in-process retries.
+    pub restart_after_failures: u32,
 }
 
 impl Default for DeviceConfig {
@@ -28,6 +31,7 @@ impl Default for DeviceConfig {
             reserve_fraction: 0.1,
             poll_seconds: 5.0,
             health: HealthThresholds::default(),
+            restart_after_failures: 4,
         }
     }
 }

@@ -143,6 +143,26 @@ async fn an_agent_with_no_healthy_device_is_not_ready_until_one_recovers() -> an
     })
     .await?;
     assert_eq!(chat(agent.http)?.0, 200);
+    assert_eq!(get(agent.http, "/healthz")?.0, 200, "alive all along");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_device_that_never_recovers_fails_liveness_so_the_pod_restarts() -> anyhow::Result<()> {
+    let agent = AgentProcess::start(json!({
+        "devices": {"cpuDevices": 1, "restartAfterFailures": 3,
+            "health": {"retrySeconds": 0.2, "maxRetrySeconds": 0.4}},
+    }))
+    .await?;
+    // The first step fails, then every recovery's warm-up: failures in a row pile up.
+    agent.inject(&json!({"device": 0, "stepErrors": 1000}))?;
+    assert!(chat(agent.http)?.0 >= 500);
+    until("liveness failing after three failures", || {
+        matches!(get(agent.http, "/healthz"), Ok((503, _)))
+    })
+    .await?;
+    let failures = device_metric(&agent, "device_failures", "device=\"cpu:0\"");
+    assert!(failures.is_some_and(|f| f >= 3.0), "{failures:?}");
     Ok(())
 }
 

@@ -38,7 +38,7 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route("/v1/completions", post(completions))
         .route("/v1/embeddings", post(embeddings))
         .route("/v1/models", get(models))
-        .route("/healthz", get(|| async { "ok" }))
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .fallback(|| async { (StatusCode::NOT_FOUND, "no such endpoint") })
@@ -163,6 +163,20 @@ async fn embeddings(
 
 async fn models(State(agent): State<Arc<Agent>>) -> Response {
     axum::Json(agent.models()).into_response()
+}
+
+/// Liveness: failing only when no device can serve and each has failed its recoveries
+/// `devices.restartAfterFailures` times in a row (a sticky CUDA error outlives the process's
+/// retries; a new process clears it), so that the kubelet restarts the pod.
+async fn healthz(State(agent): State<Arc<Agent>>) -> Response {
+    match agent.needs_restart() {
+        true => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no device recovers: restart",
+        )
+            .into_response(),
+        false => "ok".into_response(),
+    }
 }
 
 async fn readyz(State(agent): State<Arc<Agent>>) -> Response {

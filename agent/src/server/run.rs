@@ -70,7 +70,11 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     tracing::warn!("built with fault injection: POST /admin/faults breaks devices on request");
     let inventory = super::devices::inventory(&config);
     tracing::info!(devices = ?inventory.devices, fallback = ?inventory.cpu_fallback_reason, "devices");
-    let agent = Agent::new(inventory.clone(), config.batching.max_batch_size);
+    let agent = Agent::new(
+        inventory.clone(),
+        config.batching.max_batch_size,
+        config.devices.restart_after_failures.max(1),
+    );
     let (stop, stopped) = watch::channel(false);
     let servers = start_servers(&agent, &args, &config, stopped).await?;
     let loading = tokio::spawn(load_and_warm(

@@ -94,6 +94,8 @@ pub struct Agent {
     pub inventory: Inventory,
     /// Most sequences per batch (reported to the gateway).
     pub max_batch_size: usize,
+    /// Failures in a row of every device after which liveness fails.
+    pub restart_after: u32,
     /// Where templates, tokenizers and embeddings run, off the async threads.
     blocking: BlockingWorkers,
     started: Instant,
@@ -102,7 +104,8 @@ pub struct Agent {
 
 impl Agent {
     /// A loading agent.
-    pub fn new(inventory: Inventory, max_batch_size: usize) -> Arc<Self> {
+    /// `restart_after`: failures in a row of every device after which liveness fails.
+    pub fn new(inventory: Inventory, max_batch_size: usize, restart_after: u32) -> Arc<Self> {
         let mut registry = Registry::default();
         let metrics = AgentMetrics::register(&mut registry);
         let created_unix = SystemTime::now()
@@ -116,6 +119,7 @@ impl Agent {
             registry,
             inventory,
             max_batch_size,
+            restart_after,
             blocking: BlockingWorkers::per_cpu(),
             started: Instant::now(),
             created_unix,
@@ -204,6 +208,16 @@ impl Agent {
     /// The replicas, once the model is loaded.
     pub fn engines(&self) -> Option<&EnginePool> {
         self.served.get().map(|s| &s.engine)
+    }
+
+    /// Whether only a new process can help: the model loaded, no device can serve, and
+    /// every device has failed `restart_after` times in a row.
+    pub fn needs_restart(&self) -> bool {
+        let Some(served) = self.served.get() else {
+            return false;
+        };
+        let devices = served.engine.devices();
+        !served.engine.schedulable() && devices.iter().all(|d| d.failures >= self.restart_after)
     }
 
     /// Whether requests can run: ready, and a replica on a schedulable device.
