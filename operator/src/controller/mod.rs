@@ -2,6 +2,7 @@
 //! and PodDisruptionBudgets. The builders here are pure functions of the pool, tested with
 //! plain values; the reconcile loop applies them with server-side apply.
 
+pub mod autoscale;
 pub mod children;
 pub mod config;
 pub mod deployment;
