@@ -21,9 +21,9 @@ pub struct AutoscalingSpec {
     #[schemars(range(min = 1, max = 1000))]
     pub max_replicas: i32,
 
-    /// Load per agent to aim for, as a fraction of its capacity in (0, 1]: the mean of queue
-    /// fill, running sequences over the batch size and KV-cache use. Above it the pool grows;
-    /// below it, after `scaleDownDelaySeconds`, it shrinks.
+    /// Load per agent to aim for, in (0, 1]: its running plus queued requests (and those the
+    /// gateways hold for the pool) over its batch size. Above it the pool grows at once;
+    /// below it for `scaleDownDelaySeconds`, it shrinks by one agent.
     #[serde(default = "default_target_load")]
     #[x_kube(validation = Rule::new("self > 0.0 && self <= 1.0")
         .message("autoscaling.targetLoad must be in (0, 1]"))]
