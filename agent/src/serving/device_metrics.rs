@@ -109,6 +109,10 @@ impl DeviceMetrics {
             "1 - largest free run / free pool memory",
             self.fragmentation.clone(),
         );
+        self.register_gpu(r);
+    }
+
+    fn register_gpu(&self, r: &mut Registry) {
         r.register(
             GPU_GAUGES[0],
             "NVML: percent of time a kernel ran",

@@ -6,6 +6,7 @@ pub mod blocking;
 mod cache_metrics;
 pub mod cached;
 pub mod device_metrics;
+mod devices;
 pub mod error;
 pub mod inflight;
 pub mod metrics;
@@ -181,48 +182,6 @@ impl Agent {
             .get()
             .map(|s| *s.engine.load().borrow())
             .unwrap_or_default()
-    }
-
-    /// Every device's health, memory and readings: the pool's view once it runs, the
-    /// devices as discovered before.
-    pub fn device_statuses(&self) -> Vec<crate::replicas::DeviceStatus> {
-        match self.served.get() {
-            Some(s) => s.engine.devices(),
-            None => self
-                .inventory
-                .devices
-                .iter()
-                .map(crate::replicas::DeviceStatus::discovered)
-                .collect(),
-        }
-    }
-
-    /// Batch slots of the replicas that can serve now (the configured batch while the
-    /// model loads).
-    pub fn batch_slots(&self) -> usize {
-        self.served
-            .get()
-            .map_or(self.max_batch_size, |s| s.engine.batch_slots())
-    }
-
-    /// The replicas, once the model is loaded.
-    pub fn engines(&self) -> Option<&EnginePool> {
-        self.served.get().map(|s| &s.engine)
-    }
-
-    /// Whether only a new process can help: the model loaded, no device can serve, and
-    /// every device has failed `restart_after` times in a row.
-    pub fn needs_restart(&self) -> bool {
-        let Some(served) = self.served.get() else {
-            return false;
-        };
-        let devices = served.engine.devices();
-        !served.engine.schedulable() && devices.iter().all(|d| d.failures >= self.restart_after)
-    }
-
-    /// Whether requests can run: ready, and a replica on a schedulable device.
-    pub fn serving(&self) -> bool {
-        self.phase() == Phase::Ready && self.served.get().is_some_and(|s| s.engine.schedulable())
     }
 
     /// Follows the engine's load, once the model is loaded.
