@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use crate::agent::{AgentProcess, MODEL};
 use crate::http::{free_port, get, post_json};
 use crate::parts::{ScratchDir, models_dir, operator_binary};
 use crate::wait::wait_until;
@@ -19,6 +20,48 @@ pub struct LocalPool {
 }
 
 impl LocalPool {
+    /// A gateway alone (static discovery, `--agent`) for pool `name`, routed by `strategy`,
+    /// over agents already running; they are known as `name-0`, `name-1`, ... in order.
+    pub async fn over_agents(
+        name: &str,
+        strategy: &str,
+        agents: &[&AgentProcess],
+        queue_wait_seconds: u64,
+    ) -> anyhow::Result<Self> {
+        let manifest = format!(
+            "apiVersion: inferpool.dev/v1alpha1\nkind: InferencePool\nmetadata:\n  name: {name}\n\
+             spec:\n  model:\n    source: bundled\n    servedName: {MODEL}\n  replicas: {}\n  \
+             routing:\n    strategy: {strategy}\n",
+            agents.len()
+        );
+        let wait = queue_wait_seconds.to_string();
+        let addrs: Vec<String> = agents
+            .iter()
+            .map(|a| format!("{},{}", a.grpc, a.http))
+            .collect();
+        let mut args = vec!["--queue-wait-seconds", wait.as_str()];
+        for addr in &addrs {
+            args.extend(["--agent", addr.as_str()]);
+        }
+        Self::start_with(&manifest, MODEL, &args).await
+    }
+
+    /// Requests the gateway picked each agent `pool-i` for so far, whatever the strategy
+    /// label says (one strategy per gateway).
+    pub fn picks<const N: usize>(&self, pool: &str) -> anyhow::Result<[f64; N]> {
+        let (_, text) = self.get("/metrics")?;
+        let count = |i: usize| {
+            let key =
+                format!("inferpool_gateway_picks_total{{pool=\"{pool}\",agent=\"{pool}-{i}\",");
+            let values = text.lines().filter_map(|l| {
+                let (_, value) = l.strip_prefix(&key)?.split_once("} ")?;
+                value.parse::<f64>().ok()
+            });
+            values.sum::<f64>()
+        };
+        Ok(std::array::from_fn(count))
+    }
+
     /// Starts `manifest` and waits until a chat request for `model` is answered.
     pub async fn start(manifest: &str, model: &str) -> anyhow::Result<Self> {
         Self::start_with(manifest, model, &[]).await

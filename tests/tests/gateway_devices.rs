@@ -15,20 +15,7 @@ const POOL: &str = "hd";
 const LIMIT: Duration = Duration::from_secs(60);
 
 async fn gateway(agents: &[&AgentProcess]) -> anyhow::Result<LocalPool> {
-    let manifest = format!(
-        "apiVersion: inferpool.dev/v1alpha1\nkind: InferencePool\nmetadata:\n  name: {POOL}\n\
-         spec:\n  model:\n    source: bundled\n    servedName: {MODEL}\n  replicas: 2\n  \
-         routing:\n    strategy: least_load\n"
-    );
-    let addrs: Vec<String> = agents
-        .iter()
-        .map(|a| format!("{},{}", a.grpc, a.http))
-        .collect();
-    let mut args = vec!["--queue-wait-seconds", "60"];
-    for addr in &addrs {
-        args.extend(["--agent", addr.as_str()]);
-    }
-    LocalPool::start_with(&manifest, MODEL, &args).await
+    LocalPool::over_agents(POOL, "least_load", agents, 60).await
 }
 
 fn gauge(pool: &LocalPool, name: &str, labels: &str) -> Option<f64> {
@@ -42,16 +29,7 @@ fn devices(pool: &LocalPool, agent: usize, health: &str) -> Option<f64> {
 }
 
 fn picks(pool: &LocalPool) -> anyhow::Result<[f64; 2]> {
-    let (_, text) = pool.get("/metrics")?;
-    let count = |i: usize| {
-        let key = format!("inferpool_gateway_picks_total{{pool=\"{POOL}\",agent=\"{POOL}-{i}\",");
-        let values = text.lines().filter_map(|l| {
-            let (_, value) = l.strip_prefix(&key)?.split_once("} ")?;
-            value.parse::<f64>().ok()
-        });
-        values.sum::<f64>()
-    };
-    Ok([count(0), count(1)])
+    pool.picks(POOL)
 }
 
 fn chat() -> Value {

@@ -14,39 +14,12 @@ const POOL: &str = "st";
 
 /// A gateway for one pool with `strategy` over `agents`.
 async fn gateway(strategy: &str, agents: &[&AgentProcess]) -> anyhow::Result<LocalPool> {
-    let manifest = format!(
-        "apiVersion: inferpool.dev/v1alpha1\nkind: InferencePool\nmetadata:\n  name: {POOL}\n\
-         spec:\n  model:\n    source: bundled\n    servedName: {MODEL}\n  replicas: 2\n  \
-         routing:\n    strategy: {strategy}\n"
-    );
-    let addrs: Vec<String> = agents
-        .iter()
-        .map(|a| format!("{},{}", a.grpc, a.http))
-        .collect();
-    let mut args = vec!["--queue-wait-seconds", "120"];
-    for addr in &addrs {
-        args.extend(["--agent", addr.as_str()]);
-    }
-    LocalPool::start_with(&manifest, MODEL, &args).await
+    LocalPool::over_agents(POOL, strategy, agents, 120).await
 }
 
 /// Requests picked per agent so far.
 fn picks(pool: &LocalPool) -> anyhow::Result<[f64; 2]> {
-    let (_, text) = pool.get("/metrics")?;
-    // Whatever the strategy label says (one strategy per gateway).
-    let count = |i: usize| {
-        let key = format!("inferpool_gateway_picks_total{{pool=\"{POOL}\",agent=\"{POOL}-{i}\",");
-        text.lines()
-            .filter_map(|l| {
-                l.strip_prefix(&key)?
-                    .split_once("} ")?
-                    .1
-                    .parse::<f64>()
-                    .ok()
-            })
-            .sum::<f64>()
-    };
-    Ok([count(0), count(1)])
+    pool.picks(POOL)
 }
 
 fn chat(system: &str, user: &str, max_tokens: u32) -> Value {

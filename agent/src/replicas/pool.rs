@@ -88,7 +88,12 @@ impl EnginePool {
         })
     }
 
-    /// All replicas' load together.
+    /// All replicas' latest load together.
+    pub fn current_load(&self) -> Load {
+        *self.inner.load.borrow()
+    }
+
+    /// Follows all replicas' load together.
     pub fn load(&self) -> watch::Receiver<Load> {
         self.inner.load.subscribe()
     }

@@ -156,7 +156,7 @@ impl PoolState {
             .iter()
             .map(|r| Candidate {
                 health: self.health(r.device),
-                load: *r.engine.load().borrow(),
+                load: r.engine.current_load(),
                 pending: r.pending.load(Ordering::SeqCst),
             })
             .collect();
@@ -165,7 +165,7 @@ impl PoolState {
     }
 
     pub fn load(&self) -> Load {
-        let live = self.replicas.iter().map(|r| *r.engine.load().borrow());
+        let live = self.replicas.iter().map(|r| r.engine.current_load());
         let mut load = Load::sum(live);
         load.preemptions += self.retired.preemptions;
         load.prefix.queried_tokens += self.retired.prefix.queried_tokens;
@@ -177,7 +177,7 @@ impl PoolState {
     pub fn remove(&mut self, id: u32) -> Option<Replica> {
         let i = self.replicas.iter().position(|r| r.id == id)?;
         let replica = self.replicas.remove(i);
-        let last = *replica.engine.load().borrow();
+        let last = replica.engine.current_load();
         self.retired.preemptions += last.preemptions;
         self.retired.prefix.queried_tokens += last.prefix.queried_tokens;
         self.retired.prefix.hit_tokens += last.prefix.hit_tokens;
@@ -197,7 +197,7 @@ impl PoolState {
             .replicas
             .iter()
             .filter(|r| !r.engine.stopped() && self.health(r.device).schedulable());
-        serving.map(|r| r.engine.load().borrow().batch_limit).sum()
+        serving.map(|r| r.engine.current_load().batch_limit).sum()
     }
 
     pub fn schedulable(&self) -> bool {
@@ -209,7 +209,7 @@ impl PoolState {
     pub fn capacity_tokens(&self) -> usize {
         self.replicas
             .iter()
-            .map(|r| r.engine.load().borrow().kv_blocks_total * BLOCK_SIZE)
+            .map(|r| r.engine.current_load().kv_blocks_total * BLOCK_SIZE)
             .min()
             .unwrap_or(0)
     }

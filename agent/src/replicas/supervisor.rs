@@ -105,15 +105,7 @@ fn plan(
 }
 
 async fn launch(pool: &EnginePool, launcher: &Launcher, plan: Plan) -> Result<(), String> {
-    let (device, faults) = {
-        let s = pool.state();
-        let slot = &s.devices[plan.placement.device];
-        (slot.device.clone(), slot.faults.clone())
-    };
-    match launcher
-        .start(&device, plan.placement.kv_bytes, faults)
-        .await
-    {
+    match start_planned(pool, launcher, plan).await {
         Ok(started) => {
             install(pool, plan, started);
             Ok(())
@@ -123,6 +115,22 @@ async fn launch(pool: &EnginePool, launcher: &Launcher, plan: Plan) -> Result<()
             Err(e)
         }
     }
+}
+
+/// Loads and warms up the replica `plan` placed, on its device with the device's faults.
+async fn start_planned(
+    pool: &EnginePool,
+    launcher: &Launcher,
+    plan: Plan,
+) -> Result<Started, String> {
+    let (device, faults) = {
+        let s = pool.state();
+        let slot = &s.devices[plan.placement.device];
+        (slot.device.clone(), slot.faults.clone())
+    };
+    launcher
+        .start(&device, plan.placement.kv_bytes, faults)
+        .await
 }
 
 /// Puts a started engine into routing and watches for it to stop.
@@ -255,7 +263,7 @@ impl Supervisor {
     }
 
     fn reading(&mut self, device: usize, telemetry: Telemetry) {
-        let verdict = {
+        let failed = {
             let mut s = self.pool.state();
             let Some(slot) = s.devices.get_mut(device) else {
                 return;
@@ -264,24 +272,23 @@ impl Supervisor {
                 slot.baseline_ecc = telemetry.ecc_uncorrected;
             }
             let verdict = self.thresholds.verdict(&telemetry, slot.baseline_ecc);
-            // Errors a failure counted are its own: later readings judge only new ones,
-            // so that the device is retried once they stop.
-            if matches!(verdict, Verdict::Failed(_)) && telemetry.ecc_uncorrected.is_some() {
-                slot.baseline_ecc = telemetry.ecc_uncorrected;
-            }
+            let reason = match &verdict {
+                // Errors a failure counted are its own: later readings judge only new
+                // ones, so that the device is retried once they stop.
+                Verdict::Failed(reason) => {
+                    slot.baseline_ecc = telemetry.ecc_uncorrected.or(slot.baseline_ecc);
+                    Some(reason.clone())
+                }
+                _ => None,
+            };
             slot.telemetry = Some(telemetry);
-            verdict
+            // Every reading is observed (degraded and healthy ones move the state too).
+            let just_failed = slot
+                .health
+                .observe(verdict, &self.thresholds, Instant::now());
+            reason.filter(|_| just_failed)
         };
-        let reason = match &verdict {
-            Verdict::Failed(reason) => Some(reason.clone()),
-            _ => None,
-        };
-        let failed = self.pool.state().devices[device].health.observe(
-            verdict,
-            &self.thresholds,
-            Instant::now(),
-        );
-        if let (true, Some(reason)) = (failed, reason) {
+        if let Some(reason) = failed {
             tracing::warn!(device, reason, "device failed its health check");
             self.device_failed(device, reason);
         }
@@ -310,14 +317,7 @@ impl Supervisor {
     fn spawn_launch(&self, plan: Plan) {
         let (pool, launcher) = (self.pool.clone(), self.launcher.clone());
         tokio::spawn(async move {
-            let (device, faults) = {
-                let s = pool.state();
-                let slot = &s.devices[plan.placement.device];
-                (slot.device.clone(), slot.faults.clone())
-            };
-            let result = launcher
-                .start(&device, plan.placement.kv_bytes, faults)
-                .await;
+            let result = start_planned(&pool, &launcher, plan).await;
             let _ = pool
                 .inner
                 .events

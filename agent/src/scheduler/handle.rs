@@ -122,7 +122,12 @@ impl EngineHandle {
         self.submit.is_closed()
     }
 
-    /// The latest published load.
+    /// The latest published load, read in place (routing reads it for every request).
+    pub fn current_load(&self) -> Load {
+        *self.load.borrow()
+    }
+
+    /// Follows the published load.
     pub fn load(&self) -> watch::Receiver<Load> {
         self.load.clone()
     }

@@ -180,7 +180,7 @@ impl Agent {
     pub fn load(&self) -> Load {
         self.served
             .get()
-            .map(|s| *s.engine.load().borrow())
+            .map(|s| s.engine.current_load())
             .unwrap_or_default()
     }
 
