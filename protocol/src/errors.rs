@@ -32,6 +32,9 @@ pub enum ErrorType {
     PoolSaturated,
     /// No agent of the pool is up.
     NoHealthyAgent,
+    /// The pool has no agent yet (scaled to zero, or all restarting) and none became ready
+    /// before the request's deadline: retry after `Retry-After`.
+    PoolScaling,
     /// The request ran past the gateway's timeout.
     Timeout,
     /// The agent failed in a way that has no type of its own.
@@ -40,7 +43,7 @@ pub enum ErrorType {
 
 impl ErrorType {
     /// Every type.
-    pub const ALL: [Self; 14] = [
+    pub const ALL: [Self; 15] = [
         Self::InvalidRequest,
         Self::RequestTooLarge,
         Self::RequestTimeout,
@@ -53,6 +56,7 @@ impl ErrorType {
         Self::ServerError,
         Self::PoolSaturated,
         Self::NoHealthyAgent,
+        Self::PoolScaling,
         Self::Timeout,
         Self::UpstreamError,
     ];
@@ -72,6 +76,7 @@ impl ErrorType {
             Self::ServerError => "server_error",
             Self::PoolSaturated => "pool_saturated",
             Self::NoHealthyAgent => "no_healthy_agent",
+            Self::PoolScaling => "pool_scaling",
             Self::Timeout => "timeout",
             Self::UpstreamError => "upstream_error",
         }
@@ -87,7 +92,7 @@ impl ErrorType {
             Self::QueueFull | Self::PoolSaturated => 429,
             Self::ServerError => 500,
             Self::UpstreamError => 502,
-            Self::Draining | Self::NotReady | Self::NoHealthyAgent => 503,
+            Self::Draining | Self::NotReady | Self::NoHealthyAgent | Self::PoolScaling => 503,
             Self::DeadlineExceeded | Self::Timeout => 504,
         }
     }

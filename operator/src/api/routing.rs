@@ -27,6 +27,14 @@ pub struct RoutingSpec {
     #[serde(default = "default_session_header")]
     #[schemars(length(min = 1, max = 256))]
     pub session_header: String,
+
+    /// Most requests one gateway holds for the pool while it has no ready agent (scaled to
+    /// zero, or every agent restarting): each waits, by priority, until an agent serves or
+    /// its `requestTimeoutSeconds` passes (then `503 pool_scaling` with `Retry-After`).
+    /// Past the limit a request is answered that at once; 0 holds none.
+    #[serde(default = "default_max_held_requests")]
+    #[schemars(range(min = 0, max = 100000))]
+    pub max_held_requests: i32,
 }
 
 impl Default for RoutingSpec {
@@ -37,12 +45,16 @@ impl Default for RoutingSpec {
             retry: RetrySpec::default(),
             request_timeout_seconds: default_request_timeout(),
             session_header: default_session_header(),
+            max_held_requests: default_max_held_requests(),
         }
     }
 }
 
 fn default_request_timeout() -> i32 {
     300
+}
+fn default_max_held_requests() -> i32 {
+    256
 }
 fn default_session_header() -> String {
     "x-session-id".to_owned()

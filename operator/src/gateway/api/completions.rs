@@ -22,12 +22,12 @@ use super::checks::{
     PREFIX_BYTES, cache_control, chat_prefix, parse_json, prefix_of, priority, session, traceparent,
 };
 use super::error::ApiError;
-use super::relay::{Relay, relay};
+use super::held::{OwnedKey, answer_held};
+use super::relay::{Relay, respond};
 use super::whole::{PassedHeaders, Whole, answer_whole};
 use crate::gateway::core::pick::RequestKey;
-use crate::gateway::core::policy::ForwardError;
 use crate::gateway::dispatch::gateway::{Gateway, PoolRoute};
-use crate::gateway::dispatch::stream::{Forwarded, forward};
+use crate::gateway::dispatch::stream::forward;
 
 fn sampling(s: &ValidSampling) -> pb::SamplingParams {
     pb::SamplingParams {
@@ -246,7 +246,10 @@ async fn answer(
     key: &RequestKey<'_>,
     shape: Relay,
 ) -> Response {
-    let mut record = route.metrics.start();
+    if !route.pool.has_agents() {
+        return answer_held(route.clone(), request.clone(), OwnedKey::of(key), shape).await;
+    }
+    let record = route.metrics.start();
     let deadline = tokio::time::Instant::now() + route.timeout;
     let sent = forward(
         &route.pool,
@@ -258,20 +261,6 @@ async fn answer(
     );
     let forwarded = tokio::time::timeout_at(deadline, sent)
         .await
-        .unwrap_or(Err(ForwardError::Timeout));
-    match forwarded {
-        Ok(Forwarded {
-            value: committed,
-            retries,
-            queue_wait,
-        }) => {
-            record.forwarded(committed.in_flight.agent(), retries, queue_wait);
-            record.first_token();
-            relay(committed, shape, deadline, record).await
-        }
-        Err(e) => {
-            record.outcome(e.error_type());
-            ApiError::from(e).into_response()
-        }
-    }
+        .unwrap_or_else(|_| Err(route.timed_out()));
+    respond(forwarded, shape, deadline, record).await
 }

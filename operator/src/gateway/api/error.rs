@@ -56,10 +56,25 @@ impl ApiError {
             content_type: None,
             cache: None,
             body: body.into(),
-            retry_after: self.status == 429,
+            retry_after: retry_after(self.status, &self.kind),
         }
     }
 }
+
+/// Seconds a client should wait before retrying: a refusal for load (429) clears in about a
+/// second; a pool that is scaling needs an agent to start and load its model.
+fn retry_after(status: u16, kind: &str) -> Option<u32> {
+    if status == 429 {
+        Some(1)
+    } else if kind == ErrorType::PoolScaling.name() {
+        Some(SCALING_RETRY_AFTER)
+    } else {
+        None
+    }
+}
+
+/// `Retry-After` of a `pool_scaling` answer, in seconds.
+pub const SCALING_RETRY_AFTER: u32 = 10;
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {

@@ -6,6 +6,7 @@ pub mod checks;
 pub mod completions;
 pub mod embeddings;
 pub mod error;
+pub mod held;
 pub mod relay;
 pub mod reply;
 pub mod whole;

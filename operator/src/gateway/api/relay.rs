@@ -16,9 +16,10 @@ use inferpool_protocol::openai::{ErrorBody, Kind, ResponseShape, Usage, ValidSam
 use inferpool_protocol::sse;
 use tokio::time::Instant;
 
+use crate::gateway::core::policy::ForwardError;
 use crate::gateway::core::view::Outcome;
 use crate::gateway::dispatch::pool::InFlight;
-use crate::gateway::dispatch::stream::Committed;
+use crate::gateway::dispatch::stream::{Committed, Forwarded};
 use crate::gateway::dispatch::verdict::refused;
 use crate::gateway::metrics::RequestRecord;
 use crate::gateway::upstream::generate::GenerateStream;
@@ -40,6 +41,53 @@ impl Relay {
             include_usage: sampling.include_usage,
         }
     }
+}
+
+/// Answers a request forwarded (or not) to an agent: its relay, or the pool's error.
+pub async fn respond(
+    forwarded: Result<Forwarded, ForwardError>,
+    how: Relay,
+    deadline: Instant,
+    mut record: RequestRecord,
+) -> Response {
+    match forwarded {
+        Ok(forwarded) => {
+            let committed = committed(forwarded, &mut record);
+            relay(committed, how, deadline, record).await
+        }
+        Err(e) => {
+            record.outcome(e.error_type());
+            super::error::ApiError::from(e).into_response()
+        }
+    }
+}
+
+/// Records how `forwarded` got to its agent, and its first token.
+pub fn committed(forwarded: Forwarded, record: &mut RequestRecord) -> Committed {
+    record.forwarded(
+        forwarded.value.in_flight.agent(),
+        forwarded.retries,
+        forwarded.queue_wait,
+    );
+    record.first_token();
+    forwarded.value
+}
+
+/// The server-sent events of `committed` (a stream whose headers went out already).
+pub fn events(
+    committed: Committed,
+    how: Relay,
+    deadline: Instant,
+    record: RequestRecord,
+) -> impl futures::Stream<Item = Result<Bytes, Infallible>> + Send + 'static {
+    let source = Source {
+        first: Some(committed.first),
+        rest: committed.rest,
+        deadline,
+        in_flight: committed.in_flight,
+        record,
+    };
+    Events::new(how, source).into_stream()
 }
 
 /// Relays `committed` as `how` asks, until `deadline`.

@@ -15,8 +15,8 @@ pub struct Complete {
     pub content_type: Option<String>,
     /// The body.
     pub body: Bytes,
-    /// Whether to say `retry-after: 1` (a refusal for load).
-    pub retry_after: bool,
+    /// `Retry-After` in seconds, if any (a refusal for load, a pool scaling up).
+    pub retry_after: Option<u32>,
     /// The agent's `x-inferpool-cache`, passed on.
     pub cache: Option<String>,
 }
@@ -38,10 +38,10 @@ impl IntoResponse for Complete {
         if let Some(value) = self.cache.and_then(|c| HeaderValue::from_str(&c).ok()) {
             response.headers_mut().insert(CACHE_HEADER, value);
         }
-        if self.retry_after {
+        if let Some(seconds) = self.retry_after {
             response
                 .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         response
     }

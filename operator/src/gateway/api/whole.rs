@@ -14,7 +14,7 @@ use inferpool_protocol::priority::{PRIORITY_HEADER, priority_name};
 use super::error::ApiError;
 use super::reply::Complete;
 use crate::gateway::core::pick::RequestKey;
-use crate::gateway::core::policy::{ForwardError, Tried};
+use crate::gateway::core::policy::Tried;
 use crate::gateway::dispatch::gateway::PoolRoute;
 use crate::gateway::dispatch::tries::priority_rank;
 use crate::gateway::dispatch::verdict::error_of;
@@ -79,7 +79,7 @@ pub async fn answer_whole(route: &PoolRoute, whole: Whole<'_>, key: &RequestKey<
     let sent = forward_unary(route, request, key, deadline);
     let answered = tokio::time::timeout_at(deadline, sent)
         .await
-        .unwrap_or(Err(ForwardError::Timeout));
+        .unwrap_or_else(|_| Err(route.timed_out()));
     match answered {
         Ok(Tried {
             value,
@@ -112,7 +112,7 @@ fn passed_on(answer: Answer) -> Complete {
         status: StatusCode::from_u16(answer.status).unwrap_or(StatusCode::BAD_GATEWAY),
         content_type: answer.content_type,
         body: answer.body,
-        retry_after: answer.status == 429,
+        retry_after: (answer.status == 429).then_some(1),
         cache: answer.cache,
     }
 }

@@ -26,6 +26,10 @@ pub enum ForwardError {
     /// No agent is up.
     #[error("no agent of this pool is available")]
     Unavailable,
+    /// The pool has no ready agent (scaled to zero, or every agent restarting), and none
+    /// became ready in time, or too many requests wait for one already.
+    #[error("the pool has no ready agent yet; it is scaling up, retry later")]
+    Scaling,
     /// The agent refused it (kept as the agent said: status and type).
     #[error("{message}")]
     Refused {
@@ -47,6 +51,7 @@ impl ForwardError {
         match self {
             Self::Saturated => ErrorType::PoolSaturated.name(),
             Self::Unavailable => ErrorType::NoHealthyAgent.name(),
+            Self::Scaling => ErrorType::PoolScaling.name(),
             Self::Refused { kind, .. } => kind,
             Self::Timeout => ErrorType::Timeout.name(),
         }
@@ -57,6 +62,7 @@ impl ForwardError {
         match self {
             Self::Saturated => ErrorType::PoolSaturated.status(),
             Self::Unavailable => ErrorType::NoHealthyAgent.status(),
+            Self::Scaling => ErrorType::PoolScaling.status(),
             Self::Refused { status, .. } => *status,
             Self::Timeout => ErrorType::Timeout.status(),
         }

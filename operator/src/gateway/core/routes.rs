@@ -11,6 +11,8 @@ use crate::api::RoutingStrategy;
 /// One pool's route as discovery describes it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RouteSpec {
+    /// The InferencePool's namespace.
+    pub namespace: String,
     /// The InferencePool's name (its metrics' `pool` label).
     pub name: String,
     /// The served model name (`model` in requests).
@@ -27,6 +29,8 @@ pub struct RouteSpec {
     pub timeout: Duration,
     /// The session header for session affinity (lower case).
     pub session_header: String,
+    /// Most requests held while the pool has no ready agent.
+    pub max_held: u32,
 }
 
 /// Where discovery puts what it found.

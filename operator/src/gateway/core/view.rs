@@ -103,6 +103,11 @@ impl PoolView {
         }
     }
 
+    /// Whether it has any agent.
+    pub fn has_agents(&self) -> bool {
+        !self.agents.is_empty()
+    }
+
     /// Replaces the set of agents, keeping the state of those that stay.
     pub fn set_endpoints(&mut self, endpoints: &[Endpoint]) {
         self.agents

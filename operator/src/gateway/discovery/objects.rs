@@ -89,6 +89,7 @@ pub fn route_for(pool: &InferencePool, queue_wait: Duration) -> RouteSpec {
         stale_after: STALE_AFTER,
     };
     RouteSpec {
+        namespace: pool.namespace().unwrap_or_default(),
         name: pool.name_any(),
         model: served_name(pool),
         strategy: routing.strategy,
@@ -100,6 +101,7 @@ pub fn route_for(pool: &InferencePool, queue_wait: Duration) -> RouteSpec {
         },
         timeout: Duration::from_secs(u64::try_from(routing.request_timeout_seconds).unwrap_or(300)),
         session_header: routing.session_header.to_ascii_lowercase(),
+        max_held: u32::try_from(routing.max_held_requests).unwrap_or(0),
     }
 }
 

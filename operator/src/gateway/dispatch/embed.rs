@@ -31,7 +31,7 @@ pub async fn forward_embed(
     });
     tokio::time::timeout_at(deadline, sent)
         .await
-        .unwrap_or(Err(ForwardError::Timeout))
+        .unwrap_or_else(|_| Err(route.timed_out()))
 }
 
 /// One try on the agent of `slot`; the agent is done with it when the call returns.

@@ -31,7 +31,7 @@ use crate::gateway::upstream::channel::UpstreamSettings;
 
 /// What a stand-in agent does with `Generate`.
 #[derive(Debug, Clone, Copy)]
-enum Behaviour {
+pub(super) enum Behaviour {
     /// Refuses with a typed server error, as an agent whose engine failed.
     Fail,
     /// Answers one message that finishes.
@@ -123,14 +123,14 @@ impl Agent for StandIn {
 }
 
 /// A running stand-in agent; dies (all its connections closed) when dropped.
-struct Running {
-    addr: SocketAddr,
+pub(super) struct Running {
+    pub(super) addr: SocketAddr,
     counts: Arc<Counts>,
     runtime: Option<tokio::runtime::Runtime>,
 }
 
 impl Running {
-    fn start(behaviour: Behaviour) -> Self {
+    pub(super) fn start(behaviour: Behaviour) -> Self {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -202,18 +202,18 @@ async fn pool_of(agents: &[&Running], threshold: u32) -> Arc<Pool> {
     pool
 }
 
-fn healthy(pool: &Pool) -> Vec<String> {
+pub(super) fn healthy(pool: &Pool) -> Vec<String> {
     pool.with_view(|v| v.healthy_ids()).unwrap_or_default()
 }
 
 /// The gateway's requests in flight on every agent of `pool`.
-fn in_flight(pool: &Pool) -> u32 {
+pub(super) fn in_flight(pool: &Pool) -> u32 {
     let agents = pool.with_view(|v| v.snapshot()).unwrap_or_default();
     agents.iter().map(|a| a.1).sum()
 }
 
 /// Waits (10 s at most) until `done` holds.
-async fn until(mut done: impl FnMut() -> bool) {
+pub(super) async fn until(mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while !done() {
         assert!(Instant::now() < deadline, "condition not met within 10 s");
@@ -221,12 +221,12 @@ async fn until(mut done: impl FnMut() -> bool) {
     }
 }
 
-const SETTINGS: ForwardSettings = ForwardSettings {
+pub(super) const SETTINGS: ForwardSettings = ForwardSettings {
     max_retries: 2,
     queue_wait: Duration::from_millis(200),
 };
 
-fn request() -> GenerateRequest {
+pub(super) fn request() -> GenerateRequest {
     GenerateRequest {
         model: "m".into(),
         ..GenerateRequest::default()

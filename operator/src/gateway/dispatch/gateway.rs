@@ -5,9 +5,12 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use tokio::sync::Notify;
+
+use super::held::Holding;
 use super::pool::Pool;
 use crate::gateway::core::pick::{picker, strategy_name};
-use crate::gateway::core::policy::ForwardSettings;
+use crate::gateway::core::policy::{ForwardError, ForwardSettings};
 use crate::gateway::core::retry::RetryBudget;
 use crate::gateway::core::routes::{RouteSpec, RouteTable};
 use crate::gateway::core::view::{Endpoint, PoolView};
@@ -17,6 +20,8 @@ use crate::gateway::upstream::channel::UpstreamSettings;
 /// One pool behind the gateway.
 #[derive(Debug)]
 pub struct PoolRoute {
+    /// The InferencePool's namespace.
+    pub namespace: String,
     /// The InferencePool's name (its metrics' `pool` label).
     pub name: String,
     /// Its agents.
@@ -33,6 +38,18 @@ pub struct PoolRoute {
     pub metrics: PoolMetrics,
 }
 
+impl PoolRoute {
+    /// Why a request ran out of time before an agent took it: the pool was still without
+    /// agents (scaling), or they were all busy or failing.
+    pub fn timed_out(&self) -> ForwardError {
+        if self.pool.has_agents() {
+            ForwardError::Timeout
+        } else {
+            ForwardError::Scaling
+        }
+    }
+}
+
 /// The gateway: pools by served model name.
 #[derive(Debug, Default)]
 pub struct Gateway {
@@ -42,6 +59,19 @@ pub struct Gateway {
     /// The gateway's metrics.
     pub metrics: Arc<GatewayMetrics>,
     upstream: UpstreamSettings,
+    /// Told whenever a pool's held requests change (see `held`).
+    demand: Arc<Notify>,
+}
+
+/// Requests one pool's route holds for want of an agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeldRequests {
+    /// The InferencePool's namespace.
+    pub namespace: String,
+    /// The InferencePool's name.
+    pub name: String,
+    /// Requests held now.
+    pub held: u32,
 }
 
 impl Gateway {
@@ -60,7 +90,25 @@ impl Gateway {
             created,
             metrics: Arc::default(),
             upstream,
+            demand: Arc::default(),
         })
+    }
+
+    /// Told (one stored permit) whenever a pool's held requests change.
+    pub fn demand(&self) -> Arc<Notify> {
+        self.demand.clone()
+    }
+
+    /// Every route's held requests now.
+    pub fn held(&self) -> Vec<HeldRequests> {
+        self.routes()
+            .iter()
+            .map(|r| HeldRequests {
+                namespace: r.namespace.clone(),
+                name: r.name.clone(),
+                held: r.pool.holding.count(),
+            })
+            .collect()
     }
 
     /// The route of `model`.
@@ -112,9 +160,11 @@ impl Gateway {
     fn route_of(&self, spec: RouteSpec) -> PoolRoute {
         let strategy = strategy_name(spec.strategy);
         let view = PoolView::new(picker(spec.strategy), spec.view);
+        let holding = Holding::new(spec.max_held, self.demand.clone());
         PoolRoute {
             metrics: self.metrics.pool(&spec.name, strategy),
-            pool: Pool::new(spec.model, view, self.upstream),
+            pool: Pool::holding(spec.model, view, self.upstream, holding),
+            namespace: spec.namespace,
             name: spec.name,
             budget: RetryBudget::new(spec.budget_percent),
             forward: spec.forward,

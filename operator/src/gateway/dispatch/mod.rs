@@ -7,6 +7,9 @@ pub mod embed;
 #[cfg(test)]
 mod failover_tests;
 pub mod gateway;
+pub mod held;
+#[cfg(test)]
+mod held_tests;
 pub mod pool;
 pub mod stream;
 pub mod tries;

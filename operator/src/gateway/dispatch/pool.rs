@@ -11,6 +11,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tonic::transport::Channel;
 
+use super::held::Holding;
 use crate::gateway::core::pick::{Reported, RequestKey};
 use crate::gateway::core::view::{Endpoint, NoAgent, Outcome, PoolView};
 use crate::gateway::upstream::channel::{UpstreamSettings, agent_channel};
@@ -33,6 +34,8 @@ pub struct Pool {
     waiting: Mutex<[u32; 4]>,
     /// The embedding model its agents report serving.
     embedding_model: Mutex<Option<String>>,
+    /// Requests held while it has no ready agent.
+    pub holding: Holding,
 }
 
 /// One agent's channel and load subscription.
@@ -114,6 +117,16 @@ impl Drop for InFlight {
 impl Pool {
     /// A pool serving `model` with no agents yet.
     pub fn new(model: String, view: PoolView, upstream: UpstreamSettings) -> Arc<Self> {
+        Self::holding(model, view, upstream, Holding::default())
+    }
+
+    /// The same, holding requests while it has no agent as `holding` says.
+    pub fn holding(
+        model: String,
+        view: PoolView,
+        upstream: UpstreamSettings,
+        holding: Holding,
+    ) -> Arc<Self> {
         Arc::new(Self {
             model,
             view: Mutex::new(view),
@@ -123,6 +136,7 @@ impl Pool {
             changed: Notify::new(),
             waiting: Mutex::new([0; 4]),
             embedding_model: Mutex::new(None),
+            holding,
         })
     }
 
@@ -140,6 +154,11 @@ impl Pool {
         {
             *known = Some(name.to_owned());
         }
+    }
+
+    /// Whether it has agents (ready ones, as discovery found them), reported yet or not.
+    pub fn has_agents(&self) -> bool {
+        self.with_view(|v| v.has_agents()).unwrap_or(false)
     }
 
     /// Runs `f` on the view.

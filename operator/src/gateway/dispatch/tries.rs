@@ -63,11 +63,39 @@ async fn next_agent(
     if let Ok(chosen) = pick_now(pool, ask.key, ask.rank, &tries.failed) {
         return Ok(chosen);
     }
+    if !pool.has_agents() {
+        return hold_for_agent(tries, pool, ask).await;
+    }
     let waited = Instant::now();
     let until = tries.wait_until(waited, settings, ask.deadline);
     let chosen = wait_for_agent(pool, ask.key, ask.rank, &tries.failed, until).await;
     tries.waited(waited.elapsed());
     chosen.map_err(|e| tries.no_agent(e))
+}
+
+/// Holds a request for a pool with no ready agent (scaled to zero, or every agent
+/// restarting) until one serves it or its own deadline: holding is what brings an agent
+/// (the held count is the scaler's demand), so the queue's shorter wait does not apply.
+/// Past the pool's limit of held requests, or the deadline with still no agent, the
+/// answer is `Scaling` (503 `pool_scaling`, retry later), never "no such model".
+async fn hold_for_agent(
+    tries: &mut Tries,
+    pool: &Arc<Pool>,
+    ask: Ask<'_>,
+) -> Result<(InFlight, SocketAddr), ForwardError> {
+    let Some(_held) = pool.holding.hold() else {
+        return Err(ForwardError::Scaling);
+    };
+    let waited = Instant::now();
+    let chosen = wait_for_agent(pool, ask.key, ask.rank, &tries.failed, ask.deadline).await;
+    tries.waited(waited.elapsed());
+    chosen.map_err(|e| {
+        if pool.has_agents() {
+            tries.no_agent(e)
+        } else {
+            ForwardError::Scaling
+        }
+    })
 }
 
 /// Picks an agent, waiting for a report or a finished request to free one, until
