@@ -17,6 +17,7 @@ use crate::gateway::dispatch::gateway::Gateway;
 use crate::gateway::http::limits::HttpSettings;
 use crate::gateway::runtime;
 use crate::gateway::upstream::channel::UpstreamSettings;
+use crate::gateway_demand::{identity, publish_demand};
 use crate::run::wait_for_signal;
 use crate::server::serve_health;
 
@@ -46,6 +47,8 @@ pub async fn serve(client: kube::Client, config: GatewayConfig) -> anyhow::Resul
     let bound = WorkerSockets::bind(config.addr, config.workers)
         .with_context(|| format!("binding {}", config.addr))?;
     let gateway = Gateway::with_upstream(config.upstream);
+    let demand = publish_demand(client.clone(), gateway.clone(), identity());
+    let publishing = tokio::spawn(demand);
     let discovery = KubernetesDiscovery {
         client,
         queue_wait: config.queue_wait,
@@ -58,5 +61,6 @@ pub async fn serve(client: kube::Client, config: GatewayConfig) -> anyhow::Resul
     wait_for_signal().await;
     let _ = stop.send(true);
     workers.join().await?;
+    publishing.abort();
     Ok(())
 }

@@ -7,6 +7,7 @@ pub mod crd;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod gateway;
+pub mod gateway_demand;
 pub mod gateway_run;
 pub mod leader;
 pub mod local;

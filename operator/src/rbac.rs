@@ -39,6 +39,16 @@ pub fn cluster_role() -> ClusterRole {
             // Owner references with blockOwnerDeletion need this where the
             // OwnerReferencesPermissionEnforcement admission plugin is on.
             rule("inferpool.dev", &["inferencepools/finalizers"], &["update"]),
+            // The built-in autoscaler: it writes replicas through the scale subresource,
+            // reads the agents' EndpointSlices (to subscribe to their load), and stands
+            // aside for HorizontalPodAutoscalers (KEDA's among them).
+            rule(
+                "inferpool.dev",
+                &["inferencepools/scale"],
+                &["get", "patch"],
+            ),
+            rule("discovery.k8s.io", &["endpointslices"], &WATCH),
+            rule("autoscaling", &["horizontalpodautoscalers"], &WATCH),
             rule("apps", &["deployments"], &APPLY),
             rule("", &["services", "configmaps"], &APPLY),
             rule(
@@ -54,8 +64,10 @@ pub fn cluster_role() -> ClusterRole {
     }
 }
 
-/// The gateway's rules: it only reads pools and the EndpointSlices of their agents, in
-/// every namespace (it serves the pools of all of them).
+/// The gateway's rules: it reads pools and the EndpointSlices of their agents, in every
+/// namespace (it serves the pools of all of them), and patches pools only to tell the
+/// leader how many requests it holds for want of an agent (its own
+/// `held.inferpool.dev/<pod>` annotation; see `controller::demand`).
 pub fn gateway_role() -> ClusterRole {
     ClusterRole {
         metadata: ObjectMeta {
@@ -64,6 +76,7 @@ pub fn gateway_role() -> ClusterRole {
         },
         rules: Some(vec![
             rule("inferpool.dev", &["inferencepools"], &WATCH),
+            rule("inferpool.dev", &["inferencepools"], &["patch"]),
             rule("discovery.k8s.io", &["endpointslices"], &WATCH),
         ]),
         ..ClusterRole::default()
@@ -146,9 +159,11 @@ mod tests {
     }
 
     #[test]
-    fn the_gateway_only_reads() {
+    fn the_gateway_only_reads_but_for_its_demand_on_pools() {
         for rule in gateway_role().rules.unwrap_or_default() {
-            assert_eq!(rule.verbs, WATCH);
+            let demand = rule.resources == Some(vec!["inferencepools".to_owned()])
+                && rule.verbs == ["patch"];
+            assert!(rule.verbs == WATCH || demand, "{rule:?}");
         }
     }
 }

@@ -42,6 +42,9 @@ pub enum ConditionType {
     Progressing,
     /// The spec cannot be realised as asked (bad model source, too few GPUs, ...).
     Degraded,
+    /// The built-in autoscaler scales the pool (False: a HorizontalPodAutoscaler does, or
+    /// the load is not known yet); the reason says its last decision.
+    ScalingActive,
 }
 
 impl ConditionType {
@@ -51,6 +54,7 @@ impl ConditionType {
             Self::Ready => "Ready",
             Self::Progressing => "Progressing",
             Self::Degraded => "Degraded",
+            Self::ScalingActive => "ScalingActive",
         }
     }
 }

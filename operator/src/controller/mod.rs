@@ -3,10 +3,14 @@
 //! plain values; the reconcile loop applies them with server-side apply.
 
 pub mod autoscale;
+pub mod autoscaler;
 pub mod children;
 pub mod config;
+pub mod decisions;
+pub mod demand;
 pub mod deployment;
 pub mod error;
+pub mod loads;
 pub mod metrics;
 pub mod names;
 pub mod reconcile;

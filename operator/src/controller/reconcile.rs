@@ -18,6 +18,7 @@ use serde::de::DeserializeOwned;
 
 use super::children::{config_map, network_policy, pod_disruption_budget, service};
 use super::config::{agent_config, render, resolve_source};
+use super::decisions::Decisions;
 use super::deployment::{AgentImages, DefaultResources, DeploymentInputs, deployment};
 use super::error::Error;
 use super::metrics::{ControllerMetrics, ErrorLabels};
@@ -44,6 +45,8 @@ pub struct Context {
     pub gateway: Option<String>,
     /// Operator namespace for the agents' NetworkPolicy (none when unset).
     pub network_policy_for: Option<String>,
+    /// The autoscaler's latest decisions.
+    pub decisions: Arc<Decisions>,
 }
 
 impl std::fmt::Debug for Context {
@@ -105,7 +108,9 @@ async fn reconcile_pool(pool: &InferencePool, ctx: &Context) -> Result<Action, E
         warn_event(pool, ctx, problem).await;
     }
     let now = Time(k8s_openapi::jiff::Timestamp::now());
+    let scaling = ctx.decisions.of(&pool_key(pool));
     let seen = Observations {
+        scaling: scaling.as_ref(),
         deployment: deployment.as_ref(),
         problem: problem.as_ref(),
         gateway: ctx.gateway.as_deref(),

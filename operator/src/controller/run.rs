@@ -14,12 +14,23 @@ use kube::runtime::events::Recorder;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use kube::runtime::WatchStreamExt as _;
+use kube::runtime::reflector::{self, Store};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_stream::wrappers::ReceiverStream;
+
+use super::autoscaler::{AutoscalerParts, run_autoscaler};
+use super::decisions::Decisions;
 use super::deployment::{AgentImages, DefaultResources};
 use super::error::Error;
+use super::loads::PoolLoads;
 use super::metrics::ControllerMetrics;
 use super::names::{AGENT_SELECTOR, MANAGER, POOL_LABEL};
 use super::reconcile::{Context, lock, pool_key, reconcile};
 use crate::api::InferencePool;
+use crate::gateway::discovery::{Discovery as _, KubernetesDiscovery};
 
 /// Settings of the controller.
 #[derive(Debug, Clone)]
@@ -42,7 +53,9 @@ pub async fn run_controller(
     metrics: ControllerMetrics,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
+    let decisions = Arc::new(Decisions::default());
     let ctx = Arc::new(Context {
+        decisions: decisions.clone(),
         metrics,
         failures: Default::default(),
         recorder: Recorder::new(client.clone(), MANAGER.into()),
@@ -55,27 +68,77 @@ pub async fn run_controller(
     // Children carry the agent labels: watching only those keeps every other Deployment,
     // Service, ConfigMap... of the cluster out of the controller's memory and queue.
     let children = || watcher::Config::default().labels(AGENT_SELECTOR);
-    Controller::new(
+    let controller = Controller::new(
         Api::<InferencePool>::all(client.clone()),
         watcher::Config::default(),
+    );
+    let (changed, reconcile_all) = mpsc::channel(1);
+    let mut scaling = spawn_autoscaler(
+        &client,
+        controller.store(),
+        ctx.recorder.clone(),
+        decisions,
+        changed,
+    );
+    controller
+        .reconcile_all_on(ReceiverStream::new(reconcile_all))
+        .owns(Api::<Deployment>::all(client.clone()), children())
+        .owns(Api::<Service>::all(client.clone()), children())
+        .owns(Api::<ConfigMap>::all(client.clone()), children())
+        .owns(Api::<PodDisruptionBudget>::all(client.clone()), children())
+        .owns(Api::<NetworkPolicy>::all(client.clone()), children())
+        // Agent pods belong to ReplicaSets, not to the pool: map them back by label, so that
+        // scheduling problems show up in the pool's status.
+        .watches(Api::<Pod>::all(client.clone()), children(), pool_of_pod)
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            match result {
+                Ok((pool, _)) => tracing::debug!(pool = %pool, "reconciled"),
+                Err(e) => tracing::warn!(error = %e, "reconcile failed"),
+            }
+        })
+        .await;
+    scaling.abort_all();
+}
+
+/// Starts the autoscaler and what feeds it: the agents' load (through EndpointSlice
+/// discovery, as the gateway finds them) and the HorizontalPodAutoscalers it stands aside
+/// for. The tasks end when the returned set is dropped or aborted.
+fn spawn_autoscaler(
+    client: &kube::Client,
+    pools: Store<InferencePool>,
+    recorder: Recorder,
+    decisions: Arc<Decisions>,
+    changed: mpsc::Sender<()>,
+) -> JoinSet<()> {
+    let mut tasks = JoinSet::new();
+    let loads = Arc::new(PoolLoads::default());
+    let discovery = KubernetesDiscovery {
+        client: client.clone(),
+        queue_wait: Duration::ZERO,
+        synced: Arc::default(),
+    };
+    tasks.spawn(discovery.run(loads.clone()));
+    let (hpas, writer) = reflector::store();
+    let hpa_watch = watcher::watcher(
+        Api::<HorizontalPodAutoscaler>::all(client.clone()),
+        Default::default(),
     )
-    .owns(Api::<Deployment>::all(client.clone()), children())
-    .owns(Api::<Service>::all(client.clone()), children())
-    .owns(Api::<ConfigMap>::all(client.clone()), children())
-    .owns(Api::<PodDisruptionBudget>::all(client.clone()), children())
-    .owns(Api::<NetworkPolicy>::all(client.clone()), children())
-    // Agent pods belong to ReplicaSets, not to the pool: map them back by label, so that
-    // scheduling problems show up in the pool's status.
-    .watches(Api::<Pod>::all(client), children(), pool_of_pod)
-    .graceful_shutdown_on(shutdown)
-    .run(reconcile, error_policy, ctx)
-    .for_each(|result| async move {
-        match result {
-            Ok((pool, _)) => tracing::debug!(pool = %pool, "reconciled"),
-            Err(e) => tracing::warn!(error = %e, "reconcile failed"),
-        }
-    })
-    .await;
+    .default_backoff()
+    .reflect(writer)
+    .for_each(|_| async {});
+    tasks.spawn(hpa_watch);
+    tasks.spawn(run_autoscaler(AutoscalerParts {
+        client: client.clone(),
+        pools,
+        hpas,
+        loads,
+        decisions,
+        recorder,
+        changed,
+    }));
+    tasks
 }
 
 fn pool_of_pod(pod: Pod) -> Option<ObjectRef<InferencePool>> {

@@ -3,6 +3,7 @@
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
+use super::decisions::Scaling;
 use super::names::{selector_string, served_name};
 use crate::api::{ConditionType, InferencePool, InferencePoolStatus};
 
@@ -71,6 +72,8 @@ pub struct Observations<'a> {
     pub gateway: Option<&'a str>,
     /// Stamp for conditions that change now.
     pub now: &'a Time,
+    /// The autoscaler's latest decision, for an autoscaled pool.
+    pub scaling: Option<&'a Scaling>,
 }
 
 /// The status the pool should have. Conditions whose status did not change keep their
@@ -119,6 +122,29 @@ pub fn desired_status(pool: &InferencePool, seen: &Observations<'_>) -> Inferenc
     let cond = |t: ConditionType, status: bool, reason: &str, message: String| {
         condition(previous, t, status, reason, message, generation, now)
     };
+    let mut conditions = vec![
+        cond(ConditionType::Ready, ready, ready_reason, ready_msg),
+        cond(
+            ConditionType::Progressing,
+            progressing,
+            progress_reason,
+            progress_msg,
+        ),
+        cond(
+            ConditionType::Degraded,
+            degraded,
+            degraded_reason,
+            degraded_msg,
+        ),
+    ];
+    if pool.spec.autoscaling.is_some() {
+        let (active, why, message) = seen
+            .scaling
+            .map_or((false, "Pending", "no decision yet".to_owned()), |s| {
+                (s.active, s.reason, s.message.clone())
+            });
+        conditions.push(cond(ConditionType::ScalingActive, active, why, message));
+    }
     InferencePoolStatus {
         replicas: o.replicas,
         ready_replicas: o.ready,
@@ -127,21 +153,7 @@ pub fn desired_status(pool: &InferencePool, seen: &Observations<'_>) -> Inferenc
         endpoint: seen
             .gateway
             .map(|g| format!("{g} (model \"{}\")", served_name(pool))),
-        conditions: vec![
-            cond(ConditionType::Ready, ready, ready_reason, ready_msg),
-            cond(
-                ConditionType::Progressing,
-                progressing,
-                progress_reason,
-                progress_msg,
-            ),
-            cond(
-                ConditionType::Degraded,
-                degraded,
-                degraded_reason,
-                degraded_msg,
-            ),
-        ],
+        conditions,
     }
 }
 
