@@ -1,7 +1,8 @@
 //! `inferpool-operator local -f pool.yaml`: a whole pool on this machine without
 //! Kubernetes. Each pool's agents run as child processes on 127.0.0.1 (restarted when one
 //! dies), the gateway serves them through static discovery, and Ctrl-C or SIGTERM stops
-//! everything cleanly (agents get SIGTERM and drain).
+//! everything cleanly (agents get SIGTERM and drain). A pool with `spec.autoscaling`
+//! starts and stops its agents by its load instead (see `local_scale`).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -20,6 +21,7 @@ use crate::gateway::dispatch::gateway::Gateway;
 use crate::gateway::http::limits::HttpSettings;
 use crate::gateway::runtime;
 use crate::gateway::upstream::channel::UpstreamFlags;
+use crate::local_scale::{self, ScaledPool};
 
 /// Settings of local mode.
 #[derive(Debug, Clone, clap::Args)]
@@ -67,9 +69,17 @@ pub fn cpu_share(agents: usize) -> usize {
     (cpus / agents.max(1)).max(1)
 }
 
-/// Agents the pools start.
+/// Agents the pools start (at most, for autoscaled ones).
 fn agents_in(pools: &[InferencePool]) -> usize {
-    pools.iter().map(|p| p.spec.replicas.max(1) as usize).sum()
+    pools.iter().map(|p| agents_of(p) as usize).sum()
+}
+
+/// Agents one pool runs: its replicas, or for an autoscaled pool its `maxReplicas`.
+fn agents_of(pool: &InferencePool) -> i32 {
+    match &pool.spec.autoscaling {
+        Some(a) => a.max_replicas.max(1),
+        None => pool.spec.replicas.max(1),
+    }
 }
 
 /// The bundled model, relative to the models folder.
@@ -79,7 +89,7 @@ const EMBEDDING: &str = "all-minilm-l6-v2";
 
 /// One agent process to keep running.
 #[derive(Debug, Clone)]
-struct AgentSlot {
+pub(crate) struct AgentSlot {
     id: String,
     binary: PathBuf,
     config: PathBuf,
@@ -97,6 +107,7 @@ pub async fn run_local(args: LocalArgs) -> anyhow::Result<()> {
     let (stop, stopped) = watch::channel(false);
     let mut supervisors = Vec::new();
     let mut routed = Vec::new();
+    let mut scaled = Vec::new();
     if args.agents.is_empty() {
         let models = args.models.clone().unwrap_or_else(default_models_dir);
         let binary = agent_binary(args.agent_binary.as_deref())?;
@@ -106,6 +117,11 @@ pub async fn run_local(args: LocalArgs) -> anyhow::Result<()> {
             for (slot, _) in &mut slots {
                 slot.drain_grace_seconds = args.drain_grace_seconds;
                 slot.cpus = cpus;
+            }
+            if let Some(spec) = pool.spec.autoscaling.clone() {
+                routed.push((pool.clone(), Vec::new()));
+                scaled.push(ScaledPool::new(pool, spec, slots));
+                continue;
             }
             let endpoints = slots.iter().map(|(_, e)| e.clone()).collect();
             routed.push((pool.clone(), endpoints));
@@ -122,6 +138,8 @@ pub async fn run_local(args: LocalArgs) -> anyhow::Result<()> {
         queue_wait,
     };
     discovery.run(gateway.clone()).await;
+    let scaler = local_scale::run(gateway.clone(), scaled, stopped.clone());
+    supervisors.push(tokio::spawn(scaler));
     // Beside the agents it starts, the gateway takes one agent's share of the CPUs; with
     // agents running elsewhere (`--agent`) the CPUs are all its own.
     let count = args.gateway_workers.unwrap_or_else(|| {
@@ -226,7 +244,7 @@ fn prepare_pool(
         pool,
         &ResolvedSource::Path(model.display().to_string()),
     ));
-    let replicas = pool.spec.replicas.max(1);
+    let replicas = agents_of(pool);
     let mut slots = Vec::new();
     // Every listener stays open until the pool's ports are all chosen: a port is free
     // again once its probe closes, and two agents (or one agent's two servers) given the
@@ -312,7 +330,7 @@ fn free_port(held: &mut Vec<std::net::TcpListener>) -> anyhow::Result<SocketAddr
 }
 
 /// Keeps one agent running until `stopped`; then SIGTERM and wait for its drain.
-async fn supervise(slot: AgentSlot, mut stopped: watch::Receiver<bool>) {
+pub(crate) async fn supervise(slot: AgentSlot, mut stopped: watch::Receiver<bool>) {
     let mut backoff = Duration::from_millis(200);
     loop {
         let mut child = match spawn(&slot) {
@@ -339,7 +357,8 @@ async fn supervise(slot: AgentSlot, mut stopped: watch::Receiver<bool>) {
     }
 }
 
-async fn until_stopped(stopped: &mut watch::Receiver<bool>) {
+/// Returns once `stopped` says so (or its sender is gone).
+pub(crate) async fn until_stopped(stopped: &mut watch::Receiver<bool>) {
     let _ = stopped.wait_for(|s| *s).await;
 }
 

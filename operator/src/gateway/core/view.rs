@@ -268,6 +268,22 @@ impl PoolView {
             .collect()
     }
 
+    /// Per agent that has reported: (running, queued, max batch size) from its last
+    /// report (the autoscaler's load, see `controller::autoscale`).
+    pub fn loads(&self) -> Vec<(u32, u32, u32)> {
+        self.agents
+            .values()
+            .filter(|a| a.reported_at.is_some())
+            .map(|a| {
+                (
+                    a.reported.running,
+                    a.reported.queued,
+                    a.reported.max_batch_size,
+                )
+            })
+            .collect()
+    }
+
     /// Per agent: id, in flight, breaker state (for metrics and status).
     pub fn snapshot(&self) -> Vec<(String, u32, &'static str, bool)> {
         self.agents
