@@ -63,7 +63,7 @@ pub struct Gateway {
     demand: Arc<Notify>,
 }
 
-/// Requests one pool's route holds for want of an agent.
+/// Requests one pool's route holds for want of an agent (none ready, or none free).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HeldRequests {
     /// The InferencePool's namespace.
@@ -106,7 +106,7 @@ impl Gateway {
             .map(|r| HeldRequests {
                 namespace: r.namespace.clone(),
                 name: r.name.clone(),
-                held: r.pool.holding.count(),
+                held: r.pool.waiting(),
             })
             .collect()
     }

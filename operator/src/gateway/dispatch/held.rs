@@ -41,6 +41,11 @@ impl Holding {
         self.count.load(Ordering::Relaxed)
     }
 
+    /// Tells the demand's followers that the pool's waiting requests changed.
+    pub fn announce(&self) {
+        self.demand.notify_one();
+    }
+
     /// A place among the held requests, unless `max` are held already.
     pub fn hold(&self) -> Option<Held<'_>> {
         self.count

@@ -70,6 +70,7 @@ impl Drop for Waiting<'_> {
         }
         // A more urgent request leaving may unblock less urgent ones.
         self.pool.changed.notify_waiters();
+        self.pool.holding.announce();
     }
 }
 
@@ -233,7 +234,14 @@ impl Pool {
         if let Ok(mut w) = self.waiting.lock() {
             w[rank] += 1;
         }
+        self.holding.announce();
         Waiting { pool: self, rank }
+    }
+
+    /// Requests waiting at the gateway for an agent: for a free one (every agent busy), or
+    /// for any (held: the pool has none). The scalers' demand.
+    pub fn waiting(&self) -> u32 {
+        self.waiting.lock().map_or(0, |w| w.iter().sum())
     }
 
     /// Whether requests more urgent than `rank` are waiting (they go first).
