@@ -11,6 +11,7 @@ pub mod gateway_demand;
 pub mod gateway_run;
 pub mod leader;
 pub mod local;
+pub mod local_agent;
 pub mod local_scale;
 pub mod manifest;
 pub mod rbac;

@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use inferpool_protocol::listen::WorkerSockets;
-use tokio::process::{Child, Command};
 use tokio::sync::watch;
 
 use crate::api::InferencePool;
@@ -21,6 +20,7 @@ use crate::gateway::dispatch::gateway::Gateway;
 use crate::gateway::http::limits::HttpSettings;
 use crate::gateway::runtime;
 use crate::gateway::upstream::channel::UpstreamFlags;
+use crate::local_agent::{AgentSlot, supervise};
 use crate::local_scale::{self, ScaledPool};
 
 /// Settings of local mode.
@@ -86,18 +86,6 @@ fn agents_of(pool: &InferencePool) -> i32 {
 const BUNDLED: &str = "smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf";
 /// The embedding model, relative to the models folder.
 const EMBEDDING: &str = "all-minilm-l6-v2";
-
-/// One agent process to keep running.
-#[derive(Debug, Clone)]
-pub(crate) struct AgentSlot {
-    id: String,
-    binary: PathBuf,
-    config: PathBuf,
-    embedding: Option<PathBuf>,
-    drain_grace_seconds: u64,
-    /// CPUs this agent may use for its engine and its worker threads (see `cpu_share`).
-    cpus: usize,
-}
 
 /// Runs the pools until Ctrl-C or SIGTERM.
 pub async fn run_local(args: LocalArgs) -> anyhow::Result<()> {
@@ -327,74 +315,6 @@ fn free_port(held: &mut Vec<std::net::TcpListener>) -> anyhow::Result<SocketAddr
     let addr = probe.local_addr()?;
     held.push(probe);
     Ok(addr)
-}
-
-/// Keeps one agent running until `stopped`; then SIGTERM and wait for its drain.
-pub(crate) async fn supervise(slot: AgentSlot, mut stopped: watch::Receiver<bool>) {
-    let mut backoff = Duration::from_millis(200);
-    loop {
-        let mut child = match spawn(&slot) {
-            Ok(child) => child,
-            Err(e) => {
-                tracing::error!(agent = %slot.id, error = %e, "cannot start agent");
-                return;
-            }
-        };
-        tokio::select! {
-            status = child.wait() => {
-                tracing::warn!(agent = %slot.id, ?status, "agent exited; restarting");
-            }
-            () = until_stopped(&mut stopped) => {
-                terminate(&mut child).await;
-                return;
-            }
-        }
-        tokio::select! {
-            () = tokio::time::sleep(backoff) => {}
-            () = until_stopped(&mut stopped) => return,
-        }
-        backoff = (backoff * 2).min(Duration::from_secs(5));
-    }
-}
-
-/// Returns once `stopped` says so (or its sender is gone).
-pub(crate) async fn until_stopped(stopped: &mut watch::Receiver<bool>) {
-    let _ = stopped.wait_for(|s| *s).await;
-}
-
-fn spawn(slot: &AgentSlot) -> std::io::Result<Child> {
-    let mut command = Command::new(&slot.binary);
-    command
-        .args(["serve", "--host", "127.0.0.1", "--config"])
-        .arg(&slot.config)
-        .arg("--drain-grace-seconds")
-        .arg(slot.drain_grace_seconds.to_string())
-        .arg("--grpc-workers")
-        .arg(slot.cpus.to_string())
-        // candle's matmuls (rayon) and the agent's async threads, as a pod's CPU limit
-        // would bound them: agents sharing a machine each at full width only contend.
-        .env("RAYON_NUM_THREADS", slot.cpus.to_string())
-        .env("TOKIO_WORKER_THREADS", slot.cpus.to_string())
-        .kill_on_drop(true);
-    if let Some(embedding) = &slot.embedding {
-        command.arg("--embedding-model").arg(embedding);
-    }
-    command.spawn()
-}
-
-async fn terminate(child: &mut Child) {
-    if let Some(pid) = child.id() {
-        let _ = Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status()
-            .await;
-    }
-    if tokio::time::timeout(Duration::from_secs(60), child.wait())
-        .await
-        .is_err()
-    {
-        let _ = child.kill().await;
-    }
 }
 
 #[cfg(test)]

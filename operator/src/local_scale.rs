@@ -21,7 +21,7 @@ use crate::controller::autoscale::{AgentLoad, Autoscaler, Decision, Observation}
 use crate::gateway::core::routes::RouteTable as _;
 use crate::gateway::core::view::Endpoint;
 use crate::gateway::dispatch::gateway::Gateway;
-use crate::local::{AgentSlot, supervise, until_stopped};
+use crate::local_agent::{AgentSlot, supervise, until_stopped};
 
 /// How often the scaler looks again without being woken (load, scale-down delay).
 const TICK: Duration = Duration::from_secs(1);
