@@ -80,13 +80,7 @@ pub fn events(
     deadline: Instant,
     record: RequestRecord,
 ) -> impl futures::Stream<Item = Result<Bytes, Infallible>> + Send + 'static {
-    let source = Source {
-        first: Some(committed.first),
-        rest: committed.rest,
-        deadline,
-        in_flight: committed.in_flight,
-        record,
-    };
+    let source = Source::of(committed, deadline, record);
     Events::new(how, source).into_stream()
 }
 
@@ -97,13 +91,7 @@ pub async fn relay(
     deadline: Instant,
     record: RequestRecord,
 ) -> Response {
-    let source = Source {
-        first: Some(committed.first),
-        rest: committed.rest,
-        deadline,
-        in_flight: committed.in_flight,
-        record,
-    };
+    let source = Source::of(committed, deadline, record);
     let cache = source
         .first
         .as_ref()
@@ -142,6 +130,16 @@ enum Piece {
 }
 
 impl Source {
+    fn of(committed: Committed, deadline: Instant, record: RequestRecord) -> Self {
+        Self {
+            first: Some(committed.first),
+            rest: committed.rest,
+            deadline,
+            in_flight: committed.in_flight,
+            record,
+        }
+    }
+
     async fn next(&mut self) -> Piece {
         let message = match self.first.take() {
             Some(m) => Ok(Some(m)),
