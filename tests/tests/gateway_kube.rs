@@ -9,7 +9,7 @@ use inferpool_e2e::agent::{AgentProcess, MODEL};
 use inferpool_e2e::cluster::cluster;
 use inferpool_e2e::controller::install_crd;
 use inferpool_e2e::dashboard;
-use inferpool_e2e::http::{get, metric, post_json};
+use inferpool_e2e::http::{get, header, metric, post_json};
 use inferpool_e2e::netns::NetNs;
 use inferpool_e2e::wait::wait_until;
 use inferpool_operator::gateway::discovery::Discovery as _;
@@ -46,7 +46,8 @@ async fn the_gateway_follows_a_pools_endpoint_slices_to_a_real_agent() -> anyhow
     let ns = cluster.namespace("gwkube")?;
     let pool = format!(
         "apiVersion: inferpool.dev/v1alpha1\nkind: InferencePool\nmetadata:\n  name: kpool\n  \
-         namespace: {}\nspec:\n  model:\n    servedName: {MODEL}\n",
+         namespace: {}\nspec:\n  model:\n    servedName: {MODEL}\n  routing:\n    \
+         requestTimeoutSeconds: 2\n",
         ns.name()
     );
     cluster.kubectl_stdin(&["apply", "-f", "-"], &pool)?;
@@ -99,14 +100,21 @@ async fn the_gateway_follows_a_pools_endpoint_slices_to_a_real_agent() -> anyhow
     assert!(answered_on("chat") >= 1.0, "{agent_text}");
     assert_eq!(answered_on("grpc_generate"), 0.0, "{agent_text}");
 
-    // The endpoint turns not-ready: the gateway stops sending to it.
+    // The endpoint turns not-ready: the gateway stops sending to it. A pool with no ready
+    // agent holds the request for one (scale from zero) until the pool's request timeout,
+    // 2 s here, then answers a retryable 503 pool_scaling, never 404 for a known model.
     cluster.kubectl_stdin(&["apply", "-f", "-"], &slice(ns.name(), &ip, &agent, false))?;
     wait_until(Duration::from_secs(30), || async {
         (status() == 503).then_some(())
     })
     .await?;
-    let refused = post_json(addr, "/v1/chat/completions", &body)?.json()?;
-    assert_eq!(refused["error"]["type"], "no_healthy_agent");
+    let refused = post_json(addr, "/v1/chat/completions", &body)?;
+    assert!(
+        header(&refused.head, "retry-after").is_some(),
+        "{}",
+        refused.head
+    );
+    assert_eq!(refused.json()?["error"]["type"], "pool_scaling");
 
     // The pool goes away: so does its model.
     cluster.kubectl(&["delete", "inferencepool", "kpool", "-n", ns.name()])?;
