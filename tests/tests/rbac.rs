@@ -1,7 +1,8 @@
 //! The operator runs with exactly the RBAC it declares (`inferpool-operator rbac`): a real
 //! operator process impersonates its ServiceAccount bound to those roles and nothing else,
 //! and still reconciles pools fully (children, status, PDB removal, events, lease). The
-//! gateway's ServiceAccount may read pools and EndpointSlices and nothing else.
+//! gateway's ServiceAccount may read pools and EndpointSlices, patch pools (its held-requests
+//! annotation, the scale-from-zero signal) and nothing else.
 
 use std::time::Duration;
 
@@ -52,7 +53,7 @@ async fn the_operator_needs_nothing_beyond_its_declared_rbac() -> anyhow::Result
             .trim(),
         ""
     );
-    the_gateway_may_read_pools_and_slices_only(c, op_ns.name())?;
+    the_gateway_may_read_pools_and_slices_and_patch_pools_only(c, op_ns.name())?;
 
     // A kubeconfig that acts as the ServiceAccount.
     let file = format!("inferpool-rbac-{}.kubeconfig", std::process::id());
@@ -113,7 +114,7 @@ async fn the_operator_needs_nothing_beyond_its_declared_rbac() -> anyhow::Result
 }
 
 /// `kubectl auth can-i` as the gateway's ServiceAccount, bound to its declared ClusterRole.
-fn the_gateway_may_read_pools_and_slices_only(
+fn the_gateway_may_read_pools_and_slices_and_patch_pools_only(
     c: &'static inferpool_e2e::cluster::Cluster,
     ns: &str,
 ) -> anyhow::Result<()> {
@@ -123,11 +124,14 @@ fn the_gateway_may_read_pools_and_slices_only(
     let args = ["--clusterrole", GATEWAY_NAME, "--serviceaccount", &subject];
     c.kubectl(&[&["create", "clusterrolebinding", &binding][..], &args[..]].concat())?;
     let user = format!("system:serviceaccount:{ns}:{GATEWAY_NAME}");
-    // can-i prints yes or no (and exits 1 on no).
+    // can-i prints yes or no (and exits 1 on no). `kind/status` would ask about an object
+    // named "status"; a subresource goes in `--subresource`.
     let can = |verb: &str, resource: &str| -> anyhow::Result<bool> {
+        let (resource, subresource) = resource.split_once('/').unwrap_or((resource, ""));
         let out = c
             .tool("kubectl")
             .args(["auth", "can-i", verb, resource, "-A", "--as", &user])
+            .args(["--subresource", subresource])
             .output()?;
         Ok(String::from_utf8_lossy(&out.stdout).trim() == "yes")
     };
@@ -146,8 +150,13 @@ fn the_gateway_may_read_pools_and_slices_only(
             "the gateway may create {resource}"
         );
     }
+    assert!(
+        can("patch", "inferencepools.inferpool.dev")?,
+        "the gateway may not patch inferencepools (its held-requests annotation)"
+    );
     for (verb, resource) in [
         ("create", "deployments.apps"),
+        ("patch", "inferencepools.inferpool.dev/scale"),
         ("list", "pods"),
         ("list", "secrets"),
         ("patch", "inferencepools.inferpool.dev/status"),
