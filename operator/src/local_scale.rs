@@ -93,13 +93,13 @@ impl ScaledPool {
     /// What the gateway sees of the pool; `None` before it has the pool's route.
     fn observe(&self, gateway: &Gateway) -> Option<Observation> {
         let route = gateway.route(&self.model)?;
-        let loads = route.pool.with_view(|v| v.loads()).unwrap_or_default();
-        let agents = loads
+        let reports = route.pool.with_view(|v| v.reports()).unwrap_or_default();
+        let agents = reports
             .into_iter()
-            .map(|(running, queued, max_batch_size)| AgentLoad {
-                running,
-                queued,
-                max_batch_size,
+            .map(|r| AgentLoad {
+                running: r.running,
+                queued: r.queued,
+                max_batch_size: r.max_batch_size,
             })
             .collect();
         Some(Observation {

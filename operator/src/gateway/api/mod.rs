@@ -20,7 +20,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use inferpool_protocol::openai::ModelList;
 
-use crate::gateway::dispatch::gateway::Gateway;
+use crate::gateway::dispatch::gateway::{Gateway, PoolRoute};
+use crate::gateway::metrics::PoolLoad;
 
 /// The gateway's routes. Bodies are bounded (size and time) by the server in front
 /// (see `http::limits`), so the router sets no limit of its own.
@@ -40,12 +41,7 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
 async fn metrics(State(gateway): State<Arc<Gateway>>) -> Response {
     let routes = gateway.routes();
     for route in &routes {
-        if let Some(agents) = route.pool.with_view(|v| v.snapshot()) {
-            gateway.metrics.observe_agents(&route.name, &agents);
-        }
-        if let Some(devices) = route.pool.with_view(|v| v.device_counts()) {
-            gateway.metrics.observe_devices(&route.name, &devices);
-        }
+        observe(&gateway, route);
     }
     let names: Vec<&str> = routes.iter().map(|r| r.name.as_str()).collect();
     gateway.metrics.retain_pools(&names);
@@ -55,6 +51,19 @@ async fn metrics(State(gateway): State<Arc<Gateway>>) -> Response {
     }
     let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
     ([(header::CONTENT_TYPE, content_type)], text).into_response()
+}
+
+/// Refreshes the gauges of `route`'s pool and agents from the pool's view.
+fn observe(gateway: &Gateway, route: &PoolRoute) {
+    let m = &gateway.metrics;
+    if let Some(agents) = route.pool.with_view(|v| v.snapshot()) {
+        m.observe_agents(&route.name, &agents);
+    }
+    if let Some(devices) = route.pool.with_view(|v| v.device_counts()) {
+        m.observe_devices(&route.name, &devices);
+    }
+    let reports = route.pool.with_view(|v| v.reports()).unwrap_or_default();
+    m.observe_pool(&route.name, &PoolLoad::of(route.pool.waiting(), &reports));
 }
 
 async fn models(State(gateway): State<Arc<Gateway>>) -> Response {

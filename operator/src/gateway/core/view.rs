@@ -268,20 +268,11 @@ impl PoolView {
             .collect()
     }
 
-    /// Per agent that has reported: (running, queued, max batch size) from its last
-    /// report (the autoscaler's load, see `controller::autoscale`).
-    pub fn loads(&self) -> Vec<(u32, u32, u32)> {
-        self.agents
-            .values()
-            .filter(|a| a.reported_at.is_some())
-            .map(|a| {
-                (
-                    a.reported.running,
-                    a.reported.queued,
-                    a.reported.max_batch_size,
-                )
-            })
-            .collect()
+    /// The last report of every agent that has reported (the autoscalers' load, see
+    /// `controller::autoscale`, and the pool's gauges).
+    pub fn reports(&self) -> Vec<Reported> {
+        let reported = self.agents.values().filter(|a| a.reported_at.is_some());
+        reported.map(|a| a.reported).collect()
     }
 
     /// Per agent: id, in flight, breaker state (for metrics and status).

@@ -17,8 +17,10 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 mod devices;
+mod pool_load;
 mod record;
 
+pub use pool_load::PoolLoad;
 use record::PoolSeries;
 pub use record::{PoolMetrics, RequestRecord};
 
@@ -126,6 +128,7 @@ pub struct GatewayMetrics {
     healthy: Family<AgentLabels, Gauge>,
     circuit: Family<CircuitLabels, Gauge>,
     devices: devices::AgentDevices,
+    pool_load: pool_load::PoolLoadGauges,
     /// The agents each pool's gauges were last set for.
     observed: Mutex<HashMap<String, Vec<String>>>,
     /// Every pool's series made (a pool's is made again when its route changes), whose
@@ -157,6 +160,7 @@ impl Default for GatewayMetrics {
             healthy: Family::default(),
             circuit: Family::default(),
             devices: devices::AgentDevices::default(),
+            pool_load: pool_load::PoolLoadGauges::default(),
             observed: Mutex::default(),
             series: Mutex::default(),
             unrouted: OnceLock::new(),
@@ -224,6 +228,7 @@ impl Default for GatewayMetrics {
             m.circuit.clone(),
         );
         m.devices.register(r);
+        m.pool_load.register(r);
         m
     }
 }
@@ -276,6 +281,14 @@ impl GatewayMetrics {
         }
     }
 
+    /// Refreshes the gauges to scale `pool` on.
+    pub fn observe_pool(&self, pool: &str, load: &PoolLoad) {
+        let labels = PoolLabels {
+            pool: pool.to_owned(),
+        };
+        self.pool_load.observe(&labels, load);
+    }
+
     /// Removes the series of every pool not in `pools` (pools that went away) and of their
     /// agents.
     pub fn retain_pools(&self, pools: &[&str]) {
@@ -299,6 +312,7 @@ impl GatewayMetrics {
             pool: pool.to_owned(),
         };
         self.agents.remove(&labels);
+        self.pool_load.remove(&labels);
         self.duration.remove(&labels);
         self.ttft.remove(&labels);
         self.queue_wait.remove(&labels);
