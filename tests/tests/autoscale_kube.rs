@@ -194,3 +194,77 @@ async fn a_pool_scales_from_zero_up_with_load_and_down_one_step_after_the_delay(
     assert!(!events.trim().is_empty(), "a ScaledUp event");
     Ok(())
 }
+
+/// A pool with `autoscaling` and an autoscaling/v2 HorizontalPodAutoscaler on it, and the
+/// HPA alone; `kubectl` rather than typed objects, as a user would write them.
+fn hpa_pool(ns: &str) -> String {
+    format!(
+        "apiVersion: inferpool.dev/v1alpha1\nkind: InferencePool\nmetadata:\n  name: hpool\n  \
+         namespace: {ns}\nspec:\n  replicas: 2\n  model:\n    servedName: hpa-model\n  \
+         autoscaling:\n    minReplicas: 0\n    maxReplicas: 3\n    scaleDownDelaySeconds: 1\n"
+    )
+}
+
+fn hpa(ns: &str) -> String {
+    format!(
+        "apiVersion: autoscaling/v2\nkind: HorizontalPodAutoscaler\nmetadata:\n  name: hpool\n  \
+         namespace: {ns}\nspec:\n  scaleTargetRef:\n    apiVersion: inferpool.dev/v1alpha1\n    \
+         kind: InferencePool\n    name: hpool\n  minReplicas: 2\n  maxReplicas: 4\n"
+    )
+}
+
+/// `(status, reason)` of the pool's `ScalingActive` condition.
+fn scaling_active(cluster: &Cluster, ns: &str) -> Option<(String, String)> {
+    let path = "jsonpath={.status.conditions[?(@.type==\"ScalingActive\")]['status','reason']}";
+    let args = ["get", "inferencepool", "hpool", "-n", ns, "-o", path];
+    let out = cluster.kubectl(&args).ok()?;
+    let (status, reason) = out.trim().split_once(' ')?;
+    Some((status.to_owned(), reason.to_owned()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_an_hpa_targets_is_left_to_it_and_taken_back_when_it_goes() -> anyhow::Result<()> {
+    let cluster = cluster()?;
+    install_crd()?;
+    shared_controller()?;
+    let ns = cluster.namespace("autoscale-hpa")?;
+    let ns = ns.name().to_owned();
+    cluster.kubectl_stdin(
+        &["apply", "-f", "-"],
+        &format!("{}---\n{}", hpa(&ns), hpa_pool(&ns)),
+    )?;
+
+    // Idle with no agent and minReplicas 0, the built-in autoscaler would take the pool down;
+    // with the HPA there it says so and leaves the replicas alone.
+    let aside = wait_until(Duration::from_secs(30), || async {
+        scaling_active(cluster, &ns).filter(|(_, reason)| reason == "HorizontalPodAutoscaler")
+    })
+    .await?;
+    assert_eq!(aside.0, "False");
+    let held = wait_until(Duration::from_secs(30), || async {
+        let args = [
+            "get",
+            "deploy",
+            "hpool-agent",
+            "-n",
+            &ns,
+            "-o",
+            "jsonpath={.spec.replicas}",
+        ];
+        cluster.kubectl(&args).ok().filter(|r| !r.trim().is_empty())
+    })
+    .await?;
+    assert_eq!(
+        held.trim(),
+        "2",
+        "the built-in autoscaler moved a pool the HPA owns"
+    );
+
+    cluster.kubectl(&["delete", "hpa", "hpool", "-n", &ns])?;
+    let back = wait_until(Duration::from_secs(30), || async {
+        scaling_active(cluster, &ns).filter(|(_, reason)| reason != "HorizontalPodAutoscaler")
+    })
+    .await?;
+    println!("without the HPA: ScalingActive {back:?}");
+    Ok(())
+}
