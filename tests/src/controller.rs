@@ -64,6 +64,50 @@ fn start() -> anyhow::Result<ControllerMetrics> {
     Ok(metrics)
 }
 
+/// Installs KEDA's ScaledObject CRD, fetched by `hack/controlplane/build` at the pinned
+/// `KEDA_VERSION`, once per process: the KEDA example and the chart's ScaledObjects are
+/// validated against it.
+pub fn install_keda_crd() -> anyhow::Result<()> {
+    static INSTALLED: OnceLock<Result<(), String>> = OnceLock::new();
+    let apply = || -> anyhow::Result<()> {
+        let path = keda_crd_path()?;
+        let c = cluster()?;
+        c.kubectl(&[
+            "apply",
+            "--server-side",
+            "-f",
+            path.to_str().unwrap_or_default(),
+        ])?;
+        c.kubectl(&[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "crd/scaledobjects.keda.sh",
+        ])?;
+        Ok(())
+    };
+    INSTALLED
+        .get_or_init(|| apply().map_err(|e| format!("{e:#}")))
+        .clone()
+        .map_err(anyhow::Error::msg)
+}
+
+/// `<control plane home>/keda-<KEDA_VERSION>-scaledobjects.yaml`.
+fn keda_crd_path() -> anyhow::Result<std::path::PathBuf> {
+    let versions = crate::parts::repo_root().join("hack/controlplane/versions.env");
+    let versions = std::fs::read_to_string(versions)?;
+    let version = versions
+        .lines()
+        .find_map(|l| l.strip_prefix("KEDA_VERSION="))
+        .ok_or_else(|| anyhow::anyhow!("no KEDA_VERSION in versions.env"))?;
+    let bin = crate::parts::controlplane_bin()?;
+    let home = bin
+        .parent()
+        .ok_or_else(|| anyhow::anyhow!("no control plane home"))?;
+    let file = home.join(format!("keda-{}-scaledobjects.yaml", version.trim()));
+    crate::parts::require(&file, "hack/controlplane/build")
+}
+
 /// Installs the committed CRD once per process (`kubectl apply`, as a user would).
 pub fn install_crd() -> anyhow::Result<()> {
     static INSTALLED: OnceLock<Result<(), String>> = OnceLock::new();

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use inferpool_e2e::agent::{AgentProcess, MODEL};
 use inferpool_e2e::cluster::cluster;
+use inferpool_e2e::controller::install_keda_crd;
 use inferpool_e2e::http::post_json;
 use inferpool_e2e::netns::NetNs;
 use inferpool_e2e::operator::{GatewayProcess, OperatorProcess};
@@ -185,6 +186,8 @@ fn monitors_scrape_what_exists(rendered: &str) -> anyhow::Result<()> {
 fn rendered_manifests_are_accepted_by_the_api_server() -> anyhow::Result<()> {
     let c = cluster()?;
     let ns = c.namespace("render")?;
+    // KEDA's ScaledObjects (keda-values) are checked against KEDA's own CRD.
+    install_keda_crd()?;
     // The full values add a ServiceMonitor, whose CRD (prometheus-operator) is not here.
     for values in values_files()
         .iter()
@@ -201,10 +204,16 @@ fn rendered_manifests_are_accepted_by_the_api_server() -> anyhow::Result<()> {
             values,
             "--validate",
         ])?;
-        c.kubectl_stdin(
+        let applied = c.kubectl_stdin(
             &["apply", "--dry-run=server", "-n", ns.name(), "-f", "-"],
             &out,
         )?;
+        if values.ends_with("keda-values.yaml") {
+            for pool in ["smollm2", "smollm2-big"] {
+                let object = format!("scaledobject.keda.sh/{pool}");
+                assert!(applied.contains(&object), "{applied}");
+            }
+        }
     }
     let out = c.helm(&["template", "x", &chart(), "-n", ns.name(), "--validate"])?;
     let applied = c.kubectl_stdin(

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use inferpool_e2e::cluster::cluster;
-use inferpool_e2e::controller::install_crd;
+use inferpool_e2e::controller::{install_crd, install_keda_crd};
 use inferpool_e2e::parts::repo_root;
 use inferpool_e2e::wait::wait_until;
 use inferpool_operator::api::{InferencePool, InferencePoolSpec, ModelSpec};
@@ -107,6 +107,29 @@ fn the_examples_are_accepted_by_the_api_server() -> anyhow::Result<()> {
         dir.to_str().unwrap_or_default(),
     ])?;
     assert_eq!(out.lines().count(), 4, "{out}");
+    Ok(())
+}
+
+#[test]
+fn the_keda_example_is_accepted_by_the_api_server() -> anyhow::Result<()> {
+    install_crd()?;
+    install_keda_crd()?;
+    let c = cluster()?;
+    let ns = c.namespace("keda-example")?;
+    let file = repo_root().join("examples/keda/scaled-pool.yaml");
+    let out = c.kubectl(&[
+        "apply",
+        "--dry-run=server",
+        "-n",
+        ns.name(),
+        "-f",
+        file.to_str().unwrap_or_default(),
+    ])?;
+    assert!(
+        out.contains("inferencepool.inferpool.dev/smollm2-keda"),
+        "{out}"
+    );
+    assert!(out.contains("scaledobject.keda.sh/smollm2-keda"), "{out}");
     Ok(())
 }
 
