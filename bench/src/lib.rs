@@ -5,6 +5,7 @@ pub mod drivers;
 pub mod grpc_hop;
 pub mod keepalive;
 pub mod process;
+pub mod timeline;
 
 use std::time::Duration;
 

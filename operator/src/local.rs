@@ -74,11 +74,12 @@ fn agents_in(pools: &[InferencePool]) -> usize {
     pools.iter().map(|p| agents_of(p) as usize).sum()
 }
 
-/// Agents one pool runs: its replicas, or for an autoscaled pool its `maxReplicas`.
+/// Agents one pool runs: its replicas (0 too: a pool scaled to zero holds its requests
+/// until their deadline, as in a cluster), or for an autoscaled pool its `maxReplicas`.
 fn agents_of(pool: &InferencePool) -> i32 {
     match &pool.spec.autoscaling {
         Some(a) => a.max_replicas.max(1),
-        None => pool.spec.replicas.max(1),
+        None => pool.spec.replicas.max(0),
     }
 }
 

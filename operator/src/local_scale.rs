@@ -105,7 +105,9 @@ impl ScaledPool {
         Some(Observation {
             replicas: i32::try_from(self.running.len()).unwrap_or(i32::MAX),
             agents,
-            held: route.pool.holding.count(),
+            // Held for any agent (none ready) or for a free one (all busy), as a cluster
+            // gateway publishes it.
+            held: route.pool.waiting(),
             slots_per_agent: self.slots_per_agent,
         })
     }

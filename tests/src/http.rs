@@ -265,6 +265,17 @@ impl EventStream {
         }
     }
 
+    /// The next line of the body as sent (comments, `data:` lines, blank separators),
+    /// without its line end; `None` at the end of the stream.
+    pub fn next_line(&mut self) -> anyhow::Result<Option<String>> {
+        use std::io::BufRead as _;
+        let mut line = String::new();
+        if self.reader.read_line(&mut line)? == 0 {
+            return Ok(None);
+        }
+        Ok(Some(line.trim_end_matches(['\r', '\n']).to_owned()))
+    }
+
     /// The rest of the body as text (for a refusal, which is not a stream of events).
     pub fn rest(&mut self) -> String {
         use std::io::Read as _;

@@ -100,7 +100,10 @@ impl Launcher {
         kv_bytes: u64,
         faults: StepFaults,
     ) -> Result<Started, String> {
+        let began = std::time::Instant::now();
         let weights = self.weights_on(device).await?;
+        let loaded = began.elapsed();
+        tracing::info!(device = %device.label(), seconds = loaded.as_secs_f64(), "model loaded");
         let blocks = BlockBudget::from_bytes(kv_bytes, self.settings.kv_bytes_per_token).total();
         let config = BatcherConfig {
             kv_blocks: blocks,
@@ -108,6 +111,8 @@ impl Launcher {
         };
         let (engine, mut exit) = EngineHandle::supervised(weights, config, faults);
         warm_up(&engine, self.warm_up_request(), &mut exit).await?;
+        let warm = began.elapsed() - loaded;
+        tracing::info!(device = %device.label(), seconds = warm.as_secs_f64(), "warmed up");
         Ok((engine, exit))
     }
 

@@ -256,8 +256,12 @@ async fn load_and_warm_inner(
         .transpose()
         .map_err(anyhow::Error::msg)?
         .unwrap_or(Device::Cpu);
-    let started = super::devices::start(config, args.kv_cache_bytes, inventory).await?;
-    let embedder = load_embedder(args, &embed_device, config.batching.padding).await?;
+    // Side by side: the embedding model loads on a blocking thread of its own while the
+    // generation model loads and warms up (bench/scale: most of a second off a cold start).
+    let (started, embedder) = tokio::try_join!(
+        super::devices::start(config, args.kv_cache_bytes, inventory),
+        load_embedder(args, &embed_device, config.batching.padding),
+    )?;
     let models = ServedModels {
         generation: (&config.served_name, &config.model_path),
         embedding: embedder
