@@ -12,6 +12,7 @@ use inferpool_protocol::listen::WorkerSockets;
 use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 
+use crate::gateway::auth::AuthFlags;
 use crate::gateway::discovery::{Discovery as _, KubernetesDiscovery};
 use crate::gateway::dispatch::gateway::Gateway;
 use crate::gateway::http::limits::HttpSettings;
@@ -36,6 +37,8 @@ pub struct GatewayConfig {
     pub http: HttpSettings,
     /// Timeouts of the links to the agents.
     pub upstream: UpstreamSettings,
+    /// API keys.
+    pub auth: AuthFlags,
 }
 
 /// Serves until SIGTERM or Ctrl-C, then finishes what is in flight within the shutdown
@@ -47,6 +50,9 @@ pub async fn serve(client: kube::Client, config: GatewayConfig) -> anyhow::Resul
     let bound = WorkerSockets::bind(config.addr, config.workers)
         .with_context(|| format!("binding {}", config.addr))?;
     let gateway = Gateway::with_upstream(config.upstream);
+    if let Some(auth) = config.auth.load()? {
+        gateway.set_auth(auth);
+    }
     let demand = publish_demand(client.clone(), gateway.clone(), identity());
     let publishing = tokio::spawn(demand);
     let discovery = KubernetesDiscovery {

@@ -14,6 +14,7 @@ use tokio::sync::watch;
 
 use crate::api::InferencePool;
 use crate::controller::config::{ResolvedSource, agent_config, persistent_cache, render};
+use crate::gateway::auth::AuthFlags;
 use crate::gateway::core::view::Endpoint;
 use crate::gateway::discovery::{Discovery as _, StaticDiscovery};
 use crate::gateway::dispatch::gateway::Gateway;
@@ -60,6 +61,9 @@ pub struct LocalArgs {
     /// Timeouts of the gateway's links to the agents.
     #[command(flatten)]
     pub upstream: UpstreamFlags,
+    /// The gateway's API keys.
+    #[command(flatten)]
+    pub auth: AuthFlags,
 }
 
 /// The CPUs each of `agents` agents gets of those this process may use: an equal share,
@@ -93,6 +97,9 @@ pub async fn run_local(args: LocalArgs) -> anyhow::Result<()> {
     let pools = read_pools(&args.files)?;
     let state = tempdir_for_run()?;
     let gateway = Gateway::with_upstream(args.upstream.settings());
+    if let Some(auth) = args.auth.load()? {
+        gateway.set_auth(auth);
+    }
     let (stop, stopped) = watch::channel(false);
     let mut supervisors = Vec::new();
     let mut routed = Vec::new();

@@ -114,6 +114,8 @@ struct GatewayArgs {
     http: inferpool_operator::gateway::http::limits::HttpSettings,
     #[command(flatten)]
     upstream: inferpool_operator::gateway::upstream::channel::UpstreamFlags,
+    #[command(flatten)]
+    auth: inferpool_operator::gateway::auth::AuthFlags,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -195,6 +197,7 @@ async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
             .unwrap_or_else(inferpool_protocol::listen::default_workers),
         http: args.http,
         upstream: args.upstream.settings(),
+        auth: args.auth,
     };
     inferpool_operator::gateway_run::serve(client, config).await
 }

@@ -39,11 +39,17 @@ pub enum ErrorType {
     Timeout,
     /// The agent failed in a way that has no type of its own.
     UpstreamError,
+    /// No API key, or one the gateway does not know.
+    InvalidApiKey,
+    /// The API key may not use the model.
+    ModelNotAllowed,
+    /// The API key's requests or tokens per minute are used up: retry after `Retry-After`.
+    RateLimitExceeded,
 }
 
 impl ErrorType {
     /// Every type.
-    pub const ALL: [Self; 15] = [
+    pub const ALL: [Self; 18] = [
         Self::InvalidRequest,
         Self::RequestTooLarge,
         Self::RequestTimeout,
@@ -59,6 +65,9 @@ impl ErrorType {
         Self::PoolScaling,
         Self::Timeout,
         Self::UpstreamError,
+        Self::InvalidApiKey,
+        Self::ModelNotAllowed,
+        Self::RateLimitExceeded,
     ];
 
     /// The `type` on the wire.
@@ -79,6 +88,9 @@ impl ErrorType {
             Self::PoolScaling => "pool_scaling",
             Self::Timeout => "timeout",
             Self::UpstreamError => "upstream_error",
+            Self::InvalidApiKey => "invalid_api_key",
+            Self::ModelNotAllowed => "model_not_allowed",
+            Self::RateLimitExceeded => "rate_limit_exceeded",
         }
     }
 
@@ -86,10 +98,12 @@ impl ErrorType {
     pub const fn status(self) -> u16 {
         match self {
             Self::InvalidRequest => 400,
+            Self::InvalidApiKey => 401,
+            Self::ModelNotAllowed => 403,
             Self::ModelNotFound => 404,
             Self::RequestTimeout => 408,
             Self::RequestTooLarge | Self::ContextLengthExceeded => 413,
-            Self::QueueFull | Self::PoolSaturated => 429,
+            Self::QueueFull | Self::PoolSaturated | Self::RateLimitExceeded => 429,
             Self::ServerError => 500,
             Self::UpstreamError => 502,
             Self::Draining | Self::NotReady | Self::NoHealthyAgent | Self::PoolScaling => 503,

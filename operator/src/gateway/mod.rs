@@ -10,9 +10,11 @@
 //! - `http`: the hyper server, its limits, timeouts and TLS;
 //! - `runtime`: the router on the server on the bound sockets.
 //!
-//! `discovery` feeds the route table and depends on the core alone.
+//! `discovery` feeds the route table and depends on the core alone; `auth` (API keys and
+//! quotas) depends on nothing of the gateway, and the dispatch layer holds it.
 
 pub mod api;
+pub mod auth;
 pub mod core;
 pub mod discovery;
 pub mod dispatch;

@@ -18,6 +18,7 @@ use inferpool_protocol::openai::{
 };
 use serde::de::DeserializeOwned;
 
+use super::access;
 use super::checks::{
     PREFIX_BYTES, cache_control, chat_prefix, parse_json, prefix_of, priority, session, traceparent,
 };
@@ -72,7 +73,7 @@ fn check<Raw, R>(
     gateway: &Gateway,
     headers: &HeaderMap,
     body: Bytes,
-    model: impl FnOnce(&R) -> &str,
+    asks: impl FnOnce(&R) -> (&str, Option<u32>),
 ) -> Result<Checked<R>, ApiError>
 where
     Raw: DeserializeOwned,
@@ -81,7 +82,15 @@ where
 {
     let req =
         R::try_from(parse_json::<Raw>(&body)?).map_err(|e| ApiError::invalid(e.to_string()))?;
-    let route = route_for(gateway, model(&req))?;
+    let (model, max_tokens) = asks(&req);
+    // Before the route: a client without a valid key learns nothing of the models.
+    access::admit(
+        gateway,
+        headers,
+        model,
+        access::estimate(body.len(), max_tokens),
+    )?;
+    let route = route_for(gateway, model)?;
     let priority = priority(headers)?;
     Ok(Checked {
         req,
@@ -102,8 +111,9 @@ pub(super) async fn chat(
 
 /// Answers a chat completion request with `headers` and `body`.
 pub async fn answer_chat(gateway: &Gateway, headers: &HeaderMap, body: Bytes) -> Response {
-    let checked =
-        check::<ChatCompletionRequest, ValidChatRequest>(gateway, headers, body, |r| &r.model);
+    let checked = check::<ChatCompletionRequest, ValidChatRequest>(gateway, headers, body, |r| {
+        (&r.model, r.sampling.max_tokens)
+    });
     let Checked {
         mut req,
         route,
@@ -149,16 +159,17 @@ pub(super) async fn completions(
 
 /// Answers a text completion request with `headers` and `body`.
 pub async fn answer_completion(gateway: &Gateway, headers: &HeaderMap, body: Bytes) -> Response {
-    let checked =
-        check::<CompletionRequest, ValidCompletionRequest>(gateway, headers, body, |r| &r.model)
-            .and_then(|c| {
-                if c.req.echo {
-                    return Err(ApiError::invalid(
-                        "echo is not supported through the gateway",
-                    ));
-                }
-                Ok(c)
-            });
+    let checked = check::<CompletionRequest, ValidCompletionRequest>(gateway, headers, body, |r| {
+        (&r.model, r.sampling.max_tokens)
+    })
+    .and_then(|c| {
+        if c.req.echo {
+            return Err(ApiError::invalid(
+                "echo is not supported through the gateway",
+            ));
+        }
+        Ok(c)
+    });
     let Checked {
         req,
         route,

@@ -46,9 +46,15 @@ pub async fn embeddings(
     }
 }
 
+/// An embedding request is charged its input's estimate (it generates nothing).
+fn access_estimate(body: &Bytes) -> u32 {
+    super::access::estimate(body.len(), Some(0))
+}
+
 fn check(gateway: &Gateway, headers: &HeaderMap, body: &Bytes) -> Result<Routed, ApiError> {
     let req = ValidEmbeddingRequest::try_from(parse_json::<EmbeddingRequest>(body)?)
         .map_err(|e| ApiError::invalid(e.to_string()))?;
+    super::access::admit(gateway, headers, &req.model, access_estimate(body))?;
     let route = gateway.embedding_route(&req.model).ok_or_else(|| {
         let message = format!("no pool serves the embedding model {:?}", req.model);
         ApiError::of(ErrorType::ModelNotFound, message)

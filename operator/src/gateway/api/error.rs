@@ -15,6 +15,8 @@ pub struct ApiError {
     status: u16,
     pub(super) kind: String,
     message: String,
+    /// Seconds to wait before a retry, when the refusal knows them.
+    retry_after: Option<u32>,
 }
 
 impl ApiError {
@@ -23,7 +25,14 @@ impl ApiError {
             status,
             kind: kind.to_owned(),
             message: message.into(),
+            retry_after: None,
         }
+    }
+
+    /// The same, telling the client to retry after `seconds`.
+    pub(super) fn retry_after(mut self, seconds: u32) -> Self {
+        self.retry_after = Some(seconds);
+        self
     }
 
     /// The gateway's own error of type `kind`, with its status.
@@ -56,7 +65,9 @@ impl ApiError {
             content_type: None,
             cache: None,
             body: body.into(),
-            retry_after: retry_after(self.status, &self.kind),
+            retry_after: self
+                .retry_after
+                .or_else(|| retry_after(self.status, &self.kind)),
         }
     }
 }

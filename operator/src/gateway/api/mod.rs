@@ -2,6 +2,7 @@
 //! and text completions, embeddings, the model list, the gateway's metrics and liveness.
 //! Handlers check requests, hand them to `dispatch`, and shape its answers.
 
+pub mod access;
 pub mod checks;
 pub mod completions;
 pub mod embeddings;
@@ -15,7 +16,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use inferpool_protocol::openai::ModelList;
@@ -66,7 +67,10 @@ fn observe(gateway: &Gateway, route: &PoolRoute) {
     m.observe_pool(&route.name, &PoolLoad::of(route.pool.waiting(), &reports));
 }
 
-async fn models(State(gateway): State<Arc<Gateway>>) -> Response {
+async fn models(State(gateway): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
+    if let Err(refused) = access::identify(&gateway, &headers) {
+        return refused.into_response();
+    }
     let names = gateway.model_names();
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
     axum::Json(ModelList::of(&refs, gateway.created, "inferpool")).into_response()

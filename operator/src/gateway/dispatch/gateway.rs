@@ -2,13 +2,14 @@
 //! agents, retry budget and metrics. Discovery fills it through `core::routes::RouteTable`.
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::Notify;
 
 use super::held::Holding;
 use super::pool::Pool;
+use crate::gateway::auth::Auth;
 use crate::gateway::core::pick::{picker, strategy_name};
 use crate::gateway::core::policy::{ForwardError, ForwardSettings};
 use crate::gateway::core::retry::RetryBudget;
@@ -61,6 +62,8 @@ pub struct Gateway {
     upstream: UpstreamSettings,
     /// Told whenever a pool's held requests change (see `held`).
     demand: Arc<Notify>,
+    /// API keys and quotas, when the gateway has them.
+    auth: OnceLock<Arc<Auth>>,
 }
 
 /// Requests one pool's route holds for want of an agent (none ready, or none free).
@@ -91,7 +94,18 @@ impl Gateway {
             metrics: Arc::default(),
             upstream,
             demand: Arc::default(),
+            auth: OnceLock::new(),
         })
+    }
+
+    /// Requires `auth`'s keys of every request from now on (once; later calls are ignored).
+    pub fn set_auth(&self, auth: Arc<Auth>) {
+        let _ = self.auth.set(auth);
+    }
+
+    /// The API keys, when requests need one.
+    pub fn auth(&self) -> Option<&Auth> {
+        self.auth.get().map(Arc::as_ref)
     }
 
     /// Told (one stored permit) whenever a pool's held requests change.

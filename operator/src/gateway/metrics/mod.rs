@@ -17,6 +17,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 mod devices;
+pub mod keys;
 mod pool_load;
 mod record;
 
@@ -129,6 +130,8 @@ pub struct GatewayMetrics {
     circuit: Family<CircuitLabels, Gauge>,
     devices: devices::AgentDevices,
     pool_load: pool_load::PoolLoadGauges,
+    /// Usage per API key.
+    pub keys: keys::KeyMetrics,
     /// The agents each pool's gauges were last set for.
     observed: Mutex<HashMap<String, Vec<String>>>,
     /// Every pool's series made (a pool's is made again when its route changes), whose
@@ -161,6 +164,7 @@ impl Default for GatewayMetrics {
             circuit: Family::default(),
             devices: devices::AgentDevices::default(),
             pool_load: pool_load::PoolLoadGauges::default(),
+            keys: keys::KeyMetrics::default(),
             observed: Mutex::default(),
             series: Mutex::default(),
             unrouted: OnceLock::new(),
@@ -229,6 +233,7 @@ impl Default for GatewayMetrics {
         );
         m.devices.register(r);
         m.pool_load.register(r);
+        m.keys.register(r);
         m
     }
 }
