@@ -64,10 +64,11 @@ impl ErrorType {
         Self::NoHealthyAgent,
         Self::PoolScaling,
         Self::Timeout,
-        Self::UpstreamError,
         Self::InvalidApiKey,
         Self::ModelNotAllowed,
         Self::RateLimitExceeded,
+        // Last: the gateway's metrics count any unknown outcome as this one.
+        Self::UpstreamError,
     ];
 
     /// The `type` on the wire.
