@@ -55,7 +55,8 @@ pub fn first_after(lines: &[Logged], after: f64, needle: &str) -> Option<f64> {
 pub fn nth_after(lines: &[Logged], after: f64, needle: &str, n: usize) -> Option<f64> {
     let found = lines
         .iter()
-        .filter(|l| l.at >= after && l.text.contains(needle));
+        // On the clock of the day: `between` carries an interval across midnight.
+        .filter(|l| between(after, l.at) >= 0.0 && l.text.contains(needle));
     found.map(|l| l.at).nth(n.checked_sub(1)?)
 }
 

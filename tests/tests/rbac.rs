@@ -133,7 +133,15 @@ fn the_gateway_may_read_pools_and_slices_and_patch_pools_only(
             .args(["auth", "can-i", verb, resource, "-A", "--as", &user])
             .args(["--subresource", subresource])
             .output()?;
-        Ok(String::from_utf8_lossy(&out.stdout).trim() == "yes")
+        // Exactly yes or no: a command kubectl refused must not read as "no".
+        match String::from_utf8_lossy(&out.stdout).trim() {
+            "yes" => Ok(true),
+            "no" => Ok(false),
+            other => anyhow::bail!(
+                "can-i {verb} {resource}: {other:?} {}",
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        }
     };
     for resource in [
         "endpointslices.discovery.k8s.io",

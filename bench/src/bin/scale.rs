@@ -252,7 +252,10 @@ fn load_step(operator: &Path, burst: usize) -> anyhow::Result<Step> {
     let decision = format!("autoscale {POOL}: ");
     let first = pool.until_logged(sent, &decision, 1)?;
     let last = pool.until_logged(sent, &format!("-> {burst} agents"), 1)?;
-    let serving = pool.until_logged(sent, ": ready ", burst.saturating_sub(1))?;
+    let serving = match burst {
+        0 | 1 => last,
+        n => pool.until_logged(sent, ": ready ", n - 1)?,
+    };
     for stream in streams {
         stream
             .join()

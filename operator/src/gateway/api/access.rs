@@ -34,10 +34,7 @@ pub fn admit(
     };
     let keys = &gateway.metrics.keys;
     let key = auth.identify(headers).map_err(|denied| {
-        keys.unauthenticated(match denied {
-            Denied::Missing => "missing",
-            _ => "unknown",
-        });
+        keys.unauthenticated(reason(&denied));
         refusal(&denied)
     })?;
     match auth.admit(&key, model, tokens, Instant::now()) {
@@ -52,12 +49,23 @@ pub fn admit(
     }
 }
 
-/// Admits a request that names no model (the model list) with any valid key.
+/// Refuses a request without a valid key (counted); the handlers call it before anything
+/// else, and alone for the model list.
 pub fn identify(gateway: &Gateway, headers: &HeaderMap) -> Result<(), ApiError> {
     let Some(auth) = gateway.auth() else {
         return Ok(());
     };
-    auth.identify(headers).map(drop).map_err(|d| refusal(&d))
+    auth.identify(headers).map(drop).map_err(|denied| {
+        gateway.metrics.keys.unauthenticated(reason(&denied));
+        refusal(&denied)
+    })
+}
+
+fn reason(denied: &Denied) -> &'static str {
+    match denied {
+        Denied::Missing => "missing",
+        _ => "unknown",
+    }
 }
 
 fn outcome(denied: &Denied) -> &'static str {

@@ -80,18 +80,16 @@ where
     R: TryFrom<Raw>,
     R::Error: std::fmt::Display,
 {
+    // First: a client without a valid key learns nothing, not even how its body is wrong.
+    access::identify(gateway, headers)?;
     let req =
         R::try_from(parse_json::<Raw>(&body)?).map_err(|e| ApiError::invalid(e.to_string()))?;
     let (model, max_tokens) = asks(&req);
-    // Before the route: a client without a valid key learns nothing of the models.
-    access::admit(
-        gateway,
-        headers,
-        model,
-        access::estimate(body.len(), max_tokens),
-    )?;
     let route = route_for(gateway, model)?;
     let priority = priority(headers)?;
+    // Last: only a request that will be forwarded is charged.
+    let tokens = access::estimate(body.len(), max_tokens);
+    access::admit(gateway, headers, model, tokens)?;
     Ok(Checked {
         req,
         route,

@@ -52,15 +52,17 @@ fn access_estimate(body: &Bytes) -> u32 {
 }
 
 fn check(gateway: &Gateway, headers: &HeaderMap, body: &Bytes) -> Result<Routed, ApiError> {
+    super::access::identify(gateway, headers)?;
     let req = ValidEmbeddingRequest::try_from(parse_json::<EmbeddingRequest>(body)?)
         .map_err(|e| ApiError::invalid(e.to_string()))?;
-    super::access::admit(gateway, headers, &req.model, access_estimate(body))?;
     let route = gateway.embedding_route(&req.model).ok_or_else(|| {
         let message = format!("no pool serves the embedding model {:?}", req.model);
         ApiError::of(ErrorType::ModelNotFound, message)
     })?;
+    let rank = priority_rank(priority(headers)?);
+    super::access::admit(gateway, headers, &req.model, access_estimate(body))?;
     Ok(Routed {
-        rank: priority_rank(priority(headers)?),
+        rank,
         traceparent: traceparent(headers),
         cache_control: cache_control(headers),
         req,

@@ -19,6 +19,9 @@ pub enum KeyFileError {
     /// Two entries share an id (their usage would be counted together).
     #[error("key id {0} appears twice")]
     DuplicateId(String),
+    /// Two entries share a key (one's models and limits would be ignored).
+    #[error("key {0} has the same sha256 as an earlier key")]
+    DuplicateKey(String),
 }
 
 /// One entry of the file.
@@ -84,6 +87,9 @@ impl KeyTable {
                 return Err(KeyFileError::DuplicateId(entry.id));
             }
             let hash = decode_hash(&entry.sha256).ok_or(KeyFileError::BadHash(entry.id.clone()))?;
+            if keys.iter().any(|k| k.hash == hash) {
+                return Err(KeyFileError::DuplicateKey(entry.id));
+            }
             keys.push(Key {
                 id: entry.id,
                 hash,
@@ -200,6 +206,11 @@ mod tests {
         assert_eq!(
             KeyTable::parse(&short),
             Err(KeyFileError::BadHash("a".into()))
+        );
+        let same = file(&format!("{}, {}", entry("a", "x", ""), entry("b", "x", "")));
+        assert_eq!(
+            KeyTable::parse(&same),
+            Err(KeyFileError::DuplicateKey("b".into()))
         );
         let twice = file(&format!("{}, {}", entry("a", "x", ""), entry("a", "y", "")));
         assert_eq!(
