@@ -66,28 +66,36 @@ fn start() -> anyhow::Result<ControllerMetrics> {
 
 /// Installs KEDA's ScaledObject CRD, fetched by `hack/controlplane/build` at the pinned
 /// `KEDA_VERSION`, once per process: the KEDA example and the chart's ScaledObjects are
-/// validated against it.
+/// validated against it. Server-side: it is too large for client-side apply's annotation.
 pub fn install_keda_crd() -> anyhow::Result<()> {
     static INSTALLED: OnceLock<Result<(), String>> = OnceLock::new();
-    let apply = || -> anyhow::Result<()> {
-        let path = keda_crd_path()?;
+    let apply = ["apply", "--server-side"];
+    install_once(&INSTALLED, &apply, keda_crd_path, "scaledobjects.keda.sh")
+}
+
+/// Applies the CRD file `path` gives with `apply` and waits until `crd` is established,
+/// once per process for `cell`; every later call returns the first outcome.
+fn install_once(
+    cell: &OnceLock<Result<(), String>>,
+    apply: &[&str],
+    path: impl FnOnce() -> anyhow::Result<std::path::PathBuf>,
+    crd: &str,
+) -> anyhow::Result<()> {
+    let install = || -> anyhow::Result<()> {
+        let path = path()?;
         let c = cluster()?;
-        c.kubectl(&[
-            "apply",
-            "--server-side",
-            "-f",
-            path.to_str().unwrap_or_default(),
-        ])?;
+        let file = ["-f", path.to_str().unwrap_or_default()];
+        c.kubectl(&[apply, &file[..]].concat())?;
+        let established = format!("crd/{crd}");
         c.kubectl(&[
             "wait",
             "--for=condition=Established",
             "--timeout=60s",
-            "crd/scaledobjects.keda.sh",
+            &established,
         ])?;
         Ok(())
     };
-    INSTALLED
-        .get_or_init(|| apply().map_err(|e| format!("{e:#}")))
+    cell.get_or_init(|| install().map_err(|e| format!("{e:#}")))
         .clone()
         .map_err(anyhow::Error::msg)
 }
@@ -111,20 +119,6 @@ fn keda_crd_path() -> anyhow::Result<std::path::PathBuf> {
 /// Installs the committed CRD once per process (`kubectl apply`, as a user would).
 pub fn install_crd() -> anyhow::Result<()> {
     static INSTALLED: OnceLock<Result<(), String>> = OnceLock::new();
-    let apply = || -> anyhow::Result<()> {
-        let c = cluster()?;
-        let path = crate::parts::repo_root().join("crds/inferencepools.inferpool.dev.yaml");
-        c.kubectl(&["apply", "-f", path.to_str().unwrap_or_default()])?;
-        c.kubectl(&[
-            "wait",
-            "--for=condition=Established",
-            "--timeout=60s",
-            "crd/inferencepools.inferpool.dev",
-        ])?;
-        Ok(())
-    };
-    INSTALLED
-        .get_or_init(|| apply().map_err(|e| format!("{e:#}")))
-        .clone()
-        .map_err(anyhow::Error::msg)
+    let path = || Ok(crate::parts::repo_root().join("crds/inferencepools.inferpool.dev.yaml"));
+    install_once(&INSTALLED, &["apply"], path, "inferencepools.inferpool.dev")
 }

@@ -92,20 +92,22 @@ fn an_invalid_pool_is_rejected_with_the_cel_message() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `kubectl apply --dry-run=server` of `path` (a file or a folder) in `ns`: what it printed.
+fn dry_run(
+    c: &inferpool_e2e::cluster::Cluster,
+    ns: &str,
+    path: &std::path::Path,
+) -> anyhow::Result<String> {
+    let path = path.to_str().unwrap_or_default();
+    c.kubectl(&["apply", "--dry-run=server", "-n", ns, "-f", path])
+}
+
 #[test]
 fn the_examples_are_accepted_by_the_api_server() -> anyhow::Result<()> {
     install_crd()?;
     let c = cluster()?;
     let ns = c.namespace("examples")?;
-    let dir = repo_root().join("examples");
-    let out = c.kubectl(&[
-        "apply",
-        "--dry-run=server",
-        "-n",
-        ns.name(),
-        "-f",
-        dir.to_str().unwrap_or_default(),
-    ])?;
+    let out = dry_run(c, ns.name(), &repo_root().join("examples"))?;
     assert_eq!(out.lines().count(), 4, "{out}");
     Ok(())
 }
@@ -117,14 +119,7 @@ fn the_keda_example_is_accepted_by_the_api_server() -> anyhow::Result<()> {
     let c = cluster()?;
     let ns = c.namespace("keda-example")?;
     let file = repo_root().join("examples/keda/scaled-pool.yaml");
-    let out = c.kubectl(&[
-        "apply",
-        "--dry-run=server",
-        "-n",
-        ns.name(),
-        "-f",
-        file.to_str().unwrap_or_default(),
-    ])?;
+    let out = dry_run(c, ns.name(), &file)?;
     assert!(
         out.contains("inferencepool.inferpool.dev/smollm2-keda"),
         "{out}"
