@@ -1,4 +1,4 @@
-//! Replays the kept fuzz corpora (fuzz/corpus/gguf_header, fuzz/corpus/chat_template)
+//! Replays the kept fuzz corpora (fuzz/corpus/gguf_header, chat_template, cache_snapshot)
 //! through the fuzz targets' own checks, so that every input the fuzzer found
 //! interesting stays checked on stable.
 
@@ -34,5 +34,13 @@ fn chat_template_corpus_replays() {
     replay(
         "chat_template",
         inferpool_agent::engine::chat::fuzz_template,
+    );
+}
+
+#[test]
+fn cache_snapshot_corpus_replays() {
+    replay(
+        "cache_snapshot",
+        inferpool_agent::cache::fuzzing::cache_snapshot,
     );
 }

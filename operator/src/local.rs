@@ -21,7 +21,7 @@ use crate::gateway::dispatch::gateway::Gateway;
 use crate::gateway::http::limits::HttpSettings;
 use crate::gateway::runtime;
 use crate::gateway::upstream::channel::UpstreamFlags;
-use crate::local_agent::{AgentSlot, supervise};
+use crate::local_agent::{AgentSlot, LocalTls, supervise};
 use crate::local_scale::{self, ScaledPool};
 
 /// Settings of local mode.
@@ -58,12 +58,26 @@ pub struct LocalArgs {
     /// The gateway's HTTP limits and TLS.
     #[command(flatten)]
     pub http: HttpSettings,
-    /// Timeouts of the gateway's links to the agents.
+    /// Timeouts and TLS of the gateway's links to the agents (with `--upstream-tls-dir`
+    /// the agents started here serve that directory's certificate).
     #[command(flatten)]
     pub upstream: UpstreamFlags,
+    /// With `--upstream-tls-dir`: the agents started here require the gateway's client
+    /// certificate (mutual TLS).
+    #[arg(long, requires = "upstream_tls_dir")]
+    pub agent_tls_mutual: bool,
     /// The gateway's API keys.
     #[command(flatten)]
     pub auth: AuthFlags,
+}
+
+/// The TLS of the agents local mode starts: the gateway's upstream directory, if any.
+fn local_tls(args: &LocalArgs) -> Option<LocalTls> {
+    let dir = args.upstream.upstream_tls_dir.clone()?;
+    Some(LocalTls {
+        dir,
+        mutual: args.agent_tls_mutual,
+    })
 }
 
 /// The CPUs each of `agents` agents gets of those this process may use: an equal share,
@@ -96,7 +110,8 @@ const EMBEDDING: &str = "all-minilm-l6-v2";
 pub async fn run_local(args: LocalArgs) -> anyhow::Result<()> {
     let pools = read_pools(&args.files)?;
     let state = tempdir_for_run()?;
-    let gateway = Gateway::with_upstream(args.upstream.settings());
+    let upstream = args.upstream.settings().context("the agent links' TLS")?;
+    let gateway = Gateway::with_upstream(upstream);
     if let Some(auth) = args.auth.load()? {
         gateway.set_auth(auth);
     }
@@ -113,6 +128,7 @@ pub async fn run_local(args: LocalArgs) -> anyhow::Result<()> {
             for (slot, _) in &mut slots {
                 slot.drain_grace_seconds = args.drain_grace_seconds;
                 slot.cpus = cpus;
+                slot.tls = local_tls(&args);
             }
             if let Some(spec) = pool.spec.autoscaling.clone() {
                 routed.push((pool.clone(), Vec::new()));
@@ -268,6 +284,7 @@ fn prepare_pool(
                 embedding,
                 drain_grace_seconds: 30,
                 cpus: 1,
+                tls: None,
             },
             Endpoint { id, grpc, http },
         ));

@@ -18,6 +18,17 @@ pub(crate) struct AgentSlot {
     pub(crate) drain_grace_seconds: u64,
     /// CPUs this agent may use for its engine and its worker threads (see `cpu_share`).
     pub(crate) cpus: usize,
+    /// Its API ports' TLS, when the gateway dials agents over TLS.
+    pub(crate) tls: Option<LocalTls>,
+}
+
+/// TLS of a local agent's API ports: the gateway's `--upstream-tls-dir`, whose certificate
+/// the agent serves (and under mutual TLS the gateway presents).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct LocalTls {
+    pub(crate) dir: PathBuf,
+    /// Whether the agent requires client certificates.
+    pub(crate) mutual: bool,
 }
 
 /// Keeps one agent running until `stopped`; then SIGTERM and wait for its drain.
@@ -69,6 +80,12 @@ fn spawn(slot: &AgentSlot) -> std::io::Result<Child> {
         .kill_on_drop(true);
     if let Some(embedding) = &slot.embedding {
         command.arg("--embedding-model").arg(embedding);
+    }
+    if let Some(tls) = &slot.tls {
+        command.arg("--tls-dir").arg(&tls.dir);
+        if tls.mutual {
+            command.arg("--tls-mutual");
+        }
     }
     command.spawn()
 }

@@ -93,6 +93,25 @@ struct RunArgs {
     /// This replica's identity in the Lease (defaults to the pod name, else host-pid).
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
+    /// Serve the agents' API ports over TLS with this Secret (tls.crt, tls.key, ca.crt),
+    /// which must exist in every pool's namespace; probes move to a plain health port.
+    /// Empty: plain HTTP and h2c.
+    #[arg(long, env = "INFERPOOL_AGENT_TLS_SECRET")]
+    agent_tls_secret: Option<String>,
+    /// With --agent-tls-secret: agents require client certificates signed by its ca.crt.
+    #[arg(
+        long,
+        env = "INFERPOOL_AGENT_TLS_MUTUAL",
+        default_value_t = false,
+        action = clap::ArgAction::Set,
+        num_args = 0..=1,
+        default_missing_value = "true"
+    )]
+    agent_tls_mutual: bool,
+    /// How the controller dials the agents (the autoscaler follows their load): the
+    /// gateway's flags, TLS included.
+    #[command(flatten)]
+    upstream: inferpool_operator::gateway::upstream::channel::UpstreamFlags,
 }
 
 #[derive(Debug, clap::Args)]
@@ -196,7 +215,7 @@ async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
             .gateway_workers
             .unwrap_or_else(inferpool_protocol::listen::default_workers),
         http: args.http,
-        upstream: args.upstream.settings(),
+        upstream: args.upstream.settings().context("the agent links' TLS")?,
         auth: args.auth,
     };
     inferpool_operator::gateway_run::serve(client, config).await
@@ -204,30 +223,24 @@ async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
 
 #[tokio::main]
 async fn run(args: RunArgs) -> anyhow::Result<()> {
-    use inferpool_operator::controller::deployment::{AgentImages, DefaultResources};
-    use inferpool_operator::controller::run::ControllerSettings;
-    use inferpool_operator::leader::LeaseSettings;
-    use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
     init_tracing(true);
+    // Flags first: a bad TLS setting fails before the cluster is reached.
+    let config = run_config(args)?;
     let client = kube::Client::try_default()
         .await
         .context("connecting to the API server")?;
+    inferpool_operator::run::run(client, config).await
+}
+
+fn run_config(args: RunArgs) -> anyhow::Result<inferpool_operator::run::RunConfig> {
+    use inferpool_operator::controller::tls::AgentTls;
+    use inferpool_operator::leader::LeaseSettings;
+    let agent_tls = AgentTls::from_flags(args.agent_tls_secret.as_deref(), args.agent_tls_mutual)?;
+    let upstream = args.upstream.settings().context("the agent links' TLS")?;
+    let settings = controller_settings(&args, agent_tls, upstream);
     let identity = args.identity.unwrap_or_else(default_identity);
-    let config = inferpool_operator::run::RunConfig {
-        settings: ControllerSettings {
-            images: AgentImages {
-                cpu: args.agent_image,
-                cuda: args.agent_cuda_image,
-            },
-            resources: DefaultResources {
-                cpu: args.agent_default_cpu.map(Quantity),
-                memory: args.agent_default_memory.map(Quantity),
-            },
-            gateway: args.gateway_url,
-            network_policy_for: args
-                .agent_network_policy
-                .then(|| args.lease_namespace.clone()),
-        },
+    Ok(inferpool_operator::run::RunConfig {
+        settings,
         lease: LeaseSettings {
             name: args.lease_name,
             namespace: args.lease_namespace,
@@ -235,11 +248,70 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             duration: std::time::Duration::from_secs(args.lease_duration_seconds),
         },
         health_addr: args.health_addr,
-    };
-    inferpool_operator::run::run(client, config).await
+    })
+}
+
+fn controller_settings(
+    args: &RunArgs,
+    agent_tls: Option<inferpool_operator::controller::tls::AgentTls>,
+    upstream: inferpool_operator::gateway::upstream::channel::UpstreamSettings,
+) -> inferpool_operator::controller::run::ControllerSettings {
+    use inferpool_operator::controller::deployment::{AgentImages, DefaultResources};
+    use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+    inferpool_operator::controller::run::ControllerSettings {
+        images: AgentImages {
+            cpu: args.agent_image.clone(),
+            cuda: args.agent_cuda_image.clone(),
+        },
+        resources: DefaultResources {
+            cpu: args.agent_default_cpu.clone().map(Quantity),
+            memory: args.agent_default_memory.clone().map(Quantity),
+        },
+        gateway: args.gateway_url.clone(),
+        network_policy_for: args
+            .agent_network_policy
+            .then(|| args.lease_namespace.clone()),
+        agent_tls,
+        upstream,
+    }
 }
 
 fn default_identity() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
     format!("{}-{}", host.trim(), std::process::id())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory as _, Parser as _};
+
+    use super::*;
+
+    #[test]
+    fn flags_do_not_collide() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn run_takes_the_agent_tls_flags() {
+        let parse = |args: &[&str]| match Cli::try_parse_from(args).map(|c| c.command) {
+            Ok(Command::Run(run)) => Some(run),
+            _ => None,
+        };
+        let on = parse(&[
+            "inferpool-operator",
+            "run",
+            "--agent-tls-secret=agent-tls",
+            "--agent-tls-mutual",
+            "--upstream-tls-dir=/etc/inferpool/agent-tls",
+            "--upstream-tls-server-name=agents.example",
+        ])
+        .unwrap();
+        assert_eq!(on.agent_tls_secret.as_deref(), Some("agent-tls"));
+        assert!(on.agent_tls_mutual);
+        assert_eq!(on.upstream.upstream_tls_server_name, "agents.example");
+        let off = parse(&["inferpool-operator", "run", "--agent-tls-mutual=false"]).unwrap();
+        assert!(!off.agent_tls_mutual);
+        assert_eq!(off.upstream.upstream_tls_dir, None);
+    }
 }

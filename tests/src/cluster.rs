@@ -41,12 +41,7 @@ impl Cluster {
                 bin,
             });
         }
-        let out = Command::new(repo_root().join("hack/controlplane/up"))
-            .args(["--nodes", "2", "--owner", &std::process::id().to_string()])
-            .output()
-            .context("running hack/controlplane/up")?;
-        let out = check(out, "hack/controlplane/up")?;
-        let dir = PathBuf::from(out.trim());
+        let dir = start_control_plane(2)?;
         Ok(Self {
             kubeconfig: dir.join("kubeconfig"),
             bin,
@@ -163,6 +158,59 @@ impl Drop for TestNamespace {
         let _ = self
             .cluster
             .kubectl(&["delete", "namespace", &self.name, "--wait=false"]);
+    }
+}
+
+/// Starts a control plane with `nodes` fake nodes, stopped when this process exits at the
+/// latest; returns its directory.
+fn start_control_plane(nodes: u32) -> anyhow::Result<PathBuf> {
+    let out = Command::new(repo_root().join("hack/controlplane/up"))
+        .args(["--nodes", &nodes.to_string()])
+        .args(["--owner", &std::process::id().to_string()])
+        .output()
+        .context("running hack/controlplane/up")?;
+    let out = check(out, "hack/controlplane/up")?;
+    Ok(PathBuf::from(out.trim()))
+}
+
+/// A control plane of one test's own, for faults that would disturb every other test
+/// (crashing its API server or etcd); stopped when dropped.
+#[derive(Debug)]
+pub struct OwnCluster {
+    /// Its tools and clients.
+    pub cluster: Cluster,
+    dir: PathBuf,
+}
+
+impl OwnCluster {
+    /// Starts one with `nodes` fake nodes.
+    pub fn start(nodes: u32) -> anyhow::Result<Self> {
+        let dir = start_control_plane(nodes)?;
+        let cluster = Cluster {
+            kubeconfig: dir.join("kubeconfig"),
+            bin: controlplane_bin()?,
+        };
+        Ok(Self { cluster, dir })
+    }
+
+    /// SIGKILLs its process `name` (`kube-apiserver`, `etcd`) and starts it again;
+    /// returns once the API server is ready again.
+    pub fn restart(&self, name: &str) -> anyhow::Result<()> {
+        let out = Command::new(repo_root().join("hack/controlplane/restart"))
+            .arg(&self.dir)
+            .arg(name)
+            .output()
+            .context("running hack/controlplane/restart")?;
+        check(out, &format!("hack/controlplane/restart {name}")).map(drop)
+    }
+}
+
+impl Drop for OwnCluster {
+    fn drop(&mut self) {
+        // Best effort: the watchdog stops it when the test process exits anyway.
+        let _ = Command::new(repo_root().join("hack/controlplane/down"))
+            .arg(&self.dir)
+            .output();
     }
 }
 

@@ -24,6 +24,8 @@ pub fn test_settings() -> ControllerSettings {
         resources: Default::default(),
         gateway: Some("http://gateway.test:8080/v1".into()),
         network_policy_for: Some("inferpool-system".into()),
+        agent_tls: None,
+        upstream: Default::default(),
     }
 }
 

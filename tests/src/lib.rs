@@ -8,6 +8,7 @@ pub mod cluster;
 pub mod controller;
 pub mod curl;
 pub mod dashboard;
+pub mod faults;
 pub mod http;
 pub mod local;
 pub mod netns;

@@ -148,6 +148,16 @@ impl LocalPool {
     /// The HTTP address of agent `id` (its API and `/metrics`), from the config file it
     /// was started with.
     pub fn agent_http(&self, id: &str) -> anyhow::Result<SocketAddr> {
+        self.agent_port(id, "httpPort")
+    }
+
+    /// The gRPC address of agent `id`.
+    pub fn agent_grpc(&self, id: &str) -> anyhow::Result<SocketAddr> {
+        self.agent_port(id, "grpcPort")
+    }
+
+    /// The port named `key` in the config file agent `id` was started with, on loopback.
+    fn agent_port(&self, id: &str, key: &str) -> anyhow::Result<SocketAddr> {
         let pid = self
             .agent_pid(id)
             .ok_or_else(|| anyhow::anyhow!("no agent {id}"))?;
@@ -158,10 +168,10 @@ impl LocalPool {
             .ok_or_else(|| anyhow::anyhow!("agent {id} has no config argument"))?;
         let config: serde_json::Value =
             serde_json::from_slice(&std::fs::read(String::from_utf8_lossy(config).as_ref())?)?;
-        let port = config["httpPort"]
+        let port = config[key]
             .as_u64()
             .and_then(|p| u16::try_from(p).ok())
-            .ok_or_else(|| anyhow::anyhow!("agent {id}'s config has no httpPort"))?;
+            .ok_or_else(|| anyhow::anyhow!("agent {id}'s config has no {key}"))?;
         Ok(SocketAddr::from(([127, 0, 0, 1], port)))
     }
 

@@ -23,6 +23,7 @@ pub struct NetNs {
     /// The address inside it.
     pub inner: Ipv4Addr,
     host_veth: String,
+    inner_veth: String,
 }
 
 fn ip(args: &[&str]) -> anyhow::Result<()> {
@@ -53,6 +54,7 @@ impl NetNs {
             name: name.clone(),
             inner,
             host_veth: host_veth.clone(),
+            inner_veth: inner_veth.clone(),
         };
         ip(&[
             "link",
@@ -80,6 +82,72 @@ impl NetNs {
         }
         Ok(ns)
     }
+}
+
+impl NetNs {
+    /// Shapes both ends of the link with the root qdisc `qdisc` (e.g. `netem delay 50ms
+    /// loss 2%`, `tbf rate 256kbit burst 4kb latency 200ms`), so that traffic each way is
+    /// delayed, lost or slowed as it says; replaces any earlier shaping.
+    pub fn shape(&self, qdisc: &str) -> anyhow::Result<()> {
+        let spec: Vec<&str> = qdisc.split_whitespace().collect();
+        let host = [
+            &["qdisc", "replace", "dev", &self.host_veth, "root"],
+            &spec[..],
+        ];
+        tc(&[], &host.concat())?;
+        let inner = [
+            &["qdisc", "replace", "dev", &self.inner_veth, "root"],
+            &spec[..],
+        ];
+        tc(&["netns", "exec", &self.name], &inner.concat())
+    }
+}
+
+impl NetNs {
+    /// `(dropped, overlimits)` packets of the shaping on both ends, from `tc -s`: what it
+    /// discarded, and how often it held traffic back.
+    pub fn shaped(&self) -> anyhow::Result<(u64, u64)> {
+        let host = tc_output(&[], &["-s", "qdisc", "show", "dev", &self.host_veth])?;
+        let prefix = ["netns", "exec", self.name.as_str()];
+        let inner = tc_output(&prefix, &["-s", "qdisc", "show", "dev", &self.inner_veth])?;
+        let count = |text: &str, word: &str| -> u64 {
+            let words: Vec<&str> = text
+                .split(|c: char| c.is_whitespace() || c == ',')
+                .collect();
+            words
+                .windows(2)
+                .filter(|w| w[0] == word)
+                .filter_map(|w| w[1].parse::<u64>().ok())
+                .sum()
+        };
+        let both = format!("{host}\n{inner}");
+        Ok((count(&both, "dropped"), count(&both, "overlimits")))
+    }
+}
+
+/// Runs `tc args` (inside a namespace when `prefix` is `ip netns exec NAME`'s arguments).
+fn tc(prefix: &[&str], args: &[&str]) -> anyhow::Result<()> {
+    tc_output(prefix, args).map(drop)
+}
+
+/// The same, returning what it printed.
+fn tc_output(prefix: &[&str], args: &[&str]) -> anyhow::Result<String> {
+    let mut command = match prefix.is_empty() {
+        true => Command::new("tc"),
+        false => {
+            let mut ip = Command::new("ip");
+            ip.args(prefix).arg("tc");
+            ip
+        }
+    };
+    let out = command.args(args).output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "tc {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 impl Drop for NetNs {

@@ -466,8 +466,10 @@ async fn a_frozen_agent_is_noticed_within_the_keep_alive_timeout() -> anyhow::Re
     }
     LocalPool::signal(victim, "-CONT")?;
     let failed_after = failed_after.ok_or_else(|| anyhow::anyhow!("no stream saw the freeze"))?;
-    println!(
-        "frozen agent out of rotation after {noticed:?}; its stream ended after {failed_after:?}"
+    inferpool_e2e::faults::row(
+        "agent SIGSTOP (hung)",
+        "out of rotation < 8 s, its streams end with an error < 10 s, new requests served",
+        &format!("out after {noticed:?}, its stream ended after {failed_after:?}, 4 of 4 served"),
     );
     assert!(noticed < Duration::from_secs(8), "{noticed:?}");
     assert!(failed_after < Duration::from_secs(10), "{failed_after:?}");

@@ -312,6 +312,14 @@ async fn kill_under_load(
         "no request was moved off {victim}: kill it sooner"
     );
     eprintln!("killed {victim} under {n} streams: {tally:?}, {moved} retried on the other agent");
+    inferpool_e2e::faults::row(
+        &format!("agent SIGKILL under {n} streams ({victim})"),
+        "no request without a token lost; cut ones end with an error event",
+        &format!(
+            "0 lost, {} completed, {} cut, {moved} moved; ejected after {ejected:?}",
+            tally.completed, tally.cut
+        ),
+    );
     Ok((tally.completed, tally.cut))
 }
 

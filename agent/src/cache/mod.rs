@@ -8,6 +8,7 @@
 
 pub mod directives;
 pub mod entry;
+pub mod fuzzing;
 pub mod key;
 pub mod normalize;
 pub mod partition;

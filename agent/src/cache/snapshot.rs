@@ -110,17 +110,36 @@ pub fn remove_stale_temporaries(path: &Path) {
 
 /// Header and payload into a new file at `path`, on disk before it returns.
 fn write_file(path: &Path, payload: &[u8]) -> Result<u64, SnapshotError> {
+    let mut file = File::create(path)?;
+    file.write_all(&header_of(payload))?;
+    file.write_all(payload)?;
+    // Before the rename: otherwise a crash could leave the new name on unwritten blocks.
+    file.sync_all()?;
+    Ok((HEADER + payload.len()) as u64)
+}
+
+/// The header that goes before `payload`.
+fn header_of(payload: &[u8]) -> Vec<u8> {
     let mut header = Vec::with_capacity(HEADER);
     header.extend_from_slice(MAGIC);
     header.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
     header.extend_from_slice(&(payload.len() as u64).to_le_bytes());
     header.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
-    let mut file = File::create(path)?;
-    file.write_all(&header)?;
-    file.write_all(payload)?;
-    // Before the rename: otherwise a crash could leave the new name on unwritten blocks.
-    file.sync_all()?;
-    Ok((HEADER + payload.len()) as u64)
+    header
+}
+
+/// `payload` as a snapshot file holds it (header, then the payload): what the fuzz target
+/// uses to reach the payload decoder past the checksum.
+pub fn frame(payload: &[u8]) -> Vec<u8> {
+    let mut bytes = header_of(payload);
+    bytes.extend_from_slice(payload);
+    bytes
+}
+
+/// `value` encoded as a snapshot file's bytes.
+pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, SnapshotError> {
+    let payload = postcard::to_stdvec(value).map_err(|e| SnapshotError::Decode(e.to_string()))?;
+    Ok(frame(&payload))
 }
 
 /// Makes a rename in `dir` durable.
@@ -142,7 +161,12 @@ pub fn read<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, SnapshotError
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e.into()),
     };
-    decode(checked_payload(&bytes)?).map(Some)
+    parse(&bytes).map(Some)
+}
+
+/// The value in a snapshot file's `bytes`, once magic, version, length and checksum agree.
+pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, SnapshotError> {
+    decode(checked_payload(bytes)?)
 }
 
 /// The value in `payload`, which must hold exactly one.
@@ -264,6 +288,14 @@ mod tests {
         let bytes = write(&path, &sample()).unwrap();
         assert_eq!(std::fs::metadata(&path).unwrap().len(), bytes);
         assert_eq!(read::<Sample>(&path).unwrap(), Some(sample()));
+    }
+
+    #[test]
+    fn encoded_bytes_are_the_file_write_makes() {
+        let scratch = Scratch::new("encode");
+        let path = scratch.0.join("s");
+        assert_eq!(encode(&sample()).unwrap(), good(&path));
+        assert_eq!(parse::<Sample>(&good(&path)).unwrap(), sample());
     }
 
     #[test]

@@ -135,6 +135,12 @@ struct SnapshotFile {
     partitions: Vec<(ModelId, Vec<StoredEntry>)>,
 }
 
+impl SnapshotFile {
+    fn entries(&self) -> usize {
+        self.partitions.iter().map(|(_, e)| e.len()).sum()
+    }
+}
+
 /// The agent's response cache.
 #[derive(Debug)]
 pub struct ResponseCache {
@@ -315,15 +321,25 @@ impl ResponseCache {
     /// Writes every live entry to `path`; returns the entries and bytes written.
     pub fn save(&self, path: &Path) -> Result<(usize, u64), SnapshotError> {
         let _one_at_a_time = self.saving.lock().unwrap_or_else(|e| e.into_inner());
-        let file = SnapshotFile {
+        let file = self.contents();
+        Ok((file.entries(), snapshot::write(path, &file)?))
+    }
+
+    /// Every live entry as a snapshot file's bytes, and how many there are (what `save`
+    /// writes, kept in memory).
+    pub fn snapshot_bytes(&self) -> Result<(usize, Vec<u8>), SnapshotError> {
+        let file = self.contents();
+        Ok((file.entries(), snapshot::encode(&file)?))
+    }
+
+    fn contents(&self) -> SnapshotFile {
+        SnapshotFile {
             partitions: self
                 .partitions
                 .iter()
                 .map(|p| (p.model.clone(), p.partition.stored()))
                 .collect(),
-        };
-        let entries = file.partitions.iter().map(|(_, e)| e.len()).sum();
-        Ok((entries, snapshot::write(path, &file)?))
+        }
     }
 
     /// Loads the snapshot at `path` (none yet: nothing to load). Entries of models or
@@ -335,6 +351,16 @@ impl ResponseCache {
         let Some(file) = snapshot::read::<SnapshotFile>(path)? else {
             return Ok(0);
         };
+        Ok(self.load(file))
+    }
+
+    /// Loads a snapshot from its file's `bytes`, as `restore` does from disk.
+    pub fn restore_bytes(&self, bytes: &[u8]) -> Result<usize, SnapshotError> {
+        Ok(self.load(snapshot::parse::<SnapshotFile>(bytes)?))
+    }
+
+    /// Files `file`'s entries of the models and revisions served here; returns how many.
+    fn load(&self, file: SnapshotFile) -> usize {
         let mut loaded = 0;
         for (model, entries) in file.partitions {
             let Some(owned) = self.partitions.iter().find(|p| p.model == model) else {
@@ -347,7 +373,7 @@ impl ResponseCache {
                 loaded += usize::from(owned.partition.insert(key, entry));
             }
         }
-        Ok(loaded)
+        loaded
     }
 }
 

@@ -38,12 +38,25 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route("/v1/completions", post(completions))
         .route("/v1/embeddings", post(embeddings))
         .route("/v1/models", get(models))
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
+        .merge(health_routes())
         .fallback(|| async { (StatusCode::NOT_FOUND, "no such endpoint") })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(agent)
+}
+
+/// Health and metrics alone: the plain `--health-port` beside API ports that serve TLS,
+/// for probes and scrapers that present no client certificate.
+pub fn health_router(agent: Arc<Agent>) -> Router {
+    health_routes()
+        .fallback(|| async { (StatusCode::NOT_FOUND, "no such endpoint") })
+        .with_state(agent)
+}
+
+fn health_routes() -> Router<Arc<Agent>> {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
 }
 
 fn parse<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, ServeError> {

@@ -10,4 +10,5 @@ pub mod grpc;
 pub mod http;
 pub mod respond;
 pub mod run;
+pub mod tls;
 pub mod workers;

@@ -16,11 +16,13 @@ use inferpool_protocol::listen::{WorkerSockets, default_workers};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::ServerTlsConfig;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 use super::caching::{self, ServedModels};
 use super::grpc::{GrpcAgent, set_health};
+use super::tls::AgentTls;
 use crate::config::AgentConfig;
 use crate::engine::embed::Embedder;
 use crate::engine::rows::Padding;
@@ -58,6 +60,17 @@ pub struct ServeArgs {
     /// gRPC worker threads (default: one per CPU the process may use).
     #[arg(long, env = "INFERPOOL_GRPC_WORKERS")]
     pub grpc_workers: Option<usize>,
+    /// Serve both API ports over TLS with this directory's `tls.crt` and `tls.key` (a
+    /// mounted Secret; its `ca.crt` is the client CA under `--tls-mutual`).
+    #[arg(long, env = "INFERPOOL_AGENT_TLS_DIR")]
+    pub tls_dir: Option<PathBuf>,
+    /// With `--tls-dir`: refuse clients that present no certificate signed by its `ca.crt`.
+    #[arg(long, requires = "tls_dir")]
+    pub tls_mutual: bool,
+    /// A plain-HTTP port serving only /healthz, /readyz and /metrics (kubelet's gRPC
+    /// probes cannot speak TLS, and its HTTPS probes present no client certificate).
+    #[arg(long)]
+    pub health_port: Option<u16>,
 }
 
 /// How long the servers may take to close their connections once drained.
@@ -108,31 +121,79 @@ async fn start_servers(
     config: &AgentConfig,
     stopped: watch::Receiver<bool>,
 ) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
+    let tls = args
+        .tls_dir
+        .as_deref()
+        .map(|dir| AgentTls::new(dir, args.tls_mutual))
+        .transpose()
+        .context("the agent's TLS certificate")?;
     let http_addr = SocketAddr::new(args.host, args.http_port.unwrap_or(config.http_port));
     let grpc_addr = SocketAddr::new(args.host, args.grpc_port.unwrap_or(config.grpc_port));
     let http = bind(http_addr).await?;
     let workers = args.grpc_workers.unwrap_or_else(default_workers);
     let grpc =
         WorkerSockets::bind(grpc_addr, workers).with_context(|| format!("binding {grpc_addr}"))?;
-    tracing::info!(http = %http.local_addr()?, grpc = %grpc.addr(), workers, "listening");
-    let (reporter, health) = tonic_health::server::health_reporter();
-    set_health(&reporter, ServingStatus::NotServing).await;
-    tokio::spawn(follow_phase(agent.clone(), reporter.clone()));
+    let (tls_on, mutual) = (tls.is_some(), args.tls_mutual);
+    tracing::info!(http = %http.local_addr()?, grpc = %grpc.addr(), workers, tls = tls_on, mutual, "listening");
     let router = super::http::router(agent.clone());
-    let http_stop = until_stopped(stopped.clone());
-    let http_task = tokio::spawn(async move {
-        let served = axum::serve(http.tap_io(no_delay), router).with_graceful_shutdown(http_stop);
+    let mut tasks = vec![serve_http(http, router, tls.as_ref(), stopped.clone())?];
+    if let Some(port) = args.health_port {
+        let health = bind(SocketAddr::new(args.host, port)).await?;
+        let router = super::http::health_router(agent.clone());
+        tasks.push(serve_http(health, router, None, stopped.clone())?);
+    }
+    let grpc_tls = tls.as_ref().map(AgentTls::grpc).transpose();
+    let grpc_tls = grpc_tls.context("the agent's TLS certificate")?;
+    tasks.push(serve_grpc(agent, grpc, grpc_tls, stopped).await?);
+    Ok(tasks)
+}
+
+/// Serves `router` on `listener` (over `tls` when given) until `stopped`.
+fn serve_http(
+    listener: TcpListener,
+    router: axum::Router,
+    tls: Option<&AgentTls>,
+    stopped: watch::Receiver<bool>,
+) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    let stop = until_stopped(stopped);
+    let served: futures::future::BoxFuture<'static, std::io::Result<()>> = match tls {
+        None => {
+            let serve = axum::serve(listener.tap_io(no_delay), router);
+            Box::pin(serve.with_graceful_shutdown(stop).into_future())
+        }
+        Some(tls) => {
+            let serve = axum::serve(tls.listen(listener)?, router);
+            Box::pin(serve.with_graceful_shutdown(stop).into_future())
+        }
+    };
+    Ok(tokio::spawn(async move {
         if let Err(e) = served.await {
             tracing::error!(error = %e, "HTTP server failed");
         }
-    });
-    let grpc_agent = GrpcAgent::new(agent.clone(), reporter, stopped.clone());
-    let grpc_service = AgentServer::new(grpc_agent);
-    let serve_grpc = move |listener: TcpListener| {
-        let (health, service) = (health.clone(), grpc_service.clone());
-        let stopped = stopped.clone();
+    }))
+}
+
+/// Serves the `Agent` service and grpc.health.v1 (following the agent's phase) on the
+/// worker sockets (over `tls` when given) until `stopped`.
+async fn serve_grpc(
+    agent: &Arc<Agent>,
+    sockets: WorkerSockets,
+    tls: Option<ServerTlsConfig>,
+    stopped: watch::Receiver<bool>,
+) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    let (reporter, health) = tonic_health::server::health_reporter();
+    set_health(&reporter, ServingStatus::NotServing).await;
+    tokio::spawn(follow_phase(agent.clone(), reporter.clone()));
+    let service = AgentServer::new(GrpcAgent::new(agent.clone(), reporter, stopped.clone()));
+    let serve = move |listener: TcpListener| {
+        let (health, service) = (health.clone(), service.clone());
+        let (tls, stopped) = (tls.clone(), stopped.clone());
         async move {
-            let served = tonic::transport::Server::builder()
+            let mut builder = tonic::transport::Server::builder();
+            if let Some(tls) = tls {
+                builder = builder.tls_config(tls).map_err(std::io::Error::other)?;
+            }
+            let served = builder
                 .add_service(health)
                 .add_service(service)
                 .serve_with_incoming_shutdown(incoming(listener), until_stopped(stopped));
@@ -142,8 +203,7 @@ async fn start_servers(
             Ok(())
         }
     };
-    let grpc_task = super::workers::start(grpc.into_sockets(), serve_grpc)?;
-    Ok(vec![http_task, grpc_task])
+    super::workers::start(sockets.into_sockets(), serve)
 }
 
 /// Small responses (tokens, load reports) go out at once: with Nagle's algorithm a frame

@@ -169,6 +169,7 @@ async fn reference_phase(
             resources: &no_defaults,
             source: &source,
             config_checksum: "0",
+            tls: None,
         };
         let d = deployment(&pool, &inputs);
         async move { api.create(&PostParams::default(), &d).await.map(drop) }

@@ -18,7 +18,8 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 
 {{- /* The gateway's pods have a name of their own: the controller Deployment's selector
-must not match them, and the agents' NetworkPolicy admits gRPC from them alone. */}}
+must not match them, and the agents' NetworkPolicy admits gRPC from them and from the
+controller's pods (app.kubernetes.io/name: inferpool-operator) alone. */}}
 {{- define "inferpool.gatewaySelectorLabels" -}}
 app.kubernetes.io/name: inferpool-gateway
 app.kubernetes.io/instance: {{ .Release.Name }}

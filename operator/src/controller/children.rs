@@ -12,8 +12,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::names::{
-    CONFIG_FILE, GRPC_PORT, GRPC_PORT_NAME, HTTP_PORT, HTTP_PORT_NAME, agent_name, labels,
-    selector_labels,
+    CONFIG_FILE, GRPC_PORT, GRPC_PORT_NAME, HEALTH_PORT, HTTP_PORT, HTTP_PORT_NAME, agent_name,
+    labels, selector_labels,
 };
 use crate::api::InferencePool;
 
@@ -89,31 +89,21 @@ pub fn pod_disruption_budget(pool: &InferencePool) -> Option<PodDisruptionBudget
 }
 
 /// A NetworkPolicy for the pool's agents: gRPC (streamed generation, load reports, drain)
-/// only from the gateway's pods (the controller never dials agents); the HTTP port (OpenAI API, which
-/// the gateway also uses for whole answers; probes, metrics) stays open.
-pub fn network_policy(pool: &InferencePool, gateway_namespace: &str) -> NetworkPolicy {
-    let from_gateway = NetworkPolicyPeer {
-        namespace_selector: Some(LabelSelector {
-            match_labels: Some(BTreeMap::from([(
-                "kubernetes.io/metadata.name".to_owned(),
-                gateway_namespace.to_owned(),
-            )])),
-            ..LabelSelector::default()
-        }),
-        pod_selector: Some(LabelSelector {
-            match_labels: Some(BTreeMap::from([(
-                "app.kubernetes.io/name".to_owned(),
-                GATEWAY_APP.to_owned(),
-            )])),
-            ..LabelSelector::default()
-        }),
-        ..NetworkPolicyPeer::default()
-    };
+/// only from the gateway's and the controller's pods in the operator's namespace (the
+/// controller's autoscaler follows the agents' load over gRPC); the HTTP port (OpenAI API,
+/// which the gateway also uses for whole answers; probes, metrics) stays open, and so does
+/// the health port that TLS agents (`tls`) add for probes and metrics.
+pub fn network_policy(pool: &InferencePool, operator_namespace: &str, tls: bool) -> NetworkPolicy {
+    let from = [GATEWAY_APP, OPERATOR_APP].map(|app| peer(operator_namespace, app));
     let port = |number: i32| NetworkPolicyPort {
         port: Some(IntOrString::Int(number)),
         protocol: Some("TCP".to_owned()),
         ..NetworkPolicyPort::default()
     };
+    let mut open = vec![port(HTTP_PORT)];
+    if tls {
+        open.push(port(HEALTH_PORT));
+    }
     NetworkPolicy {
         metadata: meta(pool),
         spec: Some(NetworkPolicySpec {
@@ -124,12 +114,12 @@ pub fn network_policy(pool: &InferencePool, gateway_namespace: &str) -> NetworkP
             policy_types: Some(vec!["Ingress".to_owned()]),
             ingress: Some(vec![
                 NetworkPolicyIngressRule {
-                    from: Some(vec![from_gateway]),
+                    from: Some(from.to_vec()),
                     ports: Some(vec![port(GRPC_PORT)]),
                 },
                 NetworkPolicyIngressRule {
                     from: None,
-                    ports: Some(vec![port(HTTP_PORT)]),
+                    ports: Some(open),
                 },
             ]),
             ..NetworkPolicySpec::default()
@@ -137,5 +127,20 @@ pub fn network_policy(pool: &InferencePool, gateway_namespace: &str) -> NetworkP
     }
 }
 
+/// The pods labelled `app.kubernetes.io/name: app` in `namespace`.
+fn peer(namespace: &str, app: &str) -> NetworkPolicyPeer {
+    let labels = |key: &str, value: &str| LabelSelector {
+        match_labels: Some(BTreeMap::from([(key.to_owned(), value.to_owned())])),
+        ..LabelSelector::default()
+    };
+    NetworkPolicyPeer {
+        namespace_selector: Some(labels("kubernetes.io/metadata.name", namespace)),
+        pod_selector: Some(labels("app.kubernetes.io/name", app)),
+        ..NetworkPolicyPeer::default()
+    }
+}
+
 /// `app.kubernetes.io/name` of the gateway's pods (set by the chart).
 pub const GATEWAY_APP: &str = "inferpool-gateway";
+/// `app.kubernetes.io/name` of the controller's pods (set by the chart).
+pub const OPERATOR_APP: &str = "inferpool-operator";

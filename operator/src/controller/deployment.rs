@@ -5,22 +5,22 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
     Affinity, Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
-    EnvVar, EnvVarSource, EphemeralVolumeSource, GRPCAction, HTTPGetAction, Lifecycle,
-    LifecycleHandler, NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm,
-    ObjectFieldSelector, PersistentVolumeClaimSpec, PersistentVolumeClaimTemplate,
-    PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
-    ResourceRequirements, SeccompProfile, SecurityContext, SleepAction, Volume, VolumeMount,
-    VolumeResourceRequirements,
+    EnvVar, EnvVarSource, EphemeralVolumeSource, Lifecycle, LifecycleHandler, NodeAffinity,
+    NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, ObjectFieldSelector,
+    PersistentVolumeClaimSpec, PersistentVolumeClaimTemplate, PersistentVolumeClaimVolumeSource,
+    PodSecurityContext, PodSpec, PodTemplateSpec, ResourceRequirements, SeccompProfile,
+    SecurityContext, SleepAction, Volume, VolumeMount, VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
-use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::config::{CACHE_DIR, PVC_MOUNT_ROOT, ResolvedSource, persistent_cache};
 use super::names::{
-    CONFIG_DIR, CONFIG_FILE, GRPC_PORT, GRPC_PORT_NAME, HTTP_PORT, HTTP_PORT_NAME, agent_name,
-    labels, selector_labels,
+    CONFIG_DIR, CONFIG_FILE, GRPC_PORT, GRPC_PORT_NAME, HEALTH_PORT, HEALTH_PORT_NAME, HTTP_PORT,
+    HTTP_PORT_NAME, agent_name, labels, selector_labels,
 };
+use super::probes::agent_probes;
+use super::tls::AgentTls;
 use crate::api::InferencePool;
 
 /// Images the operator uses when a pool names none.
@@ -48,8 +48,6 @@ pub const CONFIG_CHECKSUM: &str = "inferpool.dev/config-checksum";
 const PRE_STOP_SECONDS: i64 = 5;
 /// Seconds beyond the request timeout that a terminating agent gets to drain.
 const DRAIN_MARGIN_SECONDS: i64 = 30;
-/// Startup allowance for loading the model: 120 probes, 5 s apart.
-const STARTUP_FAILURES: i32 = 120;
 const AGENT_UID: i64 = 65532;
 
 /// What the Deployment builder needs besides the pool.
@@ -63,6 +61,8 @@ pub struct DeploymentInputs<'a> {
     pub source: &'a ResolvedSource,
     /// sha256 of the rendered agent config.
     pub config_checksum: &'a str,
+    /// TLS of the agents' API ports; `None`: plain HTTP and h2c.
+    pub tls: Option<&'a AgentTls>,
 }
 
 /// The agent Deployment for `pool`.
@@ -99,9 +99,11 @@ pub fn deployment(pool: &InferencePool, inputs: &DeploymentInputs<'_>) -> Deploy
 
 fn pod_spec(pool: &InferencePool, inputs: &DeploymentInputs<'_>) -> PodSpec {
     let t = &pool.spec.template;
+    let mut volumes = volumes(pool, inputs.source);
+    volumes.extend(inputs.tls.map(AgentTls::volume));
     PodSpec {
         containers: vec![container(pool, inputs)],
-        volumes: Some(volumes(pool, inputs.source)),
+        volumes: Some(volumes),
         affinity: affinity(pool),
         node_selector: (!t.node_selector.is_empty()).then(|| t.node_selector.clone()),
         tolerations: (!t.tolerations.is_empty()).then(|| t.tolerations.clone()),
@@ -133,6 +135,7 @@ fn container(pool: &InferencePool, inputs: &DeploymentInputs<'_>) -> Container {
     } else {
         &inputs.images.cpu
     };
+    let probes = agent_probes(inputs.tls.is_some());
     Container {
         name: "agent".to_owned(),
         image: Some(
@@ -142,30 +145,14 @@ fn container(pool: &InferencePool, inputs: &DeploymentInputs<'_>) -> Container {
                 .clone()
                 .unwrap_or_else(|| default_image.clone()),
         ),
-        args: Some(vec![
-            "serve".to_owned(),
-            "--config".to_owned(),
-            format!("{CONFIG_DIR}/{CONFIG_FILE}"),
-        ]),
-        ports: Some(vec![
-            port(HTTP_PORT_NAME, HTTP_PORT),
-            port(GRPC_PORT_NAME, GRPC_PORT),
-        ]),
+        args: Some(args(inputs.tls)),
+        ports: Some(ports(inputs.tls)),
         env: Some(env(pool)),
         resources: Some(resources(pool, inputs.resources)),
-        volume_mounts: Some(volume_mounts(pool, inputs.source)),
-        readiness_probe: Some(grpc_probe(5, 3)),
-        startup_probe: Some(grpc_probe(5, STARTUP_FAILURES)),
-        liveness_probe: Some(Probe {
-            http_get: Some(HTTPGetAction {
-                path: Some("/healthz".to_owned()),
-                port: IntOrString::String(HTTP_PORT_NAME.to_owned()),
-                ..HTTPGetAction::default()
-            }),
-            period_seconds: Some(10),
-            failure_threshold: Some(3),
-            ..Probe::default()
-        }),
+        volume_mounts: Some(volume_mounts(pool, inputs)),
+        readiness_probe: Some(probes.readiness),
+        startup_probe: Some(probes.startup),
+        liveness_probe: Some(probes.liveness),
         lifecycle: Some(Lifecycle {
             pre_stop: Some(LifecycleHandler {
                 sleep: Some(SleepAction {
@@ -189,24 +176,34 @@ fn container(pool: &InferencePool, inputs: &DeploymentInputs<'_>) -> Container {
     }
 }
 
+fn args(tls: Option<&AgentTls>) -> Vec<String> {
+    let mut args = vec![
+        "serve".to_owned(),
+        "--config".to_owned(),
+        format!("{CONFIG_DIR}/{CONFIG_FILE}"),
+    ];
+    args.extend(tls.into_iter().flat_map(AgentTls::args));
+    args
+}
+
+/// The API ports, and under TLS the plain health port that the probes use.
+fn ports(tls: Option<&AgentTls>) -> Vec<ContainerPort> {
+    let mut ports = vec![
+        port(HTTP_PORT_NAME, HTTP_PORT),
+        port(GRPC_PORT_NAME, GRPC_PORT),
+    ];
+    if tls.is_some() {
+        ports.push(port(HEALTH_PORT_NAME, HEALTH_PORT));
+    }
+    ports
+}
+
 fn port(name: &str, number: i32) -> ContainerPort {
     ContainerPort {
         name: Some(name.to_owned()),
         container_port: number,
         protocol: Some("TCP".to_owned()),
         ..ContainerPort::default()
-    }
-}
-
-fn grpc_probe(period: i32, failures: i32) -> Probe {
-    Probe {
-        grpc: Some(GRPCAction {
-            port: GRPC_PORT,
-            ..GRPCAction::default()
-        }),
-        period_seconds: Some(period),
-        failure_threshold: Some(failures),
-        ..Probe::default()
     }
 }
 
@@ -318,7 +315,7 @@ fn volumes(pool: &InferencePool, source: &ResolvedSource) -> Vec<Volume> {
     volumes
 }
 
-fn volume_mounts(pool: &InferencePool, source: &ResolvedSource) -> Vec<VolumeMount> {
+fn volume_mounts(pool: &InferencePool, inputs: &DeploymentInputs<'_>) -> Vec<VolumeMount> {
     let mount = |name: &str, path: String, read_only: bool| VolumeMount {
         name: name.to_owned(),
         mount_path: path,
@@ -332,9 +329,10 @@ fn volume_mounts(pool: &InferencePool, source: &ResolvedSource) -> Vec<VolumeMou
     if cache_volume(pool).is_some() {
         mounts.push(mount("cache", CACHE_DIR.to_owned(), false));
     }
-    if let ResolvedSource::Claim { claim, .. } = source {
+    if let ResolvedSource::Claim { claim, .. } = inputs.source {
         mounts.push(mount("model", format!("{PVC_MOUNT_ROOT}/{claim}"), true));
     }
+    mounts.extend(inputs.tls.map(AgentTls::mount));
     mounts
 }
 

@@ -47,6 +47,14 @@ impl Drop for Link {
 }
 
 impl PoolLoads {
+    /// No pools yet; agents will be dialled with `upstream`.
+    pub fn new(upstream: UpstreamSettings) -> Self {
+        Self {
+            routes: Mutex::default(),
+            upstream,
+        }
+    }
+
     /// The last reports of the ready agents of pool `namespace/name`, or `None` when
     /// discovery does not serve that pool (not seen yet, or another pool has its model).
     pub fn agents_of(&self, namespace: &str, name: &str) -> Option<Vec<AgentLoad>> {

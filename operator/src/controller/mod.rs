@@ -13,10 +13,14 @@ pub mod error;
 pub mod loads;
 pub mod metrics;
 pub mod names;
+pub mod probes;
 pub mod reconcile;
 pub mod run;
 pub mod scheduling;
 pub mod status;
+pub mod tls;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tls_tests;

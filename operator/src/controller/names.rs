@@ -25,6 +25,11 @@ pub const GRPC_PORT: i32 = 50051;
 pub const HTTP_PORT_NAME: &str = "http";
 /// See [`HTTP_PORT_NAME`].
 pub const GRPC_PORT_NAME: &str = "grpc";
+/// The agent's plain-HTTP health port (/healthz, /readyz, /metrics), opened only when its
+/// API ports speak TLS: kubelet's probes and Prometheus cannot use those.
+pub const HEALTH_PORT: i32 = 8082;
+/// The name of [`HEALTH_PORT`] on the agent's pods.
+pub const HEALTH_PORT_NAME: &str = "health";
 /// Where the agent's rendered configuration is mounted.
 pub const CONFIG_DIR: &str = "/etc/inferpool";
 /// File name of the rendered configuration inside the ConfigMap.

@@ -25,6 +25,7 @@ use super::metrics::{ControllerMetrics, ErrorLabels};
 use super::names::{MANAGER, agent_name, selector_string};
 use super::scheduling::gpu_problem;
 use super::status::{Observations, Problem, desired_status, reason};
+use super::tls::AgentTls;
 use crate::api::InferencePool;
 
 /// What every reconcile shares.
@@ -45,6 +46,8 @@ pub struct Context {
     pub gateway: Option<String>,
     /// Operator namespace for the agents' NetworkPolicy (none when unset).
     pub network_policy_for: Option<String>,
+    /// TLS of the agents' API ports (none: plain).
+    pub agent_tls: Option<AgentTls>,
     /// The autoscaler's latest decisions.
     pub decisions: Arc<Decisions>,
 }
@@ -54,6 +57,7 @@ impl std::fmt::Debug for Context {
         f.debug_struct("Context")
             .field("images", &self.images)
             .field("gateway", &self.gateway)
+            .field("agent_tls", &self.agent_tls)
             .finish()
     }
 }
@@ -141,13 +145,15 @@ async fn apply_children(
     apply(pool, ctx, ns, service(pool)).await?;
     sync_pdb(pool, ctx, ns).await?;
     if let Some(operator_ns) = &ctx.network_policy_for {
-        apply(pool, ctx, ns, network_policy(pool, operator_ns)).await?;
+        let policy = network_policy(pool, operator_ns, ctx.agent_tls.is_some());
+        apply(pool, ctx, ns, policy).await?;
     }
     let inputs = DeploymentInputs {
         images: &ctx.images,
         resources: &ctx.resources,
         source: &source,
         config_checksum: &checksum,
+        tls: ctx.agent_tls.as_ref(),
     };
     Ok(Ok(apply(pool, ctx, ns, deployment(pool, &inputs)).await?))
 }

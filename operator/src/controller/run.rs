@@ -29,8 +29,10 @@ use super::loads::PoolLoads;
 use super::metrics::ControllerMetrics;
 use super::names::{AGENT_SELECTOR, MANAGER, POOL_LABEL};
 use super::reconcile::{Context, lock, pool_key, reconcile};
+use super::tls::AgentTls;
 use crate::api::InferencePool;
 use crate::gateway::discovery::{Discovery as _, KubernetesDiscovery};
+use crate::gateway::upstream::channel::UpstreamSettings;
 
 /// Settings of the controller.
 #[derive(Debug, Clone)]
@@ -44,6 +46,10 @@ pub struct ControllerSettings {
     /// The operator's namespace, when agents get a NetworkPolicy admitting gRPC only from
     /// the operator's pods there.
     pub network_policy_for: Option<String>,
+    /// TLS of the agents' API ports, rendered into their pods (none: plain).
+    pub agent_tls: Option<AgentTls>,
+    /// How the autoscaler's load subscriptions dial the agents (their TLS included).
+    pub upstream: UpstreamSettings,
 }
 
 /// Runs the controller until `shutdown` resolves.
@@ -64,6 +70,7 @@ pub async fn run_controller(
         resources: settings.resources,
         gateway: settings.gateway,
         network_policy_for: settings.network_policy_for,
+        agent_tls: settings.agent_tls,
     });
     // Children carry the agent labels: watching only those keeps every other Deployment,
     // Service, ConfigMap... of the cluster out of the controller's memory and queue.
@@ -77,6 +84,7 @@ pub async fn run_controller(
         &client,
         controller.store(),
         ctx.recorder.clone(),
+        PoolLoads::new(settings.upstream),
         decisions,
         changed,
     );
@@ -109,11 +117,12 @@ fn spawn_autoscaler(
     client: &kube::Client,
     pools: Store<InferencePool>,
     recorder: Recorder,
+    loads: PoolLoads,
     decisions: Arc<Decisions>,
     changed: mpsc::Sender<()>,
 ) -> JoinSet<()> {
     let mut tasks = JoinSet::new();
-    let loads = Arc::new(PoolLoads::default());
+    let loads = Arc::new(loads);
     let discovery = KubernetesDiscovery {
         client: client.clone(),
         queue_wait: Duration::ZERO,

@@ -10,6 +10,7 @@ use super::deployment::{
     AgentImages, DefaultResources, DeploymentInputs, deployment, quantity_mib,
 };
 use super::names::selector_string;
+use super::tls::AgentTls;
 use crate::api::{InferencePool, InferencePoolSpec, ModelSpec};
 
 fn images() -> AgentImages {
@@ -19,7 +20,7 @@ fn images() -> AgentImages {
     }
 }
 
-fn pool(spec: Value) -> InferencePool {
+pub(super) fn pool(spec: Value) -> InferencePool {
     let mut p: InferencePool = serde_json::from_value(json!({
         "apiVersion": "inferpool.dev/v1alpha1", "kind": "InferencePool",
         "metadata": {"name": "chat", "namespace": "ns"}, "spec": spec,
@@ -30,6 +31,11 @@ fn pool(spec: Value) -> InferencePool {
 }
 
 fn build(p: &InferencePool) -> Value {
+    build_with(p, None)
+}
+
+/// The Deployment of `p` as JSON, its agents' API ports under `tls`.
+pub(super) fn build_with(p: &InferencePool, tls: Option<&AgentTls>) -> Value {
     let source = resolve_source(&p.spec.model.source).unwrap();
     let (_, checksum) = render(&agent_config(p, &source));
     let defaults = DefaultResources {
@@ -41,6 +47,7 @@ fn build(p: &InferencePool) -> Value {
         resources: &defaults,
         source: &source,
         config_checksum: &checksum,
+        tls,
     };
     serde_json::to_value::<Deployment>(deployment(p, &inputs)).unwrap()
 }
@@ -228,10 +235,11 @@ fn cache_persistence_adds_a_claim_template_per_agent() {
 }
 
 #[test]
-fn agents_admit_grpc_only_from_the_operator() {
+fn agents_admit_grpc_only_from_the_gateway_and_the_controller() {
     let np = serde_json::to_value(super::children::network_policy(
         &pool(json!({"model": {}})),
         "ops",
+        false,
     ))
     .unwrap();
     let spec = &np["spec"];
@@ -250,7 +258,16 @@ fn agents_admit_grpc_only_from_the_operator() {
         grpc["from"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/name"],
         "inferpool-gateway"
     );
+    assert_eq!(
+        grpc["from"][1]["podSelector"]["matchLabels"]["app.kubernetes.io/name"],
+        "inferpool-operator",
+        "the controller follows the agents' load over gRPC"
+    );
+    assert_eq!(
+        grpc["from"][1]["namespaceSelector"],
+        grpc["from"][0]["namespaceSelector"]
+    );
     let http = &spec["ingress"][1];
     assert!(http.get("from").is_none());
-    assert_eq!(http["ports"][0]["port"], 8080);
+    assert_eq!(http["ports"], json!([{"port": 8080, "protocol": "TCP"}]));
 }

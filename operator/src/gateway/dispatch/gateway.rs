@@ -177,7 +177,7 @@ impl Gateway {
         let holding = Holding::new(spec.max_held, self.demand.clone());
         PoolRoute {
             metrics: self.metrics.pool(&spec.name, strategy),
-            pool: Pool::holding(spec.model, view, self.upstream, holding),
+            pool: Pool::holding(spec.model, view, self.upstream.clone(), holding),
             namespace: spec.namespace,
             name: spec.name,
             budget: RetryBudget::new(spec.budget_percent),

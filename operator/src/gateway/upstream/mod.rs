@@ -8,4 +8,5 @@ pub mod channel;
 pub mod details;
 pub mod generate;
 pub mod load;
+pub mod tls;
 pub mod whole;

@@ -1,4 +1,5 @@
-//! Whole answers from an agent's own OpenAI API over hyper's pooled HTTP/1.1 client: the
+//! Whole answers from an agent's own OpenAI API over hyper's pooled HTTP/1.1 client (over
+//! TLS through hyper-rustls when the agents serve it, see `tls`): the
 //! client's checked body goes as it is, and the agent's answer comes back as it is. A
 //! whole answer needs nothing of gRPC's framing, and the agent's HTTP server costs it
 //! less per request; kept-alive connections are pooled per agent and per thread: the
@@ -7,17 +8,21 @@
 
 use std::cell::RefCell;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{CONTENT_TYPE, HOST};
 use http::{Method, Request};
 use http_body_util::{BodyExt as _, Full, Limited};
+use hyper_rustls::{FixedServerNameResolver, HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use inferpool_protocol::cache::CACHE_HEADER;
 use tokio::time::Instant;
+use tokio_rustls::rustls::crypto::ring;
+use tokio_rustls::rustls::{ClientConfig, RootCertStore};
 
 use super::channel::UpstreamSettings;
 
@@ -73,7 +78,7 @@ pub struct WholeClient {
     settings: UpstreamSettings,
 }
 
-type PooledClient = Client<HttpConnector, Full<Bytes>>;
+type PooledClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
 thread_local! {
     /// This thread's client (and the settings it was made with), made on first use.
@@ -84,18 +89,18 @@ impl WholeClient {
     /// A client with the connect and request timeouts of `settings`.
     pub fn new(settings: &UpstreamSettings) -> Self {
         Self {
-            settings: *settings,
+            settings: settings.clone(),
         }
     }
 
     /// This thread's pooled client (a new one when the settings differ).
-    fn local_client(&self) -> PooledClient {
+    fn local_client(&self) -> Result<PooledClient, CallError> {
         LOCAL.with_borrow_mut(|local| match local {
-            Some((settings, client)) if *settings == self.settings => client.clone(),
+            Some((settings, client)) if *settings == self.settings => Ok(client.clone()),
             _ => {
-                let client = pooled_client(&self.settings);
-                *local = Some((self.settings, client.clone()));
-                client
+                let client = pooled_client(&self.settings)?;
+                *local = Some((self.settings.clone(), client.clone()));
+                Ok(client)
             }
         })
     }
@@ -108,14 +113,14 @@ impl WholeClient {
         deadline: Instant,
     ) -> Result<Answer, CallError> {
         let until = deadline.min(Instant::now() + self.settings.request_timeout);
-        let request = request(addr, post)?;
+        let request = request(addr, post, self.settings.tls.is_some())?;
         tokio::time::timeout_at(until, self.call(request))
             .await
             .unwrap_or(Err(CallError::Timeout))
     }
 
     async fn call(&self, request: Request<Full<Bytes>>) -> Result<Answer, CallError> {
-        let response = self.local_client().request(request).await.map_err(|e| {
+        let response = self.local_client()?.request(request).await.map_err(|e| {
             if e.is_connect() {
                 CallError::Lost(e.to_string())
             } else {
@@ -147,18 +152,34 @@ impl WholeClient {
     }
 }
 
-/// A client of kept-alive connections with the timeouts of `settings`.
-fn pooled_client(settings: &UpstreamSettings) -> PooledClient {
-    let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(settings.connect_timeout));
-    connector.set_nodelay(true);
-    connector.set_keepalive(Some(settings.keep_alive_interval));
-    Client::builder(TokioExecutor::new())
+/// A client of kept-alive connections with the timeouts and TLS of `settings`.
+fn pooled_client(settings: &UpstreamSettings) -> Result<PooledClient, CallError> {
+    let mut tcp = HttpConnector::new();
+    tcp.set_connect_timeout(Some(settings.connect_timeout));
+    tcp.set_nodelay(true);
+    tcp.set_keepalive(Some(settings.keep_alive_interval));
+    // hyper-rustls does TLS over it for `https` addresses.
+    tcp.enforce_http(false);
+    let connector = match &settings.tls {
+        Some(tls) => HttpsConnectorBuilder::new()
+            .with_tls_config((*tls.http).clone())
+            .https_only()
+            .with_server_name_resolver(FixedServerNameResolver::new(tls.server_name.clone()))
+            .enable_http1()
+            .wrap_connector(tcp),
+        // Plain text only: the addresses are `http`, so no handshake is ever made.
+        None => HttpsConnectorBuilder::new()
+            .with_tls_config(no_tls()?)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(tcp),
+    };
+    Ok(Client::builder(TokioExecutor::new())
         .pool_idle_timeout(IDLE)
         .pool_max_idle_per_host(MAX_IDLE_PER_AGENT)
         .pool_timer(TokioTimer::new())
         .timer(TokioTimer::new())
-        .build(connector)
+        .build(connector))
 }
 
 /// A failed call: the agent's answer could not be parsed, or the connection failed.
@@ -173,10 +194,21 @@ fn classify(e: &hyper_util::client::legacy::Error) -> CallError {
     }
 }
 
-fn request(addr: SocketAddr, post: Post<'_>) -> Result<Request<Full<Bytes>>, CallError> {
+/// A client config that trusts nobody, for the plain-text client's unused TLS side.
+fn no_tls() -> Result<ClientConfig, CallError> {
+    let builder = ClientConfig::builder_with_provider(Arc::new(ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| CallError::Lost(format!("TLS setup: {e}")))?;
+    Ok(builder
+        .with_root_certificates(RootCertStore::empty())
+        .with_no_client_auth())
+}
+
+fn request(addr: SocketAddr, post: Post<'_>, tls: bool) -> Result<Request<Full<Bytes>>, CallError> {
+    let scheme = if tls { "https" } else { "http" };
     let mut builder = Request::builder()
         .method(Method::POST)
-        .uri(format!("http://{addr}{}", post.path))
+        .uri(format!("{scheme}://{addr}{}", post.path))
         .header(HOST, addr.to_string())
         .header(CONTENT_TYPE, "application/json");
     for (name, value) in post.headers {
