@@ -1,9 +1,22 @@
-//! Leader election with a coordination.k8s.io Lease: only the holder runs the controller.
+//! Leader election with a coordination.k8s.io Lease: only the holder runs the controller,
+//! and a holder that may have lost its lease without noticing acts on nothing. A process
+//! frozen (SIGSTOP, a paused VM, a starved runtime) past its renewal grace wakes up
+//! believing it leads while the standby already does; its `Fence` turns invalid the
+//! moment such a stall begins to count (reconciles and scale writes check it first), and
+//! leading is withdrawn until the Lease shows a renewal by this replica since the stall.
 
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::jiff::Timestamp;
+use kube::Api;
 use kube_lease_manager::{LeaseManagerBuilder, LeaseParams};
 use tokio::sync::watch;
+
+/// How often the heartbeat that detects stalls ticks.
+const HEARTBEAT: Duration = Duration::from_millis(250);
 
 /// Where and how long the lease is held.
 #[derive(Debug, Clone)]
@@ -18,24 +31,135 @@ pub struct LeaseSettings {
     pub duration: Duration,
 }
 
-/// Starts competing for the lease; the receiver says whether this replica leads. Dropping
-/// every receiver releases the lease, so that a standby takes over at once.
+/// Whether this replica may act as the leader right now: valid while the heartbeat is
+/// recent (no stall longer than the renewal grace is in progress). A controller outside
+/// any election (`Fence::none`) is always valid.
+#[derive(Debug, Clone, Default)]
+pub struct Fence {
+    heartbeat: Option<Arc<Heartbeat>>,
+}
+
+#[derive(Debug)]
+struct Heartbeat {
+    last: Mutex<Instant>,
+    grace: Duration,
+    /// Since a stall, until the Lease shows a renewal by this replica.
+    stalled: AtomicBool,
+}
+
+impl Fence {
+    /// A fence that never closes.
+    pub fn none() -> Self {
+        Self::default()
+    }
+
+    /// Whether acting as the leader is safe now.
+    pub fn valid(&self) -> bool {
+        self.heartbeat
+            .as_ref()
+            .is_none_or(|h| !h.stalled.load(Ordering::Acquire) && lock(&h.last).elapsed() < h.grace)
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Starts competing for the lease; the receiver says whether this replica leads, the
+/// fence whether it may act on it. Dropping every receiver releases the lease, so that a
+/// standby takes over at once.
 pub async fn elect(
     client: kube::Client,
     s: &LeaseSettings,
-) -> anyhow::Result<watch::Receiver<bool>> {
+) -> anyhow::Result<(watch::Receiver<bool>, Fence)> {
     let duration = s.duration.as_secs().max(2);
     // Renew half-way through the lease (grace = half): a holder whose renewal is delayed by
     // load keeps its lease instead of flapping to the standby and back.
-    let params = LeaseParams::new(s.identity.clone(), duration, (duration / 2).max(1));
-    let manager = LeaseManagerBuilder::new(client, s.name.clone())
+    let grace = (duration / 2).max(1);
+    let params = LeaseParams::new(s.identity.clone(), duration, grace);
+    let manager = LeaseManagerBuilder::new(client.clone(), s.name.clone())
         .with_namespace(s.namespace.clone())
         .with_parameters(params)
         .with_field_manager(crate::controller::names::MANAGER)
         .build()
         .await?;
-    let (leading, _task) = manager.watch().await;
-    Ok(leading)
+    let (managed, _task) = manager.watch().await;
+    let heartbeat = Arc::new(Heartbeat {
+        last: Mutex::new(Instant::now()),
+        grace: Duration::from_secs(grace),
+        stalled: AtomicBool::new(false),
+    });
+    let (leading, follower) = watch::channel(*managed.borrow());
+    let guard = Guard {
+        managed,
+        leading,
+        heartbeat: heartbeat.clone(),
+        lease: Api::namespaced(client, &s.namespace),
+        name: s.name.clone(),
+        identity: s.identity.clone(),
+    };
+    tokio::spawn(guard.run());
+    let fence = Fence {
+        heartbeat: Some(heartbeat),
+    };
+    Ok((follower, fence))
+}
+
+/// Follows the lease manager's view, withdrawn after a stall until a renewal shows.
+struct Guard {
+    managed: watch::Receiver<bool>,
+    leading: watch::Sender<bool>,
+    heartbeat: Arc<Heartbeat>,
+    lease: Api<Lease>,
+    name: String,
+    identity: String,
+}
+
+impl Guard {
+    async fn run(mut self) {
+        let mut tick = tokio::time::interval(HEARTBEAT);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut stalled: Option<Timestamp> = None;
+        loop {
+            tokio::select! {
+                changed = self.managed.changed() => if changed.is_err() { return },
+                _ = tick.tick() => {}
+                () = self.leading.closed() => return,
+            }
+            let gap = lock(&self.heartbeat.last).elapsed();
+            if gap > self.heartbeat.grace && stalled.is_none() {
+                // Marked before the heartbeat is renewed: the fence never reopens between.
+                self.heartbeat.stalled.store(true, Ordering::Release);
+                tracing::warn!(
+                    ?gap,
+                    "stalled past the lease's grace: not leading until it is renewed"
+                );
+                stalled = Some(Timestamp::now());
+            }
+            *lock(&self.heartbeat.last) = Instant::now();
+            if let Some(since) = stalled
+                && self.renewed_since(since).await
+            {
+                stalled = None;
+                self.heartbeat.stalled.store(false, Ordering::Release);
+            }
+            let leads = *self.managed.borrow() && stalled.is_none();
+            self.leading
+                .send_if_modified(|l| std::mem::replace(l, leads) != leads);
+        }
+    }
+
+    /// Whether the Lease shows this replica renewing it after `since`.
+    async fn renewed_since(&self, since: Timestamp) -> bool {
+        let Ok(lease) = self.lease.get(&self.name).await else {
+            return false;
+        };
+        let Some(spec) = lease.spec else {
+            return false;
+        };
+        let ours = spec.holder_identity.as_deref() == Some(self.identity.as_str());
+        ours && spec.renew_time.is_some_and(|t| t.0 > since)
+    }
 }
 
 /// Resolves once `leading` says this replica leads.
@@ -46,4 +170,30 @@ pub async fn until_leading(leading: &mut watch::Receiver<bool>) -> bool {
 /// Resolves once this replica stopped leading (or the lease task ended).
 pub async fn until_not_leading(mut leading: watch::Receiver<bool>) {
     let _ = leading.wait_for(|l| !*l).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fence(age: Duration, stalled: bool) -> Fence {
+        let heartbeat = Heartbeat {
+            last: Mutex::new(Instant::now() - age),
+            grace: Duration::from_secs(2),
+            stalled: AtomicBool::new(stalled),
+        };
+        Fence {
+            heartbeat: Some(Arc::new(heartbeat)),
+        }
+    }
+
+    #[test]
+    fn a_fence_is_valid_only_with_a_recent_heartbeat_and_no_stall() {
+        assert!(Fence::none().valid());
+        assert!(fence(Duration::ZERO, false).valid());
+        // Woken from a freeze before the heartbeat ran again.
+        assert!(!fence(Duration::from_secs(3), false).valid());
+        // The heartbeat ran, but no renewal has shown since the stall.
+        assert!(!fence(Duration::ZERO, true).valid());
+    }
 }

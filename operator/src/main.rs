@@ -273,6 +273,7 @@ fn controller_settings(
             .then(|| args.lease_namespace.clone()),
         agent_tls,
         upstream,
+        fence: Default::default(),
     }
 }
 

@@ -38,10 +38,17 @@ pub async fn run(client: kube::Client, config: RunConfig) -> anyhow::Result<()> 
         wait_for_signal().await;
         let _ = stop.send(true);
     });
-    let mut leading = elect(client.clone(), &config.lease)
+    let (mut leading, fence) = elect(client.clone(), &config.lease)
         .await
         .context("leader election")?;
     ready.store(true, Ordering::Relaxed);
+    let config = RunConfig {
+        settings: ControllerSettings {
+            fence,
+            ..config.settings
+        },
+        ..config
+    };
     lead_while_elected(client, &config, &metrics, &mut leading, stopped).await;
     // Dropping the receiver releases the lease, so that a standby takes over at once.
     drop(leading);

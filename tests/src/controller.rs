@@ -26,6 +26,7 @@ pub fn test_settings() -> ControllerSettings {
         network_policy_for: Some("inferpool-system".into()),
         agent_tls: None,
         upstream: Default::default(),
+        fence: Default::default(),
     }
 }
 

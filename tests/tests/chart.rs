@@ -56,6 +56,7 @@ fn the_chart_lints_and_renders_with_every_values_file() -> anyhow::Result<()> {
             "1.37.0",
         ])?;
         assert!(out.contains("kind: Deployment"), "{values}");
+        binaries_take_the_charts_args(&out)?;
     }
     let full_values = format!(
         "{}/charts/inferpool/ci/full-values.yaml",

@@ -22,6 +22,7 @@ use super::demand::held_requests;
 use super::loads::PoolLoads;
 use super::reconcile::pool_key;
 use crate::api::{AutoscalingSpec, InferencePool};
+use crate::leader::Fence;
 
 /// How often every pool is looked at.
 pub const TICK: Duration = Duration::from_secs(1);
@@ -51,6 +52,8 @@ pub struct AutoscalerParts {
     pub recorder: Recorder,
     /// Told when a pool's condition changed, so that its status is written.
     pub changed: mpsc::Sender<()>,
+    /// Whether this replica may act as the leader now.
+    pub fence: Fence,
 }
 
 /// Scales every autoscaled pool, once per `TICK`, until dropped.
@@ -59,6 +62,10 @@ pub async fn run_autoscaler(parts: AutoscalerParts) {
     let mut tick = tokio::time::interval(TICK);
     loop {
         tick.tick().await;
+        if !parts.fence.valid() {
+            // Stalled past the lease's grace: another replica may be scaling.
+            continue;
+        }
         for pool in parts.pools.state() {
             if let Some(spec) = &pool.spec.autoscaling {
                 let scaler = scalers.entry(pool_key(&pool)).or_default();

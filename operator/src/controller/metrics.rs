@@ -20,6 +20,8 @@ pub struct ErrorLabels {
 pub struct ControllerMetrics {
     /// Reconciles finished (successful or not).
     pub reconciles: Counter,
+    /// Reconciles skipped while the leader was fenced (stalled past its lease's grace).
+    pub fenced: Counter,
     /// Failed reconciles by error type.
     pub errors: Family<ErrorLabels, Counter>,
     /// Reconcile duration in seconds.
@@ -32,6 +34,7 @@ impl Default for ControllerMetrics {
     fn default() -> Self {
         Self {
             reconciles: Counter::default(),
+            fenced: Counter::default(),
             errors: Family::default(),
             // 1 ms .. ~16 s
             duration: Histogram::new(exponential_buckets(0.001, 2.0, 15)),
@@ -46,6 +49,11 @@ impl ControllerMetrics {
         let m = Self::default();
         let r = registry.sub_registry_with_prefix("inferpool_controller");
         r.register("reconciles", "Reconciles finished", m.reconciles.clone());
+        r.register(
+            "fenced_reconciles",
+            "Reconciles skipped while stalled past the lease's grace",
+            m.fenced.clone(),
+        );
         r.register(
             "reconcile_errors",
             "Failed reconciles by error type",

@@ -19,6 +19,7 @@ pub mod run;
 pub mod scheduling;
 pub mod status;
 pub mod tls;
+pub mod watch_backoff;
 
 #[cfg(test)]
 mod tests;

@@ -27,6 +27,7 @@ use super::scheduling::gpu_problem;
 use super::status::{Observations, Problem, desired_status, reason};
 use super::tls::AgentTls;
 use crate::api::InferencePool;
+use crate::leader::Fence;
 
 /// What every reconcile shares.
 pub struct Context {
@@ -50,6 +51,8 @@ pub struct Context {
     pub agent_tls: Option<AgentTls>,
     /// The autoscaler's latest decisions.
     pub decisions: Arc<Decisions>,
+    /// Whether this replica may act as the leader now.
+    pub fence: Fence,
 }
 
 impl std::fmt::Debug for Context {
@@ -64,10 +67,18 @@ impl std::fmt::Debug for Context {
 
 /// How often a settled pool is looked at again even without events.
 const RESYNC: Duration = Duration::from_secs(300);
+/// When a pool met while fenced is looked at again.
+const FENCED_RETRY: Duration = Duration::from_secs(1);
 
 /// Brings one pool's children and status in line with its spec, and records the outcome.
 pub async fn reconcile(pool: Arc<InferencePool>, ctx: Arc<Context>) -> Result<Action, Error> {
     use tracing::Instrument as _;
+    if !ctx.fence.valid() {
+        // Stalled past the lease's grace: another replica may lead. Nothing is written;
+        // the controller stops once the stall is noticed, or this runs again.
+        ctx.metrics.fenced.inc();
+        return Ok(Action::requeue(FENCED_RETRY));
+    }
     let key = pool_key(&pool);
     let span = tracing::info_span!("reconcile", pool = %key);
     let start = Instant::now();

@@ -30,9 +30,11 @@ use super::metrics::ControllerMetrics;
 use super::names::{AGENT_SELECTOR, MANAGER, POOL_LABEL};
 use super::reconcile::{Context, lock, pool_key, reconcile};
 use super::tls::AgentTls;
+use super::watch_backoff::watch_backoff;
 use crate::api::InferencePool;
 use crate::gateway::discovery::{Discovery as _, KubernetesDiscovery};
 use crate::gateway::upstream::channel::UpstreamSettings;
+use crate::leader::Fence;
 
 /// Settings of the controller.
 #[derive(Debug, Clone)]
@@ -50,6 +52,8 @@ pub struct ControllerSettings {
     pub agent_tls: Option<AgentTls>,
     /// How the autoscaler's load subscriptions dial the agents (their TLS included).
     pub upstream: UpstreamSettings,
+    /// Whether the leader may act now (see `leader::Fence`); none outside an election.
+    pub fence: Fence,
 }
 
 /// Runs the controller until `shutdown` resolves.
@@ -71,6 +75,7 @@ pub async fn run_controller(
         gateway: settings.gateway,
         network_policy_for: settings.network_policy_for,
         agent_tls: settings.agent_tls,
+        fence: settings.fence.clone(),
     });
     // Children carry the agent labels: watching only those keeps every other Deployment,
     // Service, ConfigMap... of the cluster out of the controller's memory and queue.
@@ -81,14 +86,13 @@ pub async fn run_controller(
     );
     let (changed, reconcile_all) = mpsc::channel(1);
     let mut scaling = spawn_autoscaler(
-        &client,
+        &ctx,
         controller.store(),
-        ctx.recorder.clone(),
         PoolLoads::new(settings.upstream),
-        decisions,
         changed,
     );
     controller
+        .trigger_backoff(watch_backoff())
         .reconcile_all_on(ReceiverStream::new(reconcile_all))
         .owns(Api::<Deployment>::all(client.clone()), children())
         .owns(Api::<Service>::all(client.clone()), children())
@@ -114,13 +118,12 @@ pub async fn run_controller(
 /// discovery, as the gateway finds them) and the HorizontalPodAutoscalers it stands aside
 /// for. The tasks end when the returned set is dropped or aborted.
 fn spawn_autoscaler(
-    client: &kube::Client,
+    ctx: &Context,
     pools: Store<InferencePool>,
-    recorder: Recorder,
     loads: PoolLoads,
-    decisions: Arc<Decisions>,
     changed: mpsc::Sender<()>,
 ) -> JoinSet<()> {
+    let client = &ctx.client;
     let mut tasks = JoinSet::new();
     let loads = Arc::new(loads);
     let discovery = KubernetesDiscovery {
@@ -143,9 +146,10 @@ fn spawn_autoscaler(
         pools,
         hpas,
         loads,
-        decisions,
-        recorder,
+        decisions: ctx.decisions.clone(),
+        recorder: ctx.recorder.clone(),
         changed,
+        fence: ctx.fence.clone(),
     }));
     tasks
 }
