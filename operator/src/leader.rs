@@ -57,7 +57,9 @@ impl Fence {
     pub fn valid(&self) -> bool {
         self.heartbeat
             .as_ref()
-            .is_none_or(|h| !h.stalled.load(Ordering::Acquire) && lock(&h.last).elapsed() < h.grace)
+            // The heartbeat first: the guard marks a stall before it renews the heartbeat,
+            // so a fresh heartbeat read here implies the mark is visible below.
+            .is_none_or(|h| lock(&h.last).elapsed() < h.grace && !h.stalled.load(Ordering::Acquire))
     }
 }
 
@@ -65,13 +67,23 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// Starts competing for the lease; the receiver says whether this replica leads, the
-/// fence whether it may act on it. Dropping every receiver releases the lease, so that a
-/// standby takes over at once.
-pub async fn elect(
-    client: kube::Client,
-    s: &LeaseSettings,
-) -> anyhow::Result<(watch::Receiver<bool>, Fence)> {
+/// A replica in the election.
+#[derive(Debug)]
+pub struct Election {
+    /// Whether this replica leads.
+    pub leading: watch::Receiver<bool>,
+    /// Whether it may act on it now.
+    pub fence: Fence,
+    /// Ends once `leading` is dropped and the lease is released.
+    pub released: tokio::task::JoinHandle<()>,
+}
+
+/// How long the release of the lease may take at exit.
+pub const RELEASE: Duration = Duration::from_secs(3);
+
+/// Starts competing for the lease. Dropping `leading` releases the lease (await
+/// `released`), so that a standby takes over at once.
+pub async fn elect(client: kube::Client, s: &LeaseSettings) -> anyhow::Result<Election> {
     let duration = s.duration.as_secs().max(2);
     // Renew half-way through the lease (grace = half): a holder whose renewal is delayed by
     // load keeps its lease instead of flapping to the standby and back.
@@ -83,7 +95,7 @@ pub async fn elect(
         .with_field_manager(crate::controller::names::MANAGER)
         .build()
         .await?;
-    let (managed, _task) = manager.watch().await;
+    let (managed, manager_task) = manager.watch().await;
     let heartbeat = Arc::new(Heartbeat {
         last: Mutex::new(Instant::now()),
         grace: Duration::from_secs(grace),
@@ -98,11 +110,18 @@ pub async fn elect(
         name: s.name.clone(),
         identity: s.identity.clone(),
     };
-    tokio::spawn(guard.run());
-    let fence = Fence {
-        heartbeat: Some(heartbeat),
-    };
-    Ok((follower, fence))
+    let released = tokio::spawn(async move {
+        guard.run().await;
+        // The guard dropped the manager's receiver: the manager releases the lease.
+        let _ = manager_task.await;
+    });
+    Ok(Election {
+        leading: follower,
+        fence: Fence {
+            heartbeat: Some(heartbeat),
+        },
+        released,
+    })
 }
 
 /// Follows the lease manager's view, withdrawn after a stall until a renewal shows.
@@ -137,21 +156,33 @@ impl Guard {
                 stalled = Some(Timestamp::now());
             }
             *lock(&self.heartbeat.last) = Instant::now();
+            // Withdrawn before the Lease is read, so that standing down never waits on it.
+            self.publish(stalled.is_none());
+            let managed = *self.managed.borrow();
             if let Some(since) = stalled
+                && managed
                 && self.renewed_since(since).await
             {
                 stalled = None;
                 self.heartbeat.stalled.store(false, Ordering::Release);
+                self.publish(true);
             }
-            let leads = *self.managed.borrow() && stalled.is_none();
-            self.leading
-                .send_if_modified(|l| std::mem::replace(l, leads) != leads);
+            // A slow read of the Lease is no stall of this process.
+            *lock(&self.heartbeat.last) = Instant::now();
         }
+    }
+
+    /// Says this replica leads when the manager says so and `unfenced`.
+    fn publish(&self, unfenced: bool) {
+        let leads = *self.managed.borrow() && unfenced;
+        self.leading
+            .send_if_modified(|l| std::mem::replace(l, leads) != leads);
     }
 
     /// Whether the Lease shows this replica renewing it after `since`.
     async fn renewed_since(&self, since: Timestamp) -> bool {
-        let Ok(lease) = self.lease.get(&self.name).await else {
+        let read = tokio::time::timeout(self.heartbeat.grace / 2, self.lease.get(&self.name));
+        let Ok(Ok(lease)) = read.await else {
             return false;
         };
         let Some(spec) = lease.spec else {
@@ -159,6 +190,67 @@ impl Guard {
         };
         let ours = spec.holder_identity.as_deref() == Some(self.identity.as_str());
         ours && spec.renew_time.is_some_and(|t| t.0 > since)
+    }
+}
+
+/// A client for `config` whose writes (any method but GET: watches and reads pass) are
+/// refused while `fence` is closed, so that a reconcile or scale round that was under way
+/// when the process froze fails at its next write instead of carrying it out.
+pub fn fenced_client(config: kube::Config, fence: Fence) -> kube::Result<kube::Client> {
+    let builder = kube::client::ClientBuilder::try_from(config)?;
+    Ok(builder.with_layer(&FenceLayer(fence)).build())
+}
+
+/// Refused by a closed fence.
+#[derive(Debug, thiserror::Error)]
+#[error("not acting as the leader: stalled past the lease's grace")]
+pub struct Fenced;
+
+struct FenceLayer(Fence);
+
+impl<S> tower::Layer<S> for FenceLayer {
+    type Service = FencedService<S>;
+
+    fn layer(&self, inner: S) -> FencedService<S> {
+        FencedService {
+            inner,
+            fence: self.0.clone(),
+        }
+    }
+}
+
+/// The client's service behind the fence.
+struct FencedService<S> {
+    inner: S,
+    fence: Fence,
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl<S, B> tower::Service<http::Request<B>> for FencedService<S>
+where
+    S: tower::Service<http::Request<B>>,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+    S::Response: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = futures::future::BoxFuture<'static, Result<S::Response, BoxError>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        if request.method() != http::Method::GET && !self.fence.valid() {
+            return Box::pin(std::future::ready(Err(Box::new(Fenced) as BoxError)));
+        }
+        let call = self.inner.call(request);
+        Box::pin(async move { call.await.map_err(Into::into) })
     }
 }
 

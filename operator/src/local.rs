@@ -264,6 +264,7 @@ fn prepare_pool(
     let mut probes = Vec::new();
     for i in 0..replicas {
         let (http, grpc) = (free_port(&mut probes)?, free_port(&mut probes)?);
+        let health = free_port(&mut probes)?;
         let mut config: serde_json::Value = serde_json::from_str(&rendered)?;
         config["httpPort"] = http.port().into();
         config["grpcPort"] = grpc.port().into();
@@ -285,6 +286,7 @@ fn prepare_pool(
                 drain_grace_seconds: 30,
                 cpus: 1,
                 tls: None,
+                health,
             },
             Endpoint { id, grpc, http },
         ));

@@ -20,6 +20,8 @@ pub(crate) struct AgentSlot {
     pub(crate) cpus: usize,
     /// Its API ports' TLS, when the gateway dials agents over TLS.
     pub(crate) tls: Option<LocalTls>,
+    /// Its plain `/readyz` (and `/healthz`, `/metrics`), whatever its API ports speak.
+    pub(crate) health: std::net::SocketAddr,
 }
 
 /// TLS of a local agent's API ports: the gateway's `--upstream-tls-dir`, whose certificate
@@ -73,6 +75,8 @@ fn spawn(slot: &AgentSlot) -> std::io::Result<Child> {
         .arg(slot.drain_grace_seconds.to_string())
         .arg("--grpc-workers")
         .arg(slot.cpus.to_string())
+        .arg("--health-port")
+        .arg(slot.health.port().to_string())
         // candle's matmuls (rayon) and the agent's async threads, as a pod's CPU limit
         // would bound them: agents sharing a machine each at full width only contend.
         .env("RAYON_NUM_THREADS", slot.cpus.to_string())

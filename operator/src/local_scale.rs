@@ -134,7 +134,7 @@ impl ScaledPool {
         let (stop, stopped) = watch::channel(false);
         let flag = Arc::new(AtomicBool::new(false));
         tokio::spawn(wait_ready(
-            endpoint.http,
+            slot.health,
             flag.clone(),
             ready.clone(),
             stopped.clone(),
@@ -224,16 +224,16 @@ pub(crate) async fn run(
     while stopping.join_next().await.is_some() {}
 }
 
-/// Marks an agent ready (and wakes the scaler) once its `/readyz` answers 200; gives up
-/// when it is stopped first.
+/// Marks an agent ready (and wakes the scaler) once `/readyz` on its plain health port
+/// answers 200; gives up when it is stopped first.
 async fn wait_ready(
-    http: SocketAddr,
+    health: SocketAddr,
     flag: Arc<AtomicBool>,
     wake: Arc<Notify>,
     mut stopped: watch::Receiver<bool>,
 ) {
     loop {
-        if answers_ready(http).await {
+        if answers_ready(health).await {
             flag.store(true, Ordering::Release);
             wake.notify_one();
             return;
@@ -245,10 +245,10 @@ async fn wait_ready(
     }
 }
 
-/// Whether `GET /readyz` on `http` answers 200 (within a second).
-async fn answers_ready(http: SocketAddr) -> bool {
+/// Whether `GET /readyz` on `health` answers 200 (within a second).
+async fn answers_ready(health: SocketAddr) -> bool {
     let ask = async {
-        let mut stream = tokio::net::TcpStream::connect(http).await?;
+        let mut stream = tokio::net::TcpStream::connect(health).await?;
         stream
             .write_all(b"GET /readyz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
             .await?;

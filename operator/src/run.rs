@@ -12,7 +12,9 @@ use tokio::sync::watch;
 
 use crate::controller::metrics::ControllerMetrics;
 use crate::controller::run::{ControllerSettings, run_controller};
-use crate::leader::{LeaseSettings, elect, until_leading, until_not_leading};
+use crate::leader::{
+    Election, LeaseSettings, RELEASE, elect, fenced_client, until_leading, until_not_leading,
+};
 use crate::server::serve_health;
 
 /// Everything `run` needs.
@@ -38,9 +40,16 @@ pub async fn run(client: kube::Client, config: RunConfig) -> anyhow::Result<()> 
         wait_for_signal().await;
         let _ = stop.send(true);
     });
-    let (mut leading, fence) = elect(client.clone(), &config.lease)
+    let election = elect(client.clone(), &config.lease)
         .await
         .context("leader election")?;
+    let Election {
+        mut leading,
+        fence,
+        released,
+    } = election;
+    // The controller's writes are refused while the fence is closed (see `leader`).
+    let fenced = fenced_client(kube::Config::infer().await?, fence.clone())?;
     ready.store(true, Ordering::Relaxed);
     let config = RunConfig {
         settings: ControllerSettings {
@@ -49,9 +58,13 @@ pub async fn run(client: kube::Client, config: RunConfig) -> anyhow::Result<()> 
         },
         ..config
     };
-    lead_while_elected(client, &config, &metrics, &mut leading, stopped).await;
-    // Dropping the receiver releases the lease, so that a standby takes over at once.
+    lead_while_elected(fenced, &config, &metrics, &mut leading, stopped).await;
+    // Dropping the receiver releases the lease, so that a standby takes over at once;
+    // waited for, or the runtime's end would cancel the release.
     drop(leading);
+    if tokio::time::timeout(RELEASE, released).await.is_err() {
+        tracing::warn!("the lease was not released in time; the standby waits for it to expire");
+    }
     Ok(())
 }
 

@@ -24,7 +24,8 @@ pub fn certificates(dir: &Path) -> anyhow::Result<(String, String, String)> {
 }
 
 /// `dir` laid out as the agents' TLS Secret: `ca.crt`, and `tls.crt`/`tls.key` for the
-/// name `inferpool-agent` (and 127.0.0.1), usable as server and as client certificate.
+/// name `inferpool-agent` alone (no address: the gateway must verify the configured name,
+/// not the one it dialled), usable as server and as client certificate.
 pub fn agent_secret(dir: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir)?;
     let path = |name: &str| dir.join(name).display().to_string();
@@ -34,7 +35,7 @@ pub fn agent_secret(dir: &Path) -> anyhow::Result<()> {
         ca: &path("ca.crt"),
         ca_key: &ca_key,
         cn: "inferpool-agent",
-        extensions: "subjectAltName=DNS:inferpool-agent,IP:127.0.0.1\n\
+        extensions: "subjectAltName=DNS:inferpool-agent\n\
                      extendedKeyUsage=serverAuth,clientAuth\n",
     };
     signed.write(dir, &path("tls.crt"), &path("tls.key"))?;

@@ -111,8 +111,9 @@ impl NetNs {
         let prefix = ["netns", "exec", self.name.as_str()];
         let inner = tc_output(&prefix, &["-s", "qdisc", "show", "dev", &self.inner_veth])?;
         let count = |text: &str, word: &str| -> u64 {
+            // `tc -s` prints `(dropped 0, overlimits 12 requeues 0)`.
             let words: Vec<&str> = text
-                .split(|c: char| c.is_whitespace() || c == ',')
+                .split(|c: char| c.is_whitespace() || ",()".contains(c))
                 .collect();
             words
                 .windows(2)

@@ -311,6 +311,11 @@ async fn a_leader_frozen_past_its_lease_stands_down_when_it_wakes() -> anyhow::R
         frozen.leads().then_some(())
     })
     .await?;
+    // Pools the woken leader would reconcile (it saw them), one changed while it is frozen.
+    let names: Vec<String> = (0..10).map(|i| format!("f{i}")).collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    apply(c, ns.name(), &names, 1)?;
+    all_ready(&pools, &names, &frozen).await?;
     let awake = OperatorProcess::spawn(c.kubeconfig(), "op-awake", lease_ns.name())?;
     wait_until(Duration::from_secs(60), || async {
         reconciles(&awake).map(drop)
@@ -324,9 +329,12 @@ async fn a_leader_frozen_past_its_lease_stands_down_when_it_wakes() -> anyhow::R
         awake.leads().then(|| stopped.elapsed())
     });
     let took_over = took_over.await;
+    // Seen by the frozen leader's watches too, delivered when it wakes.
+    let changed = apply(c, ns.name(), &["f0"], 2);
     // Woken whatever happened, so that it can be stopped.
     LocalPool::signal(frozen.child.id(), "-CONT")?;
     let took_over = took_over?;
+    changed?;
     let woke = Instant::now();
     let stood_down = wait_until(Duration::from_secs(30), || async {
         (frozen.metric("inferpool_controller_leader") == Some(0.0)).then(|| woke.elapsed())
@@ -342,6 +350,13 @@ async fn a_leader_frozen_past_its_lease_stands_down_when_it_wakes() -> anyhow::R
         &pool_yaml("woken", "{model: {}}"),
     )?;
     until_ready(&pools, "woken", Duration::from_secs(60)).await?;
+    all_ready(&pools, &names, &awake).await?;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns.name());
+    assert_eq!(
+        replicas(&deployments, "f0").await?,
+        Some(2),
+        "the change landed"
+    );
     assert!(awake.leads() && !frozen.leads(), "two leaders, or none");
     assert_eq!(after, before, "the old leader reconciled after it woke");
     assert_eq!(

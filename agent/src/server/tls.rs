@@ -1,7 +1,10 @@
 //! The agent's API ports over TLS (`--tls-dir`, optionally `--tls-mutual`): the HTTP port
 //! through a listener that handshakes accepted connections side by side (a client that
-//! stalls its handshake holds only its own task, and only for `HANDSHAKE`), the gRPC port
-//! through tonic's own TLS with the same files. Under mutual TLS both ports refuse a
+//! stalls its handshake holds only its own task, and only for `HANDSHAKE`; at most
+//! `HANDSHAKES` at once), the gRPC port through tonic's own TLS with the same files (its
+//! handshakes time out after `HANDSHAKE` too, but tonic does not cap how many run at
+//! once; the port admits only the gateway and controller pods under the NetworkPolicy).
+//! The files are read at start: a renewed certificate takes effect at the next restart. Under mutual TLS both ports refuse a
 //! client without a certificate signed by the directory's CA.
 
 use std::net::SocketAddr;

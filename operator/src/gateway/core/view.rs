@@ -293,13 +293,16 @@ impl PoolView {
 
 /// Whether an agent has as much work as it can hold: a full batch running and as much
 /// again waiting, counting what this gateway sent since its last report (or it said it
-/// was full since).
+/// was full since). This gateway's requests in flight are running or queued there once
+/// reported, and not yet before: the work is the larger of the two, never their sum (the
+/// sum counted a queued request twice, and kept an agent with 2 running and 1 queued of
+/// 2 slots from its 4th).
 fn saturated(a: &AgentEntry) -> bool {
     if a.full {
         return true;
     }
     let slots = a.reported.max_batch_size.max(1);
-    let work = a.reported.queued + a.reported.running.max(a.in_flight);
+    let work = (a.reported.queued + a.reported.running).max(a.in_flight);
     work >= 2 * slots
 }
 
