@@ -7,6 +7,7 @@
 use std::path::Path;
 use std::time::Duration;
 
+use inferpool_e2e::curl::curl;
 use inferpool_e2e::http::{Reply, get, header, post};
 use inferpool_e2e::local::LocalPool;
 use inferpool_e2e::parts::ScratchDir;
@@ -99,6 +100,20 @@ async fn api_keys_refuse_by_key_model_and_quota_and_rotate_without_a_restart() -
         get(addr, "/v1/models")?.0,
         401,
         "the model list needs a key too"
+    );
+    // A key's model list holds only the models it may use.
+    let listed = |key: &str| -> anyhow::Result<String> {
+        let bearer = format!("authorization: Bearer {key}");
+        let url = format!("http://{addr}/v1/models");
+        Ok(curl(&["-H", &bearer, &url], None)?.body)
+    };
+    assert!(
+        listed("sk-team-a-0001")?.contains(MODEL),
+        "team-a's list lacks its model"
+    );
+    assert!(
+        !listed("sk-team-b-0001")?.contains(MODEL),
+        "team-b's list revealed a model it may not use"
     );
     let wrong_model = chat(addr, Some("sk-team-b-0001"))?;
     assert_eq!(wrong_model.status, 403, "{}", wrong_model.body);

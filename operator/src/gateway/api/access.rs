@@ -9,6 +9,7 @@ use inferpool_protocol::errors::ErrorType;
 
 use super::error::ApiError;
 use crate::gateway::auth::Denied;
+use crate::gateway::auth::keys::Key;
 use crate::gateway::auth::quota::Exceeded;
 use crate::gateway::dispatch::gateway::Gateway;
 
@@ -50,12 +51,12 @@ pub fn admit(
 }
 
 /// Refuses a request without a valid key (counted); the handlers call it before anything
-/// else, and alone for the model list.
-pub fn identify(gateway: &Gateway, headers: &HeaderMap) -> Result<(), ApiError> {
+/// else, and alone for the model list. The key, when the gateway has keys.
+pub fn identify(gateway: &Gateway, headers: &HeaderMap) -> Result<Option<Key>, ApiError> {
     let Some(auth) = gateway.auth() else {
-        return Ok(());
+        return Ok(None);
     };
-    auth.identify(headers).map(drop).map_err(|denied| {
+    auth.identify(headers).map(Some).map_err(|denied| {
         gateway.metrics.keys.unauthenticated(reason(&denied));
         refusal(&denied)
     })

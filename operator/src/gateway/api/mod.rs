@@ -68,10 +68,16 @@ fn observe(gateway: &Gateway, route: &PoolRoute) {
 }
 
 async fn models(State(gateway): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
-    if let Err(refused) = access::identify(&gateway, &headers) {
-        return refused.into_response();
-    }
+    let key = match access::identify(&gateway, &headers) {
+        Ok(key) => key,
+        Err(refused) => return refused.into_response(),
+    };
     let names = gateway.model_names();
-    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    // A key sees only the models it may use: the others are not revealed.
+    let refs: Vec<&str> = names
+        .iter()
+        .map(String::as_str)
+        .filter(|name| key.as_ref().is_none_or(|k| k.allows(name)))
+        .collect();
     axum::Json(ModelList::of(&refs, gateway.created, "inferpool")).into_response()
 }
