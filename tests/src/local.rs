@@ -117,32 +117,12 @@ impl LocalPool {
 
     /// The agent processes (children of the local process).
     pub fn agent_pids(&self) -> Vec<u32> {
-        // Children are listed under the thread that spawned them: read every thread's.
-        let tasks = format!("/proc/{}/task", self.child.id());
-        let mut pids: Vec<u32> = std::fs::read_dir(tasks)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
-            .flat_map(|c| {
-                c.split_whitespace()
-                    .filter_map(|p| p.parse().ok())
-                    .collect::<Vec<u32>>()
-            })
-            .collect();
-        pids.sort_unstable();
-        pids
+        children(self.child.id())
     }
 
     /// The pid of agent `id` (the child started with the config file `<id>.json`).
     pub fn agent_pid(&self, id: &str) -> Option<u32> {
-        let config = format!("/{id}.json");
-        self.agent_pids().into_iter().find(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
-                c.split(|&b| b == 0)
-                    .any(|arg| arg.ends_with(config.as_bytes()))
-            })
-        })
+        agent_pid_of(self.child.id(), id)
     }
 
     /// The HTTP address of agent `id` (its API and `/metrics`), from the config file it
@@ -232,4 +212,35 @@ impl Drop for LocalPool {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The child processes of `pid`, sorted.
+pub fn children(pid: u32) -> Vec<u32> {
+    // Children are listed under the thread that spawned them: read every thread's.
+    let tasks = format!("/proc/{pid}/task");
+    let mut pids: Vec<u32> = std::fs::read_dir(tasks)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
+        .flat_map(|c| {
+            c.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect::<Vec<u32>>()
+        })
+        .collect();
+    pids.sort_unstable();
+    pids
+}
+
+/// The pid of agent `id` of the local process `local` (its child started with the config
+/// file `<id>.json`).
+pub fn agent_pid_of(local: u32, id: &str) -> Option<u32> {
+    let config = format!("/{id}.json");
+    children(local).into_iter().find(|pid| {
+        std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+            c.split(|&b| b == 0)
+                .any(|arg| arg.ends_with(config.as_bytes()))
+        })
+    })
 }

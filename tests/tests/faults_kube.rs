@@ -112,15 +112,13 @@ async fn an_operator_killed_mid_reconcile_of_50_pools_leaves_its_successor_no_du
         first.leads().then_some(())
     })
     .await?;
-    let manifests: Vec<String> = (0..POOLS)
-        .map(|i| pool_yaml(&name(i), "{model: {}, replicas: 1}"))
-        .collect();
     // Applied in the background: the operator is killed as soon as it has written its
     // first children, while the rest are still arriving.
-    let (docs, namespace) = (manifests.join("---\n"), ns.name().to_owned());
+    let names: Vec<String> = (0..POOLS).map(name).collect();
+    let namespace = ns.name().to_owned();
     let applying = std::thread::spawn(move || {
-        c.kubectl_stdin(&["apply", "-n", &namespace, "-f", "-"], &docs)
-            .map(drop)
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        apply(c, &namespace, &names, 1)
     });
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns.name());
     let count = || async {

@@ -16,6 +16,7 @@ use clap::Parser;
 use inferpool_bench::process::Process;
 use inferpool_bench::{mib, proc_stats};
 use inferpool_e2e::http::{free_port, post_json};
+use inferpool_e2e::local::agent_pid_of;
 use inferpool_e2e::parts::ScratchDir;
 use inferpool_e2e::streams::{Ended, stream_one};
 use serde_json::json;
@@ -65,34 +66,12 @@ fn usage(pid: u32) -> Option<Usage> {
     Some(Usage { pid, rss, fds })
 }
 
-/// The agents of the local process `local`, by id (`soak-0`, ...), from their command
-/// lines (each names its `<id>.json`).
+/// The agents of the local process `local` that run, by id (`soak-0`, ...).
 fn agents(local: u32) -> Vec<(String, u32)> {
-    let tasks = std::fs::read_dir(format!("/proc/{local}/task"))
-        .into_iter()
-        .flatten();
-    let children: Vec<u32> = tasks
-        .flatten()
-        .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
-        .flat_map(|c| {
-            c.split_whitespace()
-                .filter_map(|p| p.parse().ok())
-                .collect::<Vec<_>>()
-        })
-        .collect();
-    let mut found: Vec<(String, u32)> = children
-        .into_iter()
-        .filter_map(|pid| {
-            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-            let text = String::from_utf8_lossy(&cmdline).into_owned();
-            let id = (0..AGENTS)
-                .map(|i| format!("{POOL}-{i}"))
-                .find(|id| text.contains(&format!("/{id}.json")))?;
-            Some((id, pid))
-        })
-        .collect();
-    found.sort();
-    found
+    (0..AGENTS)
+        .map(|i| format!("{POOL}-{i}"))
+        .filter_map(|id| agent_pid_of(local, &id).map(|pid| (id, pid)))
+        .collect()
 }
 
 fn start_pool(args: &Args) -> anyhow::Result<(Process, SocketAddr)> {
